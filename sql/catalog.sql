@@ -1,0 +1,135 @@
+-- zdm catalog: every migration, its background job, each batch and every step.
+-- The tables belong to the extension and are dumped by pg_dump (config dump).
+-- Users never write them directly: zdm's functions switch to the extension
+-- owner for catalog writes only, while the user-visible work (DDL, UPDATEs)
+-- runs with the caller's own privileges.
+
+CREATE TABLE zdm.migrations (
+    id              bigserial PRIMARY KEY,
+    kind            text        NOT NULL CHECK (kind IN ('rename', 'not_null', 'check', 'foreign_key')),
+    relid           regclass    NOT NULL,
+    table_schema    name        NOT NULL,
+    table_name      name        NOT NULL,
+    old_column      name,
+    new_column      name,
+    phase           text        NOT NULL DEFAULT 'expanded'
+                    CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'contracted', 'aborted')),
+    owner_role      oid         NOT NULL,                 -- the role that started it; workers run as this role
+    owner_name      name        NOT NULL,
+    trigger_name    name,
+    not_null_check  name,                                 -- CHECK (new IS NOT NULL) NOT VALID carried from old NOT NULL
+    carried_checks  name[]      NOT NULL DEFAULT '{}',    -- CHECK constraints copied to the new column NOT VALID
+    -- backfill cursor: the next heap block to visit. Persisted in the same
+    -- transaction as each batch, so progress is exactly-once.
+    cursor_block    bigint      NOT NULL DEFAULT 0,
+    rel_blocks      bigint      NOT NULL DEFAULT 0,       -- heap size when last measured (progress denominator)
+    rows_per_block  float8      NOT NULL DEFAULT 0,       -- estimate used to turn batch_size into a block range
+    rows_done       bigint      NOT NULL DEFAULT 0,
+    rows_estimate   bigint      NOT NULL DEFAULT 0,
+    batches_done    bigint      NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    backfill_started_at timestamptz,
+    backfilled_at   timestamptz,
+    finished_at     timestamptz,
+    last_error      text
+);
+CREATE INDEX migrations_in_flight ON zdm.migrations (relid) WHERE phase IN ('expanded', 'backfilling', 'backfilled');
+
+-- Every step zdm takes, with its duration and how long it waited for locks.
+CREATE TABLE zdm.events (
+    id              bigserial PRIMARY KEY,
+    migration_id    bigint      REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    at              timestamptz NOT NULL DEFAULT clock_timestamp(),
+    step            text        NOT NULL,
+    duration_ms     float8,
+    lock_wait_ms    float8,
+    lock_attempts   int,
+    detail          text
+);
+CREATE INDEX events_by_migration ON zdm.events (migration_id, id);
+
+SELECT pg_catalog.pg_extension_config_dump('zdm.migrations', '');
+SELECT pg_catalog.pg_extension_config_dump('zdm.migrations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('zdm.events', '');
+SELECT pg_catalog.pg_extension_config_dump('zdm.events_id_seq', '');
+
+REVOKE ALL ON zdm.migrations, zdm.events FROM PUBLIC;
+GRANT SELECT ON zdm.migrations, zdm.events TO PUBLIC;
+
+-- The background job of a migration (one per migration; a restart reuses it).
+-- Options are read again before every batch, so a change takes effect at the
+-- next batch.
+CREATE TABLE zdm.jobs (
+    migration_id        bigint      PRIMARY KEY REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    state               text        NOT NULL DEFAULT 'queued'
+                        CHECK (state IN ('queued', 'running', 'paused', 'completed', 'failed', 'cancelled')),
+    database            oid         NOT NULL,
+    created_xid         xid8,                                  -- the transaction that queued it: work starts after it commits
+    batch_size          int         NOT NULL DEFAULT 5000 CHECK (batch_size BETWEEN 1 AND 10000000),
+    pause_ms            int         NOT NULL DEFAULT 0 CHECK (pause_ms >= 0),
+    target_batch_ms     int         CHECK (target_batch_ms > 0),
+    max_replica_lag     interval,
+    lock_timeout_ms     int         NOT NULL DEFAULT 2000 CHECK (lock_timeout_ms > 0),
+    statement_timeout_ms int        NOT NULL DEFAULT 30000 CHECK (statement_timeout_ms > 0),
+    max_attempts        int         NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
+    run_after           timestamptz,
+    worker_pid          int,
+    heartbeat_at        timestamptz,
+    started_at          timestamptz,
+    finished_at         timestamptz,
+    throttle_reason     text,
+    last_error          text
+);
+
+-- Per-batch history, bounded: the worker keeps the newest zdm.batch_history rows per migration.
+CREATE TABLE zdm.batches (
+    id              bigserial   PRIMARY KEY,
+    migration_id    bigint      NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    at              timestamptz NOT NULL DEFAULT clock_timestamp(),
+    rows            bigint      NOT NULL,
+    blocks          bigint      NOT NULL,
+    batch_size      int         NOT NULL,
+    duration_ms     float8      NOT NULL,
+    wait_ms         float8      NOT NULL DEFAULT 0,
+    wait_reason     text
+);
+CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
+
+SELECT pg_catalog.pg_extension_config_dump('zdm.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('zdm.batches', '');
+SELECT pg_catalog.pg_extension_config_dump('zdm.batches_id_seq', '');
+REVOKE ALL ON zdm.jobs, zdm.batches FROM PUBLIC;
+GRANT SELECT ON zdm.jobs, zdm.batches TO PUBLIC;
+
+-- One row per migration: where it is, how fast it goes, why it waits.
+CREATE VIEW zdm.status AS
+SELECT m.id,
+       m.kind,
+       format('%I.%I', m.table_schema, m.table_name)              AS "table",
+       m.old_column,
+       m.new_column,
+       m.phase,
+       j.state                                                    AS job_state,
+       m.rows_done,
+       greatest(m.rows_estimate, m.rows_done)                     AS rows_total,
+       CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
+            WHEN m.rel_blocks > 0 THEN round(least(100.0, 100.0 * m.cursor_block / m.rel_blocks), 1)
+            ELSE 0.0 END                                          AS percent,
+       CASE WHEN m.backfill_started_at IS NOT NULL
+             AND coalesce(m.backfilled_at, clock_timestamp()) > m.backfill_started_at
+            THEN round((m.rows_done / extract(epoch FROM coalesce(m.backfilled_at, clock_timestamp()) - m.backfill_started_at))::numeric, 0)
+       END                                                        AS rows_per_sec,
+       CASE WHEN m.phase IN ('expanded', 'backfilling') AND m.cursor_block > 0 AND m.rel_blocks > m.cursor_block
+             AND m.backfill_started_at IS NOT NULL
+            THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - m.cursor_block)::float8 / m.cursor_block)
+       END                                                        AS eta,
+       CASE WHEN j.state = 'paused' THEN 'paused by zdm.pause()'
+            ELSE j.throttle_reason END                            AS throttle_reason,
+       coalesce(j.last_error, m.last_error)                       AS last_error,
+       m.owner_name                                               AS started_by,
+       m.created_at,
+       m.updated_at
+  FROM zdm.migrations m
+  LEFT JOIN zdm.jobs j ON j.migration_id = m.id;
+GRANT SELECT ON zdm.status TO PUBLIC;

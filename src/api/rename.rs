@@ -1,0 +1,54 @@
+use crate::{errors, rename};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+fn name_arg(value: &CStr, what: &str) -> String {
+    match value.to_str() {
+        Ok(s) if !s.is_empty() => s.to_string(),
+        _ => errors::raise(
+            errors::Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must be a non-empty UTF-8 name"),
+            "Pass the column name as text, e.g. 'email'.",
+        ),
+    }
+}
+
+/// Start renaming `old_column` to `new_column`: adds the new column and the
+/// sync trigger in the caller's transaction. Returns the migration id.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.expand_rename(tbl regclass, old_column name, new_column name)
+RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name) IS
+  'Expand: add new_column (same type, collation, comment, checks) kept in sync with old_column by a trigger; returns the migration id';
+")]
+fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr) -> i64 {
+    let old = name_arg(old_column, "old_column");
+    let new = name_arg(new_column, "new_column");
+    rename::expand(tbl, &old, &new)
+}
+
+/// Finish a backfilled rename: the old column goes, the new one keeps its
+/// default, NOT NULL and checks.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.contract(migration bigint)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.contract(bigint) IS
+  'Contract: validate carried constraints, move default and NOT NULL, drop the trigger and the old column';
+")]
+fn contract(migration: i64) {
+    rename::contract(migration)
+}
+
+/// Undo an expand: drop the trigger and the new column.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.abort(migration bigint)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.abort(bigint) IS
+  'Abort: stop the backfill, drop the sync trigger and the new column; the old column is untouched';
+")]
+fn abort(migration: i64) {
+    rename::abort(migration)
+}

@@ -1,0 +1,290 @@
+//! zdm's own state: the `zdm.migrations`, `zdm.events`, `zdm.jobs` and
+//! `zdm.batches` tables (created by sql/catalog.sql).
+//!
+//! The backfill cursor lives in `zdm.migrations.cursor_block` and is written by
+//! `save_progress` in the same transaction as the batch it describes.
+//!
+//! Users cannot write these tables. Catalog reads and writes run as the
+//! extension owner (`as_catalog_owner`), while the DDL and UPDATEs a migration
+//! performs run as the calling role.
+
+use crate::errors::{raise, Code, OrRaise};
+use crate::spi;
+use pgrx::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Expanded,
+    Backfilling,
+    Backfilled,
+    Contracted,
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Expanded => "expanded",
+            Phase::Backfilling => "backfilling",
+            Phase::Backfilled => "backfilled",
+            Phase::Contracted => "contracted",
+            Phase::Aborted => "aborted",
+        }
+    }
+    fn parse(s: &str) -> Phase {
+        match s {
+            "expanded" => Phase::Expanded,
+            "backfilling" => Phase::Backfilling,
+            "backfilled" => Phase::Backfilled,
+            "contracted" => Phase::Contracted,
+            _ => Phase::Aborted,
+        }
+    }
+    pub fn in_flight(self) -> bool {
+        matches!(self, Phase::Expanded | Phase::Backfilling | Phase::Backfilled)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Migration {
+    pub id: i64,
+    pub kind: String,
+    pub relid: pg_sys::Oid,
+    pub table_schema: String,
+    pub table_name: String,
+    pub old_column: Option<String>,
+    pub new_column: Option<String>,
+    pub phase: Phase,
+    pub owner_role: pg_sys::Oid,
+    pub trigger_name: Option<String>,
+    pub not_null_check: Option<String>,
+    pub carried_checks: Vec<String>,
+    pub cursor_block: i64,
+    pub rows_per_block: f64,
+    pub rows_done: i64,
+}
+
+impl Migration {
+    pub fn table_sql(&self) -> String {
+        spi::qualified(&self.table_schema, &self.table_name)
+    }
+    pub fn table_display(&self) -> String {
+        self.table_sql()
+    }
+    pub fn old_col(&self) -> &str {
+        self.old_column.as_deref().unwrap_or_default()
+    }
+    pub fn new_col(&self) -> &str {
+        self.new_column.as_deref().unwrap_or_default()
+    }
+}
+
+/// Run `f` as the extension owner, for catalog access only. An error inside
+/// `f` aborts the (sub)transaction, which restores the user id by itself.
+pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = extension_owner();
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let result = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    result
+}
+
+fn extension_owner() -> pg_sys::Oid {
+    spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'zdm'", &[])
+        .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID))
+}
+
+pub fn current_user() -> pg_sys::Oid {
+    unsafe { pg_sys::GetUserId() }
+}
+
+const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text, table_name::text, \
+     old_column::text, new_column::text, phase, owner_role, trigger_name::text, not_null_check::text, \
+     carried_checks::text[], cursor_block, rows_per_block, rows_done FROM zdm.migrations WHERE id = $1";
+
+/// Load a migration; `lock` takes a row lock so that concurrent batches,
+/// contract and abort on the same migration serialize.
+pub fn load(id: i64, lock: bool) -> Option<Migration> {
+    let sql = if lock { format!("{SELECT_MIGRATION} FOR UPDATE") } else { SELECT_MIGRATION.to_string() };
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(&sql, Some(1), &[id.into()])?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let r = t.first();
+            let row = r.get_heap_tuple()?.expect("row");
+            let text = |n: usize| row.get::<String>(n);
+            Ok::<_, pgrx::spi::Error>(Some(Migration {
+                id: row.get::<i64>(1)?.unwrap_or_default(),
+                kind: text(2)?.unwrap_or_default(),
+                relid: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                table_schema: text(4)?.unwrap_or_default(),
+                table_name: text(5)?.unwrap_or_default(),
+                old_column: text(6)?,
+                new_column: text(7)?,
+                phase: Phase::parse(&text(8)?.unwrap_or_default()),
+                owner_role: row.get::<pg_sys::Oid>(9)?.unwrap_or(pg_sys::InvalidOid),
+                trigger_name: text(10)?,
+                not_null_check: text(11)?,
+                carried_checks: row.get::<Vec<String>>(12)?.unwrap_or_default(),
+                cursor_block: row.get::<i64>(13)?.unwrap_or_default(),
+                rows_per_block: row.get::<f64>(14)?.unwrap_or_default(),
+                rows_done: row.get::<i64>(15)?.unwrap_or_default(),
+            }))
+        })
+        .or_raise("loading a migration")
+    })
+}
+
+/// Load or fail with 42704 naming the id.
+pub fn load_or_raise(id: i64, lock: bool) -> Migration {
+    load(id, lock).unwrap_or_else(|| {
+        raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("zdm migration {id} does not exist"),
+            "List migrations with: SELECT * FROM zdm.status;",
+        )
+    })
+}
+
+pub struct NewRename<'a> {
+    pub relid: pg_sys::Oid,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub old_column: &'a str,
+    pub new_column: &'a str,
+    pub rel_blocks: i64,
+    pub rows_estimate: i64,
+    pub rows_per_block: f64,
+}
+
+/// Next migration id (taken first so object names can carry it).
+pub fn next_id() -> i64 {
+    as_catalog_owner(|| spi::one::<i64>("SELECT nextval('zdm.migrations_id_seq')", &[]))
+        .unwrap_or_default()
+}
+
+pub fn insert_rename(id: i64, m: &NewRename) {
+    let user = current_user();
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, new_column, \
+             owner_role, owner_name, rel_blocks, rows_estimate, rows_per_block) \
+             VALUES ($1, 'rename', $2::oid::regclass, $3, $4, $5, $6, $7, \
+                     (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), $8, $9, $10)",
+            &[
+                id.into(),
+                m.relid.into(),
+                m.schema.into(),
+                m.table.into(),
+                m.old_column.into(),
+                m.new_column.into(),
+                user.into(),
+                m.rel_blocks.into(),
+                m.rows_estimate.into(),
+                m.rows_per_block.into(),
+            ],
+        )
+    });
+}
+
+pub fn set_objects(id: i64, trigger: &str, not_null_check: Option<&str>, carried: &[String]) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET trigger_name = $2, not_null_check = $3, carried_checks = $4::text[]::name[] WHERE id = $1",
+            &[id.into(), trigger.into(), not_null_check.into(), carried.to_vec().into()],
+        )
+    });
+}
+
+pub fn set_phase(id: i64, phase: Phase) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET phase = $2, updated_at = clock_timestamp(), \
+               backfill_started_at = CASE WHEN $2 = 'backfilling' THEN coalesce(backfill_started_at, clock_timestamp()) ELSE backfill_started_at END, \
+               backfilled_at = CASE WHEN $2 = 'backfilled' THEN clock_timestamp() ELSE backfilled_at END, \
+               finished_at = CASE WHEN $2 IN ('contracted', 'aborted') THEN clock_timestamp() ELSE finished_at END \
+             WHERE id = $1",
+            &[id.into(), phase.as_str().into()],
+        )
+    });
+}
+
+/// Persist the backfill cursor and counters. Called in the batch's own
+/// transaction, so a batch and its cursor commit or roll back together.
+pub fn save_progress(id: i64, cursor_block: i64, rel_blocks: i64, rows: i64, rows_per_block: f64) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET cursor_block = $2, rel_blocks = $3, rows_done = rows_done + $4, \
+               rows_per_block = $5, batches_done = batches_done + 1, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), cursor_block.into(), rel_blocks.into(), rows.into(), rows_per_block.into()],
+        )
+    });
+}
+
+pub fn set_last_error(id: i64, error: Option<&str>) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET last_error = $2, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), error.into()],
+        )
+    });
+}
+
+/// An in-flight migration on this table that touches either column.
+pub fn in_flight_on_columns(relid: pg_sys::Oid, columns: &[&str]) -> Option<(i64, String)> {
+    let cols: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "SELECT id, phase FROM zdm.migrations WHERE relid = $1::oid::regclass \
+                  AND phase IN ('expanded', 'backfilling', 'backfilled') \
+                  AND (old_column::text = ANY($2) OR new_column::text = ANY($2)) ORDER BY id LIMIT 1",
+                Some(1),
+                &[relid.into(), cols.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let (id, phase) = t.first().get_two::<i64, String>()?;
+            Ok::<_, pgrx::spi::Error>(Some((id.unwrap_or_default(), phase.unwrap_or_default())))
+        })
+        .or_raise("looking up in-flight migrations")
+    })
+}
+
+/// One step in the event log, with its duration and lock wait.
+pub struct Step<'a> {
+    pub migration: i64,
+    pub step: &'a str,
+    pub duration_ms: f64,
+    pub lock_wait_ms: Option<f64>,
+    pub lock_attempts: Option<i32>,
+    pub detail: Option<String>,
+}
+
+pub fn log_step(s: Step) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.events (migration_id, step, duration_ms, lock_wait_ms, lock_attempts, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                s.migration.into(),
+                s.step.into(),
+                s.duration_ms.into(),
+                s.lock_wait_ms.into(),
+                s.lock_attempts.into(),
+                s.detail.into(),
+            ],
+        )
+    });
+}

@@ -1,0 +1,76 @@
+//! Settings (GUCs). Defaults are chosen to keep a busy OLTP table healthy.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// How long one lock attempt may wait before zdm backs off and retries.
+pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+/// How many times a lock is retried (with jittered exponential backoff) before 55P03.
+pub static LOCK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// The database whose queued jobs the launcher runs (preload only).
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// How many backfill workers the launcher runs at once.
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Global kill switch: every background backfill waits while this is on.
+pub static PAUSE_ALL: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// How many per-batch history rows are kept per migration.
+pub static BATCH_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+pub fn register() {
+    GucRegistry::define_int_guc(
+        c"zdm.lock_timeout",
+        c"How long zdm waits for a table lock in one attempt.",
+        c"After this wait zdm gives the lock queue back to other sessions, sleeps with jittered backoff and retries, so a long transaction never stalls every query behind a queued ALTER.",
+        &LOCK_TIMEOUT_MS,
+        1,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"zdm.lock_retries",
+        c"How many times zdm retries a lock before failing with 55P03.",
+        c"",
+        &LOCK_RETRIES,
+        0,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"zdm.database",
+        c"Database in which the zdm launcher runs queued and interrupted jobs.",
+        c"Only used with shared_preload_libraries = 'zdm'.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"zdm.max_workers",
+        c"Maximum number of zdm backfill workers the launcher runs at once.",
+        c"",
+        &MAX_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"zdm.pause_all",
+        c"Pause every zdm background backfill (global kill switch).",
+        c"Workers finish their current batch and wait until this is off again.",
+        &PAUSE_ALL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"zdm.batch_history",
+        c"Number of per-batch history rows kept per migration in zdm.batches.",
+        c"",
+        &BATCH_HISTORY,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}

@@ -1,0 +1,262 @@
+//! Facts about the user's table read from the system catalogs: what kind of
+//! relation it is, a column's full type, and which objects depend on a column.
+
+use crate::errors::{raise, raise_with_detail, Code, OrRaise};
+use crate::spi;
+use pgrx::prelude::*;
+
+pub struct Table {
+    pub relid: pg_sys::Oid,
+    pub schema: String,
+    pub name: String,
+}
+
+impl Table {
+    pub fn sql(&self) -> String {
+        spi::qualified(&self.schema, &self.name)
+    }
+}
+
+/// Resolve a table that zdm can migrate, refusing every other kind of
+/// relation with 0A000/42809 and a hint.
+pub fn migratable_table(relid: pg_sys::Oid) -> Table {
+    let row = Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, c.relispartition \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::Error>(Some((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<String>(2)?.unwrap_or_default(),
+            r.get::<String>(3)?.unwrap_or_default(),
+            r.get::<String>(4)?.unwrap_or_default(),
+            r.get::<bool>(5)?.unwrap_or_default(),
+        )))
+    })
+    .or_raise("reading pg_class");
+    let Some((schema, name, relkind, persistence, is_partition)) = row else {
+        raise(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", relid.to_u32()),
+            "Pass the table name, e.g. 'myschema.mytable'.",
+        )
+    };
+    let display = spi::qualified(&schema, &name);
+    let refuse = |what: &str, hint: &str| -> ! {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("zdm cannot migrate {display}: it is {what}"),
+            hint.to_string(),
+        )
+    };
+    match relkind.as_str() {
+        "r" => {}
+        "p" => refuse(
+            "a partitioned table",
+            "Partitioned tables are not supported yet; migrate each partition's parent change with plain DDL in a maintenance window.",
+        ),
+        "v" => refuse("a view", "Migrate the table the view reads from, then recreate the view."),
+        "m" => refuse("a materialized view", "Recreate the materialized view instead."),
+        "f" => refuse("a foreign table", "Change the column on the remote server."),
+        _ => raise(
+            Code::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{display} is not a table"),
+            "zdm migrates ordinary tables.",
+        ),
+    }
+    if persistence == "t" {
+        refuse(
+            "a temporary table",
+            "Temporary tables are private to one session; background backfill cannot reach them. Use plain ALTER TABLE.",
+        );
+    }
+    if is_partition {
+        refuse("a partition", "Partitions are not supported yet.");
+    }
+    Table { relid, schema, name }
+}
+
+/// The caller must own the table (be a member of its owner role).
+pub fn require_owner(t: &Table) {
+    let owns = spi::one::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[t.relid.into()],
+    )
+    .unwrap_or(false);
+    if !owns {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of table {} to migrate it", t.sql()),
+            "Run this as the table's owner or a member of the owning role.",
+        );
+    }
+}
+
+pub struct Column {
+    pub attnum: i16,
+    pub name: String,
+    pub type_sql: String,
+    pub collation_sql: Option<String>,
+    pub not_null: bool,
+    pub generated: bool,
+    pub identity: bool,
+    pub comment: Option<String>,
+}
+
+/// A user column by name (system columns have negative attnums).
+pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
+                         THEN pg_catalog.format('%I.%I', cn.nspname, co.collname) END, \
+                    a.attnotnull, a.attgenerated <> '', a.attidentity <> '', \
+                    pg_catalog.col_description(a.attrelid, a.attnum) \
+               FROM pg_catalog.pg_attribute a \
+               JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+               LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+               LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+              WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped",
+            Some(1),
+            &[relid.into(), name.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::Error>(Some(Column {
+            attnum: r.get::<i16>(1)?.unwrap_or_default(),
+            name: r.get::<String>(2)?.unwrap_or_default(),
+            type_sql: r.get::<String>(3)?.unwrap_or_default(),
+            collation_sql: r.get::<String>(4)?,
+            not_null: r.get::<bool>(5)?.unwrap_or_default(),
+            generated: r.get::<bool>(6)?.unwrap_or_default(),
+            identity: r.get::<bool>(7)?.unwrap_or_default(),
+            comment: r.get::<String>(8)?,
+        }))
+    })
+    .or_raise("reading pg_attribute")
+}
+
+/// An object that depends on a column, as pg_depend records it.
+pub struct Dependent {
+    pub description: String,
+    pub kind: DependentKind,
+}
+
+#[derive(PartialEq, Eq, Debug)]
+pub enum DependentKind {
+    /// The column's own default: it stays on the old column until contract.
+    OwnDefault,
+    /// A sequence owned by the column (serial): re-owned at contract.
+    OwnedSequence { oid: pg_sys::Oid },
+    /// A CHECK constraint on this column alone: carried over NOT VALID.
+    SingleColumnCheck { oid: pg_sys::Oid, name: String },
+    /// Anything else (index, key, foreign key, view, generated column,
+    /// multi-column check, policy, statistics, trigger column list …).
+    Blocking,
+}
+
+pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), d.objid, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::regclass THEN \
+                         (SELECT ad.adrelid = $1 AND ad.adnum = $2 FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) END, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_class'::regclass THEN \
+                         (SELECT cl.relkind = 'S' FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) END, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN \
+                         (SELECT co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] \
+                            FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN \
+                         (SELECT co.conname::text FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END \
+               FROM (SELECT DISTINCT classid, objid, objsubid FROM pg_catalog.pg_depend \
+                      WHERE refclassid = 'pg_catalog.pg_class'::regclass AND refobjid = $1 AND refobjsubid = $2 \
+                        AND deptype IN ('n', 'a')) d \
+              ORDER BY 1",
+            None,
+            &[relid.into(), (attnum as i32).into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            let description = r.get::<String>(1)?.unwrap_or_default();
+            let objid = r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid);
+            let kind = if r.get::<bool>(3)? == Some(true) {
+                DependentKind::OwnDefault
+            } else if r.get::<bool>(4)? == Some(true) {
+                DependentKind::OwnedSequence { oid: objid }
+            } else if r.get::<bool>(5)? == Some(true) {
+                DependentKind::SingleColumnCheck { oid: objid, name: r.get::<String>(6)?.unwrap_or_default() }
+            } else {
+                DependentKind::Blocking
+            };
+            out.push(Dependent { description, kind });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_raise("reading pg_depend")
+}
+
+/// Refuse with `code` when any blocking object depends on the column.
+pub fn refuse_blocking_dependents(deps: &[Dependent], code: Code, table: &str, column: &str, hint: &str) {
+    let blocking: Vec<&str> =
+        deps.iter().filter(|d| d.kind == DependentKind::Blocking).map(|d| d.description.as_str()).collect();
+    if !blocking.is_empty() {
+        raise_with_detail(
+            code,
+            format!(
+                "column {} of table {table} has dependent objects zdm does not carry over: {}",
+                spi::ident(column),
+                blocking.join(", ")
+            ),
+            format!("Dependent objects: {}.", blocking.join("; ")),
+            hint.to_string(),
+        );
+    }
+}
+
+/// Heap size in blocks, read now.
+pub fn relation_blocks(relid: pg_sys::Oid) -> i64 {
+    spi::one::<i64>(
+        "SELECT pg_catalog.pg_relation_size($1) / pg_catalog.current_setting('block_size')::bigint",
+        &[relid.into()],
+    )
+    .unwrap_or(0)
+}
+
+/// (reltuples estimate, rows per heap block). Falls back to sampling the first
+/// blocks when the table was never analyzed.
+pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
+    let (reltuples, relpages) = Spi::connect_mut(|c| {
+        let r = c.update(
+            "SELECT reltuples::float8, relpages::float8 FROM pg_catalog.pg_class WHERE oid = $1",
+            Some(1),
+            &[t.relid.into()],
+        )?;
+        r.first().get_two::<f64, f64>()
+    })
+    .or_raise("reading pg_class");
+    let (reltuples, relpages) = (reltuples.unwrap_or(-1.0), relpages.unwrap_or(0.0));
+    let per_block = if reltuples > 0.0 && relpages > 0.0 {
+        reltuples / relpages
+    } else if blocks > 0 {
+        let sample = blocks.min(16);
+        let n = spi::one::<i64>(
+            &format!("SELECT count(*) FROM {} WHERE ctid < '({sample},0)'::tid", t.sql()),
+            &[],
+        )
+        .unwrap_or(0);
+        n as f64 / sample as f64
+    } else {
+        0.0
+    };
+    let per_block = per_block.max(1.0);
+    let estimate = if reltuples > 0.0 { reltuples as i64 } else { (per_block * blocks as f64) as i64 };
+    (estimate, per_block)
+}

@@ -1,0 +1,53 @@
+//! zdm: zero-downtime schema changes inside PostgreSQL.
+//!
+//! Layout: `api/` is the SQL surface (thin wrappers); the core is one module
+//! per concept — `catalog` (state, cursor), `rename` (expand/contract/abort),
+//! `backfill` (batch planning), `trigger` (the sync trigger), `locking`
+//! (lock timeout + retry), `introspect` (facts from pg_catalog), `jobs`,
+//! `worker` and `launcher` (background execution), `guc` (settings).
+
+use pgrx::prelude::*;
+
+mod api;
+mod backfill;
+mod catalog;
+mod errors;
+mod guc;
+mod introspect;
+mod jobs;
+mod locking;
+mod rename;
+mod spi;
+mod trigger;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION zdm.sync_trigger() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_sync_trigger';
+COMMENT ON FUNCTION zdm.sync_trigger() IS
+  'zdm sync trigger: keeps the old and new column of a rename equal on every write (installed by expand_rename)';
+"#,
+    name = "sync_trigger_function",
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,384 @@
+//! The rename migration: expand (new column + sync trigger), contract (drop
+//! the old column) and abort (drop the new column). Everything runs in the
+//! caller's transaction, so a migration tool's transaction commits or rolls
+//! back all of it. Locks are taken through `locking::lock_table`.
+
+use crate::catalog::{self, Migration, Phase, Step};
+use crate::errors::{raise, raise_with_detail, Code};
+use crate::introspect::{self, DependentKind, Table};
+use crate::locking;
+use crate::spi::{self, ident, literal};
+use pgrx::prelude::*;
+use std::ffi::CString;
+use std::time::Instant;
+
+/// Postgres truncates identifiers at NAMEDATALEN-1 bytes.
+fn truncate_name(name: String) -> String {
+    if name.len() <= 63 {
+        return name;
+    }
+    let mut end = 63;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+pub fn trigger_name(id: i64) -> String {
+    format!("zdm_sync_{id}")
+}
+
+pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
+    let started = Instant::now();
+    let table = introspect::migratable_table(relid);
+    introspect::require_owner(&table);
+    let t = table.sql();
+    if old_column == new_column {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("old and new column names are both {}", ident(old_column)),
+            "Pass a new column name that differs from the old one.",
+        );
+    }
+    if new_column.is_empty() || new_column.len() > 63 {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid new column name {}", literal(new_column)),
+            "Column names are 1 to 63 bytes long.",
+        );
+    }
+    let Some(col) = introspect::column(relid, old_column) else {
+        let system = spi::one::<i16>(
+            "SELECT attnum FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum < 0",
+            &[relid.into(), old_column.into()],
+        );
+        if system.is_some() {
+            raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("column {} of table {t} is a system column and cannot be renamed", ident(old_column)),
+                "Pick a user column.",
+            );
+        }
+        raise(
+            Code::ERRCODE_UNDEFINED_COLUMN,
+            format!("column {} of table {t} does not exist", ident(old_column)),
+            "Check the column name; names are case-sensitive when quoted.",
+        )
+    };
+    if col.generated {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("column {} of table {t} is a generated column", ident(old_column)),
+            "Generated columns are computed, not written; rename them with plain ALTER TABLE ... RENAME COLUMN.",
+        );
+    }
+    if col.identity {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("column {} of table {t} is an identity column", ident(old_column)),
+            "Identity columns are not carried over yet; use ALTER TABLE ... RENAME COLUMN.",
+        );
+    }
+    if introspect::column(relid, new_column).is_some() {
+        raise(
+            Code::ERRCODE_DUPLICATE_COLUMN,
+            format!("column {} of table {t} already exists", ident(new_column)),
+            "Pick a new column name that is not in use, or drop the existing column first.",
+        );
+    }
+    if let Some((id, phase)) = catalog::in_flight_on_columns(relid, &[old_column, new_column]) {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("column {} of table {t} is already under zdm migration {id} (phase {phase})", ident(old_column)),
+            format!("Finish it with zdm.contract({id}) or undo it with zdm.abort({id}) first."),
+        );
+    }
+    let deps = introspect::column_dependents(relid, col.attnum);
+    introspect::refuse_blocking_dependents(
+        &deps,
+        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+        &t,
+        old_column,
+        "zdm does not carry indexes, keys, foreign keys, views or generated columns over yet; drop them and recreate them on the new column after contract, or rename with plain DDL.",
+    );
+
+    let lock = locking::lock_table(relid, &t, "ACCESS EXCLUSIVE");
+    let id = catalog::next_id();
+    let new = ident(new_column);
+
+    let collate = col.collation_sql.as_deref().map(|c| format!(" COLLATE {c}")).unwrap_or_default();
+    spi::exec(&format!("ALTER TABLE {t} ADD COLUMN {new} {}{collate}", col.type_sql));
+    if let Some(comment) = &col.comment {
+        spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
+    }
+    let new_attnum = introspect::column(relid, new_column).map(|c| c.attnum).unwrap_or_default();
+
+    // CHECK constraints on the old column alone, copied NOT VALID onto the new one.
+    let mut carried = Vec::new();
+    for dep in &deps {
+        if let DependentKind::SingleColumnCheck { oid, name } = &dep.kind {
+            let expr = check_expression_for(&table, *oid, col.attnum, new_attnum);
+            let copy = truncate_name(format!("{name}_zdm{id}"));
+            spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}) NOT VALID", ident(&copy)));
+            carried.push(copy);
+        }
+    }
+    // NOT NULL travels as a NOT VALID check until contract validates it.
+    let not_null_check = col.not_null.then(|| {
+        let name = truncate_name(format!("zdm_{id}_{new_column}_not_null"));
+        spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({new} IS NOT NULL) NOT VALID", ident(&name)));
+        name
+    });
+
+    let trigger = trigger_name(id);
+    spi::exec(&format!(
+        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION zdm.sync_trigger({}, {})",
+        ident(&trigger),
+        literal(old_column),
+        literal(new_column)
+    ));
+
+    let rel_blocks = introspect::relation_blocks(relid);
+    let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, rel_blocks);
+    catalog::insert_rename(
+        id,
+        &catalog::NewRename {
+            relid,
+            schema: &table.schema,
+            table: &table.name,
+            old_column,
+            new_column,
+            rel_blocks,
+            rows_estimate,
+            rows_per_block,
+        },
+    );
+    catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
+    catalog::log_step(Step {
+        migration: id,
+        step: "expand",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: Some(lock.wait_ms),
+        lock_attempts: Some(lock.attempts),
+        detail: Some(format!(
+            "added column {new} {}; trigger {}; {} check(s) carried{}",
+            col.type_sql,
+            ident(&trigger),
+            carried.len(),
+            if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" }
+        )),
+    });
+    id
+}
+
+/// The text of CHECK constraint `oid` with references to attnum `from`
+/// pointed at attnum `to`, deparsed against the table (quotes as needed).
+fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> String {
+    let bin = spi::one::<String>(
+        "SELECT conbin::text FROM pg_catalog.pg_constraint WHERE oid = $1",
+        &[oid.into()],
+    )
+    .unwrap_or_default();
+    let bin = CString::new(bin).unwrap_or_default();
+    let relname = CString::new(table.name.as_str()).unwrap_or_default();
+    unsafe {
+        let node = pg_sys::stringToNode(bin.as_ptr()) as *mut pg_sys::Node;
+        let mut ctx = (from, to);
+        retarget_vars(node, &mut ctx as *mut (i16, i16) as *mut std::ffi::c_void);
+        let dpcontext = pg_sys::deparse_context_for(relname.as_ptr(), table.relid);
+        let text = pg_sys::deparse_expression(node, dpcontext, false, false);
+        std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn retarget_vars(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        if (*node).type_ == pg_sys::NodeTag::T_Var {
+            let (from, to) = *(ctx as *mut (i16, i16));
+            let var = node as *mut pg_sys::Var;
+            if (*var).varattno == from {
+                (*var).varattno = to;
+                (*var).varattnosyn = to;
+            }
+            return false;
+        }
+        pg_sys::expression_tree_walker(node, Some(retarget_vars), ctx)
+    }
+}
+
+fn require_phase_for(m: &Migration, action: &str) {
+    match m.phase {
+        Phase::Contracted => raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {} on {} is already contracted", m.id, m.table_display()),
+            "Nothing left to do; see zdm.status.",
+        ),
+        Phase::Aborted => raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {} on {} was aborted", m.id, m.table_display()),
+            "Start a new migration with zdm.expand_rename().",
+        ),
+        Phase::Expanded | Phase::Backfilling if action == "contract" => raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "cannot contract zdm migration {} on {}: the backfill is not complete (phase {})",
+                m.id,
+                m.table_display(),
+                m.phase.as_str()
+            ),
+            format!(
+                "Finish the backfill first: call zdm.backfill_batch({0}) until it returns 0, or zdm.start_backfill({0}) and zdm.wait({0}).",
+                m.id
+            ),
+        ),
+        _ => {}
+    }
+}
+
+fn require_rename_owner(m: &Migration) -> Table {
+    let table = introspect::migratable_table(m.relid);
+    introspect::require_owner(&table);
+    table
+}
+
+pub fn contract(id: i64) {
+    let started = Instant::now();
+    let m = catalog::load_or_raise(id, true);
+    require_phase_for(&m, "contract");
+    let table = require_rename_owner(&m);
+    let t = table.sql();
+    let old_attnum = introspect::column(m.relid, m.old_col()).map(|c| c.attnum);
+    let Some(old_attnum) = old_attnum else {
+        raise(
+            Code::ERRCODE_UNDEFINED_COLUMN,
+            format!("column {} of table {t} no longer exists", ident(m.old_col())),
+            format!("It was dropped outside zdm; call zdm.abort({id}) and start again."),
+        )
+    };
+    let blocking_hint = "Drop or move these objects to the new column first (zdm never drops them with CASCADE), then call zdm.contract again.";
+    introspect::refuse_blocking_dependents(
+        &introspect::column_dependents(m.relid, old_attnum),
+        Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        &t,
+        m.old_col(),
+        blocking_hint,
+    );
+
+    // 1. Validate carried checks: a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
+    let validate_started = Instant::now();
+    let checks: Vec<String> = m.carried_checks.iter().cloned().chain(m.not_null_check.clone()).collect();
+    if !checks.is_empty() {
+        let validate_lock = Some(locking::lock_table(m.relid, &t, "SHARE UPDATE EXCLUSIVE"));
+        for c in &checks {
+            spi::exec(&format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(c)));
+        }
+        catalog::log_step(Step {
+            migration: id,
+            step: "contract: validate checks",
+            duration_ms: validate_started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: validate_lock.as_ref().map(|l| l.wait_ms),
+            lock_attempts: validate_lock.as_ref().map(|l| l.attempts),
+            detail: Some(checks.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")),
+        });
+    }
+
+    // 2. Catalog-only steps under ACCESS EXCLUSIVE.
+    let final_started = Instant::now();
+    let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
+    let deps = introspect::column_dependents(m.relid, old_attnum);
+    introspect::refuse_blocking_dependents(&deps, Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, &t, m.old_col(), blocking_hint);
+    let (old, new) = (ident(m.old_col()), ident(m.new_col()));
+    for dep in &deps {
+        if let DependentKind::OwnedSequence { oid } = dep.kind {
+            let seq = spi::one::<String>("SELECT $1::oid::regclass::text", &[oid.into()]).unwrap_or_default();
+            spi::exec(&format!("ALTER SEQUENCE {seq} OWNED BY {t}.{new}"));
+        }
+    }
+    if let Some(default) = spi::one::<String>(
+        "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef WHERE adrelid = $1 AND adnum = $2",
+        &[m.relid.into(), old_attnum.into()],
+    ) {
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET DEFAULT {default}"));
+    }
+    if let Some(nn) = &m.not_null_check {
+        // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET NOT NULL"));
+        spi::exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {}", ident(nn)));
+    }
+    if let Some(trigger) = &m.trigger_name {
+        spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
+    }
+    spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
+    // The originals went with the old column: the copies take their names.
+    for copy in &m.carried_checks {
+        if let Some(original) = copy.strip_suffix(&format!("_zdm{id}")).map(str::to_string) {
+            let taken = spi::one::<bool>(
+                "SELECT true FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+                &[m.relid.into(), original.as_str().into()],
+            );
+            if taken.is_none() {
+                spi::exec(&format!("ALTER TABLE {t} RENAME CONSTRAINT {} TO {}", ident(copy), ident(&original)));
+            }
+        }
+    }
+    catalog::set_phase(id, Phase::Contracted);
+    crate::jobs::finish_for_migration(id, "completed");
+    catalog::log_step(Step {
+        migration: id,
+        step: "contract",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: Some(lock.wait_ms),
+        lock_attempts: Some(lock.attempts),
+        detail: Some(format!(
+            "dropped {old}; {new} now carries default, NOT NULL and checks; ACCESS EXCLUSIVE held {:.1} ms",
+            final_started.elapsed().as_secs_f64() * 1000.0 - lock.wait_ms
+        )),
+    });
+}
+
+pub fn abort(id: i64) {
+    let started = Instant::now();
+    let m = catalog::load_or_raise(id, true);
+    if !m.phase.in_flight() {
+        require_phase_for(&m, "abort");
+    }
+    let table = require_rename_owner(&m);
+    let t = table.sql();
+    crate::jobs::finish_for_migration(id, "cancelled");
+    let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
+    if let Some(trigger) = &m.trigger_name {
+        spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
+    }
+    if introspect::column(m.relid, m.new_col()).is_some() {
+        // RESTRICT: objects a user built on the new column are never dropped silently.
+        spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {} RESTRICT", ident(m.new_col())));
+    }
+    catalog::set_phase(id, Phase::Aborted);
+    catalog::log_step(Step {
+        migration: id,
+        step: "abort",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: Some(lock.wait_ms),
+        lock_attempts: Some(lock.attempts),
+        detail: Some(format!("dropped trigger and column {}", ident(m.new_col()))),
+    });
+}
+
+/// Validation of a migration's phase and object for `backfill_batch`.
+pub fn require_backfillable(m: &Migration) {
+    if !m.phase.in_flight() {
+        require_phase_for(m, "backfill");
+    }
+    if m.kind != "rename" {
+        raise_with_detail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {} is a {} migration and has no backfill", m.id, m.kind),
+            "Only rename migrations copy data.",
+            "Use zdm.status to see what it is waiting for.",
+        );
+    }
+}

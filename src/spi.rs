@@ -1,0 +1,46 @@
+//! Small helpers over pgrx's SPI: quoting, one-value queries, statements.
+//! Every identifier that reaches SQL text goes through `ident`.
+
+use crate::errors::OrRaise;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{FromDatum, IntoDatum};
+
+/// Quote an identifier exactly like `quote_ident()`.
+pub fn ident(name: &str) -> String {
+    pgrx::spi::quote_identifier(name)
+}
+
+/// Quote a string literal exactly like `quote_literal()`.
+pub fn literal(value: &str) -> String {
+    pgrx::spi::quote_literal(value)
+}
+
+/// `"schema"."table"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", ident(schema), ident(name))
+}
+
+/// Run a statement; Postgres errors propagate as errors.
+pub fn exec(sql: &str) {
+    pgrx::debug1!("zdm: {sql}");
+    Spi::run(sql).or_raise(sql);
+}
+
+pub fn exec_args(sql: &str, args: &[DatumWithOid]) {
+    Spi::run_with_args(sql, args).or_raise(sql);
+}
+
+/// Run a statement and return how many rows it processed.
+pub fn exec_count(sql: &str) -> i64 {
+    Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as i64)).or_raise(sql)
+}
+
+/// First column of the first row (None for no row or NULL).
+pub fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
+    Spi::connect_mut(|c| {
+        let t = c.update(sql, Some(1), args)?;
+        if t.is_empty() { Ok(None) } else { t.first().get_one::<T>() }
+    })
+    .or_raise(sql)
+}

@@ -1,0 +1,249 @@
+//! The sync trigger: keeps the old and the new column equal on every row
+//! written while old and new application versions run side by side.
+//!
+//! Semantics (DESIGN.md, "Rename a column"):
+//! * INSERT: a non-NULL new column wins (old := new), else new := old.
+//! * UPDATE: only old changed → new := old; only new changed → old := new;
+//!   both changed → the new column wins; neither changed and the row is not
+//!   yet backfilled (new IS NULL, old IS NOT NULL) → new := old.
+//!
+//! It is a plain C-ABI trigger function: no SPI, no name lookups per row.
+//! Attribute numbers are cached per trigger and re-validated against the
+//! tuple descriptor on every call (two name compares), and the tuple is
+//! rebuilt at most once, replacing a single column. Since it runs no SQL,
+//! search_path cannot influence it; it is installed schema-qualified.
+
+use crate::errors::{raise, Code};
+use pgrx::pg_sys;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+thread_local! {
+    /// trigger oid → (old attnum, new attnum)
+    static ATTNUMS: RefCell<HashMap<u32, (i32, i32)>> = RefCell::new(HashMap::new());
+    /// The relation whose backfill UPDATE this backend is running right now:
+    /// those updates set new := old themselves, so the trigger has no work.
+    static SUPPRESSED_RELID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Run `f` with the sync trigger's work skipped for `relid` in this backend.
+/// Only the backfill's own `SET new = old` runs inside it.
+pub fn with_sync_suppressed<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    struct Reset(u32);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SUPPRESSED_RELID.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SUPPRESSED_RELID.with(|s| s.replace(relid.to_u32())));
+    f()
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_zdm_sync_trigger() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `zdm.sync_trigger(old_column, new_column)`, BEFORE INSERT OR UPDATE FOR EACH ROW.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn zdm_sync_trigger(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || sync_row(fcinfo)) }
+}
+
+enum Action {
+    Keep,
+    OldToNew,
+    NewToOld,
+}
+
+unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.sync_trigger() can only be called as a trigger",
+                "zdm installs this trigger itself; do not call it directly.",
+            );
+        }
+        let td = context as *mut pg_sys::TriggerData;
+        let event = (*td).tg_event;
+        let is_row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
+        let is_before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
+        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let is_insert = op == pg_sys::TRIGGER_EVENT_INSERT;
+        let is_update = op == pg_sys::TRIGGER_EVENT_UPDATE;
+        if !is_row || !is_before || !(is_insert || is_update) {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.sync_trigger() must run BEFORE INSERT OR UPDATE FOR EACH ROW",
+                "zdm installs this trigger itself; do not create it by hand.",
+            );
+        }
+        let rel = (*td).tg_relation;
+        let relid = (*rel).rd_id;
+        let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
+        if SUPPRESSED_RELID.with(|s| s.get()) == relid.to_u32() {
+            return pg_sys::Datum::from(row);
+        }
+        let tupdesc = (*rel).rd_att;
+        let (old_att, new_att) = attnums((*td).tg_trigger, rel);
+        let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
+
+        let mut old_null = false;
+        let mut new_null = false;
+        let old_val = pg_sys::heap_getattr(row, old_att, tupdesc, &mut old_null);
+        let new_val = pg_sys::heap_getattr(row, new_att, tupdesc, &mut new_null);
+
+        let action = if is_insert {
+            if !new_null {
+                Action::NewToOld
+            } else if !old_null {
+                Action::OldToNew
+            } else {
+                Action::Keep
+            }
+        } else {
+            let before = (*td).tg_trigtuple;
+            let mut was_old_null = false;
+            let mut was_new_null = false;
+            let was_old = pg_sys::heap_getattr(before, old_att, tupdesc, &mut was_old_null);
+            let was_new = pg_sys::heap_getattr(before, new_att, tupdesc, &mut was_new_null);
+            let new_changed = !same(att, was_new_null, was_new, new_null, new_val);
+            let old_changed = !same(att, was_old_null, was_old, old_null, old_val);
+            if new_changed {
+                Action::NewToOld // only new changed, or both: the new column wins
+            } else if old_changed || (new_null && !old_null) {
+                Action::OldToNew // only old changed, or not yet backfilled
+            } else {
+                Action::Keep
+            }
+        };
+
+        let (target, value, is_null) = match action {
+            Action::Keep => return pg_sys::Datum::from(row),
+            Action::OldToNew => (new_att, old_val, old_null),
+            Action::NewToOld => (old_att, new_val, new_null),
+        };
+        // Already equal: no copy of the tuple needed.
+        if same(att, old_null, old_val, new_null, new_val) {
+            return pg_sys::Datum::from(row);
+        }
+        let mut col = target;
+        let mut val = value;
+        let mut null = is_null;
+        let modified = pg_sys::heap_modify_tuple_by_cols(row, tupdesc, 1, &mut col, &mut val, &mut null);
+        pg_sys::Datum::from(modified)
+    }
+}
+
+/// Resolve (and cache) the attribute numbers named by the trigger's two
+/// arguments, checking them against the current tuple descriptor.
+unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32) {
+    unsafe {
+        let tgoid = (*trigger).tgoid.to_u32();
+        let tupdesc = (*rel).rd_att;
+        if (*trigger).tgnargs != 2 {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.sync_trigger() needs two arguments: the old and the new column name",
+                "zdm installs this trigger itself; do not create it by hand.",
+            );
+        }
+        let old_name = CStr::from_ptr(*(*trigger).tgargs);
+        let new_name = CStr::from_ptr(*(*trigger).tgargs.add(1));
+        let natts = (*tupdesc).natts;
+        let name_at = |attnum: i32| -> Option<&CStr> {
+            if attnum < 1 || attnum > natts {
+                return None;
+            }
+            let a = &*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize);
+            if a.attisdropped { None } else { Some(CStr::from_ptr(a.attname.data.as_ptr())) }
+        };
+        let cached = ATTNUMS.with(|m| m.borrow().get(&tgoid).copied());
+        if let Some((o, n)) = cached {
+            if name_at(o) == Some(old_name) && name_at(n) == Some(new_name) && same_type(tupdesc, o, n) {
+                return (o, n);
+            }
+        }
+        let find = |name: &CStr| (1..=natts).find(|&i| name_at(i) == Some(name));
+        let relname = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+        let (Some(o), Some(n)) = (find(old_name), find(new_name)) else {
+            raise(
+                Code::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "zdm sync trigger on table \"{relname}\": column {:?} or {:?} no longer exists",
+                    old_name, new_name
+                ),
+                "A column under migration was dropped by hand. Call zdm.abort() for this migration.",
+            );
+        };
+        if !same_type(tupdesc, o, n) {
+            raise(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("zdm sync trigger on table \"{relname}\": columns {:?} and {:?} no longer have the same type", old_name, new_name),
+                "A column under migration was altered by hand. Call zdm.abort() for this migration.",
+            );
+        }
+        ATTNUMS.with(|m| m.borrow_mut().insert(tgoid, (o, n)));
+        (o, n)
+    }
+}
+
+unsafe fn same_type(tupdesc: pg_sys::TupleDesc, a: i32, b: i32) -> bool {
+    unsafe {
+        let a = &*(*tupdesc).attrs.as_ptr().add((a - 1) as usize);
+        let b = &*(*tupdesc).attrs.as_ptr().add((b - 1) as usize);
+        a.atttypid == b.atttypid && a.atttypmod == b.atttypmod
+    }
+}
+
+/// Binary-image equality of two values of the column's type (NULLs equal
+/// each other). Differently stored copies of one varlena value (compressed,
+/// toasted, short header) compare equal.
+unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
+    unsafe {
+        if a_null || b_null {
+            return a_null && b_null;
+        }
+        if att.attbyval {
+            return a == b;
+        }
+        match att.attlen {
+            -1 => varlena_same(a.cast_mut_ptr(), b.cast_mut_ptr()),
+            -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
+            n => {
+                std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n as usize)
+                    == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n as usize)
+            }
+        }
+    }
+}
+
+unsafe fn varlena_same(a: *mut pg_sys::varlena, b: *mut pg_sys::varlena) -> bool {
+    use pgrx::varlena::{vardata_any, varatt_is_1b_e, varatt_is_4b_c, varsize_any, varsize_any_exhdr};
+    unsafe {
+        if a == b {
+            return true;
+        }
+        let (sa, sb) = (varsize_any(a), varsize_any(b));
+        if sa == sb
+            && std::slice::from_raw_parts(a as *const u8, sa) == std::slice::from_raw_parts(b as *const u8, sb)
+        {
+            return true;
+        }
+        let (a, b) = if varatt_is_1b_e(a) || varatt_is_4b_c(a) || varatt_is_1b_e(b) || varatt_is_4b_c(b) {
+            (pg_sys::pg_detoast_datum_packed(a), pg_sys::pg_detoast_datum_packed(b))
+        } else {
+            (a, b)
+        };
+        let (la, lb) = (varsize_any_exhdr(a), varsize_any_exhdr(b));
+        la == lb
+            && std::slice::from_raw_parts(vardata_any(a) as *const u8, la)
+                == std::slice::from_raw_parts(vardata_any(b) as *const u8, lb)
+    }
+}
