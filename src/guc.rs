@@ -42,7 +42,7 @@ pub fn register() {
         c"Database in which the zdm launcher runs queued and interrupted jobs.",
         c"Only used with shared_preload_libraries = 'zdm'.",
         &DATABASE,
-        GucContext::Postmaster,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

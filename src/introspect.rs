@@ -122,7 +122,7 @@ pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
                JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
                LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
                LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
-              WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped",
+              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             Some(1),
             &[relid.into(), name.into()],
         )?;
