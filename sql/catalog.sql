@@ -66,15 +66,22 @@ CREATE TABLE zdm.jobs (
                         CHECK (state IN ('queued', 'running', 'paused', 'completed', 'failed', 'cancelled')),
     database            oid         NOT NULL,
     created_xid         xid8,                                  -- the transaction that queued it: work starts after it commits
-    batch_size          int         NOT NULL DEFAULT 5000 CHECK (batch_size BETWEEN 1 AND 10000000),
-    pause_ms            int         NOT NULL DEFAULT 0 CHECK (pause_ms >= 0),
-    target_batch_ms     int         CHECK (target_batch_ms > 0),
-    max_replica_lag     interval,
-    lock_timeout_ms     int         NOT NULL DEFAULT 2000 CHECK (lock_timeout_ms > 0),
+    run_as              oid         NOT NULL,                  -- batches run with this role's privileges, never as superuser
+    run_as_name         name        NOT NULL,
+    -- Defaults keep a busy OLTP table healthy: ~2000-row batches steered to
+    -- 250 ms each, a 20 ms breather between them, short lock waits.
+    batch_size          int         NOT NULL DEFAULT 2000 CHECK (batch_size BETWEEN 1 AND 10000000),
+    current_batch_size  int,                                   -- what the adaptive sizing / timeout halving uses now
+    pause_ms            int         NOT NULL DEFAULT 20 CHECK (pause_ms >= 0),
+    target_batch_ms     int         DEFAULT 250 CHECK (target_batch_ms > 0),
+    max_replica_lag     interval    DEFAULT '10 seconds',
+    lock_timeout_ms     int         NOT NULL DEFAULT 1000 CHECK (lock_timeout_ms > 0),
     statement_timeout_ms int        NOT NULL DEFAULT 30000 CHECK (statement_timeout_ms > 0),
     max_attempts        int         NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
     run_after           timestamptz,
+    queued_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
     worker_pid          int,
+    worker_started_at   timestamptz,                           -- backend_start of worker_pid: tells a live worker from a reused pid
     heartbeat_at        timestamptz,
     started_at          timestamptz,
     finished_at         timestamptz,
@@ -125,7 +132,9 @@ SELECT m.id,
             THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - m.cursor_block)::float8 / m.cursor_block)
        END                                                        AS eta,
        CASE WHEN j.state = 'paused' THEN 'paused by zdm.pause()'
-            ELSE j.throttle_reason END                            AS throttle_reason,
+            WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
+       j.worker_pid,
+       j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,
        m.owner_name                                               AS started_by,
        m.created_at,

@@ -9,10 +9,12 @@
 //! that condition on its newest version, so the backfill never overwrites a
 //! value the trigger has set.
 
-use crate::catalog::{self, Migration};
+use crate::catalog::{self, Migration, Phase, Step};
 use crate::introspect;
+use crate::rename;
 use crate::spi::{self, ident};
 use crate::trigger;
+use std::time::Instant;
 
 pub struct BatchOutcome {
     pub rows: i64,
@@ -42,6 +44,50 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
     let rows = trigger::with_sync_suppressed(m.relid, || spi::exec_count(&sql));
     catalog::save_progress(m.id, end, nblocks, rows, next_density(per_block, rows, blocks, batch_size));
     BatchOutcome { rows, blocks, done: false }
+}
+
+/// One step of a rename backfill in the current transaction: lock the
+/// migration row (serializing concurrent callers and workers), check the
+/// phase, run one block range, and record completion when the cursor reached
+/// the end. Shared by `zdm.backfill_batch` and the background worker.
+pub fn step(migration: i64, batch_size: i32) -> BatchOutcome {
+    let started = Instant::now();
+    let m = catalog::load_or_raise(migration, true);
+    rename::require_backfillable(&m);
+    if m.phase == Phase::Backfilled {
+        return BatchOutcome { rows: 0, blocks: 0, done: true };
+    }
+    if m.phase == Phase::Expanded {
+        catalog::set_phase(m.id, Phase::Backfilling);
+    }
+    let out = run_batch(&m, batch_size);
+    if out.done {
+        catalog::set_phase(m.id, Phase::Backfilled);
+        catalog::log_step(Step {
+            migration: m.id,
+            step: "backfill complete",
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(format!("{} rows backfilled in total", m.rows_done)),
+        });
+    }
+    out
+}
+
+/// Steps until a range updated rows or the backfill is complete; returns the
+/// rows updated, 0 meaning complete. A range with nothing left to do (rows
+/// the application already rewrote) does not end the call.
+pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
+    loop {
+        let out = step(migration, batch_size);
+        if out.done {
+            return 0;
+        }
+        if out.rows > 0 {
+            return out.rows;
+        }
+    }
 }
 
 /// Rows-needing-work per block, learned from the last batch: batch_size counts

@@ -1,7 +1,119 @@
-//! Background jobs: one per migration in `zdm.jobs`.
+//! Background jobs: one per migration in `zdm.jobs` (the job id is the
+//! migration id). This module owns the job row: queueing, options, state
+//! changes, liveness of its worker, and registering a worker process.
 
-use crate::catalog::as_catalog_owner;
+use crate::catalog::{as_catalog_owner, current_user};
+use crate::errors::{raise, Code, OrRaise};
 use crate::spi;
+use pgrx::bgworkers::BackgroundWorkerBuilder;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+
+/// Options a caller may set; None keeps the current value. For
+/// `target_batch_ms` and `max_replica_lag`, 0 turns the feature off.
+#[derive(Default)]
+pub struct Options {
+    pub batch_size: Option<i32>,
+    pub pause_ms: Option<i32>,
+    pub target_batch_ms: Option<i32>,
+    pub max_replica_lag: Option<Interval>,
+    pub lock_timeout: Option<Interval>,
+    pub statement_timeout: Option<Interval>,
+    pub run_after: Option<TimestampWithTimeZone>,
+}
+
+impl Options {
+    pub fn validate(&self) {
+        let bad = |what: &str, hint: &str| -> ! {
+            raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, what.to_string(), hint.to_string())
+        };
+        if matches!(self.batch_size, Some(n) if !(1..=10_000_000).contains(&n)) {
+            bad("batch_size must be between 1 and 10000000", "1000 to 10000 rows keeps each transaction short.");
+        }
+        if matches!(self.pause_ms, Some(n) if n < 0) {
+            bad("pause_ms must not be negative", "0 turns the pause between batches off.");
+        }
+        if matches!(self.target_batch_ms, Some(n) if n < 0) {
+            bad("target_batch_ms must not be negative", "0 turns adaptive batch sizing off.");
+        }
+        for (name, v) in [("lock_timeout", &self.lock_timeout), ("statement_timeout", &self.statement_timeout)] {
+            if let Some(i) = v {
+                if interval_ms(i) < 1.0 {
+                    bad(&format!("{name} must be at least 1 ms"), "Use e.g. '1s'.");
+                }
+            }
+        }
+    }
+}
+
+fn interval_ms(i: &Interval) -> f64 {
+    spi::one::<f64>("SELECT extract(epoch FROM $1::interval)::float8 * 1000", &[(*i).into()]).unwrap_or(0.0)
+}
+
+const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
+     current_batch_size = coalesce($2, current_batch_size), \
+     pause_ms = coalesce($3, pause_ms), \
+     target_batch_ms = CASE WHEN $4 IS NULL THEN target_batch_ms WHEN $4 = 0 THEN NULL ELSE $4 END, \
+     max_replica_lag = CASE WHEN $5::interval IS NULL THEN max_replica_lag WHEN $5::interval <= '0' THEN NULL ELSE $5::interval END, \
+     lock_timeout_ms = coalesce((extract(epoch FROM $6::interval) * 1000)::int, lock_timeout_ms), \
+     statement_timeout_ms = coalesce((extract(epoch FROM $7::interval) * 1000)::int, statement_timeout_ms), \
+     run_after = coalesce($8, run_after)";
+
+/// Queue (or re-queue) the migration's job in the caller's transaction. The
+/// worker starts its work only once this transaction has committed.
+pub fn queue(migration: i64, o: &Options) {
+    let user = current_user();
+    let db = unsafe { pg_sys::MyDatabaseId };
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.jobs (migration_id, database, run_as, run_as_name, created_xid) \
+             VALUES ($1, $2, $3, (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $3), pg_catalog.pg_current_xact_id()) \
+             ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', run_as = excluded.run_as, \
+               run_as_name = excluded.run_as_name, created_xid = excluded.created_xid, queued_at = clock_timestamp(), \
+               worker_pid = NULL, worker_started_at = NULL, finished_at = NULL, last_error = NULL, throttle_reason = NULL",
+            &[migration.into(), db.into(), user.into()],
+        );
+        set_options_row(migration, o);
+    });
+}
+
+fn set_options_row(migration: i64, o: &Options) {
+    spi::exec_args(
+        &format!("UPDATE zdm.jobs SET {OPTION_ASSIGNMENTS} WHERE migration_id = $1"),
+        &[
+            migration.into(),
+            o.batch_size.into(),
+            o.pause_ms.into(),
+            o.target_batch_ms.into(),
+            o.max_replica_lag.into(),
+            o.lock_timeout.into(),
+            o.statement_timeout.into(),
+            o.run_after.into(),
+        ],
+    );
+}
+
+pub fn set_options(migration: i64, o: &Options) {
+    as_catalog_owner(|| set_options_row(migration, o));
+}
+
+/// The job's state, if it has a job.
+pub fn state(migration: i64) -> Option<String> {
+    as_catalog_owner(|| spi::one::<String>("SELECT state FROM zdm.jobs WHERE migration_id = $1", &[migration.into()]))
+}
+
+/// Move the job from one of `from` to `to`; returns whether it moved.
+pub fn transition(migration: i64, from: &[&str], to: &str) -> bool {
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    as_catalog_owner(|| {
+        spi::one::<i64>(
+            "WITH u AS (UPDATE zdm.jobs SET state = $3, \
+                 finished_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN clock_timestamp() END \
+               WHERE migration_id = $1 AND state = ANY($2) RETURNING 1) SELECT count(*) FROM u",
+            &[migration.into(), from.into(), to.into()],
+        )
+    }) == Some(1)
+}
 
 /// Mark a migration's job as finished (contract, abort) if it has one.
 pub fn finish_for_migration(id: i64, state: &str) {
@@ -12,4 +124,102 @@ pub fn finish_for_migration(id: i64, state: &str) {
             &[id.into(), state.into()],
         )
     });
+}
+
+/// SQL condition: the job's recorded worker is alive (same pid and start time).
+pub const WORKER_ALIVE: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
+     WHERE a.pid = j.worker_pid AND a.backend_start = j.worker_started_at)";
+
+pub fn worker_alive(migration: i64) -> bool {
+    as_catalog_owner(|| {
+        spi::one::<bool>(
+            &format!("SELECT {WORKER_ALIVE} FROM zdm.jobs j WHERE j.migration_id = $1"),
+            &[migration.into()],
+        )
+    })
+    .unwrap_or(false)
+}
+
+/// Register a dynamic background worker for the job. `wait_for_caller`: the
+/// worker first waits for the current transaction to end, and exits if it
+/// rolled back. Fails with 53000 when no worker slot is free.
+pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<(), String> {
+    let xid = if wait_for_caller {
+        spi::one::<String>("SELECT pg_catalog.pg_current_xact_id()::text", &[]).unwrap_or_else(|| "0".into())
+    } else {
+        "0".into()
+    };
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    BackgroundWorkerBuilder::new(&format!("zdm backfill {migration}"))
+        .set_type("zdm backfill")
+        .set_library("zdm")
+        .set_function("zdm_backfill_worker_main")
+        .set_argument(migration.into_datum())
+        .set_extra(&format!("{db} {xid}"))
+        .enable_spi_access()
+        .load_dynamic()
+        .map(|_| ())
+        .map_err(|_| "no free background worker slot".to_string())
+}
+
+pub fn launch_worker_or_raise(migration: i64, wait_for_caller: bool) {
+    if let Err(e) = launch_worker(migration, wait_for_caller) {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_RESOURCES,
+            format!("could not start a background worker for zdm migration {migration}: {e}"),
+            "Raise max_worker_processes (needs a restart) or wait for other background workers to finish, then call zdm.start_backfill again.",
+        );
+    }
+}
+
+/// Everything the worker needs before a batch, read fresh each time.
+pub struct JobRow {
+    pub state: String,
+    pub worker_pid: Option<i32>,
+    pub run_as: pg_sys::Oid,
+    /// what the caller asked for
+    pub configured_batch_size: i32,
+    /// what the next batch uses (adaptive sizing, halving after a timeout)
+    pub batch_size: i32,
+    pub pause_ms: i32,
+    pub target_batch_ms: Option<i32>,
+    pub max_replica_lag_ms: Option<f64>,
+    pub lock_timeout_ms: i32,
+    pub statement_timeout_ms: i32,
+    pub max_attempts: i32,
+    pub wait_for_run_after_ms: f64,
+}
+
+pub fn load_row(migration: i64) -> Option<JobRow> {
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "SELECT state, worker_pid, run_as, batch_size, coalesce(current_batch_size, batch_size), pause_ms, target_batch_ms, \
+                        (extract(epoch FROM max_replica_lag) * 1000)::float8, lock_timeout_ms, statement_timeout_ms, \
+                        max_attempts, greatest(0, extract(epoch FROM run_after - clock_timestamp()) * 1000)::float8 \
+                   FROM zdm.jobs WHERE migration_id = $1",
+                Some(1),
+                &[migration.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let r = t.first();
+            Ok::<_, pgrx::spi::Error>(Some(JobRow {
+                state: r.get::<String>(1)?.unwrap_or_default(),
+                worker_pid: r.get::<i32>(2)?,
+                run_as: r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                configured_batch_size: r.get::<i32>(4)?.unwrap_or(1000),
+                batch_size: r.get::<i32>(5)?.unwrap_or(1000),
+                pause_ms: r.get::<i32>(6)?.unwrap_or(0),
+                target_batch_ms: r.get::<i32>(7)?,
+                max_replica_lag_ms: r.get::<f64>(8)?,
+                lock_timeout_ms: r.get::<i32>(9)?.unwrap_or(1000),
+                statement_timeout_ms: r.get::<i32>(10)?.unwrap_or(30000),
+                max_attempts: r.get::<i32>(11)?.unwrap_or(5),
+                wait_for_run_after_ms: r.get::<f64>(12)?.unwrap_or(0.0),
+            }))
+        })
+        .or_raise("loading a job")
+    })
 }

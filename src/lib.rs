@@ -15,10 +15,12 @@ mod errors;
 mod guc;
 mod introspect;
 mod jobs;
+mod launcher;
 mod locking;
 mod rename;
 mod spi;
 mod trigger;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -37,6 +39,9 @@ COMMENT ON FUNCTION zdm.sync_trigger() IS
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        launcher::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

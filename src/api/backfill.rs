@@ -1,8 +1,6 @@
-use crate::catalog::{self, Phase, Step};
+use crate::backfill;
 use crate::errors::{raise, Code};
-use crate::{backfill, rename};
 use pgrx::prelude::*;
-use std::time::Instant;
 
 /// One batch in the caller's transaction; returns the rows it updated, 0 when
 /// the backfill is complete.
@@ -21,38 +19,5 @@ fn backfill_batch(migration: i64, batch_size: i32) -> i64 {
             "A batch of 1000 to 10000 rows keeps each transaction short.",
         );
     }
-    run_backfill_batch(migration, batch_size)
-}
-
-pub fn run_backfill_batch(migration: i64, batch_size: i32) -> i64 {
-    let started = Instant::now();
-    // The row lock serializes concurrent callers (and the background worker).
-    let mut m = catalog::load_or_raise(migration, true);
-    rename::require_backfillable(&m);
-    if m.phase == Phase::Backfilled {
-        return 0;
-    }
-    if m.phase == Phase::Expanded {
-        catalog::set_phase(m.id, Phase::Backfilling);
-    }
-    loop {
-        let out = backfill::run_batch(&m, batch_size);
-        if out.done {
-            catalog::set_phase(m.id, Phase::Backfilled);
-            catalog::log_step(Step {
-                migration: m.id,
-                step: "backfill complete",
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                lock_wait_ms: None,
-                lock_attempts: None,
-                detail: Some(format!("{} rows backfilled in total", m.rows_done)),
-            });
-            return 0;
-        }
-        if out.rows > 0 {
-            return out.rows;
-        }
-        // A range with nothing left to do: move on within this call, so 0 keeps meaning "complete".
-        m = catalog::load_or_raise(migration, false);
-    }
+    backfill::batch_until_rows(migration, batch_size)
 }

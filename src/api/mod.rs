@@ -3,4 +3,5 @@
 //! argument types are exactly DESIGN.md's (`regclass`, `name`).
 
 mod backfill;
+mod jobs;
 mod rename;

@@ -1,4 +1,4 @@
-use crate::{errors, rename};
+use crate::{errors, jobs, rename};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -16,16 +16,26 @@ fn name_arg(value: &CStr, what: &str) -> String {
 /// Start renaming `old_column` to `new_column`: adds the new column and the
 /// sync trigger in the caller's transaction. Returns the migration id.
 #[pg_extern(sql = "
-CREATE FUNCTION zdm.expand_rename(tbl regclass, old_column name, new_column name)
+CREATE FUNCTION zdm.expand_rename(tbl regclass, old_column name, new_column name, background boolean DEFAULT true)
 RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name) IS
-  'Expand: add new_column (same type, collation, comment, checks) kept in sync with old_column by a trigger; returns the migration id';
+COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name, boolean) IS
+  'Expand: add new_column (same type, collation, comment, checks) kept in sync with old_column by a trigger, and schedule the background backfill (unless background => false); returns the migration id';
 ")]
-fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr) -> i64 {
+fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr, background: bool) -> i64 {
     let old = name_arg(old_column, "old_column");
     let new = name_arg(new_column, "new_column");
-    rename::expand(tbl, &old, &new)
+    let id = rename::expand(tbl, &old, &new);
+    if background {
+        // Queued in this transaction; the worker starts its work after commit.
+        jobs::queue(id, &jobs::Options::default());
+        if let Err(e) = jobs::launch_worker(id, true) {
+            pgrx::warning!(
+                "zdm migration {id}: backfill queued but not started ({e}); the zdm launcher will start it, or call zdm.start_backfill({id})"
+            );
+        }
+    }
+    id
 }
 
 /// Finish a backfilled rename: the old column goes, the new one keeps its

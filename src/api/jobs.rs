@@ -1,0 +1,306 @@
+use crate::catalog::{self, Phase};
+use crate::errors::{raise, Code};
+use crate::jobs::{self, Options};
+use crate::{introspect, locking, rename, spi};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+const OPTION_ARGS: &str = "batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, \
+    max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, \
+    run_after timestamptz DEFAULT NULL";
+const _: &str = OPTION_ARGS; // documented in README; repeated literally in the SQL below
+
+fn required(migration: Option<i64>) -> i64 {
+    migration.unwrap_or_else(|| {
+        raise(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "migration must not be NULL",
+            "Pass the id that zdm.expand_rename returned; see zdm.status.",
+        )
+    })
+}
+
+/// The migration, checked to be a backfillable rename the caller owns.
+fn owned_backfillable(migration: i64) -> catalog::Migration {
+    let m = catalog::load_or_raise(migration, true);
+    rename::require_backfillable(&m);
+    introspect::require_owner(&introspect::migratable_table(m.relid));
+    m
+}
+
+#[allow(clippy::too_many_arguments)]
+fn options(
+    batch_size: Option<i32>,
+    pause_ms: Option<i32>,
+    target_batch_ms: Option<i32>,
+    max_replica_lag: Option<Interval>,
+    lock_timeout: Option<Interval>,
+    statement_timeout: Option<Interval>,
+    run_after: Option<TimestampWithTimeZone>,
+) -> Options {
+    let o = Options { batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after };
+    o.validate();
+    o
+}
+
+/// Start (or restart after cancel or failure) the background backfill. It
+/// begins once the calling transaction commits. Returns the job id (= the
+/// migration id).
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
+    target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz) IS
+  'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
+")]
+#[allow(clippy::too_many_arguments)]
+fn start_backfill(
+    migration: Option<i64>,
+    batch_size: Option<i32>,
+    pause_ms: Option<i32>,
+    target_batch_ms: Option<i32>,
+    max_replica_lag: Option<Interval>,
+    lock_timeout: Option<Interval>,
+    statement_timeout: Option<Interval>,
+    run_after: Option<TimestampWithTimeZone>,
+) -> i64 {
+    let id = required(migration);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
+    let m = owned_backfillable(id);
+    if m.phase == Phase::Backfilled {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} on {} is already backfilled", m.table_display()),
+            format!("Call zdm.contract({id}) to finish it."),
+        );
+    }
+    if let Some(state) = jobs::state(id) {
+        if matches!(state.as_str(), "queued" | "running" | "paused") && jobs::worker_alive(id) {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm migration {id} already has a background backfill ({state})"),
+                format!("Change it with zdm.set_options({id}, ...), zdm.pause({id}) or zdm.cancel({id})."),
+            );
+        }
+    }
+    jobs::queue(id, &opts);
+    jobs::launch_worker_or_raise(id, true);
+    id
+}
+
+/// Change a job's options; a running worker applies them at its next batch.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
+    target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL)
+RETURNS void VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz) IS
+  'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
+")]
+#[allow(clippy::too_many_arguments)]
+fn set_options(
+    migration: Option<i64>,
+    batch_size: Option<i32>,
+    pause_ms: Option<i32>,
+    target_batch_ms: Option<i32>,
+    max_replica_lag: Option<Interval>,
+    lock_timeout: Option<Interval>,
+    statement_timeout: Option<Interval>,
+    run_after: Option<TimestampWithTimeZone>,
+) {
+    let id = required(migration);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
+    let m = catalog::load_or_raise(id, false);
+    introspect::require_owner(&introspect::migratable_table(m.relid));
+    if jobs::state(id).is_none() {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} has no background job"),
+            format!("Start one with zdm.start_backfill({id}, ...)."),
+        );
+    }
+    jobs::set_options(id, &opts);
+}
+
+fn change_state(id: i64, from: &[&str], to: &str, verb: &str) {
+    let m = catalog::load_or_raise(id, false);
+    introspect::require_owner(&introspect::migratable_table(m.relid));
+    if !jobs::transition(id, from, to) {
+        let state = jobs::state(id).unwrap_or_else(|| "no job".into());
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot {verb} the backfill of zdm migration {id}: its job is {state}"),
+            match state.as_str() {
+                "no job" | "cancelled" | "failed" => format!("Start it with zdm.start_backfill({id})."),
+                "paused" => format!("Resume it with zdm.resume({id})."),
+                "completed" => format!("It is done; call zdm.contract({id})."),
+                _ => "See zdm.status.".to_string(),
+            },
+        );
+    }
+}
+
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.pause(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.pause(bigint) IS 'Pause the background backfill after its current batch';
+")]
+fn pause(migration: i64) {
+    change_state(migration, &["queued", "running"], "paused", "pause");
+}
+
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.resume(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.resume(bigint) IS 'Resume a paused background backfill';
+")]
+fn resume(migration: i64) {
+    if jobs::worker_alive(migration) {
+        change_state(migration, &["paused"], "running", "resume");
+    } else {
+        change_state(migration, &["paused"], "queued", "resume");
+        jobs::launch_worker_or_raise(migration, true);
+    }
+}
+
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.cancel(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.cancel(bigint) IS
+  'Stop the background backfill after its current batch; progress is kept, restart with zdm.start_backfill';
+")]
+fn cancel(migration: i64) {
+    change_state(migration, &["queued", "running", "paused"], "cancelled", "cancel");
+}
+
+struct Progress {
+    phase: String,
+    job_state: Option<String>,
+    rows_done: i64,
+    rows_total: i64,
+    percent: f64,
+    rows_per_sec: Option<f64>,
+    eta: Option<String>,
+    reason: Option<String>,
+    error: Option<String>,
+}
+
+fn progress(id: i64) -> Option<Progress> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT phase, job_state, rows_done, rows_total, percent::float8, rows_per_sec::float8, \
+                    date_trunc('second', eta)::text, throttle_reason, last_error FROM zdm.status WHERE id = $1",
+            Some(1),
+            &[id.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::Error>(Some(Progress {
+            phase: r.get::<String>(1)?.unwrap_or_default(),
+            job_state: r.get::<String>(2)?,
+            rows_done: r.get::<i64>(3)?.unwrap_or(0),
+            rows_total: r.get::<i64>(4)?.unwrap_or(0),
+            percent: r.get::<f64>(5)?.unwrap_or(0.0),
+            rows_per_sec: r.get::<f64>(6)?,
+            eta: r.get::<String>(7)?,
+            reason: r.get::<String>(8)?,
+            error: r.get::<String>(9)?,
+        }))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Wait for the backfill to finish, printing progress as NOTICEs; returns the
+/// final phase.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.wait(migration bigint, timeout interval DEFAULT '1 hour') RETURNS text STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
+  'Wait for the background backfill, with progress NOTICEs; returns the final phase';
+")]
+fn wait(migration: i64, timeout: Interval) -> String {
+    let id = migration;
+    let timeout_ms =
+        spi::one::<f64>("SELECT extract(epoch FROM $1::interval)::float8 * 1000", &[timeout.into()]).unwrap_or(0.0);
+    catalog::load_or_raise(id, false);
+    let mine = spi::one::<bool>(
+        "SELECT created_xid = pg_catalog.pg_current_xact_id_if_assigned() FROM zdm.jobs WHERE migration_id = $1",
+        &[id.into()],
+    );
+    if mine == Some(true) {
+        raise(
+            Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("zdm.wait({id}) cannot run in the transaction that started the backfill of migration {id}"),
+            format!("The backfill starts only after this transaction commits: COMMIT first, then call zdm.wait({id})."),
+        );
+    }
+    let isolation = spi::one::<String>("SELECT current_setting('transaction_isolation')", &[]).unwrap_or_default();
+    if isolation != "read committed" {
+        raise(
+            Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("zdm.wait({id}) needs READ COMMITTED to see progress (this transaction is {isolation})"),
+            "Call it outside an explicit REPEATABLE READ / SERIALIZABLE transaction.",
+        );
+    }
+    let started = Instant::now();
+    let mut last_notice: Option<Instant> = None;
+    let mut last_rows = -1;
+    loop {
+        let Some(p) = progress(id) else { catalog::load_or_raise(id, false); unreachable!() };
+        if matches!(p.phase.as_str(), "backfilled" | "contracted" | "aborted") {
+            pgrx::notice!("zdm migration {id}: {} ({} rows backfilled)", p.phase, p.rows_done);
+            return p.phase;
+        }
+        match p.job_state.as_deref() {
+            None => raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm migration {id} has no background backfill to wait for (phase {})", p.phase),
+                format!("Start one with zdm.start_backfill({id}), or run zdm.backfill_batch({id}) until it returns 0."),
+            ),
+            Some("failed") => raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("the backfill of zdm migration {id} failed: {}", p.error.unwrap_or_default()),
+                format!("Fix the cause, then call zdm.start_backfill({id}); it resumes from its cursor."),
+            ),
+            Some("cancelled") => raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("the backfill of zdm migration {id} was cancelled at {:.1}%", p.percent),
+                format!("Restart it with zdm.start_backfill({id}); it resumes from its cursor."),
+            ),
+            _ => {}
+        }
+        let due = last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due && p.rows_done != last_rows {
+            pgrx::notice!(
+                "zdm migration {id}: {:.1}% — {} of ~{} rows, {} rows/s, ETA {}{}",
+                p.percent,
+                p.rows_done,
+                p.rows_total,
+                p.rows_per_sec.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
+                p.eta.unwrap_or_else(|| "-".into()),
+                p.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+            last_notice = Some(Instant::now());
+            last_rows = p.rows_done;
+        }
+        if started.elapsed().as_secs_f64() * 1000.0 >= timeout_ms {
+            raise(
+                Code::ERRCODE_QUERY_CANCELED,
+                format!(
+                    "zdm.wait({id}) timed out after {:.0} s at {:.1}%; the backfill goes on in the background",
+                    timeout_ms / 1000.0,
+                    p.percent
+                ),
+                format!("Call zdm.wait({id}) again, or watch SELECT * FROM zdm.status WHERE id = {id}."),
+            );
+        }
+        locking::interruptible_sleep(Duration::from_millis(200));
+    }
+}
