@@ -52,7 +52,13 @@ mod tests;
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
+    /// The same settings as the demo and the host-side tests (preloads zdm,
+    /// so `_PG_init` and the launcher registration are exercised too).
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        include_str!("../pgrx-config/postgresql.conf")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
     }
 }

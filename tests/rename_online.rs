@@ -83,7 +83,7 @@ fn run_case(cluster: &Cluster, case: Case) {
 
     // Session 1: expand, committed.
     let id: i64 = setup
-        .query_one("SELECT zdm.expand_rename($1::text::regclass, $2, $3)", &[&case.table, &case.old, &case.new])
+        .query_one("SELECT zdm.expand_rename($1::text::regclass, $2, $3, background => false)", &[&case.table, &case.old, &case.new])
         .unwrap()
         .get(0);
 

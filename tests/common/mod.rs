@@ -169,3 +169,99 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An application session writing through one column of a table, keeping a
+/// ledger of the last value it wrote per key. Updates touch keys
+/// `k ≡ residue (mod 3)` within `1..=rows`; inserts use keys above
+/// `insert_base`. Writes until `stop` is set (and at least `min_writes`).
+pub struct Writer {
+    pub table: String,
+    pub key: String,
+    pub column: String,
+    pub residue: i64,
+    pub rows: i64,
+    pub insert_base: i64,
+    pub min_writes: i64,
+}
+
+impl Writer {
+    pub fn run(
+        self,
+        mut c: Client,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::collections::HashMap<i64, String> {
+        let col = format!("\"{}\"", self.column.replace('"', "\"\""));
+        let update = format!("UPDATE {} SET {col} = $1 WHERE {} = $2", self.table, self.key);
+        let insert = format!("INSERT INTO {} ({col}, {}) VALUES ($1, $2)", self.table, self.key);
+        let mut ledger = std::collections::HashMap::new();
+        let mut i: i64 = 0;
+        while i < self.min_writes || !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            if i % 5 == 0 {
+                let k = self.insert_base + i;
+                let v = format!("{}-ins-{i}", self.column);
+                c.execute(&insert, &[&v, &k]).unwrap();
+                ledger.insert(k, v);
+            } else {
+                let mut k = ((i * 7919) % (self.rows / 3)) * 3 + self.residue;
+                if k == 0 {
+                    k = 3;
+                }
+                let v = format!("{}-upd-{i}", self.column);
+                c.execute(&update, &[&v, &k]).unwrap();
+                ledger.insert(k, v);
+            }
+            if i > 50_000 {
+                break;
+            }
+        }
+        ledger
+    }
+}
+
+/// Rows of `table` whose `column` differs from the ledger (or from
+/// 'orig-' || key for rows nobody wrote), plus ledger keys missing.
+pub fn mismatches(c: &mut Client, table: &str, key: &str, column: &str, ledger: &std::collections::HashMap<i64, String>) -> i64 {
+    let keys: Vec<i64> = ledger.keys().copied().collect();
+    let values: Vec<String> = keys.iter().map(|k| ledger[k].clone()).collect();
+    c.batch_execute("DROP TABLE IF EXISTS pg_temp.ledger; CREATE TEMP TABLE ledger (k bigint PRIMARY KEY, v text)").unwrap();
+    c.execute("INSERT INTO ledger SELECT * FROM unnest($1::bigint[], $2::text[])", &[&keys, &values]).unwrap();
+    let col = format!("\"{}\"", column.replace('"', "\"\""));
+    let wrong: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM {table} x LEFT JOIN ledger l ON l.k = x.{key} WHERE x.{col} IS DISTINCT FROM coalesce(l.v, 'orig-' || x.{key})"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let missing: i64 = c
+        .query_one(&format!("SELECT count(*) FROM ledger l WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{key} = l.k)"), &[])
+        .unwrap()
+        .get(0);
+    wrong + missing
+}
+
+/// A table `name (id bigint PRIMARY KEY, a text, pad text)` with `rows` rows,
+/// a = 'orig-' || id.
+pub fn make_table(c: &mut Client, name: &str, rows: i64) {
+    c.batch_execute(&format!(
+        "CREATE TABLE {name} (id bigint PRIMARY KEY, a text, pad text DEFAULT repeat('x', 40));
+         INSERT INTO {name} (id, a) SELECT g, 'orig-' || g FROM generate_series(1, {rows}) g;"
+    ))
+    .unwrap();
+    c.batch_execute(&format!("VACUUM ANALYZE {name}")).unwrap();
+}
+
+pub fn status_row(c: &mut Client, id: i64) -> (String, Option<String>, i64, Option<String>) {
+    let r = c.query_one("SELECT phase, job_state, rows_done, last_error FROM zdm.status WHERE id = $1", &[&id]).unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+pub fn worker_pid(c: &mut Client, id: i64) -> Option<i32> {
+    c.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'zdm backfill' AND application_name = $1",
+        &[&format!("zdm backfill {id}")],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}

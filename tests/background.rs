@@ -1,0 +1,229 @@
+//! Host-side: background backfill with real workers, the launcher, real
+//! concurrent writers, worker kills and a crash restart.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ROWS: i64 = 200_000;
+
+fn rows_done(c: &mut postgres::Client, id: i64) -> i64 {
+    status_row(c, id).2
+}
+
+/// Backfill of 200k rows by a worker while writers use both columns; after
+/// contract, zero mismatches against their ledgers.
+#[test]
+fn background_backfill_under_concurrent_writers() {
+    let cluster = Cluster::start("bg", &[]);
+    let mut c = cluster.create_db("bg");
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    // Slow it down enough that the writers really overlap the backfill.
+    c.execute("SELECT zdm.set_options($1, batch_size => 5000, target_batch_ms => 0, pause_ms => 20)", &[&id]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn = |column: &str, residue: i64, base: i64| {
+        let w = Writer { table: "t".into(), key: "id".into(), column: column.into(), residue, rows: ROWS, insert_base: base, min_writes: 300 };
+        let (conn, stop) = (cluster.connect("bg"), stop.clone());
+        std::thread::spawn(move || w.run(conn, stop))
+    };
+    let old_writer = spawn("a", 0, 10 * ROWS);
+    let new_writer = spawn("b", 1, 20 * ROWS);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    stop.store(true, Ordering::SeqCst);
+    let mut ledger = old_writer.join().unwrap();
+    ledger.extend(new_writer.join().unwrap());
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let wrong = mismatches(&mut c, "t", "id", "b", &ledger);
+    println!("{} ledger entries, {wrong} mismatches", ledger.len());
+    assert_eq!(wrong, 0);
+    let (state, batches): (String, i64) = {
+        let r = c.query_one("SELECT j.state, (SELECT count(*) FROM zdm.batches WHERE migration_id = $1) FROM zdm.jobs j WHERE migration_id = $1", &[&id]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(state, "completed");
+    assert!(batches > 10, "expected many batches, got {batches}");
+}
+
+/// pause / resume / cancel / restart, and options changed mid-run showing up
+/// in the per-batch history.
+#[test]
+fn pause_resume_cancel_restart_and_live_options() {
+    let cluster = Cluster::start("ctl", &[]);
+    let mut c = cluster.create_db("ctl");
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    c.query_one("SELECT zdm.start_backfill($1, batch_size => 1000, pause_ms => 50, target_batch_ms => 0)", &[&id]).unwrap();
+    let _ = wait_for("first batches", Duration::from_secs(30), || (rows_done(&mut c, id) >= 3000).then_some(()));
+    // the worker is visible
+    let pid = worker_pid(&mut c, id).expect("worker in pg_stat_activity");
+    assert!(pid > 0);
+    // a second start while it runs is refused
+    let (code, _) = sqlstate(c.query_one("SELECT zdm.start_backfill($1)", &[&id]));
+    assert_eq!(code, "55000");
+
+    // change the batch size live: it shows in the history
+    c.execute("SELECT zdm.set_options($1, batch_size => 3000)", &[&id]).unwrap();
+    wait_for("batch_size 3000 in history", Duration::from_secs(30), || {
+        let n: i64 = c.query_one("SELECT count(*) FROM zdm.batches WHERE migration_id = $1 AND batch_size = 3000", &[&id]).unwrap().get(0);
+        (n > 0).then_some(())
+    });
+    // pause: progress stops
+    c.execute("SELECT zdm.pause($1)", &[&id]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let at_pause = rows_done(&mut c, id);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rows_done(&mut c, id), at_pause, "no progress while paused");
+    let reason: Option<String> = c.query_one("SELECT throttle_reason FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert!(reason.unwrap_or_default().contains("paused"));
+    let (code, _) = sqlstate(c.execute("SELECT zdm.pause($1)", &[&id]));
+    assert_eq!(code, "55000", "pausing a paused job");
+    // resume: progress again
+    c.execute("SELECT zdm.resume($1)", &[&id]).unwrap();
+    wait_for("progress after resume", Duration::from_secs(30), || (rows_done(&mut c, id) > at_pause).then_some(()));
+    // cancel: the worker exits within a batch, the phase stays backfilling
+    c.execute("SELECT zdm.cancel($1)", &[&id]).unwrap();
+    wait_for("worker exit after cancel", Duration::from_secs(30), || worker_pid(&mut c, id).is_none().then_some(()));
+    let (phase, state, at_cancel, _) = status_row(&mut c, id);
+    assert_eq!((phase.as_str(), state.as_deref()), ("backfilling", Some("cancelled")));
+    let (code, msg) = sqlstate(c.query_one("SELECT zdm.wait($1)", &[&id]));
+    assert_eq!(code, "55000", "{msg}");
+    // restart: resumes from the cursor and finishes; every row counted once
+    c.execute("SELECT zdm.start_backfill($1, pause_ms => 0, batch_size => 20000)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let (_, _, done, _) = status_row(&mut c, id);
+    assert!(done > at_cancel);
+    assert_eq!(done, ROWS, "each row backfilled exactly once");
+    let left: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}
+
+/// The worker killed with pg_terminate_backend mid-run: the launcher resumes
+/// it from its cursor; the rows it counts equal the rows that needed work.
+#[test]
+fn killed_worker_is_resumed_by_the_launcher() {
+    let cluster = Cluster::start("kill", &[]);
+    let mut c = cluster.create_db("postgres_kill");
+    // The launcher watches zdm.database; point it at this database.
+    c.batch_execute("ALTER SYSTEM SET zdm.database = 'postgres_kill'").unwrap();
+    cluster.pg_ctl(&["restart", "-w", "-m", "fast", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
+    let mut c = cluster.connect("postgres_kill");
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 2000, target_batch_ms => 0, pause_ms => 30)", &[&id]).unwrap();
+    let _ = wait_for("some progress", Duration::from_secs(30), || (rows_done(&mut c, id) >= 10_000).then_some(()));
+    let pid = worker_pid(&mut c, id).expect("worker");
+    let killed: bool = c.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap().get(0);
+    assert!(killed);
+    // a new worker (a different process) takes over
+    let new_pid = wait_for("a new worker", Duration::from_secs(30), || worker_pid(&mut c, id).filter(|p| *p != pid));
+    assert_ne!(new_pid, pid);
+    c.execute("SELECT zdm.set_options($1, pause_ms => 0, batch_size => 20000)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    assert_eq!(rows_done(&mut c, id), ROWS, "rows counted = rows that needed a backfill");
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    assert_eq!(mismatches(&mut c, "t", "id", "b", &Default::default()), 0);
+}
+
+/// The worker killed without a launcher: start_backfill restarts it.
+#[test]
+fn killed_worker_restarted_with_start_backfill() {
+    let cluster = Cluster::start("kill2", &["shared_preload_libraries = ''"]);
+    let mut c = cluster.create_db("k2");
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 2000, target_batch_ms => 0, pause_ms => 30)", &[&id]).unwrap();
+    let _ = wait_for("some progress", Duration::from_secs(30), || (rows_done(&mut c, id) >= 10_000).then_some(()));
+    let pid = worker_pid(&mut c, id).expect("worker");
+    c.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    wait_for("worker gone", Duration::from_secs(30), || worker_pid(&mut c, id).is_none().then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    let state: String = c.query_one("SELECT state FROM zdm.jobs WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(state, "running", "recorded as running, worker gone");
+    c.query_one("SELECT zdm.start_backfill($1, pause_ms => 0, batch_size => 20000)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    assert_eq!(rows_done(&mut c, id), ROWS);
+}
+
+/// Crash (pg_ctl restart -m immediate) mid-backfill: the launcher resumes the
+/// job on its own and it finishes, each row counted once.
+#[test]
+fn crash_restart_resumes_on_its_own() {
+    let cluster = Cluster::start("crash", &[]);
+    let mut c = cluster.connect("postgres");
+    c.batch_execute("CREATE EXTENSION zdm").unwrap();
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 2000, target_batch_ms => 0, pause_ms => 30)", &[&id]).unwrap();
+    let _ = wait_for("some progress", Duration::from_secs(30), || (rows_done(&mut c, id) >= 10_000).then_some(()));
+    drop(c);
+    cluster.restart_immediate();
+    let mut c = cluster.connect("postgres");
+    let before = rows_done(&mut c, id);
+    assert!(before < ROWS, "the crash should come mid-backfill");
+    c.execute("SELECT zdm.set_options($1, pause_ms => 0, batch_size => 20000)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    assert_eq!(rows_done(&mut c, id), ROWS, "each row backfilled exactly once across the crash");
+    let left: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}
+
+/// The worker runs as the migration's role: without UPDATE privilege the
+/// backfill does not happen, and the reason shows in zdm.status.
+#[test]
+fn role_without_update_privilege_fails_visibly() {
+    let cluster = Cluster::start("priv", &[]);
+    let mut admin = cluster.create_db("priv");
+    admin.batch_execute("CREATE ROLE app LOGIN; GRANT CREATE ON SCHEMA public TO app; GRANT USAGE ON SCHEMA zdm TO app;").unwrap();
+    let mut app = cluster.connect_as("priv", "app");
+    make_table(&mut app, "t", 10_000);
+    // The owner gives up its own UPDATE right; superuser would not care.
+    app.batch_execute("REVOKE UPDATE ON t FROM app").unwrap();
+    let id: i64 = app.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    let (code, msg) = sqlstate(app.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]));
+    assert_eq!(code, "55000");
+    assert!(msg.contains("permission denied"), "{msg}");
+    let (phase, state, done, error) = status_row(&mut app, id);
+    assert_eq!(state.as_deref(), Some("failed"));
+    assert_ne!(phase, "backfilled");
+    assert_eq!(done, 0);
+    assert!(error.unwrap_or_default().contains("permission denied for table t"));
+    let filled: i64 = admin.query_one("SELECT count(*) FROM t WHERE b IS NOT NULL", &[]).unwrap().get(0);
+    assert_eq!(filled, 0, "no row was touched");
+}
+
+/// No free worker slot: start_backfill fails with 53000 and a hint;
+/// expand_rename still succeeds (the job stays queued). And zdm.wait refuses
+/// inside the transaction that queued the job.
+#[test]
+fn no_worker_slot_and_wait_in_own_transaction() {
+    // max_worker_processes = 2: the logical replication launcher and the zdm launcher take both.
+    let cluster = Cluster::start("slots", &["max_worker_processes = 2"]);
+    let mut c = cluster.create_db("slots");
+    make_table(&mut c, "t", 1000);
+    wait_for("launcher", Duration::from_secs(30), || {
+        let n: i64 = c.query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'zdm launcher'", &[]).unwrap().get(0);
+        (n == 1).then_some(())
+    });
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    let state: String = c.query_one("SELECT state FROM zdm.jobs WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(state, "queued");
+    let err = c.query_one("SELECT zdm.start_backfill($1)", &[&id]).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "53000");
+    assert!(db.hint().unwrap_or_default().contains("max_worker_processes"));
+
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("CREATE TABLE u (id int PRIMARY KEY, a text)").unwrap();
+    let id2: i64 = tx.query_one("SELECT zdm.expand_rename('u', 'a', 'b')", &[]).unwrap().get(0);
+    let (code, msg) = sqlstate(tx.query_one("SELECT zdm.wait($1)", &[&id2]));
+    assert_eq!(code, "25001", "{msg}");
+}
