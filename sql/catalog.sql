@@ -22,7 +22,12 @@ CREATE TABLE zdm.migrations (
     -- backfill cursor: the next heap block to visit. Persisted in the same
     -- transaction as each batch, so progress is exactly-once.
     cursor_block    bigint      NOT NULL DEFAULT 0,
-    rel_blocks      bigint      NOT NULL DEFAULT 0,       -- heap size when last measured (progress denominator)
+    -- Where the backfill ends: the heap size measured under expand's lock.
+    -- Every tuple written after that went through the sync trigger, so the
+    -- blocks beyond hold nothing to backfill. If the table is rewritten
+    -- (VACUUM FULL, CLUSTER), its relfilenode changes and the scan restarts.
+    rel_blocks      bigint      NOT NULL DEFAULT 0,
+    relfilenode     oid,
     rows_per_block  float8      NOT NULL DEFAULT 0,       -- estimate used to turn batch_size into a block range
     rows_done       bigint      NOT NULL DEFAULT 0,
     rows_estimate   bigint      NOT NULL DEFAULT 0,
@@ -121,7 +126,7 @@ SELECT m.id,
        m.rows_done,
        greatest(m.rows_estimate, m.rows_done)                     AS rows_total,
        CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
-            WHEN m.rel_blocks > 0 THEN round(least(100.0, 100.0 * m.cursor_block / m.rel_blocks), 1)
+            WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * m.cursor_block / m.rel_blocks), 1)
             ELSE 0.0 END                                          AS percent,
        CASE WHEN m.backfill_started_at IS NOT NULL
              AND coalesce(m.backfilled_at, clock_timestamp()) > m.backfill_started_at

@@ -5,7 +5,10 @@
 //! key, and no batch rescans what an earlier one covered, so the total work is
 //! O(rows). A row needs work only if `new IS NULL AND old IS NOT NULL`: every
 //! row written since expand went through the sync trigger and is already in
-//! sync. Under READ COMMITTED a row updated concurrently is re-checked against
+//! sync — which is also why the scan ends at the heap size measured under
+//! expand's lock (`zdm.migrations.rel_blocks`): blocks added later hold only
+//! tuples the trigger wrote. A rewrite of the table (new relfilenode) moves
+//! tuples anywhere, so it restarts the scan. Under READ COMMITTED a row updated concurrently is re-checked against
 //! that condition on its newest version, so the backfill never overwrites a
 //! value the trigger has set.
 
@@ -14,6 +17,7 @@ use crate::introspect;
 use crate::rename;
 use crate::spi::{self, ident};
 use crate::trigger;
+use pgrx::pg_sys;
 use std::time::Instant;
 
 pub struct BatchOutcome {
@@ -26,8 +30,23 @@ pub struct BatchOutcome {
 /// Run one batch of about `batch_size` updated rows and persist the cursor in
 /// the same transaction. The caller holds the migration's row lock.
 pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
-    let nblocks = introspect::relation_blocks(m.relid);
-    let cursor = m.cursor_block;
+    let (mut cursor, mut nblocks) = (m.cursor_block, m.rel_blocks);
+    let filenode = spi::one::<pg_sys::Oid>("SELECT pg_catalog.pg_relation_filenode($1)", &[m.relid.into()])
+        .unwrap_or(pg_sys::InvalidOid);
+    if filenode != m.relfilenode {
+        // VACUUM FULL, CLUSTER, a rewriting ALTER: tuples moved, scan again.
+        nblocks = introspect::relation_blocks(m.relid);
+        cursor = 0;
+        catalog::restart_scan(m.id, nblocks, filenode);
+        catalog::log_step(Step {
+            migration: m.id,
+            step: "backfill: table rewritten, scan restarts",
+            duration_ms: 0.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(format!("new heap of {nblocks} blocks")),
+        });
+    }
     if cursor >= nblocks {
         return BatchOutcome { rows: 0, blocks: 0, done: true };
     }
@@ -42,7 +61,7 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
     );
     // The UPDATE itself makes each row consistent; the trigger has nothing to add.
     let rows = trigger::with_sync_suppressed(m.relid, || spi::exec_count(&sql));
-    catalog::save_progress(m.id, end, nblocks, rows, next_density(per_block, rows, blocks, batch_size));
+    catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
     BatchOutcome { rows, blocks, done: false }
 }
 

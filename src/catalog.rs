@@ -55,13 +55,16 @@ pub struct Migration {
     pub old_column: Option<String>,
     pub new_column: Option<String>,
     pub phase: Phase,
-    pub owner_role: pg_sys::Oid,
     pub trigger_name: Option<String>,
     pub not_null_check: Option<String>,
     pub carried_checks: Vec<String>,
     pub cursor_block: i64,
     pub rows_per_block: f64,
     pub rows_done: i64,
+    /// end of the backfill scan, in heap blocks
+    pub rel_blocks: i64,
+    /// the heap's relfilenode when `rel_blocks` was measured
+    pub relfilenode: pg_sys::Oid,
 }
 
 impl Migration {
@@ -107,8 +110,8 @@ pub fn current_user() -> pg_sys::Oid {
 }
 
 const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text, table_name::text, \
-     old_column::text, new_column::text, phase, owner_role, trigger_name::text, not_null_check::text, \
-     carried_checks::text[], cursor_block, rows_per_block, rows_done FROM zdm.migrations WHERE id = $1";
+     old_column::text, new_column::text, phase, trigger_name::text, not_null_check::text, \
+     carried_checks::text[], cursor_block, rows_per_block, rows_done, rel_blocks, relfilenode FROM zdm.migrations WHERE id = $1";
 
 /// Load a migration; `lock` takes a row lock so that concurrent batches,
 /// contract and abort on the same migration serialize.
@@ -132,13 +135,14 @@ pub fn load(id: i64, lock: bool) -> Option<Migration> {
                 old_column: text(6)?,
                 new_column: text(7)?,
                 phase: Phase::parse(&text(8)?.unwrap_or_default()),
-                owner_role: row.get::<pg_sys::Oid>(9)?.unwrap_or(pg_sys::InvalidOid),
-                trigger_name: text(10)?,
-                not_null_check: text(11)?,
-                carried_checks: row.get::<Vec<String>>(12)?.unwrap_or_default(),
-                cursor_block: row.get::<i64>(13)?.unwrap_or_default(),
-                rows_per_block: row.get::<f64>(14)?.unwrap_or_default(),
-                rows_done: row.get::<i64>(15)?.unwrap_or_default(),
+                trigger_name: text(9)?,
+                not_null_check: text(10)?,
+                carried_checks: row.get::<Vec<String>>(11)?.unwrap_or_default(),
+                cursor_block: row.get::<i64>(12)?.unwrap_or_default(),
+                rows_per_block: row.get::<f64>(13)?.unwrap_or_default(),
+                rows_done: row.get::<i64>(14)?.unwrap_or_default(),
+                rel_blocks: row.get::<i64>(15)?.unwrap_or_default(),
+                relfilenode: row.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
             }))
         })
         .or_raise("loading a migration")
@@ -178,9 +182,10 @@ pub fn insert_rename(id: i64, m: &NewRename) {
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, new_column, \
-             owner_role, owner_name, rel_blocks, rows_estimate, rows_per_block) \
+             owner_role, owner_name, rel_blocks, rows_estimate, rows_per_block, relfilenode) \
              VALUES ($1, 'rename', $2::oid::regclass, $3, $4, $5, $6, $7, \
-                     (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), $8, $9, $10)",
+                     (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), $8, $9, $10, \
+                     pg_catalog.pg_relation_filenode($2::oid::regclass))",
             &[
                 id.into(),
                 m.relid.into(),
@@ -221,12 +226,23 @@ pub fn set_phase(id: i64, phase: Phase) {
 
 /// Persist the backfill cursor and counters. Called in the batch's own
 /// transaction, so a batch and its cursor commit or roll back together.
-pub fn save_progress(id: i64, cursor_block: i64, rel_blocks: i64, rows: i64, rows_per_block: f64) {
+pub fn save_progress(id: i64, cursor_block: i64, rows: i64, rows_per_block: f64) {
     as_catalog_owner(|| {
         spi::exec_args(
-            "UPDATE zdm.migrations SET cursor_block = $2, rel_blocks = $3, rows_done = rows_done + $4, \
-               rows_per_block = $5, batches_done = batches_done + 1, updated_at = clock_timestamp() WHERE id = $1",
-            &[id.into(), cursor_block.into(), rel_blocks.into(), rows.into(), rows_per_block.into()],
+            "UPDATE zdm.migrations SET cursor_block = $2, rows_done = rows_done + $3, \
+               rows_per_block = $4, batches_done = batches_done + 1, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), cursor_block.into(), rows.into(), rows_per_block.into()],
+        )
+    });
+}
+
+/// The table was rewritten (new relfilenode): rows may have moved anywhere,
+/// so the scan restarts from block 0 up to the heap's size now.
+pub fn restart_scan(id: i64, rel_blocks: i64, relfilenode: pg_sys::Oid) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET cursor_block = 0, rel_blocks = $2, relfilenode = $3, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), rel_blocks.into(), relfilenode.into()],
         )
     });
 }

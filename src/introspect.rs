@@ -100,7 +100,6 @@ pub fn require_owner(t: &Table) {
 
 pub struct Column {
     pub attnum: i16,
-    pub name: String,
     pub type_sql: String,
     pub collation_sql: Option<String>,
     pub not_null: bool,
@@ -113,7 +112,7 @@ pub struct Column {
 pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
     Spi::connect_mut(|c| {
         let t = c.update(
-            "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+            "SELECT a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
                          THEN pg_catalog.format('%I.%I', cn.nspname, co.collname) END, \
                     a.attnotnull, a.attgenerated <> '', a.attidentity <> '', \
@@ -132,13 +131,12 @@ pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
         let r = t.first();
         Ok::<_, pgrx::spi::Error>(Some(Column {
             attnum: r.get::<i16>(1)?.unwrap_or_default(),
-            name: r.get::<String>(2)?.unwrap_or_default(),
-            type_sql: r.get::<String>(3)?.unwrap_or_default(),
-            collation_sql: r.get::<String>(4)?,
-            not_null: r.get::<bool>(5)?.unwrap_or_default(),
-            generated: r.get::<bool>(6)?.unwrap_or_default(),
-            identity: r.get::<bool>(7)?.unwrap_or_default(),
-            comment: r.get::<String>(8)?,
+            type_sql: r.get::<String>(2)?.unwrap_or_default(),
+            collation_sql: r.get::<String>(3)?,
+            not_null: r.get::<bool>(4)?.unwrap_or_default(),
+            generated: r.get::<bool>(5)?.unwrap_or_default(),
+            identity: r.get::<bool>(6)?.unwrap_or_default(),
+            comment: r.get::<String>(7)?,
         }))
     })
     .or_raise("reading pg_attribute")

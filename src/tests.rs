@@ -156,6 +156,20 @@ mod tests {
     }
 
     #[pg_test]
+    fn backfill_survives_a_table_rewrite_midway() {
+        run("CREATE TABLE rw (id int PRIMARY KEY, v text, pad text DEFAULT repeat('p', 200))");
+        // insert in reverse so CLUSTER moves every row
+        run("INSERT INTO rw (id, v) SELECT g, 'v' || g FROM generate_series(2000, 1, -1) g");
+        let id = one::<i64>("SELECT zdm.expand_rename('rw', 'v', 'w', background => false)").unwrap();
+        run(&format!("SELECT zdm.backfill_batch({id}, 300)"));
+        run(&format!("SELECT zdm.backfill_batch({id}, 300)"));
+        run("CLUSTER rw USING rw_pkey");
+        while one::<i64>(&format!("SELECT zdm.backfill_batch({id}, 300)")).unwrap() > 0 {}
+        assert_eq!(one::<i64>("SELECT count(*) FROM rw WHERE w IS DISTINCT FROM v"), Some(0));
+        assert_eq!(one::<i64>(&format!("SELECT count(*) FROM zdm.events WHERE migration_id = {id} AND step LIKE '%rewritten%'")), Some(1));
+    }
+
+    #[pg_test]
     fn backfill_works_without_primary_key() {
         run("CREATE TABLE heap_only (k int, v text)");
         run("INSERT INTO heap_only SELECT g % 10, 'v' || g FROM generate_series(1, 500) g");

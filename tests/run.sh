@@ -2,6 +2,7 @@
 # Runs every test: the in-database #[pg_test]s and the host-side tests in
 # tests/*.rs (real clusters, real concurrent sessions, real workers).
 set -euo pipefail
+# (pipefail: a failing cargo in `cargo ... | tee` still fails the script)
 cd "$(dirname "$0")/.."
 bash .ci/setup.sh
 
@@ -13,4 +14,14 @@ rm -rf "$PGDATA_DIR"; mkdir -p "$PGDATA_DIR"
 # Host-side tests boot their own clusters from the installed extension.
 cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
 # Lib tests (#[pg_test]) first, then tests/*.rs (each boots its own cluster).
-RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR/data"
+LOG="$(mktemp)"
+status=0
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR/data" 2>&1 | tee "$LOG" || status=$?
+
+# One closing line for all test binaries together.
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$LOG" | awk '{s+=$1} END {print s+0}')
+rm -f "$LOG"
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+echo "zdm: $passed passed, $failed failed"
+exit "$status"
