@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Backfill throughput, side by side on one cluster, each method on a fresh
+# copy of the same table: copy column a into a new column b for every row.
+#   update      a single UPDATE t SET b = a (the physical limit)
+#   zdm-bg      zdm background worker, throttling off
+#   zdm-client  a client loop of zdm.backfill_batch (a procedure that COMMITs per call)
+#   plpgsql     the common hand-written DO loop: 1000-row id ranges, COMMIT, 10 ms sleep
+#   ctid-limit  UPDATE … WHERE ctid IN (SELECT ctid … WHERE b IS NULL LIMIT 1000), COMMIT, repeat
+#   reshape     Reshape (alter_column with an up expression: a batched backfill), if installed
+# Reports rows/s, ratio to the single UPDATE, WAL bytes, table size afterwards.
+# Usage: bench/backfill.sh ROWS [TIME_CAP_S]
+source "$(dirname "$0")/lib.sh"
+ROWS="${1:-1000000}"
+CAP="${2:-120}"          # seconds; a method still running then is stopped and its rate reported
+bench_cluster
+
+declare -A MS WAL SIZE NOTE
+run() { # method
+  local m=$1 t="bf_${1//-/_}" start wal0 ms
+  make_bench_table "$t" "$ROWS"
+  case $m in
+    update)     q -c "ALTER TABLE $t ADD COLUMN b text" ;;
+    zdm-*)      ID=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)") ;;
+    plpgsql|ctid-limit) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
+    reshape)    ;;
+  esac
+  wal0=$(lsn); start=$(now_ms)
+  case $m in
+    update) q -c "UPDATE $t SET b = a" ;;
+    zdm-bg)
+      q -c "SELECT zdm.start_backfill($ID, batch_size => 20000, pause_ms => 0, target_batch_ms => 0, max_replica_lag => '0')" >/dev/null
+      q -c "SET client_min_messages = warning" -c "SELECT zdm.wait($ID, '${CAP} seconds')" >/dev/null ;;
+    zdm-client)
+      q <<SQL
+CREATE OR REPLACE PROCEDURE pg_temp.loop(id bigint) LANGUAGE plpgsql AS \$\$
+BEGIN LOOP EXIT WHEN zdm.backfill_batch(id, 20000) = 0; COMMIT; END LOOP; END \$\$;
+CALL pg_temp.loop($ID);
+SQL
+      ;;
+    plpgsql)
+      q <<SQL
+DO \$\$ DECLARE lo bigint := 0; hi bigint := (SELECT max(id) FROM $t); stop timestamptz := clock_timestamp() + interval '$CAP seconds';
+BEGIN
+  WHILE lo <= hi AND clock_timestamp() < stop LOOP
+    UPDATE $t SET b = a WHERE id >= lo AND id < lo + 1000;
+    COMMIT;
+    PERFORM pg_sleep(0.01);
+    lo := lo + 1000;
+  END LOOP;
+END \$\$;
+SQL
+      ;;
+    ctid-limit)
+      q <<SQL
+DO \$\$ DECLARE n bigint; stop timestamptz := clock_timestamp() + interval '$CAP seconds';
+BEGIN
+  LOOP
+    UPDATE $t SET b = a WHERE ctid IN (SELECT ctid FROM $t WHERE b IS NULL AND a IS NOT NULL LIMIT 1000);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    COMMIT;
+    EXIT WHEN n = 0 OR clock_timestamp() > stop;
+  END LOOP;
+END \$\$;
+SQL
+      ;;
+    reshape)
+      local dir; dir=$(mktemp -d)
+      mkdir -p "$dir/migrations"
+      cat > "$dir/migrations/1_rename.toml" <<TOML
+[[actions]]
+type = "alter_column"
+table = "$t"
+column = "a"
+up = "a"
+down = "b"
+    [actions.changes]
+    name = "b"
+TOML
+      (cd "$dir" && reshape migration start --url "postgres://postgres@127.0.0.1:$PORT/$DB" >/dev/null) ;;
+  esac
+  ms=$(( $(now_ms) - start ))
+  WAL[$m]=$(wal_since "$wal0")
+  if [ "$m" = reshape ]; then (cd "$dir" && reshape migration complete --url "postgres://postgres@127.0.0.1:$PORT/$DB" >/dev/null); rm -rf "$dir"; fi
+  SIZE[$m]=$(val "SELECT pg_table_size('$t')")
+  local done
+  if [ "$m" = reshape ]; then done=$ROWS
+  else done=$(val "SELECT count(*) FROM $t WHERE b IS NOT DISTINCT FROM a"); fi
+  if [ "$done" -lt "$ROWS" ]; then NOTE[$m]="stopped after ${CAP}s at $(( done * 100 / ROWS ))%"; fi
+  MS[$m]=$ms; DONE[$m]=$done
+  q -c "DROP TABLE $t"
+}
+
+declare -A DONE
+methods="update zdm-bg zdm-client plpgsql ctid-limit"
+if command -v reshape >/dev/null 2>&1; then methods="$methods reshape"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2)"; fi
+for m in $methods; do run "$m"; done
+
+echo "### Backfill of $ROWS rows ($(machine))"
+echo
+echo "| method | time s | rows/s | vs single UPDATE | WAL MB | table MB after | note |"
+echo "|---|---:|---:|---:|---:|---:|---|"
+base=$(rate "$ROWS" "${MS[update]}")
+for m in $methods; do
+  r=$(rate "${DONE[$m]}" "${MS[$m]}")
+  printf "| %s | %.1f | %s | %s× | %s | %s | %s |\n" "$m" "$(awk -v ms="${MS[$m]}" 'BEGIN{print ms/1000}')" "$r" "$(ratio "$r" "$base")" "$(mb "${WAL[$m]}")" "$(mb "${SIZE[$m]}")" "${NOTE[$m]:-}"
+done
+[ -n "${NOTE[reshape]:-}" ] && [[ " $methods " != *" reshape "* ]] && echo "| reshape | | | | | | ${NOTE[reshape]} |"
+echo
+echo "backfill $ROWS rows: zdm background = $(ratio "$(rate "${DONE[zdm-bg]}" "${MS[zdm-bg]}")" "$base")× the single UPDATE ($(rate "${DONE[zdm-bg]}" "${MS[zdm-bg]}") vs $base rows/s)"

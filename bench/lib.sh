@@ -1,0 +1,57 @@
+# Shared helpers for the benchmarks: one PostgreSQL 15 cluster with zdm
+# (release build) preloaded, settings from pgrx-config/postgresql.conf.
+# Sourced by the bench scripts; `bench_cluster` boots it once per run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+BIN="$("$PG_CONFIG" --bindir)"
+BENCH_DIR="${ZDM_BENCH_DIR:-/tmp/zdm-bench}"
+PORT="${ZDM_BENCH_PORT:-5477}"
+DB=bench
+
+as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres -- "$@"; else "$@"; fi; }
+q() { "$BIN/psql" -h "$BENCH_DIR" -p "$PORT" -U postgres -d "${QDB:-$DB}" -X -q -v ON_ERROR_STOP=1 "$@"; }
+val() { q -At -c "$1"; }
+now_ms() { date +%s%3N; }
+lsn() { val "SELECT pg_current_wal_lsn()"; }
+wal_since() { val "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')"; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+rate() { awk -v n="$1" -v ms="$2" 'BEGIN { if (ms <= 0) ms = 1; printf "%.0f", n * 1000 / ms }'; }
+
+bench_running() { [ -f "$BENCH_DIR/data/postmaster.pid" ] && val "SELECT 1" >/dev/null 2>&1; }
+
+# Build and install zdm (release) and boot a fresh cluster, unless this run
+# already did (ZDM_BENCH_READY=1).
+bench_cluster() {
+  if [ "${ZDM_BENCH_READY:-0}" = 1 ] && bench_running; then return; fi
+  bash "$ROOT/.ci/setup.sh" >/dev/null
+  (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null 2>&1)
+  if [ -f "$BENCH_DIR/data/postmaster.pid" ]; then as_pg "$BIN/pg_ctl" -D "$BENCH_DIR/data" stop -m immediate >/dev/null 2>&1 || true; fi
+  rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"; [ "$(id -u)" = 0 ] && chown postgres "$BENCH_DIR"
+  as_pg "$BIN/initdb" -D "$BENCH_DIR/data" -A trust -U postgres >/dev/null
+  { cat "$ROOT/pgrx-config/postgresql.conf"
+    echo "port = $PORT"; echo "unix_socket_directories = '$BENCH_DIR'"; echo "listen_addresses = '127.0.0.1'"
+    echo "zdm.database = '$DB'"; echo "autovacuum = off"   # no background noise between the methods compared
+  } | as_pg tee -a "$BENCH_DIR/data/postgresql.auto.conf" >/dev/null
+  as_pg "$BIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" start -w >/dev/null
+  QDB=postgres q -c "CREATE DATABASE $DB"
+  q -c "CREATE EXTENSION zdm"
+  export ZDM_BENCH_READY=1
+}
+
+# A table for the backfill benchmarks: id bigint PK, the column being renamed
+# (a ~30-byte text), a few other columns.
+make_bench_table() { # name rows
+  q <<SQL
+DROP TABLE IF EXISTS $1;
+CREATE TABLE $1 (id bigint PRIMARY KEY, a text, qty int, created timestamptz, pad text);
+INSERT INTO $1 SELECT g, 'customer-' || lpad(g::text, 9, '0') || '@example.com', g % 100, now(), repeat('x', 40)
+  FROM generate_series(1, $2) g;
+SQL
+  q -c "VACUUM ANALYZE $1"
+  q -c "CHECKPOINT"
+}
+
+machine() { echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m), PostgreSQL $("$BIN/postgres" --version | awk '{print $3}')"; }
