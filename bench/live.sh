@@ -31,10 +31,10 @@ workload() { # log prefix → "tps p99_ms"
 }
 
 q -c "CHECKPOINT"
-read -r base_tps base_p99 < <(workload base)
+read -r base_tps base_p99 < <(workload log_base)
 q -c "CHECKPOINT"
 ID=$(val "SELECT zdm.expand_rename('live_t', 'a', 'b')")
-read -r mig_tps mig_p99 < <(workload mig)
+read -r mig_tps mig_p99 < <(workload log_mig)
 state=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = $ID")
 val "SELECT zdm.wait($ID, '10 minutes')" >/dev/null 2>&1 || true
 busy=$(val "SELECT round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = $ID")
