@@ -37,7 +37,13 @@ CREATE TABLE zdm.migrations (
     backfill_started_at timestamptz,
     backfilled_at   timestamptz,
     finished_at     timestamptz,
-    last_error      text
+    last_error      text,
+    last_errcode    int,                                  -- SQLSTATE of last_error (packed as in elog.h)
+    -- constraint migrations (kinds not_null, check, foreign_key)
+    constraint_name name,
+    constraint_def  text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ...
+    ref_relid       regclass,                             -- foreign_key: the referenced table
+    violations      bigint                                -- rows that violated it, when validation failed
 );
 CREATE INDEX migrations_in_flight ON zdm.migrations (relid) WHERE phase IN ('expanded', 'backfilling', 'backfilled');
 
@@ -82,6 +88,7 @@ CREATE TABLE zdm.jobs (
     target_batch_ms     int         DEFAULT 100 CHECK (target_batch_ms > 0),
     max_replica_lag     interval    DEFAULT '10 seconds',
     lock_timeout_ms     int         NOT NULL DEFAULT 1000 CHECK (lock_timeout_ms > 0),
+    lock_retries        int         NOT NULL DEFAULT 10 CHECK (lock_retries >= 0),   -- for constraint steps
     statement_timeout_ms int        NOT NULL DEFAULT 30000 CHECK (statement_timeout_ms > 0),
     max_attempts        int         NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
     run_after           timestamptz,
@@ -122,6 +129,7 @@ SELECT m.id,
        format('%I.%I', m.table_schema, m.table_name)              AS "table",
        m.old_column,
        m.new_column,
+       coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
        m.phase,
        j.state                                                    AS job_state,
        m.rows_done,

@@ -5,7 +5,7 @@
 use crate::catalog::{as_catalog_owner, current_user};
 use crate::errors::{raise, Code, OrRaise};
 use crate::spi;
-use pgrx::bgworkers::BackgroundWorkerBuilder;
+use pgrx::bgworkers::{BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
@@ -140,9 +140,36 @@ pub fn worker_alive(migration: i64) -> bool {
     .unwrap_or(false)
 }
 
-/// Register a dynamic background worker for the job. `wait_for_caller`: the
-/// worker first waits for the current transaction to end, and exits if it
-/// rolled back. Fails with 53000 when no worker slot is free.
+/// The process name of a migration's worker: `zdm backfill <id>` for a
+/// rename, `zdm constraint <id>` for the others.
+pub fn worker_type(kind: &str) -> &'static str {
+    if kind == "rename" { "zdm backfill" } else { "zdm constraint" }
+}
+
+fn kind_of(migration: i64) -> String {
+    as_catalog_owner(|| spi::one::<String>("SELECT kind FROM zdm.migrations WHERE id = $1", &[migration.into()]))
+        .unwrap_or_else(|| "rename".into())
+}
+
+/// Register a dynamic background worker for `migration`. `extra` is
+/// "<database oid> <creator xid or 0>[ <dsm handle> <length>]".
+pub fn register_worker(migration: i64, kind: &str, extra: &str, notify: bool) -> Result<DynamicBackgroundWorker, String> {
+    let ty = worker_type(kind);
+    let mut b = BackgroundWorkerBuilder::new(&format!("{ty} {migration}"))
+        .set_type(ty)
+        .set_library("zdm")
+        .set_function("zdm_worker_main")
+        .set_argument(migration.into_datum())
+        .set_extra(extra)
+        .enable_spi_access();
+    if notify {
+        b = b.set_notify_pid(unsafe { pg_sys::MyProcPid });
+    }
+    b.load_dynamic().map_err(|_| "no free background worker slot".to_string())
+}
+
+/// Start a worker for the job. `wait_for_caller`: it first waits for the
+/// current transaction to end, and exits if it rolled back.
 pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<(), String> {
     let xid = if wait_for_caller {
         spi::one::<String>("SELECT pg_catalog.pg_current_xact_id()::text", &[]).unwrap_or_else(|| "0".into())
@@ -150,16 +177,7 @@ pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<(), String
         "0".into()
     };
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    BackgroundWorkerBuilder::new(&format!("zdm backfill {migration}"))
-        .set_type("zdm backfill")
-        .set_library("zdm")
-        .set_function("zdm_backfill_worker_main")
-        .set_argument(migration.into_datum())
-        .set_extra(&format!("{db} {xid}"))
-        .enable_spi_access()
-        .load_dynamic()
-        .map(|_| ())
-        .map_err(|_| "no free background worker slot".to_string())
+    register_worker(migration, &kind_of(migration), &format!("{db} {xid}"), false).map(|_| ())
 }
 
 pub fn launch_worker_or_raise(migration: i64, wait_for_caller: bool) {

@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 mod api;
 mod backfill;
 mod catalog;
+mod constraints;
 mod errors;
 mod guc;
 mod introspect;
@@ -19,6 +20,7 @@ mod launcher;
 mod locking;
 mod rename;
 mod spi;
+mod steps;
 mod trigger;
 mod worker;
 

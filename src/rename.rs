@@ -8,6 +8,7 @@ use crate::errors::{raise, raise_with_detail, Code};
 use crate::introspect::{self, DependentKind, Table};
 use crate::locking;
 use crate::spi::{self, ident, literal};
+use crate::steps;
 use pgrx::prelude::*;
 use std::ffi::CString;
 use std::time::Instant;
@@ -248,6 +249,13 @@ fn require_rename_owner(m: &Migration) -> Table {
 pub fn contract(id: i64) {
     let started = Instant::now();
     let m = catalog::load_or_raise(id, true);
+    if m.kind != "rename" {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} is a {} migration; it has no contract step", m.kind),
+            "Constraint migrations finish by themselves; follow them with zdm.wait() or zdm.status.",
+        );
+    }
     require_phase_for(&m, "contract");
     let table = require_rename_owner(&m);
     let t = table.sql();
@@ -272,9 +280,9 @@ pub fn contract(id: i64) {
     let validate_started = Instant::now();
     let checks: Vec<String> = m.carried_checks.iter().cloned().chain(m.not_null_check.clone()).collect();
     if !checks.is_empty() {
-        let validate_lock = Some(locking::lock_table(m.relid, &t, "SHARE UPDATE EXCLUSIVE"));
+        let mut validate_lock = None;
         for c in &checks {
-            spi::exec(&format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(c)));
+            validate_lock.get_or_insert(steps::validate(m.relid, &t, c, None));
         }
         catalog::log_step(Step {
             migration: id,
@@ -306,8 +314,7 @@ pub fn contract(id: i64) {
     }
     if let Some(nn) = &m.not_null_check {
         // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
-        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET NOT NULL"));
-        spi::exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {}", ident(nn)));
+        steps::set_not_null(m.relid, &t, m.new_col(), nn);
     }
     if let Some(trigger) = &m.trigger_name {
         spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
@@ -347,6 +354,18 @@ pub fn abort(id: i64) {
         require_phase_for(&m, "abort");
     }
     let table = require_rename_owner(&m);
+    if m.kind != "rename" {
+        crate::constraints::abort(&m, &table);
+        catalog::log_step(Step {
+            migration: id,
+            step: "abort",
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some("removed the constraint zdm had added, if any".into()),
+        });
+        return;
+    }
     let t = table.sql();
     crate::jobs::finish_for_migration(id, "cancelled");
     let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");

@@ -337,4 +337,49 @@ mod tests {
         assert_eq!(one::<String>("SELECT current_setting('zdm.lock_timeout')").as_deref(), Some("2s"));
         assert_eq!(one::<String>("SELECT current_setting('zdm.lock_retries')").as_deref(), Some("10"));
     }
+
+    #[pg_test]
+    fn constraint_functions_refuse_bad_arguments() {
+        run("CREATE TABLE ct (id int PRIMARY KEY, v text, p int)");
+        run("CREATE TABLE cp (id int PRIMARY KEY)");
+        assert_sqlstate("SELECT zdm.validate_not_null('ct', 'nope')", "42703", "nope");
+        assert_sqlstate("SELECT zdm.validate_not_null('no_such', 'v')", "42P01", "no_such");
+        assert_sqlstate("SELECT zdm.add_check('ct', 'c1', 'true); DROP TABLE ct; --')", "42601", "not a single SQL expression");
+        assert_sqlstate("SELECT zdm.add_check('ct', 'c1', 'true) FROM pg_class WHERE (true')", "42601", "not a single SQL expression");
+        assert_sqlstate("SELECT zdm.add_check('ct', 'ct_pkey', 'id > 0')", "42710", "ct_pkey");
+        assert_sqlstate("SELECT zdm.add_foreign_key('ct', ARRAY['p'], 'cp', ARRAY['id', 'id'])", "22023", "ref_columns has 2");
+        assert_sqlstate("SELECT zdm.add_foreign_key('ct', ARRAY['p'], 'cp', ARRAY['id'], on_delete => 'explode')", "22023", "on_delete");
+        assert_sqlstate("SELECT zdm.add_foreign_key('ct', ARRAY['nope'], 'cp', ARRAY['id'])", "42703", "nope");
+        assert_sqlstate("SELECT zdm.add_foreign_key('ct', NULL, 'cp', ARRAY['id'])", "22004", "columns");
+        assert_sqlstate("SELECT zdm.add_foreign_key('ct', ARRAY[]::name[], 'cp', ARRAY['id'])", "22023", "columns");
+        run("CREATE ROLE zdm_stranger");
+        run("GRANT USAGE ON SCHEMA zdm TO zdm_stranger");
+        run("SET ROLE zdm_stranger");
+        assert_sqlstate("SELECT zdm.validate_not_null('public.ct', 'v')", "42501", "must be owner");
+        assert_sqlstate("SELECT zdm.add_check('public.ct', 'c', 'id > 0')", "42501", "must be owner");
+        run("RESET ROLE");
+        assert_eq!(one::<i64>("SELECT count(*) FROM pg_constraint WHERE conrelid = 'ct'::regclass"), Some(1), "only the primary key");
+    }
+
+    #[pg_test]
+    fn validate_not_null_on_a_not_null_column_is_a_recorded_no_op() {
+        run("CREATE TABLE already (id int NOT NULL)");
+        let id = one::<i64>("SELECT zdm.validate_not_null('already', 'id')").unwrap();
+        assert_eq!(one::<String>(&format!("SELECT phase FROM zdm.status WHERE id = {id}")).as_deref(), Some("contracted"));
+        assert_eq!(one::<i64>(&format!("SELECT count(*) FROM zdm.events WHERE migration_id = {id} AND step = 'no-op'")), Some(1));
+    }
+
+    #[pg_test]
+    fn inside_a_transaction_block_constraint_steps_are_scheduled_after_commit() {
+        // A #[pg_test] runs in a transaction block: the steps must not run
+        // here (they could not commit); they are queued for after commit.
+        run("CREATE TABLE sched (id int, v text)");
+        let id = one::<i64>("SELECT zdm.validate_not_null('sched', 'v')").unwrap();
+        assert_eq!(one::<String>(&format!("SELECT job_state FROM zdm.status WHERE id = {id}")).as_deref(), Some("queued"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM pg_constraint WHERE conrelid = 'sched'::regclass"), Some(0), "nothing done before commit");
+        assert_sqlstate(&format!("SELECT zdm.wait({id})"), "25001", "cannot run in the transaction");
+        assert_sqlstate(&format!("SELECT zdm.contract({id})"), "55000", "no contract step");
+        run(&format!("SELECT zdm.abort({id})"));
+        assert_eq!(one::<String>(&format!("SELECT phase FROM zdm.status WHERE id = {id}")).as_deref(), Some("aborted"));
+    }
 }

@@ -1,5 +1,6 @@
-//! The backfill worker: one dynamic background worker process per running
-//! job. It connects to the job's database, waits until the transaction that
+//! The worker: one dynamic background worker process per running job. For a
+//! rename it runs the backfill loop below; for a constraint migration it runs
+//! `constraints::run`. It connects to the job's database, waits until the transaction that
 //! queued the job has committed (and exits if it rolled back), claims the job,
 //! then runs one batch per transaction:
 //!
@@ -106,7 +107,7 @@ pub fn set_application_name(name: &str) {
 
 /// Run `f` with `role`'s privileges (the role that started the job). On
 /// error the enclosing subtransaction's abort restores the user id.
-fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
     unsafe {
@@ -130,19 +131,34 @@ fn with_statement_timeout<R>(ms: i32, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Entry point of every zdm worker process. `extra` is "<database oid>
+/// <creator xid or 0>[ <dsm handle> <length>]": a creator xid means "start
+/// once that transaction commits"; a DSM segment carries a constraint request
+/// from a caller in autocommit mode, which the worker records itself.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn zdm_backfill_worker_main(arg: pg_sys::Datum) {
+pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
     let migration = arg.value() as i64;
     install_signal_handlers();
     let extra = BackgroundWorker::get_extra().to_string();
     let mut parts = extra.split_whitespace();
     let db: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let creator_xid = parts.next().unwrap_or("0").to_string();
+    let handoff: Option<(u32, usize)> = match (parts.next(), parts.next()) {
+        (Some(h), Some(l)) => h.parse().ok().zip(l.parse().ok()),
+        _ => None,
+    };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
-    let name = format!("zdm backfill {migration}");
+    let name = BackgroundWorker::get_name().to_string();
     set_application_name(&name);
 
+    if let Some((handle, len)) = handoff {
+        let Some(request) = read_request(handle, len) else { return };
+        if let Err(e) = transaction(|| crate::constraints::record(&request, true)) {
+            pgrx::log!("{name}: could not record the request: {e}");
+            return;
+        }
+    }
     if creator_xid != "0" && !wait_for_creator(&name, &creator_xid) {
         return; // the transaction that queued the job rolled back: nothing to do
     }
@@ -157,6 +173,11 @@ pub extern "C-unwind" fn zdm_backfill_worker_main(arg: pg_sys::Datum) {
                 return;
             }
         }
+    }
+    let kind = transaction(|| catalog::load(migration, false).map(|m| m.kind)).ok().flatten().unwrap_or_default();
+    if kind != "rename" {
+        crate::constraints::run(migration);
+        return;
     }
     let mut batches: i64 = 0;
     loop {
@@ -187,6 +208,19 @@ pub extern "C-unwind" fn zdm_backfill_worker_main(arg: pg_sys::Datum) {
             }
             Next::Stop => return,
         }
+    }
+}
+
+/// Copy a constraint request out of the caller's DSM segment.
+fn read_request(handle: u32, len: usize) -> Option<crate::constraints::Request> {
+    unsafe {
+        let seg = pg_sys::dsm_attach(handle);
+        if seg.is_null() {
+            return None; // the caller gave up before we started
+        }
+        let bytes = std::slice::from_raw_parts(pg_sys::dsm_segment_address(seg) as *const u8, len).to_vec();
+        pg_sys::dsm_detach(seg);
+        serde_json::from_slice(&bytes).ok()
     }
 }
 

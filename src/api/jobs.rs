@@ -227,6 +227,7 @@ COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
 ")]
 fn wait(migration: i64, timeout: Interval) -> String {
     let id = migration;
+    let kind = catalog::load_or_raise(id, false).kind;
     let timeout_ms =
         spi::one::<f64>("SELECT extract(epoch FROM $1::interval)::float8 * 1000", &[timeout.into()]).unwrap_or(0.0);
     catalog::load_or_raise(id, false);
@@ -254,8 +255,16 @@ fn wait(migration: i64, timeout: Interval) -> String {
     let mut last_rows = -1;
     loop {
         let Some(p) = progress(id) else { catalog::load_or_raise(id, false); unreachable!() };
-        if matches!(p.phase.as_str(), "backfilled" | "contracted" | "aborted") {
-            pgrx::notice!("zdm migration {id}: {} ({} rows backfilled)", p.phase, p.rows_done);
+        if p.job_state.as_deref() == Some("failed") {
+            crate::constraints::raise_if_failed(id);
+        }
+        let finished = if kind == "rename" { ["backfilled", "contracted", "aborted"].as_slice() } else { ["contracted", "aborted"].as_slice() };
+        if finished.contains(&p.phase.as_str()) {
+            if kind == "rename" {
+                pgrx::notice!("zdm migration {id}: {} ({} rows backfilled)", p.phase, p.rows_done);
+            } else {
+                pgrx::notice!("zdm migration {id}: {}", p.phase);
+            }
             return p.phase;
         }
         match p.job_state.as_deref() {

@@ -3,5 +3,6 @@
 //! argument types are exactly DESIGN.md's (`regclass`, `name`).
 
 mod backfill;
+mod constraints;
 mod jobs;
 mod rename;

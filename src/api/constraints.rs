@@ -1,0 +1,360 @@
+use crate::catalog::{self, as_catalog_owner, Step};
+use crate::constraints::{self, Request};
+use crate::errors::{raise, Code};
+use crate::introspect::{self, Table};
+use crate::spi::{self, ident, literal};
+use crate::{guc, jobs, locking};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::time::Duration;
+
+fn text_arg(v: &CStr, what: &str) -> String {
+    match v.to_str() {
+        Ok(s) if !s.is_empty() => s.to_string(),
+        _ => raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must be a non-empty name"), "Pass a column or constraint name."),
+    }
+}
+
+fn truncate_name(name: String) -> String {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+/// The table, checked: a plain table the caller owns.
+fn owned_table(relid: pg_sys::Oid) -> Table {
+    let t = introspect::migratable_table(relid);
+    introspect::require_owner(&t);
+    t
+}
+
+/// An in-flight migration of this kind on this table for `key` (the column
+/// for not_null, the constraint name otherwise): calling again resumes it.
+fn in_flight(relid: pg_sys::Oid, kind: &str, key: &str) -> Option<(i64, String)> {
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "SELECT id, constraint_name::text FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 \
+                   AND phase IN ('expanded', 'backfilling', 'backfilled') \
+                   AND CASE WHEN $2 = 'not_null' THEN old_column::text ELSE constraint_name::text END = $3 \
+                 ORDER BY id DESC LIMIT 1",
+                Some(1),
+                &[relid.into(), kind.into(), key.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let (id, name) = t.first().get_two::<i64, String>()?;
+            Ok::<_, pgrx::spi::Error>(id.map(|id| (id, name.unwrap_or_default())))
+        })
+        .ok()
+        .flatten()
+    })
+}
+
+fn constraint_exists(relid: pg_sys::Oid, name: &str) -> bool {
+    spi::one::<bool>("SELECT true FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2", &[relid.into(), name.into()])
+        .is_some()
+}
+
+fn new_request(id: i64, kind: &str, relid: pg_sys::Oid, column: Option<String>, name: String, definition: String, ref_relid: Option<pg_sys::Oid>) -> Request {
+    Request {
+        id,
+        kind: kind.into(),
+        relid: relid.to_u32(),
+        column,
+        constraint_name: name,
+        definition,
+        ref_relid: ref_relid.map(|o| o.to_u32()),
+        run_as: catalog::current_user().to_u32(),
+        lock_timeout_ms: guc::LOCK_TIMEOUT_MS.get(),
+        lock_retries: guc::LOCK_RETRIES.get(),
+    }
+}
+
+/// Inside a transaction block (or above READ COMMITTED) the steps cannot run
+/// before the caller commits: they are queued and run right after it.
+fn must_schedule() -> bool {
+    let in_block = unsafe { pg_sys::IsTransactionBlock() };
+    in_block
+        || spi::one::<String>("SELECT current_setting('transaction_isolation')", &[]).as_deref() != Some("read committed")
+}
+
+/// Run the migration's steps now (autocommit) or after commit (transaction
+/// block). Returns the migration id.
+fn start(req: Request) -> i64 {
+    let id = req.id;
+    if must_schedule() {
+        constraints::record(&req, false);
+        if let Err(e) = jobs::launch_worker(id, true) {
+            pgrx::warning!("zdm migration {id}: queued but no worker started ({e}); the zdm launcher will start it");
+        }
+        pgrx::notice!(
+            "zdm migration {id}: runs in the background once this transaction commits; follow it with SELECT zdm.wait({id}) or zdm.status"
+        );
+        return id;
+    }
+    run_now(&req);
+    id
+}
+
+/// Autocommit: hand the request to a worker through a DSM segment (it cannot
+/// see our uncommitted rows), wait for it, and report its outcome.
+fn run_now(req: &Request) {
+    let json = serde_json::to_vec(req).unwrap_or_default();
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    unsafe {
+        let seg = pg_sys::dsm_create(json.len(), 0);
+        std::ptr::copy_nonoverlapping(json.as_ptr(), pg_sys::dsm_segment_address(seg) as *mut u8, json.len());
+        let handle = pg_sys::dsm_segment_handle(seg);
+        let extra = format!("{db} 0 {handle} {}", json.len());
+        match jobs::register_worker(req.id, &req.kind, &extra, true) {
+            Ok(worker) => {
+                let _ = worker.wait_for_shutdown();
+            }
+            Err(e) => {
+                pg_sys::dsm_detach(seg);
+                raise(
+                    Code::ERRCODE_INSUFFICIENT_RESOURCES,
+                    format!("could not start a background worker for zdm migration {}: {e}", req.id),
+                    "Raise max_worker_processes (needs a restart) or retry when other background workers are done.",
+                );
+            }
+        }
+        pg_sys::dsm_detach(seg);
+    }
+    // Our worker is gone; another one (the launcher's) may still be at it.
+    loop {
+        let row = as_catalog_owner(|| {
+            Spi::connect_mut(|c| {
+                let t = c.update(
+                    &format!(
+                        "SELECT m.phase, j.state, {alive} FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+                        alive = jobs::WORKER_ALIVE
+                    ),
+                    Some(1),
+                    &[req.id.into()],
+                )?;
+                if t.is_empty() {
+                    return Ok(None);
+                }
+                let r = t.first();
+                Ok::<_, pgrx::spi::Error>(Some((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<bool>(3)?.unwrap_or(false),
+                )))
+            })
+            .ok()
+            .flatten()
+        });
+        let Some((phase, state, alive)) = row else {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("the zdm worker for migration {} ended before recording it", req.id),
+                "Check the server log, then call it again.",
+            )
+        };
+        if phase == "contracted" {
+            return;
+        }
+        if state == "failed" {
+            constraints::raise_if_failed(req.id);
+        }
+        if !alive {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm migration {} was interrupted in phase {phase} (its worker ended)", req.id),
+                format!("Call it again to resume from the step it reached, or zdm.abort({}) to remove what it added.", req.id),
+            );
+        }
+        locking::interruptible_sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_noop(id: i64, detail: &str) {
+    catalog::log_step(Step { migration: id, step: "no-op", duration_ms: 0.0, lock_wait_ms: None, lock_attempts: None, detail: Some(detail.into()) });
+}
+
+/// End with `col` NOT NULL without holding ACCESS EXCLUSIVE through a scan:
+/// CHECK (col IS NOT NULL) NOT VALID → VALIDATE → SET NOT NULL → drop the check,
+/// each step in its own transaction.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.validate_not_null(tbl regclass, col name) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.validate_not_null(regclass, name) IS
+  'Make a column NOT NULL without a long lock: NOT VALID check, VALIDATE, SET NOT NULL, each step its own transaction; returns the migration id';
+")]
+fn validate_not_null(tbl: pg_sys::Oid, col: &CStr) -> i64 {
+    let col = text_arg(col, "col");
+    let table = owned_table(tbl);
+    let Some(column) = introspect::column(tbl, &col) else {
+        raise(Code::ERRCODE_UNDEFINED_COLUMN, format!("column {} of table {} does not exist", ident(&col), table.sql()), "Check the column name.")
+    };
+    let (id, name) = match in_flight(tbl, "not_null", &col) {
+        Some(found) => found,
+        None if column.not_null => {
+            let id = catalog::next_id();
+            let req = new_request(id, "not_null", tbl, Some(col.clone()), String::new(), String::new(), None);
+            constraints::record(&req, false);
+            catalog::set_phase(id, catalog::Phase::Contracted);
+            jobs::finish_for_migration(id, "completed");
+            log_noop(id, &format!("column {} is already NOT NULL", ident(&col)));
+            return id;
+        }
+        None => {
+            let id = catalog::next_id();
+            (id, truncate_name(format!("zdm_{id}_{col}_not_null")))
+        }
+    };
+    let def = format!("CHECK ({} IS NOT NULL)", ident(&col));
+    start(new_request(id, "not_null", tbl, Some(col), name, def, None))
+}
+
+/// Add a CHECK constraint without a long lock: NOT VALID, then VALIDATE.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.add_check(tbl regclass, constraint_name name, expression text) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.add_check(regclass, name, text) IS
+  'Add CHECK (expression) without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
+")]
+fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 {
+    let name = text_arg(constraint_name, "constraint_name");
+    let table = owned_table(tbl);
+    require_single_expression(expression);
+    let id = match in_flight(tbl, "check", &name) {
+        Some((id, _)) => id,
+        None => {
+            if constraint_exists(tbl, &name) {
+                raise(Code::ERRCODE_DUPLICATE_OBJECT, format!("constraint {} of table {} already exists", ident(&name), table.sql()), "Pick another constraint name.");
+            }
+            catalog::next_id()
+        }
+    };
+    start(new_request(id, "check", tbl, None, name, format!("CHECK ({expression})"), None))
+}
+
+/// The expression must be exactly one SQL expression: it is spliced into
+/// `CHECK (...)`, so `true); DROP TABLE t; --` must never get through. Only
+/// the raw parser runs here — no catalog access, so no lock on the table
+/// (the worker that adds the constraint must not wait for its caller).
+fn require_single_expression(expression: &str) {
+    let refuse = || -> ! {
+        raise(
+            Code::ERRCODE_SYNTAX_ERROR,
+            format!("{} is not a single SQL expression", literal(expression)),
+            "Pass one boolean expression over the table's columns, e.g. 'price > 0'.",
+        )
+    };
+    let sql = std::ffi::CString::new(format!("SELECT ({expression})")).unwrap_or_else(|_| refuse());
+    unsafe {
+        let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        if list.is_null() || (*list).length != 1 {
+            refuse();
+        }
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        let stmt = (*raw).stmt as *mut pg_sys::SelectStmt;
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
+            refuse();
+        }
+        let s = &*stmt;
+        let single_target = !s.targetList.is_null() && (*s.targetList).length == 1;
+        let nothing_else = s.fromClause.is_null()
+            && s.whereClause.is_null()
+            && s.groupClause.is_null()
+            && s.havingClause.is_null()
+            && s.windowClause.is_null()
+            && s.valuesLists.is_null()
+            && s.sortClause.is_null()
+            && s.limitCount.is_null()
+            && s.limitOffset.is_null()
+            && s.lockingClause.is_null()
+            && s.withClause.is_null()
+            && s.distinctClause.is_null()
+            && s.intoClause.is_null()
+            && s.op == pg_sys::SetOperation::SETOP_NONE;
+        if !single_target || !nothing_else {
+            refuse();
+        }
+    }
+}
+
+const ON_DELETE: [&str; 5] = ["NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "SET DEFAULT"];
+
+/// Add a FOREIGN KEY without a long lock: NOT VALID, then VALIDATE.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm._add_foreign_key(tbl regclass, columns text[], ref_tbl regclass, ref_columns text[], on_delete text, constraint_name text)
+RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+CREATE FUNCTION zdm.add_foreign_key(tbl regclass, columns name[], ref_tbl regclass, ref_columns name[],
+                                    on_delete text DEFAULT NULL, constraint_name name DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE sql
+AS $$ SELECT zdm._add_foreign_key(tbl, columns::text[], ref_tbl, ref_columns::text[], on_delete, constraint_name::text) $$;
+COMMENT ON FUNCTION zdm.add_foreign_key(regclass, name[], regclass, name[], text, name) IS
+  'Add a FOREIGN KEY without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
+")]
+fn _add_foreign_key(
+    tbl: Option<pg_sys::Oid>,
+    columns: Option<Vec<Option<String>>>,
+    ref_tbl: Option<pg_sys::Oid>,
+    ref_columns: Option<Vec<Option<String>>>,
+    on_delete: Option<String>,
+    constraint_name: Option<String>,
+) -> i64 {
+    let null = |what: &str| -> ! {
+        raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL"), "Pass the table, its columns, the referenced table and its columns.")
+    };
+    let (Some(tbl), Some(ref_tbl)) = (tbl, ref_tbl) else { null("tbl and ref_tbl") };
+    let names = |v: Option<Vec<Option<String>>>, what: &str| -> Vec<String> {
+        let v = v.unwrap_or_else(|| null(what));
+        if v.is_empty() || v.iter().any(|c| c.as_deref().is_none_or(str::is_empty)) {
+            raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must list one or more column names"), "e.g. ARRAY['customer_id']");
+        }
+        v.into_iter().flatten().collect()
+    };
+    let (cols, ref_cols) = (names(columns, "columns"), names(ref_columns, "ref_columns"));
+    let table = owned_table(tbl);
+    if cols.len() != ref_cols.len() {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("columns has {} name(s) but ref_columns has {}", cols.len(), ref_cols.len()),
+            "List one referenced column per referencing column.",
+        );
+    }
+    let ref_sql = spi::one::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[ref_tbl.into()],
+    )
+    .unwrap_or_default();
+    for (rel, sql, list) in [(tbl, table.sql(), &cols), (ref_tbl, ref_sql.clone(), &ref_cols)] {
+        for c in list {
+            if introspect::column(rel, c).is_none() {
+                raise(Code::ERRCODE_UNDEFINED_COLUMN, format!("column {} of table {sql} does not exist", ident(c)), "Check the column names.");
+            }
+        }
+    }
+    let on_delete = match on_delete {
+        None => String::new(),
+        Some(a) => {
+            let upper = a.trim().to_uppercase();
+            if !ON_DELETE.contains(&upper.as_str()) {
+                raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("on_delete must be one of {}, got {}", ON_DELETE.join(", "), literal(&a)), "e.g. on_delete => 'CASCADE'");
+            }
+            format!(" ON DELETE {upper}")
+        }
+    };
+    let name = constraint_name.filter(|n| !n.is_empty()).unwrap_or_else(|| truncate_name(format!("{}_{}_fkey", table.name, cols.join("_"))));
+    let list = |v: &[String]| v.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let def = format!("FOREIGN KEY ({}) REFERENCES {ref_sql} ({}){on_delete}", list(&cols), list(&ref_cols));
+    let id = match in_flight(tbl, "foreign_key", &name) {
+        Some((id, _)) => id,
+        None => {
+            if constraint_exists(tbl, &name) {
+                raise(Code::ERRCODE_DUPLICATE_OBJECT, format!("constraint {} of table {} already exists", ident(&name), table.sql()), "Pick another constraint_name.");
+            }
+            catalog::next_id()
+        }
+    };
+    start(new_request(id, "foreign_key", tbl, None, name, def, Some(ref_tbl)))
+}

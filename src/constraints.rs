@@ -1,0 +1,393 @@
+//! Constraint migrations — `not_null`, `check`, `foreign_key` — run as a
+//! sequence of steps (see `steps`), each in its own transaction, by a
+//! background worker acting as the role that asked:
+//!
+//!   1. ADD CONSTRAINT … NOT VALID        brief lock            phase expanded
+//!   2. VALIDATE CONSTRAINT               SHARE UPDATE EXCLUSIVE  phase backfilled
+//!   3. (not_null) SET NOT NULL + drop the check, brief lock      phase contracted
+//!
+//! Every step is idempotent and reads where the migration stands from the
+//! catalog and pg_constraint, so a run interrupted anywhere (worker killed,
+//! crash) finishes when started again. Violations found by VALIDATE remove
+//! the constraint again and fail the migration with the matching SQLSTATE and
+//! the number of violating rows; nothing half-added stays behind.
+
+use crate::catalog::{self, as_catalog_owner, Phase, Step};
+use crate::errors::{raise_with_detail, Code};
+use crate::introspect::Table;
+use crate::locking::{error_code, error_message, in_subtransaction, LockStats};
+use crate::spi::{self, ident};
+use crate::{steps, worker};
+use pgrx::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// What a caller asked for; travels to the worker (DSM in autocommit mode).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Request {
+    pub id: i64,
+    pub kind: String,
+    pub relid: u32,
+    /// not_null: the column
+    pub column: Option<String>,
+    /// the constraint zdm adds (not_null: the temporary CHECK)
+    pub constraint_name: String,
+    /// `CHECK (...)` or `FOREIGN KEY (...) REFERENCES ...`
+    pub definition: String,
+    pub ref_relid: Option<u32>,
+    pub run_as: u32,
+    pub lock_timeout_ms: i32,
+    pub lock_retries: i32,
+}
+
+impl Request {
+    fn relid(&self) -> pg_sys::Oid {
+        pg_sys::Oid::from(self.relid)
+    }
+}
+
+/// Record the migration (unless it exists: a resumed run) and (re)queue its
+/// job. `worker_owned`: called by the worker itself, which then owns the job.
+pub fn record(req: &Request, worker_owned: bool) {
+    let table = crate::introspect::migratable_table(req.relid());
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, owner_role, owner_name, \
+                                         not_null_check, constraint_name, constraint_def, ref_relid) \
+             VALUES ($1, $2, $3::oid::regclass, $4, $5, $6, $7, (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), \
+                     CASE WHEN $2 = 'not_null' THEN $8 END, $8, $9, $10::oid::regclass) \
+             ON CONFLICT (id) DO UPDATE SET phase = CASE WHEN zdm.migrations.phase = 'aborted' THEN 'expanded' ELSE zdm.migrations.phase END, \
+                     last_error = NULL, last_errcode = NULL, violations = NULL, updated_at = clock_timestamp()",
+            &[
+                req.id.into(),
+                req.kind.as_str().into(),
+                req.relid().into(),
+                table.schema.as_str().into(),
+                table.name.as_str().into(),
+                req.column.as_deref().into(),
+                pg_sys::Oid::from(req.run_as).into(),
+                req.constraint_name.as_str().into(),
+                req.definition.as_str().into(),
+                req.ref_relid.map(pg_sys::Oid::from).into(),
+            ],
+        );
+        spi::exec_args(
+            "INSERT INTO zdm.jobs (migration_id, database, run_as, run_as_name, created_xid, lock_timeout_ms, lock_retries, \
+                                   worker_pid, worker_started_at) \
+             VALUES ($1, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()), $2, \
+                     (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $2), pg_catalog.pg_current_xact_id(), $3, $4, \
+                     CASE WHEN $5 THEN pg_catalog.pg_backend_pid() END, \
+                     CASE WHEN $5 THEN (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()) END) \
+             ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', run_as = excluded.run_as, run_as_name = excluded.run_as_name, \
+                     created_xid = excluded.created_xid, lock_timeout_ms = excluded.lock_timeout_ms, lock_retries = excluded.lock_retries, \
+                     worker_pid = excluded.worker_pid, worker_started_at = excluded.worker_started_at, queued_at = clock_timestamp(), \
+                     finished_at = NULL, last_error = NULL, throttle_reason = NULL \
+               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
+                                  WHERE a.pid = zdm.jobs.worker_pid AND a.backend_start = zdm.jobs.worker_started_at)",
+            &[
+                req.id.into(),
+                pg_sys::Oid::from(req.run_as).into(),
+                req.lock_timeout_ms.into(),
+                req.lock_retries.into(),
+                worker_owned.into(),
+            ],
+        );
+    });
+}
+
+struct Failure {
+    code: PgSqlErrorCode,
+    message: String,
+    /// already written to the catalog
+    recorded: bool,
+}
+
+/// Everything a step needs, read fresh from the catalog.
+struct Plan {
+    id: i64,
+    kind: String,
+    relid: pg_sys::Oid,
+    table: String,
+    column: Option<String>,
+    constraint: String,
+    definition: String,
+    reference: Option<(pg_sys::Oid, String)>,
+    phase: Phase,
+    run_as: pg_sys::Oid,
+}
+
+fn load_plan(id: i64) -> Option<Plan> {
+    let m = catalog::load(id, true)?;
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "SELECT m.constraint_name::text, m.constraint_def, m.ref_relid::oid, \
+                        (SELECT format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
+                           JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = m.ref_relid), \
+                        j.run_as, j.lock_timeout_ms, j.lock_retries \
+                   FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+                Some(1),
+                &[id.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let r = t.first();
+            let reference = match (r.get::<pg_sys::Oid>(3)?, r.get::<String>(4)?) {
+                (Some(o), Some(s)) => Some((o, s)),
+                _ => None,
+            };
+            // Lock settings of the caller apply to the worker's steps too.
+            let (timeout, retries) = (r.get::<i32>(6)?.unwrap_or(2000), r.get::<i32>(7)?.unwrap_or(10));
+            spi::exec(&format!("SET zdm.lock_timeout = '{timeout}ms'"));
+            spi::exec(&format!("SET zdm.lock_retries = {retries}"));
+            Ok::<_, pgrx::spi::Error>(Some(Plan {
+                id,
+                kind: m.kind.clone(),
+                relid: m.relid,
+                table: m.table_sql(),
+                column: m.old_column.clone(),
+                constraint: r.get::<String>(1)?.unwrap_or_default(),
+                definition: r.get::<String>(2)?.unwrap_or_default(),
+                reference,
+                phase: m.phase,
+                run_as: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+            }))
+        })
+        .ok()
+        .flatten()
+    })
+}
+
+/// What a step returns; the lock it waited for, if any, goes to the event log.
+trait StepResult {
+    fn lock(&self) -> Option<&LockStats> {
+        None
+    }
+}
+impl StepResult for Option<LockStats> {
+    fn lock(&self) -> Option<&LockStats> {
+        self.as_ref()
+    }
+}
+impl StepResult for (i64, String, String, Option<String>, String) {}
+
+/// Run one step in its own transaction, as the migration's role; an error
+/// rolls the step back and comes back with its SQLSTATE.
+fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Result<Option<R>, Failure> {
+    let started = Instant::now();
+    let outcome = worker::transaction(|| {
+        let Some(plan) = load_plan(id) else { return Ok(None) };
+        worker::set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
+        let r = in_subtransaction(|| worker::as_role(plan.run_as, || f(&plan)));
+        match r {
+            Ok(v) => {
+                let lock = v.lock();
+                catalog::log_step(Step {
+                    migration: id,
+                    step: name,
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    lock_wait_ms: lock.map(|l| l.wait_ms),
+                    lock_attempts: lock.map(|l| l.attempts),
+                    detail: Some(plan.constraint.clone()),
+                });
+                Ok(Some(v))
+            }
+            Err(e) => Err(Failure { code: error_code(&e), message: error_message(&e), recorded: false }),
+        }
+    });
+    match outcome {
+        Ok(r) => r,
+        Err(message) => Err(Failure { code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, recorded: false }),
+    }
+}
+
+/// Drive the migration to its end from wherever it stands. Runs in a worker.
+pub fn run(id: i64) {
+    let result = (|| -> Result<(), Failure> {
+        // 1. ADD CONSTRAINT … NOT VALID (skipped if it is there already).
+        //    If it fails nothing was added: the migration is over.
+        step(id, "add constraint NOT VALID", |p| {
+            (steps::constraint_validated(p.relid, &p.constraint).is_none() && p.phase == Phase::Expanded).then(|| {
+                let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+                steps::add_not_valid(p.relid, &p.table, &p.constraint, &p.definition, reference)
+            })
+        })
+        .map_err(|f| {
+            let _ = worker::transaction(|| fail(id, &f, true));
+            Failure { recorded: true, ..f }
+        })?;
+        // 2. VALIDATE: scan under SHARE UPDATE EXCLUSIVE
+        let validated = step(id, "validate constraint", |p| {
+            let lock = (steps::constraint_validated(p.relid, &p.constraint) == Some(false)).then(|| {
+                let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+                steps::validate(p.relid, &p.table, &p.constraint, reference)
+            });
+            catalog::set_phase(p.id, Phase::Backfilled);
+            lock
+        });
+        if let Err(f) = validated {
+            if matches!(f.code, PgSqlErrorCode::ERRCODE_CHECK_VIOLATION | PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION) {
+                return Err(reject_violations(id, f));
+            }
+            return Err(f);
+        }
+        // 3. not_null: SET NOT NULL using the validated check, drop the check
+        step(id, "finish", |p| {
+            let lock = match (p.kind.as_str(), &p.column) {
+                ("not_null", Some(col)) => Some(steps::set_not_null(p.relid, &p.table, col, &p.constraint)),
+                _ => None,
+            };
+            catalog::set_phase(p.id, Phase::Contracted);
+            crate::jobs::finish_for_migration(p.id, "completed");
+            lock
+        })?;
+        Ok(())
+    })();
+    if let Err(f) = result {
+        if !f.recorded {
+            let _ = worker::transaction(|| fail(id, &f, false));
+        }
+    }
+}
+
+/// VALIDATE found violating rows: count them, remove the constraint, and fail
+/// with the SQLSTATE that fits the kind.
+fn reject_violations(id: i64, f: Failure) -> Failure {
+    let counted = step(id, "remove constraint after violations", |p| {
+        let count = count_violations(p);
+        steps::drop_constraint(p.relid, &p.table, &p.constraint);
+        (count, p.kind.clone(), p.table.clone(), p.column.clone(), p.constraint.clone())
+    });
+    let failure = match counted {
+        Ok(Some((n, kind, table, column, constraint))) => match kind.as_str() {
+            "not_null" => Failure {
+                recorded: true,
+                code: PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                message: format!(
+                    "column {} of table {table} contains {n} NULL value(s); it was left nullable",
+                    ident(column.as_deref().unwrap_or_default())
+                ),
+            },
+            "check" => Failure {
+                recorded: true,
+                code: PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+                message: format!("{n} row(s) of table {table} violate check constraint {}; it was not added", ident(&constraint)),
+            },
+            _ => Failure {
+                recorded: true,
+                code: PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+                message: format!(
+                    "{n} row(s) of table {table} have no matching row for foreign key {}; it was not added",
+                    ident(&constraint)
+                ),
+            },
+        },
+        _ => Failure { recorded: true, ..f },
+    };
+    let _ = worker::transaction(|| fail(id, &failure, true));
+    failure
+}
+
+fn count_violations(p: &Plan) -> i64 {
+    let sql = match p.kind.as_str() {
+        "not_null" => format!("SELECT count(*) FROM {} WHERE {} IS NULL", p.table, ident(p.column.as_deref().unwrap_or_default())),
+        "check" => format!("SELECT count(*) FROM {} WHERE NOT {}", p.table, p.definition.trim_start_matches("CHECK ")),
+        _ => {
+            let cols = spi::one::<Vec<String>>(
+                "SELECT array_agg(format('x.%I = r.%I', a.attname, b.attname) ORDER BY k.ord) \
+                   FROM pg_catalog.pg_constraint c, unnest(c.conkey, c.confkey) WITH ORDINALITY k(ck, fk, ord), \
+                        pg_catalog.pg_attribute a, pg_catalog.pg_attribute b \
+                  WHERE c.conrelid = $1 AND c.conname = $2 AND a.attrelid = c.conrelid AND a.attnum = k.ck \
+                    AND b.attrelid = c.confrelid AND b.attnum = k.fk",
+                &[p.relid.into(), p.constraint.as_str().into()],
+            )
+            .unwrap_or_default();
+            let not_null = spi::one::<String>(
+                "SELECT string_agg(format('x.%I IS NOT NULL', a.attname), ' AND ') \
+                   FROM pg_catalog.pg_constraint c, unnest(c.conkey) k(ck), pg_catalog.pg_attribute a \
+                  WHERE c.conrelid = $1 AND c.conname = $2 AND a.attrelid = c.conrelid AND a.attnum = k.ck",
+                &[p.relid.into(), p.constraint.as_str().into()],
+            )
+            .unwrap_or_else(|| "true".into());
+            let reference = p.reference.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+            format!(
+                "SELECT count(*) FROM {} x WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {reference} r WHERE {})",
+                p.table,
+                cols.join(" AND ")
+            )
+        }
+    };
+    spi::one::<i64>(&sql, &[]).unwrap_or(0)
+}
+
+/// Record a failure. `aborted`: the constraint was removed, the migration is
+/// over; otherwise it stays where it stands and can be resumed.
+fn fail(id: i64, f: &Failure, aborted: bool) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET last_error = $2, last_errcode = $3, updated_at = clock_timestamp(), \
+                    phase = CASE WHEN $4 THEN 'aborted' ELSE phase END, \
+                    finished_at = CASE WHEN $4 THEN clock_timestamp() ELSE finished_at END WHERE id = $1",
+            &[id.into(), f.message.as_str().into(), (f.code as i32).into(), aborted.into()],
+        );
+        spi::exec_args(
+            "UPDATE zdm.jobs SET state = 'failed', last_error = $2, finished_at = clock_timestamp() WHERE migration_id = $1",
+            &[id.into(), f.message.as_str().into()],
+        );
+    });
+    catalog::log_step(Step {
+        migration: id,
+        step: "failed",
+        duration_ms: 0.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some(f.message.clone()),
+    });
+}
+
+/// Raise the stored failure of a migration, if it failed.
+pub fn raise_if_failed(id: i64) {
+    let row = as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "SELECT m.last_error, m.last_errcode, j.state FROM zdm.migrations m LEFT JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+                Some(1),
+                &[id.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let r = t.first();
+            Ok::<_, pgrx::spi::Error>(Some((r.get::<String>(1)?, r.get::<i32>(2)?, r.get::<String>(3)?)))
+        })
+        .ok()
+        .flatten()
+    });
+    if let Some((Some(message), code, Some(state))) = row {
+        if state == "failed" {
+            let code = code.map(PgSqlErrorCode::from).unwrap_or(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
+            let hint = match code {
+                Code::ERRCODE_NOT_NULL_VIOLATION => "Backfill the NULLs first (e.g. UPDATE … SET col = … WHERE col IS NULL in batches), then call zdm.validate_not_null again.".to_string(),
+                Code::ERRCODE_CHECK_VIOLATION | Code::ERRCODE_FOREIGN_KEY_VIOLATION => "Fix or delete the violating rows, then call it again.".to_string(),
+                _ => format!("Call it again to resume from the step it reached, or zdm.abort({id}) to remove what it added."),
+            };
+            raise_with_detail(code, message, format!("zdm migration {id}"), hint);
+        }
+    }
+}
+
+/// Abort a constraint migration: remove the constraint zdm added (if still
+/// NOT VALID or a not_null helper check) and close the migration.
+pub fn abort(m: &catalog::Migration, table: &Table) {
+    crate::jobs::finish_for_migration(m.id, "cancelled");
+    let name = spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()]);
+    if let Some(name) = name {
+        let validated = steps::constraint_validated(m.relid, &name);
+        // A not_null helper check always goes; a finished CHECK / FK stays.
+        if validated == Some(false) || (m.kind == "not_null" && validated.is_some()) {
+            steps::drop_constraint(m.relid, &table.sql(), &name);
+        }
+    }
+    catalog::set_phase(m.id, Phase::Aborted);
+}
