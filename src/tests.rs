@@ -17,9 +17,12 @@ mod tests {
 
     /// SQLSTATE raised by `sql` (None when it succeeds), plus the message.
     fn error_of(sql: &str) -> Option<(String, String)> {
-        run("CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
-             BEGIN EXECUTE q; RETURN NULL;
-             EXCEPTION WHEN others THEN RETURN SQLSTATE || ':' || SQLERRM; END $f$");
+        // created once per test (it may later run under SET ROLE)
+        if one::<bool>("SELECT to_regproc('pg_temp.error_of') IS NULL") == Some(true) {
+            run("CREATE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
+                 BEGIN EXECUTE q; RETURN NULL;
+                 EXCEPTION WHEN others THEN RETURN SQLSTATE || ':' || SQLERRM; END $f$");
+        }
         let r = Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[sql.into()]).unwrap();
         r.map(|s| {
             let (code, msg) = s.split_once(':').unwrap();
