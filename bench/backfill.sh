@@ -6,7 +6,10 @@
 #   zdm-client  a client loop of zdm.backfill_batch (a procedure that COMMITs per call)
 #   plpgsql     the common hand-written DO loop: 1000-row id ranges, COMMIT, 10 ms sleep
 #   ctid-limit  UPDATE … WHERE ctid IN (SELECT ctid … WHERE b IS NULL LIMIT 1000), COMMIT, repeat
-#   reshape     Reshape (alter_column with an up expression: a batched backfill), if installed
+#   reshape-copy    Reshape 0.11 alter_column that also restates the type: Reshape backfills a
+#                   new column in 1000-row primary-key batches (if reshape is installed)
+#   reshape-rename  Reshape's own rename: views per schema version, no data copied at all
+#                   (the application must select Reshape's schema); for reference
 # Reports rows/s, ratio to the single UPDATE, WAL bytes, table size afterwards.
 # Usage: bench/backfill.sh ROWS [TIME_CAP_S]
 source "$(dirname "$0")/lib.sh"
@@ -17,12 +20,18 @@ bench_cluster
 declare -A MS WAL SIZE NOTE
 run() { # method
   local m=$1 t="bf_${1//-/_}" start wal0 ms
+  QDB=$DB
+  if [[ $m == reshape* ]]; then
+    # Reshape keeps its migration history per database: a fresh one per run
+    QDB="rs_${m//-/_}_$ROWS"
+    QDB=postgres q -c "DROP DATABASE IF EXISTS $QDB" -c "CREATE DATABASE $QDB"
+  fi
   make_bench_table "$t" "$ROWS"
   case $m in
     update)     q -c "ALTER TABLE $t ADD COLUMN b text" ;;
     zdm-*)      ID=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)") ;;
     plpgsql|ctid-limit) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
-    reshape)    ;;
+    reshape*)   ;;
   esac
   wal0=$(lsn); start=$(now_ms)
   case $m in
@@ -63,36 +72,45 @@ BEGIN
 END \$\$;
 SQL
       ;;
-    reshape)
+    reshape*)
       local dir; dir=$(mktemp -d)
       mkdir -p "$dir/migrations"
+      local type_line=""
+      [ "$m" = reshape-copy ] && type_line='type = "TEXT"'   # any change besides the name makes Reshape copy the data
       cat > "$dir/migrations/1_rename.toml" <<TOML
 [[actions]]
 type = "alter_column"
 table = "$t"
 column = "a"
 up = "a"
-down = "b"
+down = "a"
     [actions.changes]
     name = "b"
+    $type_line
 TOML
-      (cd "$dir" && reshape migration start --url "postgres://postgres@127.0.0.1:$PORT/$DB" >/dev/null) ;;
+      if ! (cd "$dir" && reshape migration start --url "postgres://postgres@127.0.0.1:$PORT/$QDB" > "$dir/out.log" 2>&1); then
+        NOTE[$m]="reshape failed: $(grep -m1 -iE 'error|invalid' "$dir/out.log" | cut -c1-120)"
+      fi ;;
   esac
   ms=$(( $(now_ms) - start ))
   WAL[$m]=$(wal_since "$wal0")
-  if [ "$m" = reshape ]; then (cd "$dir" && reshape migration complete --url "postgres://postgres@127.0.0.1:$PORT/$DB" >/dev/null); rm -rf "$dir"; fi
+  if [[ $m == reshape* ]]; then (cd "$dir" && reshape migration complete --url "postgres://postgres@127.0.0.1:$PORT/$QDB" >/dev/null 2>&1 || true); rm -rf "$dir"; fi
   SIZE[$m]=$(val "SELECT pg_table_size('$t')")
   local done
-  if [ "$m" = reshape ]; then done=$ROWS
+  if [[ $m == reshape* ]]; then
+    done=$(val "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '$t'::regclass AND attname = 'b') THEN (SELECT count(*) FROM $t) ELSE 0 END")
   else done=$(val "SELECT count(*) FROM $t WHERE b IS NOT DISTINCT FROM a"); fi
-  if [ "$done" -lt "$ROWS" ]; then NOTE[$m]="stopped after ${CAP}s at $(( done * 100 / ROWS ))%"; fi
+  if [ "$done" -lt "$ROWS" ] && [ -z "${NOTE[$m]:-}" ]; then NOTE[$m]="stopped after ${CAP}s at $(( done * 100 / ROWS ))%"; fi
   MS[$m]=$ms; DONE[$m]=$done
-  q -c "DROP TABLE $t"
+  q -c "DROP TABLE $t CASCADE"   # Reshape leaves a view schema on it
+  if [[ $m == reshape* ]]; then QDB=postgres q -c "DROP DATABASE $QDB"; fi
+  QDB=$DB
+  [ "$m" = reshape-rename ] && NOTE[$m]="${NOTE[$m]:-views only: no rows copied (the app must SET search_path to the Reshape schema)}"
 }
 
 declare -A DONE
 methods="update zdm-bg zdm-client plpgsql ctid-limit"
-if command -v reshape >/dev/null 2>&1; then methods="$methods reshape"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2)"; fi
+if command -v reshape >/dev/null 2>&1; then methods="$methods reshape-copy reshape-rename"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2 --locked)"; fi
 for m in $methods; do run "$m"; done
 
 echo "### Backfill of $ROWS rows ($(machine))"
@@ -102,6 +120,10 @@ echo "|---|---:|---:|---:|---:|---:|---|"
 base=$(rate "$ROWS" "${MS[update]}")
 for m in $methods; do
   r=$(rate "${DONE[$m]}" "${MS[$m]}")
+  if [ "$m" = reshape-rename ]; then
+    printf "| %s | %.1f | n/a | n/a | %s | %s | %s |\n" "$m" "$(awk -v ms="${MS[$m]}" 'BEGIN{print ms/1000}')" "$(mb "${WAL[$m]}")" "$(mb "${SIZE[$m]}")" "${NOTE[$m]:-}"
+    continue
+  fi
   printf "| %s | %.1f | %s | %s× | %s | %s | %s |\n" "$m" "$(awk -v ms="${MS[$m]}" 'BEGIN{print ms/1000}')" "$r" "$(ratio "$r" "$base")" "$(mb "${WAL[$m]}")" "$(mb "${SIZE[$m]}")" "${NOTE[$m]:-}"
 done
 [ -n "${NOTE[reshape]:-}" ] && [[ " $methods " != *" reshape "* ]] && echo "| reshape | | | | | | ${NOTE[reshape]} |"

@@ -32,8 +32,10 @@ window_stats() { # prefix from to
     '{ t = $5 + $6 / 1e6; if (from > 0 && (t < from || t > to)) next; printf "%.6f %d\n", t, $3 }' > "$sel"
   n=$(wc -l < "$sel")
   if [ "$n" -eq 0 ]; then echo "0 0"; return; fi
-  if [ -n "${2:-}" ]; then span=$(awk -v a="$2" -v b="$3" 'BEGIN { print b - a }')
-  else span=$(sort -n "$sel" | awk 'NR == 1 { f = $1 } { l = $1 } END { print l - f }'); fi
+  # the span: the window clipped to pgbench's own run (first to last transaction)
+  span=$(cat "$BENCH_DIR/$1".* | awk -v from="${2:-0}" -v to="${3:-0}" '
+    { t = $5 + $6 / 1e6; if (f == 0 || t < f) f = t; if (t > l) l = t }
+    END { a = f; b = l; if (from > 0 && from > a) a = from; if (to > 0 && to < b) b = to; printf "%.3f", b - a }')
   p99=$(awk '{ print $2 }' "$sel" | sort -n | awk -v n="$n" 'BEGIN { i = int(n * 0.99); if (i < 1) i = 1 } NR == i { printf "%.1f", $1 / 1000 }')
   awk -v n="$n" -v s="$span" -v p="$p99" 'BEGIN { if (s <= 0) s = 1; printf "%d %s\n", n / s, p }'
 }

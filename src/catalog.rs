@@ -8,7 +8,7 @@
 //! extension owner (`as_catalog_owner`), while the DDL and UPDATEs a migration
 //! performs run as the calling role.
 
-use crate::errors::{raise, Code, OrRaise};
+use crate::errors::{raise, Code};
 use crate::spi;
 use pgrx::prelude::*;
 
@@ -82,21 +82,39 @@ impl Migration {
     }
 }
 
-/// Run `f` as the extension owner, for catalog access only. An error inside
-/// `f` aborts the (sub)transaction, which restores the user id by itself.
+/// Run `f` as the extension owner, for catalog access only, with
+/// `search_path = pg_catalog, pg_temp`: the caller's search_path must not
+/// resolve any function or operator in zdm's catalog SQL while it runs with
+/// the owner's rights (the same protection SECURITY DEFINER functions need).
+/// An error inside `f` aborts the (sub)transaction, which restores both the
+/// user id and the setting by itself.
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = extension_owner();
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
-    unsafe {
+    let nest_level = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
         );
+        level
+    };
+    let owner = extension_owner();
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(owner, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
     let result = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        pg_sys::AtEOXact_GUC(true, nest_level);
+    }
     result
 }
 
@@ -118,15 +136,9 @@ const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text,
 pub fn load(id: i64, lock: bool) -> Option<Migration> {
     let sql = if lock { format!("{SELECT_MIGRATION} FOR UPDATE") } else { SELECT_MIGRATION.to_string() };
     as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(&sql, Some(1), &[id.into()])?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            let row = r.get_heap_tuple()?.expect("row");
+        spi::first_row(&sql, &[id.into()], |row| {
             let text = |n: usize| row.get::<String>(n);
-            Ok::<_, pgrx::spi::Error>(Some(Migration {
+            Ok(Migration {
                 id: row.get::<i64>(1)?.unwrap_or_default(),
                 kind: text(2)?.unwrap_or_default(),
                 relid: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
@@ -143,9 +155,8 @@ pub fn load(id: i64, lock: bool) -> Option<Migration> {
                 rows_done: row.get::<i64>(14)?.unwrap_or_default(),
                 rel_blocks: row.get::<i64>(15)?.unwrap_or_default(),
                 relfilenode: row.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
-            }))
+            })
         })
-        .or_raise("loading a migration")
     })
 }
 
@@ -260,21 +271,13 @@ pub fn set_last_error(id: i64, error: Option<&str>) {
 pub fn in_flight_on_columns(relid: pg_sys::Oid, columns: &[&str]) -> Option<(i64, String)> {
     let cols: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
     as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(
-                "SELECT id, phase FROM zdm.migrations WHERE relid = $1::oid::regclass \
-                  AND phase IN ('expanded', 'backfilling', 'backfilled') \
-                  AND (old_column::text = ANY($2) OR new_column::text = ANY($2)) ORDER BY id LIMIT 1",
-                Some(1),
-                &[relid.into(), cols.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let (id, phase) = t.first().get_two::<i64, String>()?;
-            Ok::<_, pgrx::spi::Error>(Some((id.unwrap_or_default(), phase.unwrap_or_default())))
-        })
-        .or_raise("looking up in-flight migrations")
+        spi::first_row(
+            "SELECT id, phase FROM zdm.migrations WHERE relid = $1::oid::regclass \
+              AND phase IN ('expanded', 'backfilling', 'backfilled') \
+              AND (old_column::text = ANY($2) OR new_column::text = ANY($2)) ORDER BY id LIMIT 1",
+            &[relid.into(), cols.into()],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
     })
 }
 

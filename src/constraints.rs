@@ -118,44 +118,44 @@ struct Plan {
 
 fn load_plan(id: i64) -> Option<Plan> {
     let m = catalog::load(id, true)?;
-    as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(
-                "SELECT m.constraint_name::text, m.constraint_def, m.ref_relid::oid, \
-                        (SELECT format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
-                           JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = m.ref_relid), \
-                        j.run_as, j.lock_timeout_ms, j.lock_retries \
-                   FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
-                Some(1),
-                &[id.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            let reference = match (r.get::<pg_sys::Oid>(3)?, r.get::<String>(4)?) {
-                (Some(o), Some(s)) => Some((o, s)),
-                _ => None,
-            };
-            // Lock settings of the caller apply to the worker's steps too.
-            let (timeout, retries) = (r.get::<i32>(6)?.unwrap_or(2000), r.get::<i32>(7)?.unwrap_or(10));
-            spi::exec(&format!("SET zdm.lock_timeout = '{timeout}ms'"));
-            spi::exec(&format!("SET zdm.lock_retries = {retries}"));
-            Ok::<_, pgrx::spi::Error>(Some(Plan {
-                id,
-                kind: m.kind.clone(),
-                relid: m.relid,
-                table: m.table_sql(),
-                column: m.old_column.clone(),
-                constraint: r.get::<String>(1)?.unwrap_or_default(),
-                definition: r.get::<String>(2)?.unwrap_or_default(),
-                reference,
-                phase: m.phase,
-                run_as: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
-            }))
-        })
-        .ok()
-        .flatten()
+    let (constraint, definition, reference, run_as, timeout, retries) = as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT m.constraint_name::text, m.constraint_def, m.ref_relid::oid, \
+                    (SELECT format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
+                       JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = m.ref_relid), \
+                    j.run_as, j.lock_timeout_ms, j.lock_retries \
+               FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+            &[id.into()],
+            |r| {
+                let reference = match (r.get::<pg_sys::Oid>(3)?, r.get::<String>(4)?) {
+                    (Some(o), Some(s)) => Some((o, s)),
+                    _ => None,
+                };
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    reference,
+                    r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<i32>(6)?.unwrap_or(2000),
+                    r.get::<i32>(7)?.unwrap_or(10),
+                ))
+            },
+        )
+    })?;
+    // The caller's lock settings apply to the worker's steps too.
+    spi::exec(&format!("SET zdm.lock_timeout = '{timeout}ms'"));
+    spi::exec(&format!("SET zdm.lock_retries = {retries}"));
+    Some(Plan {
+        id,
+        kind: m.kind.clone(),
+        relid: m.relid,
+        table: m.table_sql(),
+        column: m.old_column.clone(),
+        constraint,
+        definition,
+        reference,
+        phase: m.phase,
+        run_as,
     })
 }
 
@@ -349,20 +349,11 @@ fn fail(id: i64, f: &Failure, aborted: bool) {
 /// Raise the stored failure of a migration, if it failed.
 pub fn raise_if_failed(id: i64) {
     let row = as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(
-                "SELECT m.last_error, m.last_errcode, j.state FROM zdm.migrations m LEFT JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
-                Some(1),
-                &[id.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            Ok::<_, pgrx::spi::Error>(Some((r.get::<String>(1)?, r.get::<i32>(2)?, r.get::<String>(3)?)))
-        })
-        .ok()
-        .flatten()
+        spi::first_row(
+            "SELECT m.last_error, m.last_errcode, j.state FROM zdm.migrations m LEFT JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+            &[id.into()],
+            |r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?, r.get::<String>(3)?)),
+        )
     });
     if let Some((Some(message), code, Some(state))) = row {
         if state == "failed" {

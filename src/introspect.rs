@@ -20,26 +20,20 @@ impl Table {
 /// Resolve a table that zdm can migrate, refusing every other kind of
 /// relation with 0A000/42809 and a hint.
 pub fn migratable_table(relid: pg_sys::Oid) -> Table {
-    let row = Spi::connect_mut(|c| {
-        let t = c.update(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, c.relispartition \
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-            Some(1),
-            &[relid.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let r = t.first();
-        Ok::<_, pgrx::spi::Error>(Some((
-            r.get::<String>(1)?.unwrap_or_default(),
-            r.get::<String>(2)?.unwrap_or_default(),
-            r.get::<String>(3)?.unwrap_or_default(),
-            r.get::<String>(4)?.unwrap_or_default(),
-            r.get::<bool>(5)?.unwrap_or_default(),
-        )))
-    })
-    .or_raise("reading pg_class");
+    let row = spi::first_row(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, c.relispartition \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relid.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<bool>(5)?.unwrap_or_default(),
+            ))
+        },
+    );
     let Some((schema, name, relkind, persistence, is_partition)) = row else {
         raise(
             Code::ERRCODE_UNDEFINED_TABLE,
@@ -110,8 +104,7 @@ pub struct Column {
 
 /// A user column by name (system columns have negative attnums).
 pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
-    Spi::connect_mut(|c| {
-        let t = c.update(
+    spi::first_row(
             "SELECT a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
                          THEN pg_catalog.format('%I.%I', cn.nspname, co.collname) END, \
@@ -122,14 +115,8 @@ pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
                LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
                LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            Some(1),
-            &[relid.into(), name.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let r = t.first();
-        Ok::<_, pgrx::spi::Error>(Some(Column {
+        &[relid.into(), name.into()],
+        |r| Ok(Column {
             attnum: r.get::<i16>(1)?.unwrap_or_default(),
             type_sql: r.get::<String>(2)?.unwrap_or_default(),
             collation_sql: r.get::<String>(3)?,
@@ -137,9 +124,8 @@ pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
             generated: r.get::<bool>(5)?.unwrap_or_default(),
             identity: r.get::<bool>(6)?.unwrap_or_default(),
             comment: r.get::<String>(7)?,
-        }))
-    })
-    .or_raise("reading pg_attribute")
+        }),
+    )
 }
 
 /// An object that depends on a column, as pg_depend records it.

@@ -3,7 +3,7 @@
 //! changes, liveness of its worker, and registering a worker process.
 
 use crate::catalog::{as_catalog_owner, current_user};
-use crate::errors::{raise, Code, OrRaise};
+use crate::errors::{raise, Code};
 use crate::spi;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, DynamicBackgroundWorker};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
@@ -210,20 +210,13 @@ pub struct JobRow {
 
 pub fn load_row(migration: i64) -> Option<JobRow> {
     as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(
+        spi::first_row(
                 "SELECT state, worker_pid, run_as, batch_size, coalesce(current_batch_size, batch_size), pause_ms, target_batch_ms, \
                         (extract(epoch FROM max_replica_lag) * 1000)::float8, lock_timeout_ms, statement_timeout_ms, \
                         max_attempts, greatest(0, extract(epoch FROM run_after - clock_timestamp()) * 1000)::float8 \
                    FROM zdm.jobs WHERE migration_id = $1",
-                Some(1),
-                &[migration.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            Ok::<_, pgrx::spi::Error>(Some(JobRow {
+            &[migration.into()],
+            |r| Ok(JobRow {
                 state: r.get::<String>(1)?.unwrap_or_default(),
                 worker_pid: r.get::<i32>(2)?,
                 run_as: r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
@@ -236,8 +229,7 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 statement_timeout_ms: r.get::<i32>(10)?.unwrap_or(30000),
                 max_attempts: r.get::<i32>(11)?.unwrap_or(5),
                 wait_for_run_after_ms: r.get::<f64>(12)?.unwrap_or(0.0),
-            }))
-        })
-        .or_raise("loading a job")
+            }),
+        )
     })
 }

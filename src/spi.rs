@@ -44,3 +44,16 @@ pub fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option
     })
     .or_raise(sql)
 }
+
+/// The first row of a query mapped by `f` (None when there is no row).
+pub fn first_row<T>(
+    sql: &str,
+    args: &[DatumWithOid],
+    f: impl FnOnce(&pgrx::spi::SpiTupleTable) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    Spi::connect_mut(|c| {
+        let t = c.update(sql, Some(1), args)?;
+        if t.is_empty() { Ok(None) } else { f(&t.first()).map(Some) }
+    })
+    .or_raise(sql)
+}

@@ -385,4 +385,22 @@ mod tests {
         run(&format!("SELECT zdm.abort({id})"));
         assert_eq!(one::<String>(&format!("SELECT phase FROM zdm.status WHERE id = {id}")).as_deref(), Some("aborted"));
     }
+
+    #[pg_test]
+    fn callers_search_path_cannot_hijack_catalog_sql() {
+        // zdm writes its catalog as the extension owner: a caller's
+        // search_path placing look-alike functions before pg_catalog must not
+        // be able to run them with the owner's rights.
+        people();
+        run("CREATE SCHEMA evil");
+        for f in ["nextval(regclass) RETURNS bigint", "clock_timestamp() RETURNS timestamptz"] {
+            run(&format!("CREATE FUNCTION evil.{f} LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$"));
+        }
+        run("SET LOCAL search_path = evil, pg_catalog, public");
+        let id = one::<i64>("SELECT zdm.expand_rename('public.people', 'email', 'mail', background => false)").unwrap();
+        while one::<i64>(&format!("SELECT zdm.backfill_batch({id})")).unwrap() > 0 {}
+        run(&format!("SELECT zdm.contract({id})"));
+        assert_eq!(one::<String>(&format!("SELECT phase FROM zdm.status WHERE id = {id}")).as_deref(), Some("contracted"));
+        assert_eq!(one::<String>("SELECT current_setting('search_path')").as_deref(), Some("evil, pg_catalog, public"), "the caller's setting is back");
+    }
 }

@@ -14,7 +14,6 @@
 //! once and rolls back together with its cursor.
 
 use crate::catalog::as_catalog_owner;
-use crate::errors::OrRaise;
 use crate::locking::{error_code, error_message, in_subtransaction};
 use crate::{backfill, catalog, guc, jobs, spi};
 use pgrx::bgworkers::BackgroundWorker;
@@ -250,27 +249,21 @@ enum Claim {
 fn claim(migration: i64) -> Claim {
     as_catalog_owner(|| {
         spi::exec("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('zdm.jobs.claim'))");
-        let row = Spi::connect_mut(|c| {
-            let t = c.update(
-                &format!(
-                    "SELECT j.state, (j.worker_pid <> pg_catalog.pg_backend_pid() AND {alive}), m.relid::oid \
-                       FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1",
-                    alive = jobs::WORKER_ALIVE
-                ),
-                Some(1),
-                &[migration.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            Ok::<_, pgrx::spi::Error>(Some((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<bool>(2)?.unwrap_or(false),
-                r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-            )))
-        })
-        .or_raise("reading the job");
+        let row = spi::first_row(
+            &format!(
+                "SELECT j.state, (j.worker_pid <> pg_catalog.pg_backend_pid() AND {alive}), m.relid::oid \
+                   FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1",
+                alive = jobs::WORKER_ALIVE
+            ),
+            &[migration.into()],
+            |r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<bool>(2)?.unwrap_or(false),
+                    r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                ))
+            },
+        );
         let Some((state, taken, relid)) = row else { return Claim::Gone };
         if taken || !matches!(state.as_str(), "queued" | "running" | "paused") {
             return Claim::Gone;

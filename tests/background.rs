@@ -227,3 +227,43 @@ fn no_worker_slot_and_wait_in_own_transaction() {
     let (code, msg) = sqlstate(tx.query_one("SELECT zdm.wait($1)", &[&id2]));
     assert_eq!(code, "25001", "{msg}");
 }
+
+/// The global kill switch holds every worker; a batch that exceeds its
+/// statement_timeout is retried with half the size, a bounded number of
+/// times, then the job fails with the reason.
+#[test]
+fn pause_all_and_statement_timeout_retries() {
+    let cluster = Cluster::start("knobs", &[]);
+    let mut c = cluster.create_db("knobs");
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    c.batch_execute("ALTER SYSTEM SET zdm.pause_all = on").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.query_one("SELECT zdm.start_backfill($1, batch_size => 2000, pause_ms => 0, target_batch_ms => 0)", &[&id]).unwrap();
+    wait_for("the pause_all reason", Duration::from_secs(30), || {
+        let reason: Option<String> = c.query_one("SELECT throttle_reason FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+        reason.filter(|r| r.contains("pause_all"))
+    });
+    let held = rows_done(&mut c, id);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rows_done(&mut c, id), held, "no batch while zdm.pause_all is on");
+    c.batch_execute("ALTER SYSTEM RESET zdm.pause_all").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+
+    make_table(&mut c, "u", ROWS);
+    let id2: i64 = c.query_one("SELECT zdm.expand_rename('u', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    c.query_one(
+        "SELECT zdm.start_backfill($1, batch_size => 100000, target_batch_ms => 0, pause_ms => 0, statement_timeout => '1 ms')",
+        &[&id2],
+    )
+    .unwrap();
+    let (code, msg) = sqlstate(c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id2]));
+    assert_eq!(code, "55000", "{msg}");
+    assert!(msg.contains("gave up after 5 attempts") && msg.contains("statement timeout"), "{msg}");
+    let size: i32 = c.query_one("SELECT current_batch_size FROM zdm.jobs WHERE migration_id = $1", &[&id2]).unwrap().get(0);
+    assert_eq!(size, 100000 / 32, "halved after each of the 5 attempts");
+    assert_eq!(rows_done(&mut c, id2), 0, "timed-out batches roll back with their cursor");
+}

@@ -267,3 +267,42 @@ fn non_superuser_owner_runs_the_whole_loop() {
     let (code, _) = sqlstate(app.execute("UPDATE zdm.migrations SET phase = 'aborted'", &[]));
     assert_eq!(code, "42501");
 }
+
+/// COPY and INSERT … ON CONFLICT through either column go through the sync
+/// trigger like any other write.
+#[test]
+fn copy_and_upsert_through_both_columns() {
+    use std::io::Write;
+    let cluster = Cluster::start("copy", &[]);
+    let mut c = cluster.create_db("copy");
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text); INSERT INTO t SELECT g, 'orig-' || g FROM generate_series(1, 1000) g;").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    let mut w = c.copy_in("COPY t (id, a) FROM STDIN").unwrap();
+    for i in 2001..=2500 {
+        writeln!(w, "{i}\tcopied-old-{i}").unwrap();
+    }
+    w.finish().unwrap();
+    let mut w = c.copy_in("COPY t (id, b) FROM STDIN").unwrap();
+    for i in 3001..=3500 {
+        writeln!(w, "{i}\tcopied-new-{i}").unwrap();
+    }
+    w.finish().unwrap();
+    c.batch_execute(
+        "INSERT INTO t (id, a) SELECT g, 'upsert-old' FROM generate_series(1, 10) g ON CONFLICT (id) DO UPDATE SET a = excluded.a;
+         INSERT INTO t (id, b) SELECT g, 'upsert-new' FROM generate_series(11, 20) g ON CONFLICT (id) DO UPDATE SET b = excluded.b;",
+    )
+    .unwrap();
+    while c.query_one("SELECT zdm.backfill_batch($1, 300)", &[&id]).unwrap().get::<_, i64>(0) > 0 {}
+    let out_of_sync: i64 = c.query_one("SELECT count(*) FROM t WHERE a IS DISTINCT FROM b", &[]).unwrap().get(0);
+    assert_eq!(out_of_sync, 0);
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let r = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE b = 'copied-old-' || id), count(*) FILTER (WHERE b = 'copied-new-' || id), \
+                    count(*) FILTER (WHERE b = 'upsert-old'), count(*) FILTER (WHERE b = 'upsert-new'), count(*) FILTER (WHERE b = 'orig-' || id) FROM t",
+            &[],
+        )
+        .unwrap();
+    let counts: Vec<i64> = (0..5).map(|i| r.get(i)).collect();
+    assert_eq!(counts, vec![500, 500, 10, 10, 980]);
+}

@@ -34,23 +34,14 @@ fn owned_table(relid: pg_sys::Oid) -> Table {
 /// for not_null, the constraint name otherwise): calling again resumes it.
 fn in_flight(relid: pg_sys::Oid, kind: &str, key: &str) -> Option<(i64, String)> {
     as_catalog_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(
-                "SELECT id, constraint_name::text FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 \
-                   AND phase IN ('expanded', 'backfilling', 'backfilled') \
-                   AND CASE WHEN $2 = 'not_null' THEN old_column::text ELSE constraint_name::text END = $3 \
-                 ORDER BY id DESC LIMIT 1",
-                Some(1),
-                &[relid.into(), kind.into(), key.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let (id, name) = t.first().get_two::<i64, String>()?;
-            Ok::<_, pgrx::spi::Error>(id.map(|id| (id, name.unwrap_or_default())))
-        })
-        .ok()
-        .flatten()
+        spi::first_row(
+            "SELECT id, constraint_name::text FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 \
+               AND phase IN ('expanded', 'backfilling', 'backfilled') \
+               AND CASE WHEN $2 = 'not_null' THEN old_column::text ELSE constraint_name::text END = $3 \
+             ORDER BY id DESC LIMIT 1",
+            &[relid.into(), kind.into(), key.into()],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
     })
 }
 
@@ -128,27 +119,20 @@ fn run_now(req: &Request) {
     // Our worker is gone; another one (the launcher's) may still be at it.
     loop {
         let row = as_catalog_owner(|| {
-            Spi::connect_mut(|c| {
-                let t = c.update(
-                    &format!(
-                        "SELECT m.phase, j.state, {alive} FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
-                        alive = jobs::WORKER_ALIVE
-                    ),
-                    Some(1),
-                    &[req.id.into()],
-                )?;
-                if t.is_empty() {
-                    return Ok(None);
-                }
-                let r = t.first();
-                Ok::<_, pgrx::spi::Error>(Some((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<bool>(3)?.unwrap_or(false),
-                )))
-            })
-            .ok()
-            .flatten()
+            spi::first_row(
+                &format!(
+                    "SELECT m.phase, j.state, {alive} FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+                    alive = jobs::WORKER_ALIVE
+                ),
+                &[req.id.into()],
+                |r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<bool>(3)?.unwrap_or(false),
+                    ))
+                },
+            )
         });
         let Some((phase, state, alive)) = row else {
             raise(

@@ -190,18 +190,11 @@ struct Progress {
 }
 
 fn progress(id: i64) -> Option<Progress> {
-    Spi::connect_mut(|c| {
-        let t = c.update(
-            "SELECT phase, job_state, rows_done, rows_total, percent::float8, rows_per_sec::float8, \
-                    date_trunc('second', eta)::text, throttle_reason, last_error FROM zdm.status WHERE id = $1",
-            Some(1),
-            &[id.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let r = t.first();
-        Ok::<_, pgrx::spi::Error>(Some(Progress {
+    spi::first_row(
+        "SELECT phase, job_state, rows_done, rows_total, percent::float8, rows_per_sec::float8, \
+                date_trunc('second', eta)::text, throttle_reason, last_error FROM zdm.status WHERE id = $1",
+        &[id.into()],
+        |r| Ok(Progress {
             phase: r.get::<String>(1)?.unwrap_or_default(),
             job_state: r.get::<String>(2)?,
             rows_done: r.get::<i64>(3)?.unwrap_or(0),
@@ -211,10 +204,8 @@ fn progress(id: i64) -> Option<Progress> {
             eta: r.get::<String>(7)?,
             reason: r.get::<String>(8)?,
             error: r.get::<String>(9)?,
-        }))
-    })
-    .ok()
-    .flatten()
+        }),
+    )
 }
 
 /// Wait for the backfill to finish, printing progress as NOTICEs; returns the
