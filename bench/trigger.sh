@@ -4,6 +4,9 @@
 #   noop-c   PostgreSQL's built-in C trigger suppress_redundant_updates_trigger (BEFORE UPDATE):
 #            the floor any BEFORE ROW trigger pays (old-tuple refetch, tuple materialisation)
 #   zdm      zdm's Rust sync trigger (writes go through the old column)
+#   zdm-sp   the same with SET search_path on the trigger function: every row then goes
+#            through PostgreSQL's GUC save/restore. The function runs no SQL and resolves
+#            no names, so zdm does not pin it; this variant shows what pinning would cost
 #   plpgsql  the equivalent PL/pgSQL trigger, same semantics
 # Bulk: INSERT … SELECT of N rows and UPDATE of every row, CHECKPOINT before each
 # statement, median of 3 rounds with the variants interleaved. pgbench:
@@ -14,7 +17,7 @@ source "$(dirname "$0")/lib.sh"
 BULK="${1:-500000}"
 SECS="${2:-10}"
 bench_cluster
-VARIANTS="none noop-c zdm plpgsql"
+VARIANTS="none noop-c zdm zdm-sp plpgsql"
 
 q <<'SQL'
 CREATE OR REPLACE FUNCTION public.plpgsql_sync() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -32,11 +35,14 @@ SQL
 
 fresh() { # variant → a new table "trg" with that variant's trigger
   q -c "DROP TABLE IF EXISTS trg" -c "CREATE TABLE trg (id bigserial PRIMARY KEY, a text, qty int, pad text)"
+  q -c "ALTER FUNCTION zdm.sync_trigger() RESET search_path"
   case $1 in
     none)    q -c "ALTER TABLE trg ADD COLUMN b text" ;;
     noop-c)  q -c "ALTER TABLE trg ADD COLUMN b text" \
                -c "CREATE TRIGGER s BEFORE UPDATE ON trg FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()" ;;
     zdm)     val "SELECT zdm.expand_rename('trg', 'a', 'b', background => false)" >/dev/null ;;
+    zdm-sp)  val "SELECT zdm.expand_rename('trg', 'a', 'b', background => false)" >/dev/null
+             q -c "ALTER FUNCTION zdm.sync_trigger() SET search_path = pg_catalog, pg_temp" ;;
     plpgsql) q -c "ALTER TABLE trg ADD COLUMN b text" \
                -c "CREATE TRIGGER s BEFORE INSERT OR UPDATE ON trg FOR EACH ROW EXECUTE FUNCTION public.plpgsql_sync()" ;;
   esac
@@ -76,7 +82,7 @@ for v in $VARIANTS; do
   fi
   TPS_I[$v]=$(pgb "$BENCH_DIR/ins.sql"); TPS_U[$v]=$(pgb "$BENCH_DIR/upd.sql")
 done
-q -c "DROP TABLE trg"
+q -c "DROP TABLE trg" -c "ALTER FUNCTION zdm.sync_trigger() RESET search_path"
 
 ovh() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f%%", (a / b - 1) * 100 }'; }
 tovh() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f%%", (b / a - 1) * 100 }'; }
@@ -89,6 +95,8 @@ echo "| bulk INSERT … SELECT $BULK rows, ms (median of 3) | ${INS[none]} | n/a
 echo "| bulk UPDATE of $BULK rows, ms (median of 3) | ${UPD[none]} | ${UPD[noop-c]} ($(ovh "${UPD[noop-c]}" "${UPD[none]}")) | ${UPD[zdm]} | ${UPD[plpgsql]} | $(ovh "${UPD[zdm]}" "${UPD[none]}") | $(ovh "${UPD[plpgsql]}" "${UPD[none]}") | $(share "${UPD[zdm]}" "${UPD[plpgsql]}" "${UPD[none]}") |"
 echo "| pgbench single-row INSERT, TPS | ${TPS_I[none]} | ${TPS_I[noop-c]} | ${TPS_I[zdm]} | ${TPS_I[plpgsql]} | $(tovh "${TPS_I[zdm]}" "${TPS_I[none]}") | $(tovh "${TPS_I[plpgsql]}" "${TPS_I[none]}") | |"
 echo "| pgbench single-row UPDATE, TPS | ${TPS_U[none]} | ${TPS_U[noop-c]} | ${TPS_U[zdm]} | ${TPS_U[plpgsql]} | $(tovh "${TPS_U[zdm]}" "${TPS_U[none]}") | $(tovh "${TPS_U[plpgsql]}" "${TPS_U[none]}") | |"
+echo
+echo "With SET search_path on the trigger function (variant zdm-sp): INSERT $(ovh "${INS[zdm-sp]}" "${INS[none]}"), UPDATE $(ovh "${UPD[zdm-sp]}" "${UPD[none]}") — why zdm does not pin it."
 echo
 echo "Above the floor every BEFORE ROW UPDATE trigger pays, zdm adds $(ovh "${UPD[zdm]}" "${UPD[noop-c]}") and PL/pgSQL $(ovh "${UPD[plpgsql]}" "${UPD[noop-c]}") to a bulk UPDATE."
 echo
