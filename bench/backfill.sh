@@ -105,7 +105,9 @@ TOML
   q -c "DROP TABLE $t CASCADE"   # Reshape leaves a view schema on it
   if [[ $m == reshape* ]]; then QDB=postgres q -c "DROP DATABASE $QDB"; fi
   QDB=$DB
-  [ "$m" = reshape-rename ] && NOTE[$m]="${NOTE[$m]:-views only: no rows copied (the app must SET search_path to the Reshape schema)}"
+  if [ "$m" = reshape-rename ]; then
+    NOTE[$m]="${NOTE[$m]:-views only: no rows copied (the app must SET search_path to the Reshape schema)}"
+  fi
 }
 
 declare -A DONE
