@@ -27,7 +27,7 @@ workload() { # log prefix; runs pgbench, leaves the per-transaction log
 # TPS and p99 (ms) of the transactions that ended within [from, to] (epoch
 # seconds; empty = the whole run). pgbench log: client tx latency_us script epoch_s us.
 window_stats() { # prefix from to
-  local sel="$BENCH_DIR/$1.window" n span p99
+  local sel="$BENCH_DIR/window-$1.txt" n span p99   # not matched by the $1.* glob below
   cat "$BENCH_DIR/$1".* | awk -v from="${2:-0}" -v to="${3:-0}" \
     '{ t = $5 + $6 / 1e6; if (from > 0 && (t < from || t > to)) next; printf "%.6f %d\n", t, $3 }' > "$sel"
   n=$(wc -l < "$sel")
