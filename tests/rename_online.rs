@@ -8,9 +8,7 @@
 
 mod common;
 
-use common::{sqlstate, Cluster};
-use postgres::Client;
-use std::collections::HashMap;
+use common::{mismatches, sqlstate, Cluster, Writer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -32,43 +30,6 @@ fn q(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Writes through one column: updates its own third of the rows and inserts
-/// rows in its own key range. Returns key → value last written.
-fn writer(
-    mut c: Client,
-    case: &Case,
-    column: &str,
-    residue: i64,
-    insert_base: i64,
-    done: Arc<AtomicBool>,
-) -> HashMap<i64, String> {
-    let mut ledger = HashMap::new();
-    let update = format!("UPDATE {} SET {} = $1 WHERE {} = $2", case.table, q(column), case.key);
-    let insert = format!("INSERT INTO {} ({}, {}) VALUES ($1, $2)", case.table, q(column), case.key);
-    let mut i: i64 = 0;
-    // Keep writing until the backfill is done, and at least 600 writes.
-    while i < 600 || !done.load(Ordering::SeqCst) {
-        i += 1;
-        if i % 5 == 0 {
-            let k = insert_base + i;
-            let v = format!("{column}-ins-{i}");
-            c.execute(&insert, &[&v, &k]).unwrap();
-            ledger.insert(k, v);
-        } else {
-            // spread over the table, on this writer's residue class
-            let k = ((i * 7919) % (ROWS / 3)) * 3 + residue;
-            let k = if k == 0 { 3 } else { k };
-            let v = format!("{column}-upd-{i}");
-            c.execute(&update, &[&v, &k]).unwrap();
-            ledger.insert(k, v);
-        }
-        if i > 20_000 {
-            break;
-        }
-    }
-    ledger
-}
-
 fn run_case(cluster: &Cluster, case: Case) {
     let mut setup = cluster.create_db(case.db);
     setup.batch_execute(case.create).unwrap();
@@ -88,10 +49,18 @@ fn run_case(cluster: &Cluster, case: Case) {
         .get(0);
 
     let done = Arc::new(AtomicBool::new(false));
-    let case = Arc::new(case);
     let spawn_writer = |column: &'static str, residue: i64, base: i64| {
-        let (c, case, done) = (cluster.connect(case.db), case.clone(), done.clone());
-        std::thread::spawn(move || writer(c, &case, column, residue, base, done))
+        let w = Writer {
+            table: case.table.into(),
+            key: case.key.into(),
+            column: column.into(),
+            residue,
+            rows: ROWS,
+            insert_base: base,
+            min_writes: 600,
+        };
+        let (c, done) = (cluster.connect(case.db), done.clone());
+        std::thread::spawn(move || w.run(c, done))
     };
     // Sessions 2 and 3: old-version and new-version application code.
     let old_writer = spawn_writer(case.old, 0, 10 * ROWS);
@@ -115,32 +84,11 @@ fn run_case(cluster: &Cluster, case: Case) {
     // Old application retired: contract.
     setup.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
 
-    let keys: Vec<i64> = ledger.keys().copied().collect();
-    let values: Vec<String> = keys.iter().map(|k| ledger[k].clone()).collect();
-    setup.batch_execute("CREATE TEMP TABLE ledger (k bigint PRIMARY KEY, v text)").unwrap();
-    setup.execute("INSERT INTO ledger SELECT * FROM unnest($1::bigint[], $2::text[])", &[&keys, &values]).unwrap();
-    let new = q(case.new);
-    let mismatches: i64 = setup
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {t} x LEFT JOIN ledger l ON l.k = x.{k} \
-                  WHERE x.{new} IS DISTINCT FROM coalesce(l.v, 'orig-' || x.{k})",
-                t = case.table,
-                k = case.key
-            ),
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    let missing: i64 = setup
-        .query_one(&format!("SELECT count(*) FROM ledger l WHERE NOT EXISTS (SELECT 1 FROM {} x WHERE x.{} = l.k)", case.table, case.key), &[])
-        .unwrap()
-        .get(0);
-    let inserted = keys.iter().filter(|k| **k > ROWS).count() as i64;
+    let wrong = mismatches(&mut setup, case.table, case.key, case.new, &ledger);
+    let inserted = ledger.keys().filter(|k| **k > ROWS).count() as i64;
     let total: i64 = setup.query_one(&format!("SELECT count(*) FROM {}", case.table), &[]).unwrap().get(0);
-    println!("{}: {} ledger entries, {batches} batches, {mismatches} mismatches", case.table, ledger.len());
-    assert_eq!(mismatches, 0, "rows whose surviving column differs from what was last written");
-    assert_eq!(missing, 0, "ledger rows missing from the table");
+    println!("{}: {} ledger entries, {batches} batches, {wrong} mismatches", case.table, ledger.len());
+    assert_eq!(wrong, 0, "rows whose surviving column differs from what was last written, or written rows missing");
     assert_eq!(total, ROWS + inserted);
 
     // the old column is gone, the trigger too
