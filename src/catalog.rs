@@ -71,15 +71,27 @@ impl Migration {
     pub fn table_sql(&self) -> String {
         spi::qualified(&self.table_schema, &self.table_name)
     }
-    pub fn table_display(&self) -> String {
-        self.table_sql()
-    }
     pub fn old_col(&self) -> &str {
         self.old_column.as_deref().unwrap_or_default()
     }
     pub fn new_col(&self) -> &str {
         self.new_column.as_deref().unwrap_or_default()
     }
+}
+
+/// Run `f` with `role`'s privileges (security-restricted like a SECURITY
+/// DEFINER call). On error the enclosing (sub)transaction's abort restores
+/// the user id.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let r = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    r
 }
 
 /// Run `f` as the extension owner, for catalog access only, with
@@ -89,10 +101,7 @@ impl Migration {
 /// An error inside `f` aborts the (sub)transaction, which restores both the
 /// user id and the setting by itself.
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
     let nest_level = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
@@ -106,15 +115,8 @@ pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
         );
         level
     };
-    let owner = extension_owner();
-    unsafe {
-        pg_sys::SetUserIdAndSecContext(owner, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let result = f();
-    unsafe {
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-        pg_sys::AtEOXact_GUC(true, nest_level);
-    }
+    let result = as_role(extension_owner(), f);
+    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
     result
 }
 

@@ -179,7 +179,7 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
     let outcome = worker::transaction(|| {
         let Some(plan) = load_plan(id) else { return Ok(None) };
         worker::set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
-        let r = in_subtransaction(|| worker::as_role(plan.run_as, || f(&plan)));
+        let r = in_subtransaction(|| catalog::as_role(plan.run_as, || f(&plan)));
         match r {
             Ok(v) => {
                 let lock = v.lock();

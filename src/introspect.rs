@@ -76,6 +76,13 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
     Table { relid, schema, name }
 }
 
+/// A table zdm can migrate that the caller owns.
+pub fn owned_table(relid: pg_sys::Oid) -> Table {
+    let t = migratable_table(relid);
+    require_owner(&t);
+    t
+}
+
 /// The caller must own the table (be a member of its owner role).
 pub fn require_owner(t: &Table) {
     let owns = spi::one::<bool>(

@@ -46,7 +46,7 @@ impl Options {
     }
 }
 
-fn interval_ms(i: &Interval) -> f64 {
+pub fn interval_ms(i: &Interval) -> f64 {
     spi::one::<f64>("SELECT extract(epoch FROM $1::interval)::float8 * 1000", &[(*i).into()]).unwrap_or(0.0)
 }
 

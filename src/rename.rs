@@ -13,26 +13,13 @@ use pgrx::prelude::*;
 use std::ffi::CString;
 use std::time::Instant;
 
-/// Postgres truncates identifiers at NAMEDATALEN-1 bytes.
-fn truncate_name(name: String) -> String {
-    if name.len() <= 63 {
-        return name;
-    }
-    let mut end = 63;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_string()
-}
-
 pub fn trigger_name(id: i64) -> String {
     format!("zdm_sync_{id}")
 }
 
 pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
     let started = Instant::now();
-    let table = introspect::migratable_table(relid);
-    introspect::require_owner(&table);
+    let table = introspect::owned_table(relid);
     let t = table.sql();
     if old_column == new_column {
         raise(
@@ -119,14 +106,14 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
     for dep in &deps {
         if let DependentKind::SingleColumnCheck { oid, name } = &dep.kind {
             let expr = check_expression_for(&table, *oid, col.attnum, new_attnum);
-            let copy = truncate_name(format!("{name}_zdm{id}"));
+            let copy = spi::truncate_identifier(format!("{name}_zdm{id}"));
             spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}) NOT VALID", ident(&copy)));
             carried.push(copy);
         }
     }
     // NOT NULL travels as a NOT VALID check until contract validates it.
     let not_null_check = col.not_null.then(|| {
-        let name = truncate_name(format!("zdm_{id}_{new_column}_not_null"));
+        let name = spi::truncate_identifier(format!("zdm_{id}_{new_column}_not_null"));
         spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({new} IS NOT NULL) NOT VALID", ident(&name)));
         name
     });
@@ -215,12 +202,12 @@ fn require_phase_for(m: &Migration, action: &str) {
     match m.phase {
         Phase::Contracted => raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} on {} is already contracted", m.id, m.table_display()),
+            format!("zdm migration {} on {} is already contracted", m.id, m.table_sql()),
             "Nothing left to do; see zdm.status.",
         ),
         Phase::Aborted => raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} on {} was aborted", m.id, m.table_display()),
+            format!("zdm migration {} on {} was aborted", m.id, m.table_sql()),
             "Start a new migration with zdm.expand_rename().",
         ),
         Phase::Expanded | Phase::Backfilling if action == "contract" => raise(
@@ -228,7 +215,7 @@ fn require_phase_for(m: &Migration, action: &str) {
             format!(
                 "cannot contract zdm migration {} on {}: the backfill is not complete (phase {})",
                 m.id,
-                m.table_display(),
+                m.table_sql(),
                 m.phase.as_str()
             ),
             format!(
@@ -238,12 +225,6 @@ fn require_phase_for(m: &Migration, action: &str) {
         ),
         _ => {}
     }
-}
-
-fn require_rename_owner(m: &Migration) -> Table {
-    let table = introspect::migratable_table(m.relid);
-    introspect::require_owner(&table);
-    table
 }
 
 pub fn contract(id: i64) {
@@ -257,7 +238,7 @@ pub fn contract(id: i64) {
         );
     }
     require_phase_for(&m, "contract");
-    let table = require_rename_owner(&m);
+    let table = introspect::owned_table(m.relid);
     let t = table.sql();
     let old_attnum = introspect::column(m.relid, m.old_col()).map(|c| c.attnum);
     let Some(old_attnum) = old_attnum else {
@@ -353,7 +334,7 @@ pub fn abort(id: i64) {
     if !m.phase.in_flight() {
         require_phase_for(&m, "abort");
     }
-    let table = require_rename_owner(&m);
+    let table = introspect::owned_table(m.relid);
     if m.kind != "rename" {
         crate::constraints::abort(&m, &table);
         catalog::log_step(Step {

@@ -16,6 +16,16 @@ pub fn literal(value: &str) -> String {
     pgrx::spi::quote_literal(value)
 }
 
+/// Cut a generated name to the 63 bytes PostgreSQL keeps of an identifier
+/// (NAMEDATALEN - 1), on a character boundary.
+pub fn truncate_identifier(name: String) -> String {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 /// `"schema"."table"`.
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))

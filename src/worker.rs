@@ -104,20 +104,6 @@ pub fn set_application_name(name: &str) {
     };
 }
 
-/// Run `f` with `role`'s privileges (the role that started the job). On
-/// error the enclosing subtransaction's abort restores the user id.
-pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let r = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
-    r
-}
-
 fn with_statement_timeout<R>(ms: i32, f: impl FnOnce() -> R) -> R {
     struct Disarm;
     impl Drop for Disarm {
@@ -356,7 +342,7 @@ fn one_batch(migration: i64) -> Next {
     for attempt in 1..=job.max_attempts {
         let started = Instant::now();
         let outcome = in_subtransaction(|| {
-            as_role(job.run_as, || with_statement_timeout(job.statement_timeout_ms, || backfill::step(migration, size)))
+            catalog::as_role(job.run_as, || with_statement_timeout(job.statement_timeout_ms, || backfill::step(migration, size)))
         });
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {

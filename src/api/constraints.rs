@@ -1,34 +1,12 @@
 use crate::catalog::{self, as_catalog_owner, Step};
 use crate::constraints::{self, Request};
 use crate::errors::{raise, Code};
-use crate::introspect::{self, Table};
+use crate::introspect;
 use crate::spi::{self, ident, literal};
 use crate::{guc, jobs, locking};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
-
-fn text_arg(v: &CStr, what: &str) -> String {
-    match v.to_str() {
-        Ok(s) if !s.is_empty() => s.to_string(),
-        _ => raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must be a non-empty name"), "Pass a column or constraint name."),
-    }
-}
-
-fn truncate_name(name: String) -> String {
-    let mut end = name.len().min(63);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_string()
-}
-
-/// The table, checked: a plain table the caller owns.
-fn owned_table(relid: pg_sys::Oid) -> Table {
-    let t = introspect::migratable_table(relid);
-    introspect::require_owner(&t);
-    t
-}
 
 /// An in-flight migration of this kind on this table for `key` (the column
 /// for not_null, the constraint name otherwise): calling again resumes it.
@@ -172,8 +150,8 @@ COMMENT ON FUNCTION zdm.validate_not_null(regclass, name) IS
   'Make a column NOT NULL without a long lock: NOT VALID check, VALIDATE, SET NOT NULL, each step its own transaction; returns the migration id';
 ")]
 fn validate_not_null(tbl: pg_sys::Oid, col: &CStr) -> i64 {
-    let col = text_arg(col, "col");
-    let table = owned_table(tbl);
+    let col = super::name_arg(col, "col");
+    let table = introspect::owned_table(tbl);
     let Some(column) = introspect::column(tbl, &col) else {
         raise(Code::ERRCODE_UNDEFINED_COLUMN, format!("column {} of table {} does not exist", ident(&col), table.sql()), "Check the column name.")
     };
@@ -190,7 +168,7 @@ fn validate_not_null(tbl: pg_sys::Oid, col: &CStr) -> i64 {
         }
         None => {
             let id = catalog::next_id();
-            (id, truncate_name(format!("zdm_{id}_{col}_not_null")))
+            (id, spi::truncate_identifier(format!("zdm_{id}_{col}_not_null")))
         }
     };
     let def = format!("CHECK ({} IS NOT NULL)", ident(&col));
@@ -205,8 +183,8 @@ COMMENT ON FUNCTION zdm.add_check(regclass, name, text) IS
   'Add CHECK (expression) without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
 ")]
 fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 {
-    let name = text_arg(constraint_name, "constraint_name");
-    let table = owned_table(tbl);
+    let name = super::name_arg(constraint_name, "constraint_name");
+    let table = introspect::owned_table(tbl);
     require_single_expression(expression);
     let id = match in_flight(tbl, "check", &name) {
         Some((id, _)) => id,
@@ -298,7 +276,7 @@ fn _add_foreign_key(
         v.into_iter().flatten().collect()
     };
     let (cols, ref_cols) = (names(columns, "columns"), names(ref_columns, "ref_columns"));
-    let table = owned_table(tbl);
+    let table = introspect::owned_table(tbl);
     if cols.len() != ref_cols.len() {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -328,7 +306,7 @@ fn _add_foreign_key(
             format!(" ON DELETE {upper}")
         }
     };
-    let name = constraint_name.filter(|n| !n.is_empty()).unwrap_or_else(|| truncate_name(format!("{}_{}_fkey", table.name, cols.join("_"))));
+    let name = constraint_name.filter(|n| !n.is_empty()).unwrap_or_else(|| spi::truncate_identifier(format!("{}_{}_fkey", table.name, cols.join("_"))));
     let list = |v: &[String]| v.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let def = format!("FOREIGN KEY ({}) REFERENCES {ref_sql} ({}){on_delete}", list(&cols), list(&ref_cols));
     let id = match in_flight(tbl, "foreign_key", &name) {

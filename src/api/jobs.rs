@@ -25,7 +25,7 @@ fn required(migration: Option<i64>) -> i64 {
 fn owned_backfillable(migration: i64) -> catalog::Migration {
     let m = catalog::load_or_raise(migration, true);
     rename::require_backfillable(&m);
-    introspect::require_owner(&introspect::migratable_table(m.relid));
+    introspect::owned_table(m.relid);
     m
 }
 
@@ -73,7 +73,7 @@ fn start_backfill(
     if m.phase == Phase::Backfilled {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {id} on {} is already backfilled", m.table_display()),
+            format!("zdm migration {id} on {} is already backfilled", m.table_sql()),
             format!("Call zdm.contract({id}) to finish it."),
         );
     }
@@ -115,7 +115,7 @@ fn set_options(
     let id = required(migration);
     let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
     let m = catalog::load_or_raise(id, false);
-    introspect::require_owner(&introspect::migratable_table(m.relid));
+    introspect::owned_table(m.relid);
     if jobs::state(id).is_none() {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -128,7 +128,7 @@ fn set_options(
 
 fn change_state(id: i64, from: &[&str], to: &str, verb: &str) {
     let m = catalog::load_or_raise(id, false);
-    introspect::require_owner(&introspect::migratable_table(m.relid));
+    introspect::owned_table(m.relid);
     if !jobs::transition(id, from, to) {
         let state = jobs::state(id).unwrap_or_else(|| "no job".into());
         raise(
@@ -219,8 +219,7 @@ COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
 fn wait(migration: i64, timeout: Interval) -> String {
     let id = migration;
     let kind = catalog::load_or_raise(id, false).kind;
-    let timeout_ms =
-        spi::one::<f64>("SELECT extract(epoch FROM $1::interval)::float8 * 1000", &[timeout.into()]).unwrap_or(0.0);
+    let timeout_ms = jobs::interval_ms(&timeout);
     catalog::load_or_raise(id, false);
     let mine = spi::one::<bool>(
         "SELECT created_xid = pg_catalog.pg_current_xact_id_if_assigned() FROM zdm.jobs WHERE migration_id = $1",

@@ -1,17 +1,6 @@
-use crate::{errors, jobs, rename};
+use crate::{jobs, rename};
 use pgrx::prelude::*;
 use std::ffi::CStr;
-
-fn name_arg(value: &CStr, what: &str) -> String {
-    match value.to_str() {
-        Ok(s) if !s.is_empty() => s.to_string(),
-        _ => errors::raise(
-            errors::Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{what} must be a non-empty UTF-8 name"),
-            "Pass the column name as text, e.g. 'email'.",
-        ),
-    }
-}
 
 /// Start renaming `old_column` to `new_column`: adds the new column and the
 /// sync trigger in the caller's transaction. Returns the migration id.
@@ -23,8 +12,8 @@ COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name, boolean) IS
   'Expand: add new_column (same type, collation, comment, checks) kept in sync with old_column by a trigger, and schedule the background backfill (unless background => false); returns the migration id';
 ")]
 fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr, background: bool) -> i64 {
-    let old = name_arg(old_column, "old_column");
-    let new = name_arg(new_column, "new_column");
+    let old = super::name_arg(old_column, "old_column");
+    let new = super::name_arg(new_column, "new_column");
     let id = rename::expand(tbl, &old, &new);
     if background {
         // Queued in this transaction; the worker starts its work after commit.
