@@ -1,24 +1,32 @@
 -- zdm catalog: every migration, its background job, each batch and every step.
 -- The tables belong to the extension and are dumped by pg_dump (config dump).
 -- Users never write them directly: zdm's functions switch to the extension
--- owner for catalog writes only, while the user-visible work (DDL, UPDATEs)
--- runs with the caller's own privileges.
+-- owner for catalog writes only, while the user-visible work (DDL, UPDATEs,
+-- scans) runs as the migration's owner, security-restricted (SECURITY.md).
+
+-- Every role may call zdm's functions and read its catalog; each function
+-- checks the caller's rights on the migration or table itself.
+GRANT USAGE ON SCHEMA zdm TO PUBLIC;
 
 CREATE TABLE zdm.migrations (
     id              bigserial PRIMARY KEY,
     kind            text        NOT NULL CHECK (kind IN ('rename', 'not_null', 'check', 'foreign_key')),
-    relid           regclass    NOT NULL,
-    table_schema    name        NOT NULL,
+    relid           regclass    NOT NULL,                 -- the table, by OID: every step resolves it from here
+    table_schema    name        NOT NULL,                 -- for display: the name at expand
     table_name      name        NOT NULL,
     old_column      name,
     new_column      name,
     phase           text        NOT NULL DEFAULT 'expanded'
                     CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'contracted', 'aborted')),
-    owner_role      oid         NOT NULL,                 -- the role that started it; workers run as this role
+    -- The migration's owner: the table's owner at expand. All its work runs
+    -- as this role (resolved by name when work starts, checked before each
+    -- batch), and only its members may control the migration.
     owner_name      name        NOT NULL,
+    started_by      name        NOT NULL,                 -- who called it (display only)
     trigger_name    name,
     not_null_check  name,                                 -- CHECK (new IS NOT NULL) NOT VALID carried from old NOT NULL
     carried_checks  name[]      NOT NULL DEFAULT '{}',    -- CHECK constraints copied to the new column NOT VALID
+    carried_from    name[]      NOT NULL DEFAULT '{}',    -- their originals' names, taken over at contract
     -- backfill cursor: the next heap block to visit. Persisted in the same
     -- transaction as each batch, so progress is exactly-once.
     cursor_block    bigint      NOT NULL DEFAULT 0,
@@ -43,6 +51,7 @@ CREATE TABLE zdm.migrations (
     constraint_name name,
     constraint_def  text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ...
     ref_relid       regclass,                             -- foreign_key: the referenced table
+    expr_search_path text,                                -- check: the caller's search_path, to resolve names in the expression
     violations      bigint                                -- rows that violated it, when validation failed
 );
 CREATE INDEX migrations_in_flight ON zdm.migrations (relid) WHERE phase IN ('expanded', 'backfilling', 'backfilled');
@@ -77,8 +86,8 @@ CREATE TABLE zdm.jobs (
                         CHECK (state IN ('queued', 'running', 'paused', 'completed', 'failed', 'cancelled')),
     database            oid         NOT NULL,
     created_xid         xid8,                                  -- the transaction that queued it: work starts after it commits
-    run_as              oid         NOT NULL,                  -- batches run with this role's privileges, never as superuser
-    run_as_name         name        NOT NULL,
+    -- (work runs as zdm.migrations.owner_name; nothing here can change that)
+    depends_on          bigint      REFERENCES zdm.migrations (id) ON DELETE SET NULL,  -- starts once that rename is backfilled
     -- Defaults keep a busy OLTP table healthy: batches steered to ~100 ms with
     -- a 400 ms breather after each (about a fifth of one core), short lock
     -- waits. Measured on 2 cores under pgbench: ≥ 90 % TPS, p99 < 2× (bench/).
@@ -116,6 +125,14 @@ CREATE TABLE zdm.batches (
 );
 CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
 
+-- One row, locked FOR UPDATE while a worker claims a job, so that
+-- zdm.max_workers and "one backfill per table" hold under concurrent claims.
+-- Only zdm can lock it (FOR UPDATE needs UPDATE privilege); an advisory lock
+-- would be open to every role.
+CREATE TABLE zdm.claim_lock (one boolean PRIMARY KEY DEFAULT true CHECK (one));
+INSERT INTO zdm.claim_lock VALUES (true);
+REVOKE ALL ON zdm.claim_lock FROM PUBLIC;
+
 SELECT pg_catalog.pg_extension_config_dump('zdm.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('zdm.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('zdm.batches_id_seq', '');
@@ -150,7 +167,8 @@ SELECT m.id,
        j.worker_pid,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,
-       m.owner_name                                               AS started_by,
+       m.started_by,
+       m.owner_name                                               AS owner,
        m.created_at,
        m.updated_at
   FROM zdm.migrations m

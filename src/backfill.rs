@@ -13,6 +13,7 @@
 //! value the trigger has set.
 
 use crate::catalog::{self, Migration, Phase, Step};
+use crate::errors::{raise, Code};
 use crate::introspect;
 use crate::rename;
 use crate::spi::{self, ident};
@@ -54,13 +55,25 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
     let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, nblocks - cursor);
     let end = cursor + blocks;
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
+    // ONLY: inheritance is refused up front, and a child added later must not
+    // be half-filled by the parent's block range. Operators are qualified:
+    // nothing on a search_path may stand in for them.
     let sql = format!(
-        "UPDATE {table} SET {new} = {old} WHERE ctid >= '({cursor},0)'::tid AND ctid < '({end},0)'::tid \
-         AND {new} IS NULL AND {old} IS NOT NULL",
+        "UPDATE ONLY {table} SET {new} = {old} WHERE ctid OPERATOR(pg_catalog.>=) '({cursor},0)'::pg_catalog.tid \
+         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {new} IS NULL AND {old} IS NOT NULL",
         table = m.table_sql()
     );
-    // The UPDATE itself makes each row consistent; the trigger has nothing to add.
-    let rows = trigger::with_sync_suppressed(m.relid, || spi::exec_count(&sql));
+    // The UPDATE itself makes each row consistent: this migration's trigger
+    // has nothing to add. Other migrations' triggers on the table still run.
+    let tgoid = trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default());
+    if tgoid == pg_sys::InvalidOid {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the sync trigger of zdm migration {} on {} is missing", m.id, m.table_sql()),
+            format!("Writes are no longer kept in sync; call zdm.abort({}) and start again.", m.id),
+        );
+    }
+    let rows = trigger::with_sync_suppressed(tgoid, || spi::exec_count(&sql));
     catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
     BatchOutcome { rows, blocks, done: false }
 }
@@ -68,11 +81,14 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
 /// One step of a rename backfill in the current transaction: lock the
 /// migration row (serializing concurrent callers and workers), check the
 /// phase, run one block range, and record completion when the cursor reached
-/// the end. Shared by `zdm.backfill_batch` and the background worker.
+/// the end. Shared by `zdm.backfill_batch` and the background worker, which
+/// have checked the caller's rights and run this as the migration's owner
+/// (`security::as_owner`).
 pub fn step(migration: i64, batch_size: i32) -> BatchOutcome {
     let started = Instant::now();
     let m = catalog::load_or_raise(migration, true);
     rename::require_backfillable(&m);
+    m.table_sql(); // 42P01 if the table was dropped
     if m.phase == Phase::Backfilled {
         return BatchOutcome { rows: 0, blocks: 0, done: true };
     }

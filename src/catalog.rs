@@ -9,7 +9,7 @@
 //! performs run as the calling role.
 
 use crate::errors::{raise, Code};
-use crate::spi;
+use crate::{security, spi};
 use pgrx::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,15 +49,21 @@ impl Phase {
 pub struct Migration {
     pub id: i64,
     pub kind: String,
+    /// The table. Everything resolves it by this OID; the names below are
+    /// what it was called at expand, for messages only.
     pub relid: pg_sys::Oid,
     pub table_schema: String,
     pub table_name: String,
     pub old_column: Option<String>,
     pub new_column: Option<String>,
     pub phase: Phase,
+    /// The role all of the migration's work runs as (the table owner at expand).
+    pub owner_name: String,
     pub trigger_name: Option<String>,
     pub not_null_check: Option<String>,
     pub carried_checks: Vec<String>,
+    /// The original names of `carried_checks`, index by index.
+    pub carried_from: Vec<String>,
     pub cursor_block: i64,
     pub rows_per_block: f64,
     pub rows_done: i64,
@@ -68,7 +74,22 @@ pub struct Migration {
 }
 
 impl Migration {
+    /// The table's current qualified name, looked up by OID (a rename of the
+    /// table cannot redirect zdm to another table). 42P01 if it was dropped.
     pub fn table_sql(&self) -> String {
+        current_table_sql(self.relid).unwrap_or_else(|| {
+            raise(
+                Code::ERRCODE_UNDEFINED_TABLE,
+                format!("the table of zdm migration {} ({}) no longer exists", self.id, self.display_table()),
+                format!("Call zdm.abort({}) to close the migration.", self.id),
+            )
+        })
+    }
+    pub fn table_exists(&self) -> bool {
+        current_table_sql(self.relid).is_some()
+    }
+    /// The name recorded at expand, for messages.
+    pub fn display_table(&self) -> String {
         spi::qualified(&self.table_schema, &self.table_name)
     }
     pub fn old_col(&self) -> &str {
@@ -79,19 +100,13 @@ impl Migration {
     }
 }
 
-/// Run `f` with `role`'s privileges (security-restricted like a SECURITY
-/// DEFINER call). On error the enclosing (sub)transaction's abort restores
-/// the user id.
-pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let r = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
-    r
+/// `"schema"."table"` of a relation by OID, now (None if it is gone).
+pub fn current_table_sql(relid: pg_sys::Oid) -> Option<String> {
+    spi::one::<String>(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relid.into()],
+    )
 }
 
 /// Run `f` as the extension owner, for catalog access only, with
@@ -101,23 +116,7 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// An error inside `f` aborts the (sub)transaction, which restores both the
 /// user id and the setting by itself.
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    let nest_level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
-    let result = as_role(extension_owner(), f);
-    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
-    result
+    security::as_role_pinned(extension_owner(), f)
 }
 
 fn extension_owner() -> pg_sys::Oid {
@@ -131,10 +130,12 @@ pub fn current_user() -> pg_sys::Oid {
 
 const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text, table_name::text, \
      old_column::text, new_column::text, phase, trigger_name::text, not_null_check::text, \
-     carried_checks::text[], cursor_block, rows_per_block, rows_done, rel_blocks, relfilenode FROM zdm.migrations WHERE id = $1";
+     carried_checks::text[], cursor_block, rows_per_block, rows_done, rel_blocks, relfilenode, \
+     owner_name::text, carried_from::text[] FROM zdm.migrations WHERE id = $1";
 
 /// Load a migration; `lock` takes a row lock so that concurrent batches,
-/// contract and abort on the same migration serialize.
+/// contract and abort on the same migration serialize. Callers acting for a
+/// user go through `load_for`, which checks rights before locking.
 pub fn load(id: i64, lock: bool) -> Option<Migration> {
     let sql = if lock { format!("{SELECT_MIGRATION} FOR UPDATE") } else { SELECT_MIGRATION.to_string() };
     as_catalog_owner(|| {
@@ -157,6 +158,8 @@ pub fn load(id: i64, lock: bool) -> Option<Migration> {
                 rows_done: row.get::<i64>(14)?.unwrap_or_default(),
                 rel_blocks: row.get::<i64>(15)?.unwrap_or_default(),
                 relfilenode: row.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
+                owner_name: text(17)?.unwrap_or_default(),
+                carried_from: row.get::<Vec<String>>(18)?.unwrap_or_default(),
             })
         })
     })
@@ -171,6 +174,15 @@ pub fn load_or_raise(id: i64, lock: bool) -> Migration {
             "List migrations with: SELECT * FROM zdm.status;",
         )
     })
+}
+
+/// Load a migration for a caller who wants to `action` it: the caller must
+/// be a member of the owning role — checked before the row lock, so no
+/// other role can hold a migration's lock and stall its owner.
+pub fn load_for(id: i64, action: &str, lock: bool) -> Migration {
+    let m = load_or_raise(id, false);
+    security::require_member(&m.owner_name, id, action);
+    if lock { load_or_raise(id, true) } else { m }
 }
 
 pub struct NewRename<'a> {
@@ -195,8 +207,9 @@ pub fn insert_rename(id: i64, m: &NewRename) {
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, new_column, \
-             owner_role, owner_name, rel_blocks, rows_estimate, rows_per_block, relfilenode) \
-             VALUES ($1, 'rename', $2::oid::regclass, $3, $4, $5, $6, $7, \
+             owner_name, started_by, rel_blocks, rows_estimate, rows_per_block, relfilenode) \
+             VALUES ($1, 'rename', $2::oid::regclass, $3, $4, $5, $6, \
+                     (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $2), \
                      (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), $8, $9, $10, \
                      pg_catalog.pg_relation_filenode($2::oid::regclass))",
             &[
@@ -215,11 +228,16 @@ pub fn insert_rename(id: i64, m: &NewRename) {
     });
 }
 
-pub fn set_objects(id: i64, trigger: &str, not_null_check: Option<&str>, carried: &[String]) {
+/// The objects expand created: trigger, NOT NULL helper check, and the
+/// carried CHECK copies with their originals' names.
+pub fn set_objects(id: i64, trigger: &str, not_null_check: Option<&str>, carried: &[(String, String)]) {
+    let copies: Vec<String> = carried.iter().map(|(c, _)| c.clone()).collect();
+    let originals: Vec<String> = carried.iter().map(|(_, o)| o.clone()).collect();
     as_catalog_owner(|| {
         spi::exec_args(
-            "UPDATE zdm.migrations SET trigger_name = $2, not_null_check = $3, carried_checks = $4::text[]::name[] WHERE id = $1",
-            &[id.into(), trigger.into(), not_null_check.into(), carried.to_vec().into()],
+            "UPDATE zdm.migrations SET trigger_name = $2, not_null_check = $3, carried_checks = $4::text[]::name[], \
+                    carried_from = $5::text[]::name[] WHERE id = $1",
+            &[id.into(), trigger.into(), not_null_check.into(), copies.into(), originals.into()],
         )
     });
 }

@@ -17,7 +17,7 @@ use crate::errors::{raise_with_detail, Code};
 use crate::introspect::Table;
 use crate::locking::{error_code, error_message, in_subtransaction, LockStats};
 use crate::spi::{self, ident};
-use crate::{steps, worker};
+use crate::{security, steps, worker};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -35,7 +35,13 @@ pub struct Request {
     /// `CHECK (...)` or `FOREIGN KEY (...) REFERENCES ...`
     pub definition: String,
     pub ref_relid: Option<u32>,
-    pub run_as: u32,
+    /// who asked (display only: the work runs as the table's owner)
+    pub started_by: String,
+    /// the caller's search_path, to resolve names in a CHECK expression
+    pub search_path: String,
+    /// an in-flight rename filling a column this constraint reads: the steps
+    /// start once its backfill is complete
+    pub depends_on: Option<i64>,
     pub lock_timeout_ms: i32,
     pub lock_retries: i32,
 }
@@ -52,10 +58,11 @@ pub fn record(req: &Request, worker_owned: bool) {
     let table = crate::introspect::migratable_table(req.relid());
     as_catalog_owner(|| {
         spi::exec_args(
-            "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, owner_role, owner_name, \
-                                         not_null_check, constraint_name, constraint_def, ref_relid) \
-             VALUES ($1, $2, $3::oid::regclass, $4, $5, $6, $7, (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), \
-                     CASE WHEN $2 = 'not_null' THEN $8 END, $8, $9, $10::oid::regclass) \
+            "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, owner_name, started_by, \
+                                         not_null_check, constraint_name, constraint_def, ref_relid, expr_search_path) \
+             VALUES ($1, $2, $3::oid::regclass, $4, $5, $6, \
+                     (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $3), \
+                     $7, CASE WHEN $2 = 'not_null' THEN $8 END, $8, $9, $10::oid::regclass, $11) \
              ON CONFLICT (id) DO UPDATE SET phase = CASE WHEN zdm.migrations.phase = 'aborted' THEN 'expanded' ELSE zdm.migrations.phase END, \
                      last_error = NULL, last_errcode = NULL, violations = NULL, updated_at = clock_timestamp()",
             &[
@@ -65,20 +72,21 @@ pub fn record(req: &Request, worker_owned: bool) {
                 table.schema.as_str().into(),
                 table.name.as_str().into(),
                 req.column.as_deref().into(),
-                pg_sys::Oid::from(req.run_as).into(),
+                req.started_by.as_str().into(),
                 req.constraint_name.as_str().into(),
                 req.definition.as_str().into(),
                 req.ref_relid.map(pg_sys::Oid::from).into(),
+                req.search_path.as_str().into(),
             ],
         );
         spi::exec_args(
-            "INSERT INTO zdm.jobs (migration_id, database, run_as, run_as_name, created_xid, lock_timeout_ms, lock_retries, \
+            "INSERT INTO zdm.jobs (migration_id, database, depends_on, created_xid, lock_timeout_ms, lock_retries, \
                                    worker_pid, worker_started_at) \
              VALUES ($1, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()), $2, \
-                     (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $2), pg_catalog.pg_current_xact_id(), $3, $4, \
+                     pg_catalog.pg_current_xact_id(), $3, $4, \
                      CASE WHEN $5 THEN pg_catalog.pg_backend_pid() END, \
                      CASE WHEN $5 THEN (SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()) END) \
-             ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', run_as = excluded.run_as, run_as_name = excluded.run_as_name, \
+             ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', depends_on = excluded.depends_on, \
                      created_xid = excluded.created_xid, lock_timeout_ms = excluded.lock_timeout_ms, lock_retries = excluded.lock_retries, \
                      worker_pid = excluded.worker_pid, worker_started_at = excluded.worker_started_at, queued_at = clock_timestamp(), \
                      finished_at = NULL, last_error = NULL, throttle_reason = NULL \
@@ -86,7 +94,7 @@ pub fn record(req: &Request, worker_owned: bool) {
                                   WHERE a.pid = zdm.jobs.worker_pid AND a.backend_start = zdm.jobs.worker_started_at)",
             &[
                 req.id.into(),
-                pg_sys::Oid::from(req.run_as).into(),
+                req.depends_on.into(),
                 req.lock_timeout_ms.into(),
                 req.lock_retries.into(),
                 worker_owned.into(),
@@ -113,17 +121,19 @@ struct Plan {
     definition: String,
     reference: Option<(pg_sys::Oid, String)>,
     phase: Phase,
-    run_as: pg_sys::Oid,
+    /// the migration's owner, resolved by name: every step runs as this role
+    owner: pg_sys::Oid,
+    search_path: Option<String>,
 }
 
 fn load_plan(id: i64) -> Option<Plan> {
     let m = catalog::load(id, true)?;
-    let (constraint, definition, reference, run_as, timeout, retries) = as_catalog_owner(|| {
+    let (constraint, definition, reference, search_path, timeout, retries) = as_catalog_owner(|| {
         spi::first_row(
             "SELECT m.constraint_name::text, m.constraint_def, m.ref_relid::oid, \
                     (SELECT format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
                        JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = m.ref_relid), \
-                    j.run_as, j.lock_timeout_ms, j.lock_retries \
+                    m.expr_search_path, j.lock_timeout_ms, j.lock_retries \
                FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
             &[id.into()],
             |r| {
@@ -135,7 +145,7 @@ fn load_plan(id: i64) -> Option<Plan> {
                     r.get::<String>(1)?.unwrap_or_default(),
                     r.get::<String>(2)?.unwrap_or_default(),
                     reference,
-                    r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<String>(5)?,
                     r.get::<i32>(6)?.unwrap_or(2000),
                     r.get::<i32>(7)?.unwrap_or(10),
                 ))
@@ -145,6 +155,7 @@ fn load_plan(id: i64) -> Option<Plan> {
     // The caller's lock settings apply to the worker's steps too.
     spi::exec(&format!("SET zdm.lock_timeout = '{timeout}ms'"));
     spi::exec(&format!("SET zdm.lock_retries = {retries}"));
+    let owner = security::resolve_owner(&m.owner_name, id);
     Some(Plan {
         id,
         kind: m.kind.clone(),
@@ -155,7 +166,8 @@ fn load_plan(id: i64) -> Option<Plan> {
         definition,
         reference,
         phase: m.phase,
-        run_as,
+        owner,
+        search_path,
     })
 }
 
@@ -179,7 +191,7 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
     let outcome = worker::transaction(|| {
         let Some(plan) = load_plan(id) else { return Ok(None) };
         worker::set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
-        let r = in_subtransaction(|| catalog::as_role(plan.run_as, || f(&plan)));
+        let r = in_subtransaction(|| security::as_owner(plan.owner, || f(&plan)));
         match r {
             Ok(v) => {
                 let lock = v.lock();
@@ -202,14 +214,67 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
     }
 }
 
+/// Between steps: wait while the job is paused or a rename it depends on is
+/// still filling the column; false when it was cancelled (or is over).
+fn gate(id: i64) -> bool {
+    loop {
+        let row = worker::transaction(|| {
+            as_catalog_owner(|| {
+                spi::first_row(
+                    "SELECT j.state, d.id, d.phase FROM zdm.jobs j LEFT JOIN zdm.migrations d ON d.id = j.depends_on \
+                      WHERE j.migration_id = $1",
+                    &[id.into()],
+                    |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?, r.get::<String>(3)?)),
+                )
+            })
+        });
+        let Ok(Some((state, dep, dep_phase))) = row else { return false };
+        let reason = match (state.as_str(), dep_phase.as_deref()) {
+            ("paused", _) => Some("paused by zdm.pause()".to_string()),
+            ("queued" | "running", Some("expanded" | "backfilling")) => {
+                Some(format!("waiting for the backfill of zdm migration {} to complete", dep.unwrap_or_default()))
+            }
+            ("queued" | "running", _) => None,
+            _ => return false, // cancelled, failed, completed
+        };
+        let Some(reason) = reason else {
+            let _ = worker::transaction(|| set_throttle_reason(id, None));
+            return true;
+        };
+        let _ = worker::transaction(|| set_throttle_reason(id, Some(&reason)));
+        worker::set_activity(&format!("zdm constraint {id}: {reason}"));
+        worker::sleep_ms(1000.0);
+    }
+}
+
+fn set_throttle_reason(id: i64, reason: Option<&str>) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.jobs SET throttle_reason = $2, heartbeat_at = clock_timestamp() WHERE migration_id = $1",
+            &[id.into(), reason.into()],
+        )
+    });
+}
+
+/// A step was not run because the job was cancelled: stop quietly, keeping
+/// the step reached (calling again resumes, zdm.abort removes it).
+fn cancelled() -> Failure {
+    Failure { code: PgSqlErrorCode::ERRCODE_QUERY_CANCELED, message: "cancelled".into(), recorded: true }
+}
+
 /// Drive the migration to its end from wherever it stands. Runs in a worker.
+/// Pause and cancel take effect between steps.
 pub fn run(id: i64) {
     let result = (|| -> Result<(), Failure> {
+        if !gate(id) {
+            return Err(cancelled());
+        }
         // 1. ADD CONSTRAINT … NOT VALID (skipped if it is there already).
         //    If it fails nothing was added: the migration is over.
         step(id, "add constraint NOT VALID", |p| {
             (steps::constraint_validated(p.relid, &p.constraint).is_none() && p.phase == Phase::Expanded).then(|| {
                 let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+                p.use_callers_search_path();
                 steps::add_not_valid(p.relid, &p.table, &p.constraint, &p.definition, reference)
             })
         })
@@ -217,6 +282,9 @@ pub fn run(id: i64) {
             let _ = worker::transaction(|| fail(id, &f, true));
             Failure { recorded: true, ..f }
         })?;
+        if !gate(id) {
+            return Err(cancelled());
+        }
         // 2. VALIDATE: scan under SHARE UPDATE EXCLUSIVE
         let validated = step(id, "validate constraint", |p| {
             let lock = (steps::constraint_validated(p.relid, &p.constraint) == Some(false)).then(|| {
@@ -231,6 +299,9 @@ pub fn run(id: i64) {
                 return Err(reject_violations(id, f));
             }
             return Err(f);
+        }
+        if !gate(id) {
+            return Err(cancelled());
         }
         // 3. not_null: SET NOT NULL using the validated check, drop the check
         step(id, "finish", |p| {
@@ -289,7 +360,18 @@ fn reject_violations(id: i64, f: Failure) -> Failure {
     failure
 }
 
+impl Plan {
+    /// A CHECK expression's names resolve as they did for the caller (inside
+    /// `as_owner`'s nest level: rolled back after the step).
+    fn use_callers_search_path(&self) {
+        if let Some(path) = self.search_path.as_deref().filter(|_| self.kind == "check") {
+            spi::exec_args("SELECT pg_catalog.set_config('search_path', $1, true)", &[path.into()]);
+        }
+    }
+}
+
 fn count_violations(p: &Plan) -> i64 {
+    p.use_callers_search_path();
     let sql = match p.kind.as_str() {
         "not_null" => format!("SELECT count(*) FROM {} WHERE {} IS NULL", p.table, ident(p.column.as_deref().unwrap_or_default())),
         "check" => format!("SELECT count(*) FROM {} WHERE NOT {}", p.table, p.definition.trim_start_matches("CHECK ")),

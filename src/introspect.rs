@@ -73,7 +73,40 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
     if is_partition {
         refuse("a partition", "Partitions are not supported yet.");
     }
+    // ALTER TABLE recurses to inheritance children, but a block-range
+    // backfill and a trigger on the parent would not: rows would be lost.
+    let inheritance = spi::one::<String>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1) THEN 'an inheritance child' \
+                     WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhparent = $1) THEN 'an inheritance parent' END",
+        &[relid.into()],
+    );
+    if let Some(what) = inheritance {
+        refuse(
+            &what,
+            "Tables with inheritance parents or children are not supported: schema changes recurse to them, but zdm's trigger and backfill would cover one table only. Use plain DDL, or detach with ALTER TABLE ... NO INHERIT first.",
+        );
+    }
+    // FORCE ROW LEVEL SECURITY applies policies to the owner, as whom zdm
+    // works: rows it cannot see would be skipped. Refused up front; batches
+    // also run with row_security = off, so policies added later fail loudly.
+    let hidden = spi::one::<bool>(
+        "SELECT c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls) \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $1",
+        &[relid.into()],
+    );
+    if hidden == Some(true) {
+        refuse(
+            "protected by FORCE ROW LEVEL SECURITY, whose policies would hide rows from its owner, as whom zdm works",
+            "Run ALTER TABLE ... NO FORCE ROW LEVEL SECURITY for the migration (the owner then sees every row), or grant the owner BYPASSRLS.",
+        );
+    }
     Table { relid, schema, name }
+}
+
+/// The table's owner, as whom all of a migration's work runs.
+pub fn table_owner(relid: pg_sys::Oid) -> pg_sys::Oid {
+    spi::one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])
+        .unwrap_or(pg_sys::InvalidOid)
 }
 
 /// A table zdm can migrate that the caller owns.
@@ -239,7 +272,7 @@ pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
     } else if blocks > 0 {
         let sample = blocks.min(16);
         let n = spi::one::<i64>(
-            &format!("SELECT count(*) FROM {} WHERE ctid < '({sample},0)'::tid", t.sql()),
+            &format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE ctid OPERATOR(pg_catalog.<) '({sample},0)'::pg_catalog.tid", t.sql()),
             &[],
         )
         .unwrap_or(0);

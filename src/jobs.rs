@@ -2,7 +2,7 @@
 //! migration id). This module owns the job row: queueing, options, state
 //! changes, liveness of its worker, and registering a worker process.
 
-use crate::catalog::{as_catalog_owner, current_user};
+use crate::catalog::as_catalog_owner;
 use crate::errors::{raise, Code};
 use crate::spi;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, DynamicBackgroundWorker};
@@ -60,18 +60,18 @@ const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
      run_after = coalesce($8, run_after)";
 
 /// Queue (or re-queue) the migration's job in the caller's transaction. The
-/// worker starts its work only once this transaction has committed.
+/// worker starts its work only once this transaction has committed. Whoever
+/// queues it, the work runs as the migration's owner.
 pub fn queue(migration: i64, o: &Options) {
-    let user = current_user();
     let db = unsafe { pg_sys::MyDatabaseId };
     as_catalog_owner(|| {
         spi::exec_args(
-            "INSERT INTO zdm.jobs (migration_id, database, run_as, run_as_name, created_xid) \
-             VALUES ($1, $2, $3, (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $3), pg_catalog.pg_current_xact_id()) \
-             ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', run_as = excluded.run_as, \
-               run_as_name = excluded.run_as_name, created_xid = excluded.created_xid, queued_at = clock_timestamp(), \
+            "INSERT INTO zdm.jobs (migration_id, database, created_xid) \
+             VALUES ($1, $2, pg_catalog.pg_current_xact_id()) \
+             ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', \
+               created_xid = excluded.created_xid, queued_at = clock_timestamp(), \
                worker_pid = NULL, worker_started_at = NULL, finished_at = NULL, last_error = NULL, throttle_reason = NULL",
-            &[migration.into(), db.into(), user.into()],
+            &[migration.into(), db.into()],
         );
         set_options_row(migration, o);
     });
@@ -170,14 +170,14 @@ pub fn register_worker(migration: i64, kind: &str, extra: &str, notify: bool) ->
 
 /// Start a worker for the job. `wait_for_caller`: it first waits for the
 /// current transaction to end, and exits if it rolled back.
-pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<(), String> {
+pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<DynamicBackgroundWorker, String> {
     let xid = if wait_for_caller {
         spi::one::<String>("SELECT pg_catalog.pg_current_xact_id()::text", &[]).unwrap_or_else(|| "0".into())
     } else {
         "0".into()
     };
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    register_worker(migration, &kind_of(migration), &format!("{db} {xid}"), false).map(|_| ())
+    register_worker(migration, &kind_of(migration), &format!("{db} {xid}"), false)
 }
 
 pub fn launch_worker_or_raise(migration: i64, wait_for_caller: bool) {
@@ -194,7 +194,8 @@ pub fn launch_worker_or_raise(migration: i64, wait_for_caller: bool) {
 pub struct JobRow {
     pub state: String,
     pub worker_pid: Option<i32>,
-    pub run_as: pg_sys::Oid,
+    /// the migration's owner: all work runs as this role
+    pub owner_name: String,
     /// what the caller asked for
     pub configured_batch_size: i32,
     /// what the next batch uses (adaptive sizing, halving after a timeout)
@@ -211,15 +212,16 @@ pub struct JobRow {
 pub fn load_row(migration: i64) -> Option<JobRow> {
     as_catalog_owner(|| {
         spi::first_row(
-                "SELECT state, worker_pid, run_as, batch_size, coalesce(current_batch_size, batch_size), pause_ms, target_batch_ms, \
-                        (extract(epoch FROM max_replica_lag) * 1000)::float8, lock_timeout_ms, statement_timeout_ms, \
-                        max_attempts, greatest(0, extract(epoch FROM run_after - clock_timestamp()) * 1000)::float8 \
-                   FROM zdm.jobs WHERE migration_id = $1",
+                "SELECT j.state, j.worker_pid, m.owner_name::text, j.batch_size, coalesce(j.current_batch_size, j.batch_size), \
+                        j.pause_ms, j.target_batch_ms, (extract(epoch FROM j.max_replica_lag) * 1000)::float8, \
+                        j.lock_timeout_ms, j.statement_timeout_ms, j.max_attempts, \
+                        greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8 \
+                   FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1",
             &[migration.into()],
             |r| Ok(JobRow {
                 state: r.get::<String>(1)?.unwrap_or_default(),
                 worker_pid: r.get::<i32>(2)?,
-                run_as: r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                owner_name: r.get::<String>(3)?.unwrap_or_default(),
                 configured_batch_size: r.get::<i32>(4)?.unwrap_or(1000),
                 batch_size: r.get::<i32>(5)?.unwrap_or(1000),
                 pause_ms: r.get::<i32>(6)?.unwrap_or(0),

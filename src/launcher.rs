@@ -4,11 +4,18 @@
 //! failed to start, was killed, or died in a crash or restart — up to
 //! `zdm.max_workers`. It reads only zdm's catalog; it never touches user
 //! tables (the workers it starts run as each job's own role).
+//!
+//! It never starts a second worker for a job whose worker is starting or
+//! alive: it keeps the handle of every worker it started and asks the
+//! postmaster about it, besides the pid recorded in the job row.
+//! `zdm.database` is honoured on SIGHUP: the launcher exits and the
+//! postmaster starts it again (5 s later) connected to the new database.
 
 use crate::worker::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
-use crate::{guc, jobs, spi};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use crate::{guc, jobs, security, spi};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::prelude::*;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// A job whose worker has not shown a heartbeat for this long, and is not
@@ -29,16 +36,21 @@ pub fn register() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn zdm_launcher_main(_arg: pg_sys::Datum) {
     install_signal_handlers();
-    let db = guc::DATABASE
-        .get()
-        .and_then(|c| c.to_str().ok().map(str::to_string))
-        .unwrap_or_else(|| "postgres".to_string());
+    let db = configured_database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    security::pin_session_search_path();
     set_application_name("zdm launcher");
+    let mut started: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     loop {
         reload_config_if_asked();
+        if configured_database() != db {
+            pgrx::log!("zdm launcher: zdm.database changed from {db:?}; restarting to connect to {:?}", configured_database());
+            unsafe { pg_sys::proc_exit(1) }; // exit code 1: the postmaster restarts it
+        }
         set_activity("zdm launcher: looking for jobs without a worker");
-        if let Err(e) = transaction(resume_orphans) {
+        // Forget workers that have ended; the rest are starting or running.
+        started.retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)));
+        if let Err(e) = transaction(|| resume_orphans(&mut started)) {
             pgrx::log!("zdm launcher: {e}");
         }
         set_activity("zdm launcher: idle");
@@ -46,7 +58,14 @@ pub extern "C-unwind" fn zdm_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
-fn resume_orphans() {
+fn configured_database() -> String {
+    guc::DATABASE
+        .get()
+        .and_then(|c| c.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
     let installed = spi::one::<bool>("SELECT true FROM pg_catalog.pg_extension WHERE extname = 'zdm'", &[]);
     if installed.is_none() {
         return;
@@ -65,8 +84,7 @@ fn resume_orphans() {
         &format!(
             "SELECT coalesce(array_agg(migration_id ORDER BY migration_id), '{{}}') FROM ( \
                SELECT j.migration_id FROM zdm.jobs j \
-                WHERE j.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
-                  AND j.state IN ('queued', 'running') AND NOT {alive} \
+                WHERE j.state IN ('queued', 'running') AND NOT {alive} \
                   AND coalesce(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '{ORPHAN_GRACE}' \
                 ORDER BY j.migration_id LIMIT $1) o"
         ),
@@ -74,8 +92,21 @@ fn resume_orphans() {
     )
     .unwrap_or_default();
     for id in orphans {
-        match jobs::launch_worker(id, false) {
-            Ok(()) => pgrx::log!("zdm launcher: started a worker for migration {id}"),
+        if started.contains_key(&id) {
+            continue; // the worker we started for it is still starting or running
+        }
+        // The handle must outlive this transaction: allocate it in TopMemoryContext.
+        let launched = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let r = jobs::launch_worker(id, false);
+            pg_sys::MemoryContextSwitchTo(old);
+            r
+        };
+        match launched {
+            Ok(worker) => {
+                started.insert(id, worker);
+                pgrx::log!("zdm launcher: started a worker for migration {id}")
+            }
             Err(e) => pgrx::log!("zdm launcher: could not start a worker for migration {id}: {e}"),
         }
     }

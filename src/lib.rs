@@ -4,7 +4,9 @@
 //! per concept — `catalog` (state, cursor), `rename` (expand/contract/abort),
 //! `backfill` (batch planning), `trigger` (the sync trigger), `locking`
 //! (lock timeout + retry), `introspect` (facts from pg_catalog), `jobs`,
-//! `worker` and `launcher` (background execution), `guc` (settings).
+//! `worker` and `launcher` (background execution), `guc` (settings),
+//! `security` (running work as the migration's owner), `guard` (the event
+//! trigger that refuses DDL breaking an in-flight migration).
 
 use pgrx::prelude::*;
 
@@ -13,12 +15,14 @@ mod backfill;
 mod catalog;
 mod constraints;
 mod errors;
+mod guard;
 mod guc;
 mod introspect;
 mod jobs;
 mod launcher;
 mod locking;
 mod rename;
+mod security;
 mod spi;
 mod steps;
 mod trigger;
@@ -38,8 +42,26 @@ COMMENT ON FUNCTION zdm.sync_trigger() IS
     name = "sync_trigger_function",
 );
 
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION zdm.guard() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_guard';
+COMMENT ON FUNCTION zdm.guard() IS
+  'zdm guard: refuses DDL that would break an in-flight migration (rename/drop of its table or columns, type change, inheritance)';
+CREATE EVENT TRIGGER zdm_guard_ddl ON ddl_command_start EXECUTE FUNCTION zdm.guard();
+CREATE EVENT TRIGGER zdm_guard_drop ON sql_drop EXECUTE FUNCTION zdm.guard();
+"#,
+    name = "guard_event_triggers",
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Errors must never carry a Rust backtrace to clients, whatever the
+    // server's environment says (std reads these once, at the first capture).
+    unsafe {
+        std::env::remove_var("RUST_BACKTRACE");
+        std::env::remove_var("RUST_LIB_BACKTRACE");
+    }
     guc::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         launcher::register();

@@ -8,7 +8,7 @@ use crate::errors::{raise, raise_with_detail, Code};
 use crate::introspect::{self, DependentKind, Table};
 use crate::locking;
 use crate::spi::{self, ident, literal};
-use crate::steps;
+use crate::{guard, security, steps};
 use pgrx::prelude::*;
 use std::ffi::CString;
 use std::time::Instant;
@@ -19,6 +19,7 @@ pub fn trigger_name(id: i64) -> String {
 
 pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
     let started = Instant::now();
+    // Rights first, before any lock: only the owner's members get further.
     let table = introspect::owned_table(relid);
     let t = table.sql();
     if old_column == new_column {
@@ -35,6 +36,90 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             "Column names are 1 to 63 bytes long.",
         );
     }
+    let owner = introspect::table_owner(relid);
+    security::as_owner(owner, || {
+        // Cheap checks without a lock (a typo must not take ACCESS EXCLUSIVE),
+        // then again under the lock: a concurrent expand that committed while
+        // we waited is seen now.
+        check_expandable(&table, old_column, new_column);
+        let lock = locking::lock_table(relid, &t, "ACCESS EXCLUSIVE");
+        let (col, deps) = check_expandable(&table, old_column, new_column);
+        let id = catalog::next_id();
+        let new = ident(new_column);
+
+        let collate = col.collation_sql.as_deref().map(|c| format!(" COLLATE {c}")).unwrap_or_default();
+        spi::exec(&format!("ALTER TABLE ONLY {t} ADD COLUMN {new} {}{collate}", col.type_sql));
+        if let Some(comment) = &col.comment {
+            spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
+        }
+        let new_attnum = introspect::column(relid, new_column).map(|c| c.attnum).unwrap_or_default();
+
+        // CHECK constraints on the old column alone, copied NOT VALID onto the
+        // new one. The copy's name keeps room for its suffix within 63 bytes.
+        let mut carried = Vec::new();
+        for dep in &deps {
+            if let DependentKind::SingleColumnCheck { oid, name } = &dep.kind {
+                let expr = check_expression_for(&table, *oid, col.attnum, new_attnum);
+                let copy = spi::with_suffix(name, &format!("_zdm{id}"));
+                spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}) NOT VALID", ident(&copy)));
+                carried.push((copy, name.clone()));
+            }
+        }
+        // NOT NULL travels as a NOT VALID check until contract validates it.
+        let not_null_check = col.not_null.then(|| {
+            let name = spi::with_suffix(&format!("zdm_{id}_{new_column}"), "_not_null");
+            spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({new} IS NOT NULL) NOT VALID", ident(&name)));
+            name
+        });
+
+        let trigger = trigger_name(id);
+        spi::exec(&format!(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION zdm.sync_trigger({}, {})",
+            ident(&trigger),
+            literal(old_column),
+            literal(new_column)
+        ));
+
+        let rel_blocks = introspect::relation_blocks(relid);
+        let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, rel_blocks);
+        catalog::insert_rename(
+            id,
+            &catalog::NewRename {
+                relid,
+                schema: &table.schema,
+                table: &table.name,
+                old_column,
+                new_column,
+                rel_blocks,
+                rows_estimate,
+                rows_per_block,
+            },
+        );
+        catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
+        catalog::log_step(Step {
+            migration: id,
+            step: "expand",
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: Some(lock.wait_ms),
+            lock_attempts: Some(lock.attempts),
+            detail: Some(format!(
+                "added column {new} {}; trigger {}; {} check(s) carried{}",
+                col.type_sql,
+                ident(&trigger),
+                carried.len(),
+                if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" }
+            )),
+        });
+        id
+    })
+}
+
+/// Everything that must hold for `old_column` → `new_column` on `table`;
+/// returns the old column and its dependents.
+fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (introspect::Column, Vec<introspect::Dependent>) {
+    let relid = table.relid;
+    let t = table.sql();
+    introspect::migratable_table(relid);
     let Some(col) = introspect::column(relid, old_column) else {
         let system = spi::one::<i16>(
             "SELECT attnum FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum < 0",
@@ -89,74 +174,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         old_column,
         "zdm does not carry indexes, keys, foreign keys, views or generated columns over yet; drop them and recreate them on the new column after contract, or rename with plain DDL.",
     );
-
-    let lock = locking::lock_table(relid, &t, "ACCESS EXCLUSIVE");
-    let id = catalog::next_id();
-    let new = ident(new_column);
-
-    let collate = col.collation_sql.as_deref().map(|c| format!(" COLLATE {c}")).unwrap_or_default();
-    spi::exec(&format!("ALTER TABLE {t} ADD COLUMN {new} {}{collate}", col.type_sql));
-    if let Some(comment) = &col.comment {
-        spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
-    }
-    let new_attnum = introspect::column(relid, new_column).map(|c| c.attnum).unwrap_or_default();
-
-    // CHECK constraints on the old column alone, copied NOT VALID onto the new one.
-    let mut carried = Vec::new();
-    for dep in &deps {
-        if let DependentKind::SingleColumnCheck { oid, name } = &dep.kind {
-            let expr = check_expression_for(&table, *oid, col.attnum, new_attnum);
-            let copy = spi::truncate_identifier(format!("{name}_zdm{id}"));
-            spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}) NOT VALID", ident(&copy)));
-            carried.push(copy);
-        }
-    }
-    // NOT NULL travels as a NOT VALID check until contract validates it.
-    let not_null_check = col.not_null.then(|| {
-        let name = spi::truncate_identifier(format!("zdm_{id}_{new_column}_not_null"));
-        spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({new} IS NOT NULL) NOT VALID", ident(&name)));
-        name
-    });
-
-    let trigger = trigger_name(id);
-    spi::exec(&format!(
-        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION zdm.sync_trigger({}, {})",
-        ident(&trigger),
-        literal(old_column),
-        literal(new_column)
-    ));
-
-    let rel_blocks = introspect::relation_blocks(relid);
-    let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, rel_blocks);
-    catalog::insert_rename(
-        id,
-        &catalog::NewRename {
-            relid,
-            schema: &table.schema,
-            table: &table.name,
-            old_column,
-            new_column,
-            rel_blocks,
-            rows_estimate,
-            rows_per_block,
-        },
-    );
-    catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
-    catalog::log_step(Step {
-        migration: id,
-        step: "expand",
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        lock_wait_ms: Some(lock.wait_ms),
-        lock_attempts: Some(lock.attempts),
-        detail: Some(format!(
-            "added column {new} {}; trigger {}; {} check(s) carried{}",
-            col.type_sql,
-            ident(&trigger),
-            carried.len(),
-            if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" }
-        )),
-    });
-    id
+    (col, deps)
 }
 
 /// The text of CHECK constraint `oid` with references to attnum `from`
@@ -202,12 +220,12 @@ fn require_phase_for(m: &Migration, action: &str) {
     match m.phase {
         Phase::Contracted => raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} on {} is already contracted", m.id, m.table_sql()),
+            format!("zdm migration {} on {} is already contracted", m.id, m.display_table()),
             "Nothing left to do; see zdm.status.",
         ),
         Phase::Aborted => raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} on {} was aborted", m.id, m.table_sql()),
+            format!("zdm migration {} on {} was aborted", m.id, m.display_table()),
             "Start a new migration with zdm.expand_rename().",
         ),
         Phase::Expanded | Phase::Backfilling if action == "contract" => raise(
@@ -215,7 +233,7 @@ fn require_phase_for(m: &Migration, action: &str) {
             format!(
                 "cannot contract zdm migration {} on {}: the backfill is not complete (phase {})",
                 m.id,
-                m.table_sql(),
+                m.display_table(),
                 m.phase.as_str()
             ),
             format!(
@@ -227,9 +245,16 @@ fn require_phase_for(m: &Migration, action: &str) {
     }
 }
 
+/// The role the migration's DDL runs as: its owner, or — when that role is
+/// gone — the caller, who `load_for` has checked to be a superuser.
+fn ddl_role(m: &Migration) -> pg_sys::Oid {
+    spi::one::<pg_sys::Oid>("SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", &[m.owner_name.as_str().into()])
+        .unwrap_or_else(catalog::current_user)
+}
+
 pub fn contract(id: i64) {
     let started = Instant::now();
-    let m = catalog::load_or_raise(id, true);
+    let m = catalog::load_for(id, "contract", true);
     if m.kind != "rename" {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -238,52 +263,75 @@ pub fn contract(id: i64) {
         );
     }
     require_phase_for(&m, "contract");
-    let table = introspect::owned_table(m.relid);
-    let t = table.sql();
-    let old_attnum = introspect::column(m.relid, m.old_col()).map(|c| c.attnum);
-    let Some(old_attnum) = old_attnum else {
+    let t = m.table_sql();
+    let owner = security::resolve_owner(&m.owner_name, id);
+    security::as_owner(owner, || contract_as_owner(&m, &t, started));
+}
+
+fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
+    let id = m.id;
+    let old_col = introspect::column(m.relid, m.old_col());
+    let Some(old_col) = old_col else {
         raise(
             Code::ERRCODE_UNDEFINED_COLUMN,
             format!("column {} of table {t} no longer exists", ident(m.old_col())),
             format!("It was dropped outside zdm; call zdm.abort({id}) and start again."),
         )
     };
+    let old_attnum = old_col.attnum;
     let blocking_hint = "Drop or move these objects to the new column first (zdm never drops them with CASCADE), then call zdm.contract again.";
-    introspect::refuse_blocking_dependents(
-        &introspect::column_dependents(m.relid, old_attnum),
-        Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-        &t,
-        m.old_col(),
-        blocking_hint,
-    );
+    let refuse_dependents = || {
+        let deps = introspect::column_dependents(m.relid, old_attnum);
+        introspect::refuse_blocking_dependents(&deps, Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, t, m.old_col(), blocking_hint);
+        refuse_late_constraints(m, t, &deps);
+        deps
+    };
+    refuse_dependents();
 
     // 1. Validate carried checks: a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
     let validate_started = Instant::now();
     let checks: Vec<String> = m.carried_checks.iter().cloned().chain(m.not_null_check.clone()).collect();
-    if !checks.is_empty() {
-        let mut validate_lock = None;
-        for c in &checks {
-            validate_lock.get_or_insert(steps::validate(m.relid, &t, c, None));
-        }
-        catalog::log_step(Step {
-            migration: id,
-            step: "contract: validate checks",
-            duration_ms: validate_started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: validate_lock.as_ref().map(|l| l.wait_ms),
-            lock_attempts: validate_lock.as_ref().map(|l| l.attempts),
-            detail: Some(checks.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")),
-        });
+    let mut validate_lock = None;
+    for c in &checks {
+        validate_lock.get_or_insert(steps::validate(m.relid, t, c, None));
+    }
+    // 2. Verify before destroying: every row's new column equals its old one.
+    //    Under SHARE UPDATE EXCLUSIVE writers go on; every write goes through
+    //    the sync trigger, so a row in sync now stays in sync until the drop.
+    let scan_lock = validate_lock.unwrap_or_else(|| locking::lock_table(m.relid, t, "SHARE UPDATE EXCLUSIVE"));
+    let out_of_sync = count_out_of_sync(m, t);
+    catalog::log_step(Step {
+        migration: id,
+        step: "contract: verify",
+        duration_ms: validate_started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: Some(scan_lock.wait_ms),
+        lock_attempts: Some(scan_lock.attempts),
+        detail: Some(format!(
+            "{out_of_sync} row(s) out of sync{}",
+            if checks.is_empty() { String::new() } else { format!("; validated {}", checks.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")) }
+        )),
+    });
+    if out_of_sync > 0 {
+        raise_with_detail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "cannot contract zdm migration {id}: {out_of_sync} row(s) of {t} have {} different from {}",
+                ident(m.new_col()),
+                ident(m.old_col())
+            ),
+            "Nothing was dropped; the old column still holds every value.",
+            format!("Run the backfill again with zdm.start_backfill({id}) (or zdm.backfill_batch({id}) until it returns 0), then call zdm.contract({id})."),
+        );
     }
 
-    // 2. Catalog-only steps under ACCESS EXCLUSIVE.
+    // 3. Catalog-only steps under ACCESS EXCLUSIVE.
     let final_started = Instant::now();
-    let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
-    let deps = introspect::column_dependents(m.relid, old_attnum);
-    introspect::refuse_blocking_dependents(&deps, Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, &t, m.old_col(), blocking_hint);
+    let lock = locking::lock_table(m.relid, t, "ACCESS EXCLUSIVE");
+    let deps = refuse_dependents();
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
     for dep in &deps {
         if let DependentKind::OwnedSequence { oid } = dep.kind {
-            let seq = spi::one::<String>("SELECT $1::oid::regclass::text", &[oid.into()]).unwrap_or_default();
+            let seq = crate::catalog::current_table_sql(oid).unwrap_or_default();
             spi::exec(&format!("ALTER SEQUENCE {seq} OWNED BY {t}.{new}"));
         }
     }
@@ -295,22 +343,22 @@ pub fn contract(id: i64) {
     }
     if let Some(nn) = &m.not_null_check {
         // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
-        steps::set_not_null(m.relid, &t, m.new_col(), nn);
+        steps::set_not_null(m.relid, t, m.new_col(), nn);
     }
-    if let Some(trigger) = &m.trigger_name {
-        spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
-    }
-    spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
+    guard::allow_zdm_ddl(|| {
+        if let Some(trigger) = &m.trigger_name {
+            spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
+        }
+        spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
+    });
     // The originals went with the old column: the copies take their names.
-    for copy in &m.carried_checks {
-        if let Some(original) = copy.strip_suffix(&format!("_zdm{id}")).map(str::to_string) {
-            let taken = spi::one::<bool>(
-                "SELECT true FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
-                &[m.relid.into(), original.as_str().into()],
-            );
-            if taken.is_none() {
-                spi::exec(&format!("ALTER TABLE {t} RENAME CONSTRAINT {} TO {}", ident(copy), ident(&original)));
-            }
+    for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
+        let taken = spi::one::<bool>(
+            "SELECT true FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+            &[m.relid.into(), original.as_str().into()],
+        );
+        if taken.is_none() {
+            spi::exec(&format!("ALTER TABLE {t} RENAME CONSTRAINT {} TO {}", ident(copy), ident(original)));
         }
     }
     catalog::set_phase(id, Phase::Contracted);
@@ -328,15 +376,88 @@ pub fn contract(id: i64) {
     });
 }
 
+/// Rows whose new column is not a binary-identical copy of the old one
+/// (record image equality, the `*=` operator's function: no user-defined
+/// operator is involved, NULLs compare equal to NULLs, TOAST is looked
+/// through). Called as a function: `ROW(a) op ROW(b)` would compare
+/// column by column with the type's own operator.
+fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
+    spi::one::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM ONLY {t} WHERE NOT pg_catalog.record_image_eq(ROW({}), ROW({}))",
+            ident(m.old_col()),
+            ident(m.new_col())
+        ),
+        &[],
+    )
+    .unwrap_or(0)
+}
+
+/// Constraints put on the old column after expand would be dropped with it:
+/// refuse (2BP01) with the list. NOT NULL added to the old column counts too,
+/// unless the new column is NOT NULL already.
+fn refuse_late_constraints(m: &Migration, t: &str, deps: &[introspect::Dependent]) {
+    let mut late: Vec<String> = deps
+        .iter()
+        .filter_map(|d| match &d.kind {
+            DependentKind::SingleColumnCheck { name, .. } if !m.carried_from.contains(name) => Some(format!("check constraint {}", ident(name))),
+            _ => None,
+        })
+        .collect();
+    let old_nn = introspect::column(m.relid, m.old_col()).is_some_and(|c| c.not_null);
+    let new_nn = introspect::column(m.relid, m.new_col()).is_some_and(|c| c.not_null);
+    if old_nn && !new_nn && m.not_null_check.is_none() {
+        late.push(format!("NOT NULL on {}", ident(m.old_col())));
+    }
+    if !late.is_empty() {
+        raise_with_detail(
+            Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!(
+                "cannot contract zdm migration {}: constraints added to {} of {t} after expand would be lost: {}",
+                m.id,
+                ident(m.old_col()),
+                late.join(", ")
+            ),
+            format!("Constraints: {}.", late.join("; ")),
+            format!(
+                "Put them on {} too (zdm.add_check / zdm.validate_not_null on the new column), drop them from {}, then call zdm.contract({}) again.",
+                ident(m.new_col()),
+                ident(m.old_col()),
+                m.id
+            ),
+        );
+    }
+}
+
 pub fn abort(id: i64) {
     let started = Instant::now();
-    let m = catalog::load_or_raise(id, true);
+    let m = catalog::load_for(id, "abort", true);
     if !m.phase.in_flight() {
         require_phase_for(&m, "abort");
     }
-    let table = introspect::owned_table(m.relid);
+    if !m.table_exists() {
+        // Dropped (around the guard, or with the guard bypassed): nothing
+        // left to undo in the table; close the migration in the catalog.
+        crate::jobs::finish_for_migration(id, "cancelled");
+        catalog::set_phase(id, Phase::Aborted);
+        catalog::log_step(Step {
+            migration: id,
+            step: "abort",
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(format!("the table {} no longer exists; migration closed", m.display_table())),
+        });
+        return;
+    }
+    security::as_owner(ddl_role(&m), || abort_as_owner(&m, started));
+}
+
+fn abort_as_owner(m: &Migration, started: Instant) {
+    let id = m.id;
+    let table = introspect::migratable_table(m.relid);
     if m.kind != "rename" {
-        crate::constraints::abort(&m, &table);
+        crate::constraints::abort(m, &table);
         catalog::log_step(Step {
             migration: id,
             step: "abort",
@@ -350,13 +471,15 @@ pub fn abort(id: i64) {
     let t = table.sql();
     crate::jobs::finish_for_migration(id, "cancelled");
     let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
-    if let Some(trigger) = &m.trigger_name {
-        spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
-    }
-    if introspect::column(m.relid, m.new_col()).is_some() {
-        // RESTRICT: objects a user built on the new column are never dropped silently.
-        spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {} RESTRICT", ident(m.new_col())));
-    }
+    guard::allow_zdm_ddl(|| {
+        if let Some(trigger) = &m.trigger_name {
+            spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
+        }
+        if introspect::column(m.relid, m.new_col()).is_some() {
+            // RESTRICT: objects a user built on the new column are never dropped silently.
+            spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {} RESTRICT", ident(m.new_col())));
+        }
+    });
     catalog::set_phase(id, Phase::Aborted);
     catalog::log_step(Step {
         migration: id,

@@ -26,6 +26,16 @@ pub fn truncate_identifier(name: String) -> String {
     name[..end].to_string()
 }
 
+/// `base` cut so that `base + suffix` fits in 63 bytes, then `suffix`: a
+/// generated name never collides with the one it was derived from.
+pub fn with_suffix(base: &str, suffix: &str) -> String {
+    let mut end = base.len().min(63usize.saturating_sub(suffix.len()));
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    truncate_identifier(format!("{}{suffix}", &base[..end]))
+}
+
 /// `"schema"."table"`.
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))

@@ -273,7 +273,7 @@ mod tests {
         run("ALTER TABLE g ADD CONSTRAINT g_f_fk FOREIGN KEY (f) REFERENCES g_ref (id)");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'b', 'b2')", "0A000", "generated column");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'c', 'c2')", "0A000", "identity column");
-        assert_sqlstate("SELECT zdm.expand_rename('g', 'a', 'a2')", "0A000", "column b of table g");
+        assert_sqlstate("SELECT zdm.expand_rename('g', 'a', 'a2')", "0A000", "column b of table public.g");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'u', 'u2')", "0A000", "g_u_key");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'i', 'i2')", "0A000", "g_i");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'f', 'f2')", "0A000", "g_f_fk");
@@ -298,14 +298,14 @@ mod tests {
     fn non_owner_is_refused() {
         people();
         run("CREATE ROLE zdm_intruder");
-        run("GRANT USAGE ON SCHEMA zdm TO zdm_intruder");
+
         run("SET ROLE zdm_intruder");
         assert_sqlstate("SELECT zdm.expand_rename('public.people', 'email', 'mail')", "42501", "must be owner of table public.people");
         run("RESET ROLE");
         let id = one::<i64>("SELECT zdm.expand_rename('people', 'email', 'mail')").unwrap();
         run("SET ROLE zdm_intruder");
-        assert_sqlstate(&format!("SELECT zdm.abort({id})"), "42501", "must be owner");
-        assert_sqlstate(&format!("SELECT zdm.backfill_batch({id})"), "42501", "people");
+        assert_sqlstate(&format!("SELECT zdm.abort({id})"), "42501", "permission denied to abort");
+        assert_sqlstate(&format!("SELECT zdm.backfill_batch({id})"), "42501", "permission denied to backfill");
         run("RESET ROLE");
     }
 
@@ -356,7 +356,7 @@ mod tests {
         assert_sqlstate("SELECT zdm.add_foreign_key('ct', NULL, 'cp', ARRAY['id'])", "22004", "columns");
         assert_sqlstate("SELECT zdm.add_foreign_key('ct', ARRAY[]::name[], 'cp', ARRAY['id'])", "22023", "columns");
         run("CREATE ROLE zdm_stranger");
-        run("GRANT USAGE ON SCHEMA zdm TO zdm_stranger");
+
         run("SET ROLE zdm_stranger");
         assert_sqlstate("SELECT zdm.validate_not_null('public.ct', 'v')", "42501", "must be owner");
         assert_sqlstate("SELECT zdm.add_check('public.ct', 'c', 'id > 0')", "42501", "must be owner");

@@ -22,22 +22,33 @@ use std::ffi::CStr;
 thread_local! {
     /// trigger oid → (old attnum, new attnum)
     static ATTNUMS: RefCell<HashMap<u32, (i32, i32)>> = RefCell::new(HashMap::new());
-    /// The relation whose backfill UPDATE this backend is running right now:
-    /// those updates set new := old themselves, so the trigger has no work.
-    static SUPPRESSED_RELID: Cell<u32> = const { Cell::new(0) };
+    /// The one sync trigger (by trigger OID) whose backfill UPDATE this
+    /// backend is running right now: that UPDATE sets new := old itself, so
+    /// this trigger has no work. Every other trigger on the table — another
+    /// migration's sync trigger included — does its work as usual.
+    static SUPPRESSED_TRIGGER: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Run `f` with the sync trigger's work skipped for `relid` in this backend.
+/// Run `f` with the work of sync trigger `tgoid` skipped in this backend.
 /// Only the backfill's own `SET new = old` runs inside it.
-pub fn with_sync_suppressed<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+pub fn with_sync_suppressed<R>(tgoid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     struct Reset(u32);
     impl Drop for Reset {
         fn drop(&mut self) {
-            SUPPRESSED_RELID.with(|s| s.set(self.0));
+            SUPPRESSED_TRIGGER.with(|s| s.set(self.0));
         }
     }
-    let _reset = Reset(SUPPRESSED_RELID.with(|s| s.replace(relid.to_u32())));
+    let _reset = Reset(SUPPRESSED_TRIGGER.with(|s| s.replace(tgoid.to_u32())));
     f()
+}
+
+/// The OID of trigger `name` on `relid` (InvalidOid if it is gone).
+pub fn trigger_oid(relid: pg_sys::Oid, name: &str) -> pg_sys::Oid {
+    crate::spi::one::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+        &[relid.into(), name.into()],
+    )
+    .unwrap_or(pg_sys::InvalidOid)
 }
 
 #[unsafe(no_mangle)]
@@ -85,9 +96,8 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             );
         }
         let rel = (*td).tg_relation;
-        let relid = (*rel).rd_id;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
-        if SUPPRESSED_RELID.with(|s| s.get()) == relid.to_u32() {
+        if SUPPRESSED_TRIGGER.with(|s| s.get()) == (*(*td).tg_trigger).tgoid.to_u32() {
             return pg_sys::Datum::from(row);
         }
         let tupdesc = (*rel).rd_att;

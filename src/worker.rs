@@ -15,7 +15,7 @@
 
 use crate::catalog::as_catalog_owner;
 use crate::locking::{error_code, error_message, in_subtransaction};
-use crate::{backfill, catalog, guc, jobs, spi};
+use crate::{backfill, catalog, guc, jobs, security, spi};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -133,7 +133,12 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
         (Some(h), Some(l)) => h.parse().ok().zip(l.parse().ok()),
         _ => None,
     };
+    // Connected as the bootstrap superuser, for zdm's own catalog only: every
+    // piece of user-visible work switches to the migration's owner
+    // (`security::as_owner`), and zdm's SQL never resolves a name through a
+    // search_path someone else chose (ALTER DATABASE … SET included).
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    security::pin_session_search_path();
     let name = BackgroundWorker::get_name().to_string();
     set_application_name(&name);
 
@@ -164,11 +169,24 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
         crate::constraints::run(migration);
         return;
     }
+    // Whom the work runs as: the owner's name resolved now, checked again
+    // before every batch.
+    let owner = match transaction(|| {
+        let job = jobs::load_row(migration)?;
+        Some((security::resolve_owner(&job.owner_name, migration), job.owner_name))
+    }) {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = transaction(|| fail_job(migration, &e));
+            return;
+        }
+    };
     let mut batches: i64 = 0;
     loop {
         reload_config_if_asked();
         set_activity(&format!("{name}: batch {}", batches + 1));
-        let next = transaction(|| one_batch(migration)).unwrap_or_else(|e| {
+        let next = transaction(|| one_batch(migration, &owner)).unwrap_or_else(|e| {
             // An error outside the batch itself (catalog, options): record it.
             let _ = transaction(|| fail_job(migration, &e));
             Next::Stop
@@ -232,9 +250,20 @@ enum Claim {
 
 /// Take ownership of the job, unless another live worker has it, the job is
 /// over, or the limits say wait (zdm.max_workers, one backfill per table).
+/// The job row is locked FOR UPDATE SKIP LOCKED (a second claimant waits
+/// instead of queueing), and `zdm.claim_lock` serialises the counting; no
+/// role but zdm's owner can lock either.
 fn claim(migration: i64) -> Claim {
     as_catalog_owner(|| {
-        spi::exec("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('zdm.jobs.claim'))");
+        let mine = spi::one::<i64>(
+            "SELECT migration_id FROM zdm.jobs WHERE migration_id = $1 FOR UPDATE SKIP LOCKED",
+            &[migration.into()],
+        );
+        if mine.is_none() {
+            let exists = spi::one::<i64>("SELECT migration_id FROM zdm.jobs WHERE migration_id = $1", &[migration.into()]);
+            return if exists.is_some() { Claim::Wait } else { Claim::Gone };
+        }
+        spi::exec("SELECT one FROM zdm.claim_lock FOR UPDATE");
         let row = spi::first_row(
             &format!(
                 "SELECT j.state, (j.worker_pid <> pg_catalog.pg_backend_pid() AND {alive}), m.relid::oid \
@@ -307,8 +336,9 @@ fn wait(ms: f64, reason: String) -> Next {
     Next::Wait { ms, reason }
 }
 
-fn one_batch(migration: i64) -> Next {
+fn one_batch(migration: i64, owner: &(pg_sys::Oid, String)) -> Next {
     let Some(job) = jobs::load_row(migration) else { return Next::Stop };
+    security::check_owner_unchanged(owner.0, &owner.1, migration);
     if job.worker_pid != Some(unsafe { pg_sys::MyProcPid }) {
         return Next::Stop; // another worker took the job over
     }
@@ -342,7 +372,7 @@ fn one_batch(migration: i64) -> Next {
     for attempt in 1..=job.max_attempts {
         let started = Instant::now();
         let outcome = in_subtransaction(|| {
-            catalog::as_role(job.run_as, || with_statement_timeout(job.statement_timeout_ms, || backfill::step(migration, size)))
+            security::as_owner(owner.0, || with_statement_timeout(job.statement_timeout_ms, || backfill::step(migration, size)))
         });
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {

@@ -182,7 +182,7 @@ fn crash_restart_resumes_on_its_own() {
 fn role_without_update_privilege_fails_visibly() {
     let cluster = Cluster::start("priv", &[]);
     let mut admin = cluster.create_db("priv");
-    admin.batch_execute("CREATE ROLE app LOGIN; GRANT CREATE ON SCHEMA public TO app; GRANT USAGE ON SCHEMA zdm TO app;").unwrap();
+    admin.batch_execute("CREATE ROLE app LOGIN; GRANT CREATE ON SCHEMA public TO app;").unwrap();
     let mut app = cluster.connect_as("priv", "app");
     make_table(&mut app, "t", 10_000);
     // The owner gives up its own UPDATE right; superuser would not care.

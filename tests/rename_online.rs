@@ -200,7 +200,7 @@ fn expand_in_rolled_back_transaction_leaves_nothing() {
 fn non_superuser_owner_runs_the_whole_loop() {
     let cluster = Cluster::start("owner", &[]);
     let mut admin = cluster.create_db("app");
-    admin.batch_execute("CREATE ROLE app LOGIN; GRANT CREATE ON SCHEMA public TO app; GRANT USAGE ON SCHEMA zdm TO app;").unwrap();
+    admin.batch_execute("CREATE ROLE app LOGIN; GRANT CREATE ON SCHEMA public TO app;").unwrap();
     let mut app = cluster.connect_as("app", "app");
     app.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n'); INSERT INTO orders SELECT g, 'n' || g FROM generate_series(1, 5000) g;").unwrap();
     let id: i64 = app.query_one("SELECT zdm.expand_rename('orders', 'note', 'remark')", &[]).unwrap().get(0);

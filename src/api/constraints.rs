@@ -28,7 +28,27 @@ fn constraint_exists(relid: pg_sys::Oid, name: &str) -> bool {
         .is_some()
 }
 
+/// An in-flight rename on this table that is still filling one of `columns`
+/// (any new column when `columns` is None): the constraint must wait for it.
+fn filling_rename(relid: pg_sys::Oid, columns: Option<&[String]>) -> Option<i64> {
+    let cols: Option<Vec<String>> = columns.map(|c| c.to_vec());
+    as_catalog_owner(|| {
+        spi::one::<i64>(
+            "SELECT max(id) FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = 'rename' \
+               AND phase IN ('expanded', 'backfilling') AND ($2::text[] IS NULL OR new_column::text = ANY($2))",
+            &[relid.into(), cols.into()],
+        )
+    })
+}
+
 fn new_request(id: i64, kind: &str, relid: pg_sys::Oid, column: Option<String>, name: String, definition: String, ref_relid: Option<pg_sys::Oid>) -> Request {
+    let depends_on = match kind {
+        "not_null" => filling_rename(relid, Some(std::slice::from_ref(column.as_ref().unwrap_or(&String::new())))),
+        _ => filling_rename(relid, None),
+    };
+    if let Some(dep) = depends_on {
+        pgrx::notice!("zdm migration {id}: starts once the backfill of zdm migration {dep} on the same table is complete");
+    }
     Request {
         id,
         kind: kind.into(),
@@ -37,7 +57,9 @@ fn new_request(id: i64, kind: &str, relid: pg_sys::Oid, column: Option<String>, 
         constraint_name: name,
         definition,
         ref_relid: ref_relid.map(|o| o.to_u32()),
-        run_as: catalog::current_user().to_u32(),
+        started_by: spi::one::<String>("SELECT current_user::text", &[]).unwrap_or_default(),
+        search_path: spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default(),
+        depends_on,
         lock_timeout_ms: guc::LOCK_TIMEOUT_MS.get(),
         lock_retries: guc::LOCK_RETRIES.get(),
     }
@@ -125,6 +147,13 @@ fn run_now(req: &Request) {
         if state == "failed" {
             constraints::raise_if_failed(req.id);
         }
+        if state == "cancelled" {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm migration {} was cancelled in phase {phase}", req.id),
+                format!("Call it again to resume from the step it reached, or zdm.abort({}) to remove what it added.", req.id),
+            );
+        }
         if !alive {
             raise(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -145,7 +174,7 @@ fn log_noop(id: i64, detail: &str) {
 /// each step in its own transaction.
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.validate_not_null(tbl regclass, col name) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.validate_not_null(regclass, name) IS
   'Make a column NOT NULL without a long lock: NOT VALID check, VALIDATE, SET NOT NULL, each step its own transaction; returns the migration id';
 ")]
@@ -183,6 +212,14 @@ COMMENT ON FUNCTION zdm.add_check(regclass, name, text) IS
   'Add CHECK (expression) without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
 ")]
 fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 {
+    // The expression's names resolve with the caller's search_path (kept
+    // with the request); zdm's own SQL runs with the pinned one, like every
+    // other zdm function (which pin it with a SET clause).
+    let caller_path = spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
+    crate::security::pinned_search_path(|| add_check_pinned(tbl, constraint_name, expression, caller_path))
+}
+
+fn add_check_pinned(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str, caller_path: String) -> i64 {
     let name = super::name_arg(constraint_name, "constraint_name");
     let table = introspect::owned_table(tbl);
     require_single_expression(expression);
@@ -195,7 +232,9 @@ fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 
             catalog::next_id()
         }
     };
-    start(new_request(id, "check", tbl, None, name, format!("CHECK ({expression})"), None))
+    let mut req = new_request(id, "check", tbl, None, name, format!("CHECK ({expression})"), None);
+    req.search_path = caller_path;
+    start(req)
 }
 
 /// The expression must be exactly one SQL expression: it is spliced into
@@ -248,7 +287,7 @@ const ON_DELETE: [&str; 5] = ["NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "S
 /// Add a FOREIGN KEY without a long lock: NOT VALID, then VALIDATE.
 #[pg_extern(sql = "
 CREATE FUNCTION zdm._add_foreign_key(tbl regclass, columns text[], ref_tbl regclass, ref_columns text[], on_delete text, constraint_name text)
-RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 CREATE FUNCTION zdm.add_foreign_key(tbl regclass, columns name[], ref_tbl regclass, ref_columns name[],
                                     on_delete text DEFAULT NULL, constraint_name name DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE sql

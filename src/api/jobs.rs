@@ -1,7 +1,8 @@
 use crate::catalog::{self, Phase};
 use crate::errors::{raise, Code};
 use crate::jobs::{self, Options};
-use crate::{introspect, locking, rename, spi};
+use crate::catalog::as_catalog_owner;
+use crate::{locking, rename, spi};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -21,11 +22,12 @@ fn required(migration: Option<i64>) -> i64 {
     })
 }
 
-/// The migration, checked to be a backfillable rename the caller owns.
+/// The migration, checked to be a backfillable rename the caller may control
+/// (rights first, then the row lock).
 fn owned_backfillable(migration: i64) -> catalog::Migration {
-    let m = catalog::load_or_raise(migration, true);
+    let m = catalog::load_for(migration, "start the backfill of", true);
     rename::require_backfillable(&m);
-    introspect::owned_table(m.relid);
+    m.table_sql();
     m
 }
 
@@ -52,7 +54,7 @@ CREATE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
     statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz) IS
   'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
 ")]
@@ -73,7 +75,7 @@ fn start_backfill(
     if m.phase == Phase::Backfilled {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {id} on {} is already backfilled", m.table_sql()),
+            format!("zdm migration {id} on {} is already backfilled", m.display_table()),
             format!("Call zdm.contract({id}) to finish it."),
         );
     }
@@ -97,7 +99,7 @@ CREATE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, p
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
     statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL)
 RETURNS void VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz) IS
   'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
 ")]
@@ -114,8 +116,7 @@ fn set_options(
 ) {
     let id = required(migration);
     let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
-    let m = catalog::load_or_raise(id, false);
-    introspect::owned_table(m.relid);
+    catalog::load_for(id, "change the options of", false);
     if jobs::state(id).is_none() {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -127,8 +128,7 @@ fn set_options(
 }
 
 fn change_state(id: i64, from: &[&str], to: &str, verb: &str) {
-    let m = catalog::load_or_raise(id, false);
-    introspect::owned_table(m.relid);
+    catalog::load_for(id, verb, false);
     if !jobs::transition(id, from, to) {
         let state = jobs::state(id).unwrap_or_else(|| "no job".into());
         raise(
@@ -146,7 +146,7 @@ fn change_state(id: i64, from: &[&str], to: &str, verb: &str) {
 
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.pause(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.pause(bigint) IS 'Pause the background backfill after its current batch';
 ")]
 fn pause(migration: i64) {
@@ -155,7 +155,7 @@ fn pause(migration: i64) {
 
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.resume(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.resume(bigint) IS 'Resume a paused background backfill';
 ")]
 fn resume(migration: i64) {
@@ -169,7 +169,7 @@ fn resume(migration: i64) {
 
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.cancel(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.cancel(bigint) IS
   'Stop the background backfill after its current batch; progress is kept, restart with zdm.start_backfill';
 ")]
@@ -208,19 +208,57 @@ fn progress(id: i64) -> Option<Progress> {
     )
 }
 
+/// A job that has no worker and that nothing will resume: fail at once
+/// instead of sitting out the timeout. A worker that is starting, or a
+/// launcher serving this database, counts as something that will.
+fn raise_if_abandoned(id: i64, state: &str) {
+    let row = as_catalog_owner(|| {
+        spi::first_row(
+            &format!(
+                "SELECT {alive}, coalesce(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '5 seconds', \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.backend_type = 'zdm launcher' \
+                                   AND a.datname = pg_catalog.current_database()) \
+                   FROM zdm.jobs j WHERE j.migration_id = $1",
+                alive = jobs::WORKER_ALIVE
+            ),
+            &[id.into()],
+            |r| Ok((r.get::<bool>(1)?.unwrap_or(false), r.get::<bool>(2)?.unwrap_or(false), r.get::<bool>(3)?.unwrap_or(false))),
+        )
+    });
+    let Some((alive, stale, launcher)) = row else { return };
+    if alive {
+        return;
+    }
+    if state == "paused" {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} is paused and has no worker; nothing will resume it"),
+            format!("Call zdm.resume({id}), then zdm.wait({id})."),
+        );
+    }
+    if stale && !launcher {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} is {state} but its worker is gone, and no zdm launcher serves this database to resume it"),
+            format!(
+                "Call zdm.start_backfill({id}) to start a worker (it resumes from its cursor), or preload zdm with zdm.database = current database so that the launcher resumes jobs."
+            ),
+        );
+    }
+}
+
 /// Wait for the backfill to finish, printing progress as NOTICEs; returns the
 /// final phase.
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.wait(migration bigint, timeout interval DEFAULT '1 hour') RETURNS text STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
   'Wait for the background backfill, with progress NOTICEs; returns the final phase';
 ")]
 fn wait(migration: i64, timeout: Interval) -> String {
     let id = migration;
-    let kind = catalog::load_or_raise(id, false).kind;
+    let kind = catalog::load_for(id, "wait for", false).kind;
     let timeout_ms = jobs::interval_ms(&timeout);
-    catalog::load_or_raise(id, false);
     let mine = spi::one::<bool>(
         "SELECT created_xid = pg_catalog.pg_current_xact_id_if_assigned() FROM zdm.jobs WHERE migration_id = $1",
         &[id.into()],
@@ -273,7 +311,7 @@ fn wait(migration: i64, timeout: Interval) -> String {
                 format!("the backfill of zdm migration {id} was cancelled at {:.1}%", p.percent),
                 format!("Restart it with zdm.start_backfill({id}); it resumes from its cursor."),
             ),
-            _ => {}
+            Some(state) => raise_if_abandoned(id, state),
         }
         let due = last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if due && p.rows_done != last_rows {

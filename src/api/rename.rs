@@ -7,7 +7,7 @@ use std::ffi::CStr;
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.expand_rename(tbl regclass, old_column name, new_column name, background boolean DEFAULT true)
 RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name, boolean) IS
   'Expand: add new_column (same type, collation, comment, checks) kept in sync with old_column by a trigger, and schedule the background backfill (unless background => false); returns the migration id';
 ")]
@@ -32,7 +32,7 @@ fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr, backgro
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.contract(migration bigint)
 RETURNS void STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.contract(bigint) IS
   'Contract: validate carried constraints, move default and NOT NULL, drop the trigger and the old column';
 ")]
@@ -44,7 +44,7 @@ fn contract(migration: i64) {
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.abort(migration bigint)
 RETURNS void STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.abort(bigint) IS
   'Abort: stop the backfill, drop the sync trigger and the new column; the old column is untouched';
 ")]

@@ -72,6 +72,16 @@ impl Cluster {
         c
     }
 
+    /// Run a PostgreSQL client program (pg_dump, pg_restore, psql …) of this
+    /// installation as the OS user postgres against this cluster.
+    pub fn client_program(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let port = self.port.to_string();
+        let host = self.dir.display().to_string();
+        let mut all = vec!["-h", host.as_str(), "-p", port.as_str()];
+        all.extend_from_slice(args);
+        as_postgres(&self.bindir.join(program), &all)
+    }
+
     pub fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }
@@ -264,4 +274,11 @@ pub fn worker_pid(c: &mut Client, id: i64) -> Option<i32> {
     )
     .unwrap()
     .map(|r| r.get(0))
+}
+
+/// Assert that `sql` fails with SQLSTATE `code`; returns the message.
+pub fn expect_err(c: &mut Client, sql: &str, code: &str) -> String {
+    let (got, msg) = sqlstate(c.batch_execute(sql));
+    assert_eq!(got, code, "{sql}: {msg}");
+    msg
 }

@@ -1,0 +1,244 @@
+//! The guard: event triggers owned by the extension that refuse DDL which
+//! would break an in-flight migration, with 55000 naming the migration.
+//!
+//! * `ddl_command_start`: renaming the table or moving it to another schema,
+//!   renaming or changing the type of a column under migration, adding or
+//!   removing inheritance on the table (either side), and creating a table
+//!   that inherits from it.
+//!   Disabling a zdm sync trigger (or all triggers) on the table, too.
+//! * `sql_drop`: dropping the table, a column under migration or a sync
+//!   trigger by any path
+//!   (DROP TABLE, DROP COLUMN, DROP SCHEMA … CASCADE, DROP OWNED …). The
+//!   drop has happened by then; the error rolls it back.
+//!
+//! zdm's own DDL (contract dropping the old column, abort dropping the new
+//! one) runs inside `allow_zdm_ddl`, a flag private to this backend that no
+//! SQL can set.
+
+use crate::catalog::as_catalog_owner;
+use crate::errors::{raise, Code};
+use crate::spi::{self, ident};
+use pgrx::pg_sys;
+use std::cell::Cell;
+use std::ffi::CStr;
+
+thread_local! {
+    static ZDM_DDL: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Run zdm's own DDL past the guard.
+pub fn allow_zdm_ddl<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ZDM_DDL.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    ZDM_DDL.with(|d| d.set(d.get() + 1));
+    let _reset = Reset;
+    f()
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_zdm_guard() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `zdm.guard()`, the event trigger function.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn zdm_guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || guard(fcinfo)) }
+}
+
+unsafe fn guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.guard() can only be called as an event trigger",
+                "zdm installs it itself; do not call it directly.",
+            );
+        }
+        if ZDM_DDL.with(|d| d.get()) > 0 {
+            return pg_sys::Datum::from(0);
+        }
+        let data = context as *mut pg_sys::EventTriggerData;
+        let event = CStr::from_ptr((*data).event).to_bytes();
+        match event {
+            b"ddl_command_start" => check_statement((*data).parsetree),
+            b"sql_drop" => check_drops(),
+            _ => {}
+        }
+        pg_sys::Datum::from(0)
+    }
+}
+
+unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+    if rv.is_null() {
+        return pg_sys::InvalidOid;
+    }
+    unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK as u32,
+            None,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+unsafe fn str_of(p: *const std::ffi::c_char) -> Option<String> {
+    if p.is_null() { None } else { Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()) }
+}
+
+unsafe fn list_items(list: *mut pg_sys::List) -> Vec<*mut std::ffi::c_void> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    unsafe { (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect() }
+}
+
+unsafe fn check_statement(node: *mut pg_sys::Node) {
+    if node.is_null() {
+        return;
+    }
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_RenameStmt => {
+                let s = node as *mut pg_sys::RenameStmt;
+                match (*s).renameType {
+                    pg_sys::ObjectType::OBJECT_TABLE => protect_table(relid_of((*s).relation), "rename"),
+                    pg_sys::ObjectType::OBJECT_COLUMN => {
+                        if let Some(col) = str_of((*s).subname) {
+                            protect_column(relid_of((*s).relation), &col, "rename");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            pg_sys::NodeTag::T_AlterObjectSchemaStmt => {
+                let s = node as *mut pg_sys::AlterObjectSchemaStmt;
+                if (*s).objectType == pg_sys::ObjectType::OBJECT_TABLE {
+                    protect_table(relid_of((*s).relation), "move to another schema");
+                }
+            }
+            pg_sys::NodeTag::T_AlterTableStmt => {
+                let s = node as *mut pg_sys::AlterTableStmt;
+                let relid = relid_of((*s).relation);
+                for cmd in list_items((*s).cmds) {
+                    let cmd = cmd as *mut pg_sys::AlterTableCmd;
+                    match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_AlterColumnType => {
+                            if let Some(col) = str_of((*cmd).name) {
+                                protect_column(relid, &col, "change the type of");
+                            }
+                        }
+                        pg_sys::AlterTableType::AT_DropColumn => {
+                            if let Some(col) = str_of((*cmd).name) {
+                                protect_column(relid, &col, "drop");
+                            }
+                        }
+                        // A sync trigger that does not fire loses writes.
+                        pg_sys::AlterTableType::AT_DisableTrig | pg_sys::AlterTableType::AT_EnableReplicaTrig => {
+                            if str_of((*cmd).name).is_some_and(|n| n.starts_with("zdm_sync_")) {
+                                protect_table(relid, "disable the zdm sync trigger of");
+                            }
+                        }
+                        pg_sys::AlterTableType::AT_DisableTrigAll | pg_sys::AlterTableType::AT_DisableTrigUser => {
+                            protect_table(relid, "disable the triggers of");
+                        }
+                        pg_sys::AlterTableType::AT_AddInherit | pg_sys::AlterTableType::AT_DropInherit => {
+                            protect_table(relid, "change the inheritance of");
+                            protect_table(relid_of((*cmd).def as *mut pg_sys::RangeVar), "change the inheritance of");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            pg_sys::NodeTag::T_CreateStmt => {
+                let s = node as *mut pg_sys::CreateStmt;
+                for parent in list_items((*s).inhRelations) {
+                    protect_table(relid_of(parent as *mut pg_sys::RangeVar), "create an inheritance child of");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The first in-flight migration on `relid` (touching `column`, if given).
+fn in_flight(relid: pg_sys::Oid, column: Option<&str>) -> Option<(i64, String)> {
+    if relid == pg_sys::InvalidOid {
+        return None;
+    }
+    as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass \
+               AND phase IN ('expanded', 'backfilling', 'backfilled') \
+               AND ($2::text IS NULL OR $2 IN (old_column::text, new_column::text)) ORDER BY id LIMIT 1",
+            &[relid.into(), column.into()],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
+    })
+}
+
+fn refuse(what: String, id: i64, kind: &str) -> ! {
+    let finish = if kind == "rename" {
+        format!("finish it with zdm.contract({id})")
+    } else {
+        format!("let it finish (zdm.wait({id}))")
+    };
+    raise(
+        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("cannot {what}: zdm migration {id} ({kind}) is in flight on it"),
+        format!("Run this DDL after the migration: {finish}, or undo it with zdm.abort({id})."),
+    )
+}
+
+fn protect_table(relid: pg_sys::Oid, action: &str) {
+    if let Some((id, kind)) = in_flight(relid, None) {
+        let t = crate::catalog::current_table_sql(relid).unwrap_or_default();
+        refuse(format!("{action} table {t}"), id, &kind);
+    }
+}
+
+fn protect_column(relid: pg_sys::Oid, column: &str, action: &str) {
+    if let Some((id, kind)) = in_flight(relid, Some(column)) {
+        let t = crate::catalog::current_table_sql(relid).unwrap_or_default();
+        refuse(format!("{action} column {} of table {t}", ident(column)), id, &kind);
+    }
+}
+
+/// sql_drop: a dropped table, or a dropped column, under migration.
+fn check_drops() {
+    let hit = as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT m.id, m.kind, d.object_type, d.object_identity \
+               FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+               JOIN zdm.migrations m ON m.phase IN ('expanded', 'backfilling', 'backfilled') \
+              WHERE (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND m.relid::oid = d.objid \
+                     AND (d.objsubid = 0 OR d.address_names[pg_catalog.array_upper(d.address_names, 1)] \
+                                            IN (m.old_column::text, m.new_column::text))) \
+                 OR (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+                     AND d.address_names[pg_catalog.array_upper(d.address_names, 1)] = m.trigger_name::text) \
+              ORDER BY m.id LIMIT 1",
+            &[],
+            |r| {
+                Ok((
+                    r.get::<i64>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                ))
+            },
+        )
+    });
+    if let Some((id, kind, object_type, identity)) = hit {
+        refuse(format!("drop {object_type} {identity}"), id, &kind);
+    }
+}
