@@ -194,6 +194,8 @@ pub struct NewRename<'a> {
     pub rel_blocks: i64,
     pub rows_estimate: i64,
     pub rows_per_block: f64,
+    /// the calling role (display only)
+    pub started_by: pg_sys::Oid,
 }
 
 /// Next migration id (taken first so object names can carry it).
@@ -203,7 +205,7 @@ pub fn next_id() -> i64 {
 }
 
 pub fn insert_rename(id: i64, m: &NewRename) {
-    let user = current_user();
+    let user = m.started_by;
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, new_column, \

@@ -5,7 +5,8 @@
 //!   renaming or changing the type of a column under migration, adding or
 //!   removing inheritance on the table (either side), and creating a table
 //!   that inherits from it.
-//!   Disabling a zdm sync trigger (or all triggers) on the table, too.
+//!   Disabling or renaming a zdm sync trigger (or disabling all triggers),
+//!   and changing the table's owner (whom the migration runs as), too.
 //! * `sql_drop`: dropping the table, a column under migration or a sync
 //!   trigger by any path
 //!   (DROP TABLE, DROP COLUMN, DROP SCHEMA … CASCADE, DROP OWNED …). The
@@ -118,6 +119,11 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                             protect_column(relid_of((*s).relation), &col, "rename");
                         }
                     }
+                    pg_sys::ObjectType::OBJECT_TRIGGER => {
+                        if str_of((*s).subname).is_some_and(|n| n.starts_with("zdm_sync_")) {
+                            protect_table(relid_of((*s).relation), "rename the zdm sync trigger of");
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -152,6 +158,8 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         pg_sys::AlterTableType::AT_DisableTrigAll | pg_sys::AlterTableType::AT_DisableTrigUser => {
                             protect_table(relid, "disable the triggers of");
                         }
+                        // The migration runs as the owner recorded at expand.
+                        pg_sys::AlterTableType::AT_ChangeOwner => protect_table(relid, "change the owner of"),
                         pg_sys::AlterTableType::AT_AddInherit | pg_sys::AlterTableType::AT_DropInherit => {
                             protect_table(relid, "change the inheritance of");
                             protect_table(relid_of((*cmd).def as *mut pg_sys::RangeVar), "change the inheritance of");

@@ -70,7 +70,7 @@ pub fn queue(migration: i64, o: &Options) {
              VALUES ($1, $2, pg_catalog.pg_current_xact_id()) \
              ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', \
                created_xid = excluded.created_xid, queued_at = clock_timestamp(), \
-               worker_pid = NULL, worker_started_at = NULL, finished_at = NULL, last_error = NULL, throttle_reason = NULL",
+               worker_pid = NULL, worker_started_at = NULL, heartbeat_at = NULL, finished_at = NULL, last_error = NULL, throttle_reason = NULL",
             &[migration.into(), db.into()],
         );
         set_options_row(migration, o);

@@ -37,6 +37,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         );
     }
     let owner = introspect::table_owner(relid);
+    let caller = catalog::current_user();
     security::as_owner(owner, || {
         // Cheap checks without a lock (a typo must not take ACCESS EXCLUSIVE),
         // then again under the lock: a concurrent expand that committed while
@@ -93,6 +94,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
                 rel_blocks,
                 rows_estimate,
                 rows_per_block,
+                started_by: caller,
             },
         );
         catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
@@ -262,6 +264,9 @@ pub fn contract(id: i64) {
             "Constraint migrations finish by themselves; follow them with zdm.wait() or zdm.status.",
         );
     }
+    if m.phase.in_flight() {
+        m.table_sql(); // a dropped table first: 42P01 with "call zdm.abort"
+    }
     require_phase_for(&m, "contract");
     let t = m.table_sql();
     let owner = security::resolve_owner(&m.owner_name, id);
@@ -287,6 +292,15 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
         deps
     };
     refuse_dependents();
+    // The sync trigger must still be there (under its name): without it the
+    // columns drift apart, and a renamed copy would outlive the old column.
+    if crate::trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default()) == pg_sys::InvalidOid {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot contract zdm migration {id}: its sync trigger {} on {t} is missing", ident(m.trigger_name.as_deref().unwrap_or_default())),
+            format!("Writes were not kept in sync; call zdm.abort({id}) and start again."),
+        );
+    }
 
     // 1. Validate carried checks: a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
     let validate_started = Instant::now();
@@ -347,7 +361,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
     }
     guard::allow_zdm_ddl(|| {
         if let Some(trigger) = &m.trigger_name {
-            spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
+            spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
         }
         spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
     });

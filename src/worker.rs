@@ -304,10 +304,14 @@ fn claim(migration: i64) -> Claim {
             set_throttle_reason(migration, Some(&format!("waiting for a free zdm worker (zdm.max_workers = {max})")));
             return Claim::Wait;
         }
+        // One backfill per table (constraint jobs do not count: one may be
+        // waiting for this very backfill).
         let same_table = spi::one::<i64>(
             &format!(
                 "SELECT min(j.migration_id) FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id \
-                  WHERE m.relid = $2::oid::regclass AND j.migration_id <> $1 AND j.state IN ('running', 'paused') AND {}",
+                  WHERE m.relid = $2::oid::regclass AND m.kind = 'rename' AND j.migration_id <> $1 \
+                    AND j.state IN ('running', 'paused') AND {} \
+                    AND (SELECT kind FROM zdm.migrations WHERE id = $1) = 'rename'",
                 jobs::WORKER_ALIVE
             ),
             &[migration.into(), relid.into()],

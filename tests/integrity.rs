@@ -21,7 +21,8 @@ fn tenant_db(cluster: &Cluster, db: &str) -> (Client, Client, Client) {
              END $$;",
         )
         .unwrap();
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} OWNER owner")).unwrap();
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {db} OWNER owner")).unwrap();
     let mut su = cluster.connect(db);
     su.batch_execute("CREATE EXTENSION zdm; GRANT ALL ON SCHEMA public TO owner;").unwrap();
     (su, cluster.connect_as(db, "owner"), cluster.connect_as(db, "outsider"))
@@ -166,7 +167,8 @@ fn two_renames_on_one_table_lose_nothing() {
     let cluster = Cluster::start("tworenames", &[]);
     let mut c = cluster.create_db("two");
     make_table(&mut c, "t", 100_000);
-    c.batch_execute("ALTER TABLE t ADD COLUMN c text; UPDATE t SET c = 'orig-' || id; VACUUM ANALYZE t").unwrap();
+    c.batch_execute("ALTER TABLE t ADD COLUMN c text; UPDATE t SET c = 'orig-' || id").unwrap();
+    c.batch_execute("VACUUM ANALYZE t").unwrap();
     let m1: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
     let m2: i64 = c.query_one("SELECT zdm.expand_rename('t', 'c', 'd')", &[]).unwrap().get(0);
     for id in [m1, m2] {
@@ -243,6 +245,7 @@ fn guard_refuses_breaking_ddl_and_a_dropped_table_can_be_aborted() {
         "ALTER TABLE other INHERIT t",
         &format!("DROP TRIGGER zdm_sync_{id} ON t"),
         &format!("ALTER TABLE t DISABLE TRIGGER zdm_sync_{id}"),
+        &format!("ALTER TRIGGER zdm_sync_{id} ON t RENAME TO quiet"),
         "ALTER TABLE t DISABLE TRIGGER ALL",
     ] {
         let msg = expect_err(&mut owner, sql, "55000");
@@ -250,6 +253,8 @@ fn guard_refuses_breaking_ddl_and_a_dropped_table_can_be_aborted() {
     }
     let msg = expect_err(&mut owner, "DROP SCHEMA public CASCADE", "55000");
     assert!(msg.contains("zdm migration"), "{msg}");
+    let msg = expect_err(&mut su, "ALTER TABLE t OWNER TO outsider", "55000");
+    assert!(msg.contains("change the owner"), "{msg}");
     // Unrelated DDL on the table is fine.
     owner.batch_execute("ALTER TABLE t ADD COLUMN extra int; ALTER TABLE t DROP COLUMN extra; ALTER TABLE t RENAME COLUMN pad TO pad2").unwrap();
     assert_eq!(columns(&mut owner, "t"), "id,a,pad2,b");
@@ -466,7 +471,8 @@ fn pg_dump_restore_with_a_migration_in_flight() {
 
     let target = Cluster::start("restore", &[]);
     let mut admin = target.connect("postgres");
-    admin.batch_execute("CREATE ROLE filler; CREATE ROLE outsider LOGIN; CREATE ROLE owner LOGIN; CREATE DATABASE dst OWNER owner").unwrap();
+    admin.batch_execute("CREATE ROLE filler; CREATE ROLE outsider LOGIN; CREATE ROLE owner LOGIN").unwrap();
+    admin.batch_execute("CREATE DATABASE dst OWNER owner").unwrap();
     let out = target.client_program("pg_restore", &["-U", "postgres", "-d", "dst", dump.to_str().unwrap()]);
     assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
     let mut owner = target.connect_as("dst", "owner");

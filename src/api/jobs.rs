@@ -215,7 +215,7 @@ fn raise_if_abandoned(id: i64, state: &str) {
     let row = as_catalog_owner(|| {
         spi::first_row(
             &format!(
-                "SELECT {alive}, coalesce(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '5 seconds', \
+                "SELECT {alive}, greatest(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '5 seconds', \
                         EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.backend_type = 'zdm launcher' \
                                    AND a.datname = pg_catalog.current_database()) \
                    FROM zdm.jobs j WHERE j.migration_id = $1",

@@ -14,6 +14,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
     bindir: PathBuf,
+    /// environment for the server processes (e.g. RUST_BACKTRACE=1)
+    env: Vec<(String, String)>,
 }
 
 fn pg_config() -> String {
@@ -26,12 +28,22 @@ fn is_root() -> bool {
 
 /// Run a Postgres server binary as `postgres` (via sudo when we are root).
 fn as_postgres(program: &Path, args: &[&str]) -> std::process::Output {
+    as_postgres_env(program, args, &[])
+}
+
+fn as_postgres_env(program: &Path, args: &[&str], env: &[(String, String)]) -> std::process::Output {
     let mut cmd = if is_root() {
         let mut c = Command::new("sudo");
-        c.args(["-u", "postgres", "--"]).arg(program);
+        c.args(["-u", "postgres", "--", "env"]);
+        for (k, v) in env {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(program);
         c
     } else {
-        Command::new(program)
+        let mut c = Command::new(program);
+        c.envs(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        c
     };
     cmd.args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
 }
@@ -43,6 +55,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// initdb + start with pgrx-config/postgresql.conf plus `extra` lines.
     pub fn start(name: &str, extra: &[&str]) -> Cluster {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// Like `start`, with environment variables for the server processes.
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let out = Command::new(pg_config()).arg("--bindir").output().expect("pg_config");
         let bindir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let dir = std::env::temp_dir().join(format!("zdm-host-{name}-{}", std::process::id()));
@@ -67,7 +84,8 @@ impl Cluster {
         let auto = data.join("postgresql.auto.conf");
         let existing = std::fs::read_to_string(&auto).unwrap_or_default();
         std::fs::write(&auto, format!("{existing}\n{conf}")).unwrap();
-        let c = Cluster { dir, port, bindir };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let c = Cluster { dir, port, bindir, env };
         c.pg_ctl(&["start", "-w", "-t", "60", "-l", c.dir.join("server.log").to_str().unwrap()]);
         c
     }
@@ -90,7 +108,7 @@ impl Cluster {
         let data = self.data();
         let mut all = vec!["-D", data.as_str()];
         all.extend_from_slice(args);
-        let o = as_postgres(&self.bindir.join("pg_ctl"), &all);
+        let o = as_postgres_env(&self.bindir.join("pg_ctl"), &all, &self.env);
         assert!(
             o.status.success(),
             "pg_ctl {args:?} failed: {}{}\n{}",
