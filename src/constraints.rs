@@ -298,6 +298,12 @@ pub fn run(id: i64) {
             if matches!(f.code, PgSqlErrorCode::ERRCODE_CHECK_VIOLATION | PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION) {
                 return Err(reject_violations(id, f));
             }
+            if !is_interruption(f.code) {
+                // e.g. the expression fails on a row (division by zero, a
+                // user function raising): it will fail again; do not leave
+                // the NOT VALID constraint behind.
+                return Err(reject_error(id, f));
+            }
             return Err(f);
         }
         if !gate(id) {
@@ -320,6 +326,37 @@ pub fn run(id: i64) {
             let _ = worker::transaction(|| fail(id, &f, false));
         }
     }
+}
+
+/// Errors after which calling again may well succeed: the step reached is kept.
+fn is_interruption(code: PgSqlErrorCode) -> bool {
+    matches!(
+        code,
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+            | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN
+            | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+            | PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            | PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES
+    )
+}
+
+/// VALIDATE failed with an error of the data or the expression: remove the
+/// constraint and fail with that error's SQLSTATE.
+fn reject_error(id: i64, f: Failure) -> Failure {
+    let removed = step(id, "remove constraint after error", |p| {
+        steps::drop_constraint(p.relid, &p.table, &p.constraint);
+        None::<LockStats>
+    });
+    let failure = Failure {
+        recorded: true,
+        message: if removed.is_ok() { format!("{}; the constraint was not added", f.message) } else { f.message.clone() },
+        ..f
+    };
+    let _ = worker::transaction(|| fail(id, &failure, removed.is_ok()));
+    failure
 }
 
 /// VALIDATE found violating rows: count them, remove the constraint, and fail

@@ -47,6 +47,28 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
     }
 }
 
+/// Run `f` in a subtransaction that is always rolled back, so that whatever
+/// it did — and every lock it took — is gone afterwards. For checks that
+/// must not leave the caller holding a lock a worker will need.
+pub fn rolled_back(f: impl FnOnce()) -> Result<(), CaughtError> {
+    unsafe {
+        let old_cxt = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        let body = std::panic::AssertUnwindSafe(move || {
+            f();
+            Ok(())
+        });
+        let result = PgTryBuilder::new(body).catch_others(Err).execute();
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        pg_sys::CurrentResourceOwner = old_owner;
+        result
+    }
+}
+
 pub fn error_code(e: &CaughtError) -> PgSqlErrorCode {
     match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code(),

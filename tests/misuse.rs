@@ -17,7 +17,8 @@ use std::time::Duration;
 fn snapshot(c: &mut Client) -> (i64, i64, String) {
     let r = c
         .query_one(
-            "SELECT (SELECT count(*) FROM zdm.migrations), (SELECT count(*) FROM zdm.jobs),
+            "SELECT (SELECT count(*) FROM zdm.migrations WHERE phase <> 'aborted'),
+                    (SELECT count(*) FROM zdm.jobs WHERE state NOT IN ('failed', 'cancelled')),
                     (SELECT string_agg(attname || ':' || atttypid::regtype::text, ',' ORDER BY attnum) FROM pg_attribute
                       WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped)
                     || (SELECT coalesce(string_agg(conname, ',' ORDER BY conname), '') FROM pg_constraint WHERE conrelid = 't'::regclass)
@@ -29,7 +30,9 @@ fn snapshot(c: &mut Client) -> (i64, i64, String) {
 }
 
 /// Run one call; on error it must carry a real SQLSTATE and no Rust
-/// internals, and change nothing. Returns whether it succeeded.
+/// internals, and change nothing (a constraint request that failed in its
+/// worker stays in the catalog as an aborted migration: history, not state).
+/// Returns whether it succeeded.
 fn probe(c: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> bool {
     let before = snapshot(c);
     match c.query(sql, params) {
@@ -252,19 +255,22 @@ fn custom_sqlstate_from_user_code_is_not_internal_error() {
     let mut c = cluster.create_db("ss");
     c.batch_execute(
         "CREATE FUNCTION picky(v text) RETURNS boolean LANGUAGE plpgsql AS $$
-           BEGIN IF v = 'orig-7' THEN RAISE EXCEPTION 'picky about %', v USING ERRCODE = 'ZZ001'; END IF; RETURN true; END $$;
+           BEGIN IF v = 'orig-7' AND current_setting('zdm_test.strict', true) = 'on' THEN
+             RAISE EXCEPTION 'picky about %', v USING ERRCODE = 'ZZ001'; END IF; RETURN true; END $$;
          CREATE TABLE t (id bigint PRIMARY KEY, a text CHECK (public.picky(a)));
          INSERT INTO t SELECT g, 'orig-' || g FROM generate_series(1, 100) g;",
     )
     .unwrap();
     let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
     while c.query_one("SELECT zdm.backfill_batch($1)", &[&id]).unwrap().get::<_, i64>(0) > 0 {}
+    c.batch_execute("SET zdm_test.strict = on").unwrap();
     let msg = expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "38000");
     assert!(msg.contains("ZZ001") && msg.contains("picky about orig-7"), "{msg}");
     // A known SQLSTATE raised by user code keeps its code.
     c.batch_execute(
         "CREATE OR REPLACE FUNCTION picky(v text) RETURNS boolean LANGUAGE plpgsql AS $$
-           BEGIN IF v = 'orig-7' THEN RAISE EXCEPTION 'no' USING ERRCODE = 'data_exception'; END IF; RETURN true; END $$;",
+           BEGIN IF v = 'orig-7' AND current_setting('zdm_test.strict', true) = 'on' THEN
+             RAISE EXCEPTION 'no' USING ERRCODE = 'data_exception'; END IF; RETURN true; END $$;",
     )
     .unwrap();
     expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "22000");
@@ -295,7 +301,8 @@ fn launcher_follows_zdm_database_on_reload() {
     let cluster = Cluster::start("sighup", &[]);
     let mut c = cluster.create_db("other_db");
     let mut admin = cluster.connect("postgres");
-    admin.batch_execute("ALTER SYSTEM SET zdm.database = 'other_db'; SELECT pg_reload_conf();").unwrap();
+    admin.batch_execute("ALTER SYSTEM SET zdm.database = 'other_db'").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_for("launcher in other_db", Duration::from_secs(60), || {
         let n: i64 = c
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'zdm launcher' AND datname = 'other_db'", &[])

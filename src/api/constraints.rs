@@ -216,6 +216,17 @@ fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 
     // with the request); zdm's own SQL runs with the pinned one, like every
     // other zdm function (which pin it with a SET clause).
     let caller_path = spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
+    let table = introspect::owned_table(tbl);
+    require_single_expression(expression);
+    // Parse analysis against the table, as the caller with the caller's
+    // search_path: unknown columns or functions and non-boolean results are
+    // refused here, before anything is recorded. Rolled back, so no lock on
+    // the table outlives it (the worker needs one).
+    if let Err(e) = locking::rolled_back(|| {
+        spi::exec(&format!("SELECT FROM ONLY {} WHERE false AND NOT ({expression})", table.sql()))
+    }) {
+        e.rethrow();
+    }
     crate::security::pinned_search_path(|| add_check_pinned(tbl, constraint_name, expression, caller_path))
 }
 
