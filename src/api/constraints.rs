@@ -301,7 +301,7 @@ CREATE FUNCTION zdm._add_foreign_key(tbl regclass, columns text[], ref_tbl regcl
 RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 CREATE FUNCTION zdm.add_foreign_key(tbl regclass, columns name[], ref_tbl regclass, ref_columns name[],
                                     on_delete text DEFAULT NULL, constraint_name name DEFAULT NULL)
-RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE sql
+RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE sql
 AS $$ SELECT zdm._add_foreign_key(tbl, columns::text[], ref_tbl, ref_columns::text[], on_delete, constraint_name::text) $$;
 COMMENT ON FUNCTION zdm.add_foreign_key(regclass, name[], regclass, name[], text, name) IS
   'Add a FOREIGN KEY without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
