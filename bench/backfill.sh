@@ -102,7 +102,7 @@ TOML
   else done=$(val "SELECT count(*) FROM $t WHERE b IS NOT DISTINCT FROM a"); fi
   if [ "$done" -lt "$ROWS" ] && [ -z "${NOTE[$m]:-}" ]; then NOTE[$m]="stopped after ${CAP}s at $(( done * 100 / ROWS ))%"; fi
   MS[$m]=$ms; DONE[$m]=$done
-  q -c "DROP TABLE $t CASCADE"   # Reshape leaves a view schema on it
+  drop_bench_table "$t"   # CASCADE: Reshape leaves a view schema on it
   if [[ $m == reshape* ]]; then QDB=postgres q -c "DROP DATABASE $QDB"; fi
   QDB=$DB
   if [ "$m" = reshape-rename ]; then

@@ -41,11 +41,18 @@ bench_cluster() {
   export ZDM_BENCH_READY=1
 }
 
+# Drop a bench table. zdm's guard refuses to drop a table with a migration in
+# flight, so abort those first (benchmarks leave them backfilled, not contracted).
+drop_bench_table() { # name
+  q -c "SELECT zdm.abort(id) FROM zdm.migrations WHERE relid = to_regclass('$1') AND phase IN ('expanded', 'backfilling', 'backfilled') ORDER BY id" >/dev/null
+  q -c "DROP TABLE IF EXISTS $1 CASCADE"
+}
+
 # A table for the backfill benchmarks: id bigint PK, the column being renamed
 # (a ~30-byte text), a few other columns.
 make_bench_table() { # name rows
+  drop_bench_table "$1"
   q <<SQL
-DROP TABLE IF EXISTS $1;
 CREATE TABLE $1 (id bigint PRIMARY KEY, a text, qty int, created timestamptz, pad text);
 INSERT INTO $1 SELECT g, 'customer-' || lpad(g::text, 9, '0') || '@example.com', g % 100, now(), repeat('x', 40)
   FROM generate_series(1, $2) g;

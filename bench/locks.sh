@@ -10,7 +10,8 @@ bench_cluster
 LOCK_TIMEOUT_MS=200
 BLOCK_S=3
 
-q -c "DROP TABLE IF EXISTS lk" -c "CREATE TABLE lk (id int PRIMARY KEY, a text)" \
+drop_bench_table lk
+q -c "CREATE TABLE lk (id int PRIMARY KEY, a text)" \
   -c "INSERT INTO lk SELECT g, 'v' || g FROM generate_series(1, 10000) g" -c "VACUUM ANALYZE lk"
 printf '\\set id random(1, 10000)\nSELECT * FROM lk WHERE id = :id;\n' > "$BENCH_DIR/read.sql"
 

@@ -34,7 +34,8 @@ END $$;
 SQL
 
 fresh() { # variant → a new table "trg" with that variant's trigger
-  q -c "DROP TABLE IF EXISTS trg" -c "CREATE TABLE trg (id bigserial PRIMARY KEY, a text, qty int, pad text)"
+  drop_bench_table trg
+  q -c "CREATE TABLE trg (id bigserial PRIMARY KEY, a text, qty int, pad text)"
   q -c "ALTER FUNCTION zdm.sync_trigger() RESET search_path"
   case $1 in
     none)    q -c "ALTER TABLE trg ADD COLUMN b text" ;;
@@ -82,7 +83,8 @@ for v in $VARIANTS; do
   fi
   TPS_I[$v]=$(pgb "$BENCH_DIR/ins.sql"); TPS_U[$v]=$(pgb "$BENCH_DIR/upd.sql")
 done
-q -c "DROP TABLE trg" -c "ALTER FUNCTION zdm.sync_trigger() RESET search_path"
+drop_bench_table trg
+q -c "ALTER FUNCTION zdm.sync_trigger() RESET search_path"
 
 ovh() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f%%", (a / b - 1) * 100 }'; }
 tovh() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f%%", (b / a - 1) * 100 }'; }
