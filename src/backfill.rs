@@ -63,8 +63,10 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
          AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {new} IS NULL AND {old} IS NOT NULL",
         table = m.table_sql()
     );
-    // The UPDATE itself makes each row consistent: this migration's trigger
-    // has nothing to add. Other migrations' triggers on the table still run.
+    // The sync trigger fires for these UPDATEs like for any other write (it
+    // sees new = old and leaves the row alone), and so do every other
+    // migration's and user's triggers: nothing a batch causes — including
+    // writes a user trigger makes to other rows — escapes syncing.
     let tgoid = trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default());
     if tgoid == pg_sys::InvalidOid {
         raise(
@@ -73,7 +75,7 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
             format!("Writes are no longer kept in sync; call zdm.abort({}) and start again.", m.id),
         );
     }
-    let rows = trigger::with_sync_suppressed(tgoid, || spi::exec_count(&sql));
+    let rows = spi::exec_count(&sql);
     catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
     BatchOutcome { rows, blocks, done: false }
 }

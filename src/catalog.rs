@@ -104,7 +104,7 @@ impl Migration {
 pub fn current_table_sql(relid: pg_sys::Oid) -> Option<String> {
     spi::one::<String>(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) $1",
         &[relid.into()],
     )
 }
@@ -116,12 +116,15 @@ pub fn current_table_sql(relid: pg_sys::Oid) -> Option<String> {
 /// An error inside `f` aborts the (sub)transaction, which restores both the
 /// user id and the setting by itself.
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    security::as_role_pinned(extension_owner(), f)
+    security::pinned_search_path(|| security::as_role_pinned(extension_owner(), f))
 }
 
 fn extension_owner() -> pg_sys::Oid {
-    spi::one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'zdm'", &[])
-        .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID))
+    spi::one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'zdm'::pg_catalog.name",
+        &[],
+    )
+    .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID))
 }
 
 pub fn current_user() -> pg_sys::Oid {

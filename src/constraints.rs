@@ -14,7 +14,6 @@
 
 use crate::catalog::{self, as_catalog_owner, Phase, Step};
 use crate::errors::{raise_with_detail, Code};
-use crate::introspect::Table;
 use crate::locking::{error_code, error_message, in_subtransaction, LockStats};
 use crate::spi::{self, ident};
 use crate::{security, steps, worker};
@@ -265,6 +264,11 @@ fn cancelled() -> Failure {
 /// Drive the migration to its end from wherever it stands. Runs in a worker.
 /// Pause and cancel take effect between steps.
 pub fn run(id: i64) {
+    let kind = worker::transaction(|| catalog::load(id, false).map(|m| m.kind)).ok().flatten();
+    if !matches!(kind.as_deref(), Some("not_null" | "check" | "foreign_key")) {
+        pgrx::log!("zdm constraint {id}: not a constraint migration ({kind:?}); nothing to do");
+        return;
+    }
     let result = (|| -> Result<(), Failure> {
         if !gate(id) {
             return Err(cancelled());
@@ -489,14 +493,16 @@ pub fn raise_if_failed(id: i64) {
 
 /// Abort a constraint migration: remove the constraint zdm added (if still
 /// NOT VALID or a not_null helper check) and close the migration.
-pub fn abort(m: &catalog::Migration, table: &Table) {
+pub fn abort(m: &catalog::Migration) {
     crate::jobs::finish_for_migration(m.id, "cancelled");
-    let name = spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()]);
+    let name = as_catalog_owner(|| {
+        spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
+    });
     if let Some(name) = name {
         let validated = steps::constraint_validated(m.relid, &name);
         // A not_null helper check always goes; a finished CHECK / FK stays.
         if validated == Some(false) || (m.kind == "not_null" && validated.is_some()) {
-            steps::drop_constraint(m.relid, &table.sql(), &name);
+            steps::drop_constraint(m.relid, &m.table_sql(), &name);
         }
     }
     catalog::set_phase(m.id, Phase::Aborted);

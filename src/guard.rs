@@ -6,7 +6,9 @@
 //!   removing inheritance on the table (either side), and creating a table
 //!   that inherits from it.
 //!   Disabling or renaming a zdm sync trigger (or disabling all triggers),
-//!   and changing the table's owner (whom the migration runs as), too.
+//!   changing the table's owner (whom the migration runs as), a default or
+//!   identity on a rename's new column (it would win over old-version
+//!   inserts), and attaching the table as a partition, too.
 //! * `sql_drop`: dropping the table, a column under migration or a sync
 //!   trigger by any path
 //!   (DROP TABLE, DROP COLUMN, DROP SCHEMA … CASCADE, DROP OWNED …). The
@@ -15,6 +17,11 @@
 //! zdm's own DDL (contract dropping the old column, abort dropping the new
 //! one) runs inside `allow_zdm_ddl`, a flag private to this backend that no
 //! SQL can set.
+//!
+//! Table names in the statement resolve with the session's search_path (as
+//! the DDL itself will: a C-level lookup that runs no code); every query the
+//! guard runs pins its own (`as_catalog_owner`, `table_sql`), since the
+//! guard fires in anyone's session, a superuser's included.
 
 use crate::catalog::as_catalog_owner;
 use crate::errors::{raise, Code};
@@ -158,6 +165,23 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         pg_sys::AlterTableType::AT_DisableTrigAll | pg_sys::AlterTableType::AT_DisableTrigUser => {
                             protect_table(relid, "disable the triggers of");
                         }
+                        // A default or identity on the new column makes every
+                        // old-version INSERT arrive with a non-NULL new value,
+                        // which wins over what was written to the old one.
+                        pg_sys::AlterTableType::AT_ColumnDefault
+                        | pg_sys::AlterTableType::AT_AddIdentity
+                        | pg_sys::AlterTableType::AT_SetIdentity
+                        | pg_sys::AlterTableType::AT_DropIdentity => {
+                            if let Some(col) = str_of((*cmd).name) {
+                                protect_new_column(relid, &col, "change the default or identity of");
+                            }
+                        }
+                        pg_sys::AlterTableType::AT_AttachPartition => {
+                            let part = (*cmd).def as *mut pg_sys::PartitionCmd;
+                            if !part.is_null() {
+                                protect_table(relid_of((*part).name), "attach as a partition");
+                            }
+                        }
                         // The migration runs as the owner recorded at expand.
                         pg_sys::AlterTableType::AT_ChangeOwner => protect_table(relid, "change the owner of"),
                         pg_sys::AlterTableType::AT_AddInherit | pg_sys::AlterTableType::AT_DropInherit => {
@@ -208,16 +232,39 @@ fn refuse(what: String, id: i64, kind: &str) -> ! {
     )
 }
 
+fn table_sql(relid: pg_sys::Oid) -> String {
+    crate::security::pinned_search_path(|| crate::catalog::current_table_sql(relid)).unwrap_or_default()
+}
+
 fn protect_table(relid: pg_sys::Oid, action: &str) {
     if let Some((id, kind)) = in_flight(relid, None) {
-        let t = crate::catalog::current_table_sql(relid).unwrap_or_default();
+        let t = table_sql(relid);
         refuse(format!("{action} table {t}"), id, &kind);
     }
 }
 
 fn protect_column(relid: pg_sys::Oid, column: &str, action: &str) {
     if let Some((id, kind)) = in_flight(relid, Some(column)) {
-        let t = crate::catalog::current_table_sql(relid).unwrap_or_default();
+        let t = table_sql(relid);
+        refuse(format!("{action} column {} of table {t}", ident(column)), id, &kind);
+    }
+}
+
+/// Only the column a rename fills (its new column).
+fn protect_new_column(relid: pg_sys::Oid, column: &str, action: &str) {
+    if relid == pg_sys::InvalidOid {
+        return;
+    }
+    let hit = as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = 'rename' \
+               AND phase IN ('expanded', 'backfilling', 'backfilled') AND new_column::text = $2 ORDER BY id LIMIT 1",
+            &[relid.into(), column.into()],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
+    });
+    if let Some((id, kind)) = hit {
+        let t = table_sql(relid);
         refuse(format!("{action} column {} of table {t}", ident(column)), id, &kind);
     }
 }

@@ -130,6 +130,18 @@ pub fn finish_for_migration(id: i64, state: &str) {
 pub const WORKER_ALIVE: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
      WHERE a.pid = j.worker_pid AND a.backend_start = j.worker_started_at)";
 
+/// The job was (re)queued by a transaction that is still in progress: its
+/// worker is registered and waits for that transaction to end.
+pub fn start_pending(migration: i64) -> bool {
+    as_catalog_owner(|| {
+        spi::one::<bool>(
+            "SELECT pg_catalog.pg_xact_status(created_xid) OPERATOR(pg_catalog.=) 'in progress' FROM zdm.jobs WHERE migration_id = $1",
+            &[migration.into()],
+        )
+    })
+    .unwrap_or(false)
+}
+
 pub fn worker_alive(migration: i64) -> bool {
     as_catalog_owner(|| {
         spi::one::<bool>(

@@ -80,6 +80,9 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             literal(old_column),
             literal(new_column)
         ));
+        // ALWAYS: it fires under session_replication_role = replica too, so
+        // writes applied by a logical replication subscription stay in sync.
+        spi::exec(&format!("ALTER TABLE {t} ENABLE ALWAYS TRIGGER {}", ident(&trigger)));
 
         let rel_blocks = introspect::relation_blocks(relid);
         let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, rel_blocks);
@@ -166,6 +169,22 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("column {} of table {t} is already under zdm migration {id} (phase {phase})", ident(old_column)),
             format!("Finish it with zdm.contract({id}) or undo it with zdm.abort({id}) first."),
+        );
+    }
+    // PostgreSQL refuses to fire deferred triggers queued inside a
+    // security-restricted operation (so they cannot run as someone else at
+    // commit): every batch would fail. Say so now.
+    let deferred = spi::one::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.tgname::text), ', ') FROM pg_catalog.pg_trigger t \
+           JOIN pg_catalog.pg_constraint c ON c.oid OPERATOR(pg_catalog.=) t.tgconstraint \
+          WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 't' AND c.condeferred",
+        &[relid.into()],
+    );
+    if let Some(names) = deferred {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("table {t} has INITIALLY DEFERRED constraint triggers ({names}); zdm's backfill cannot fire them"),
+            "zdm runs batches as the table owner in a security-restricted operation, where PostgreSQL refuses deferred triggers. Make them INITIALLY IMMEDIATE for the migration (ALTER TABLE ... ALTER CONSTRAINT), or rename with plain DDL.",
         );
     }
     let deps = introspect::column_dependents(relid, col.attnum);
@@ -333,8 +352,12 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
                 ident(m.new_col()),
                 ident(m.old_col())
             ),
-            "Nothing was dropped; the old column still holds every value.",
-            format!("Run the backfill again with zdm.start_backfill({id}) (or zdm.backfill_batch({id}) until it returns 0), then call zdm.contract({id})."),
+            "Nothing was dropped; the old column still holds every value. Rows get out of sync only when writes bypass the sync trigger (it was disabled, or a later BEFORE trigger changed a column after it).",
+            format!(
+                "Copy them over: UPDATE {t} SET {new} = {old} WHERE NOT pg_catalog.record_image_eq(ROW({old}), ROW({new})); then call zdm.contract({id}) again. Or undo with zdm.abort({id}).",
+                new = ident(m.new_col()),
+                old = ident(m.old_col())
+            ),
         );
     }
 
@@ -454,35 +477,33 @@ pub fn abort(id: i64) {
         // left to undo in the table; close the migration in the catalog.
         crate::jobs::finish_for_migration(id, "cancelled");
         catalog::set_phase(id, Phase::Aborted);
-        catalog::log_step(Step {
-            migration: id,
-            step: "abort",
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some(format!("the table {} no longer exists; migration closed", m.display_table())),
-        });
+        log_abort(id, started, None, format!("the table {} no longer exists; migration closed", m.display_table()));
         return;
     }
     security::as_owner(ddl_role(&m), || abort_as_owner(&m, started));
 }
 
+fn log_abort(id: i64, started: Instant, lock: Option<&locking::LockStats>, detail: String) {
+    catalog::log_step(Step {
+        migration: id,
+        step: "abort",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: lock.map(|l| l.wait_ms),
+        lock_attempts: lock.map(|l| l.attempts),
+        detail: Some(detail),
+    });
+}
+
 fn abort_as_owner(m: &Migration, started: Instant) {
     let id = m.id;
-    let table = introspect::migratable_table(m.relid);
+    // No `migratable_table` here: undoing must work even if the table has
+    // since become something zdm would not start on (e.g. FORCE RLS on).
     if m.kind != "rename" {
-        crate::constraints::abort(m, &table);
-        catalog::log_step(Step {
-            migration: id,
-            step: "abort",
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some("removed the constraint zdm had added, if any".into()),
-        });
+        crate::constraints::abort(m);
+        log_abort(id, started, None, "removed the constraint zdm had added, if any".into());
         return;
     }
-    let t = table.sql();
+    let t = m.table_sql();
     crate::jobs::finish_for_migration(id, "cancelled");
     let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
     guard::allow_zdm_ddl(|| {
@@ -495,14 +516,7 @@ fn abort_as_owner(m: &Migration, started: Instant) {
         }
     });
     catalog::set_phase(id, Phase::Aborted);
-    catalog::log_step(Step {
-        migration: id,
-        step: "abort",
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        lock_wait_ms: Some(lock.wait_ms),
-        lock_attempts: Some(lock.attempts),
-        detail: Some(format!("dropped trigger and column {}", ident(m.new_col()))),
-    });
+    log_abort(id, started, Some(&lock), format!("dropped trigger and column {}", ident(m.new_col())));
 }
 
 /// Validation of a migration's phase and object for `backfill_batch`.

@@ -15,31 +15,13 @@
 
 use crate::errors::{raise, Code};
 use pgrx::pg_sys;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
 
 thread_local! {
     /// trigger oid → (old attnum, new attnum)
     static ATTNUMS: RefCell<HashMap<u32, (i32, i32)>> = RefCell::new(HashMap::new());
-    /// The one sync trigger (by trigger OID) whose backfill UPDATE this
-    /// backend is running right now: that UPDATE sets new := old itself, so
-    /// this trigger has no work. Every other trigger on the table — another
-    /// migration's sync trigger included — does its work as usual.
-    static SUPPRESSED_TRIGGER: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Run `f` with the work of sync trigger `tgoid` skipped in this backend.
-/// Only the backfill's own `SET new = old` runs inside it.
-pub fn with_sync_suppressed<R>(tgoid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    struct Reset(u32);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            SUPPRESSED_TRIGGER.with(|s| s.set(self.0));
-        }
-    }
-    let _reset = Reset(SUPPRESSED_TRIGGER.with(|s| s.replace(tgoid.to_u32())));
-    f()
 }
 
 /// The OID of trigger `name` on `relid` (InvalidOid if it is gone).
@@ -97,9 +79,6 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         }
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
-        if SUPPRESSED_TRIGGER.with(|s| s.get()) == (*(*td).tg_trigger).tgoid.to_u32() {
-            return pg_sys::Datum::from(row);
-        }
         let tupdesc = (*rel).rd_att;
         let (old_att, new_att) = attnums((*td).tg_trigger, rel);
         let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
@@ -186,8 +165,10 @@ unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i3
             raise(
                 Code::ERRCODE_UNDEFINED_COLUMN,
                 format!(
-                    "zdm sync trigger on table \"{relname}\": column {:?} or {:?} no longer exists",
-                    old_name, new_name
+                    "zdm sync trigger on table {}: column {} or {} no longer exists",
+                    crate::spi::ident(&relname),
+                    crate::spi::ident(&old_name.to_string_lossy()),
+                    crate::spi::ident(&new_name.to_string_lossy())
                 ),
                 "A column under migration was dropped by hand. Call zdm.abort() for this migration.",
             );
@@ -195,7 +176,12 @@ unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i3
         if !same_type(tupdesc, o, n) {
             raise(
                 Code::ERRCODE_DATATYPE_MISMATCH,
-                format!("zdm sync trigger on table \"{relname}\": columns {:?} and {:?} no longer have the same type", old_name, new_name),
+                format!(
+                    "zdm sync trigger on table {}: columns {} and {} no longer have the same type",
+                    crate::spi::ident(&relname),
+                    crate::spi::ident(&old_name.to_string_lossy()),
+                    crate::spi::ident(&new_name.to_string_lossy())
+                ),
                 "A column under migration was altered by hand. Call zdm.abort() for this migration.",
             );
         }

@@ -164,7 +164,14 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
             }
         }
     }
-    let kind = transaction(|| catalog::load(migration, false).map(|m| m.kind)).ok().flatten().unwrap_or_default();
+    let kind = match transaction(|| catalog::load(migration, false).map(|m| m.kind)) {
+        Ok(Some(kind)) => kind,
+        Ok(None) => return,
+        Err(e) => {
+            pgrx::log!("{name}: could not read migration {migration}: {e}");
+            return; // the launcher (or a later call) tries again
+        }
+    };
     if kind != "rename" {
         crate::constraints::run(migration);
         return;
@@ -370,13 +377,18 @@ fn one_batch(migration: i64, owner: &(pg_sys::Oid, String)) -> Next {
             );
         }
     }
-    spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
     let mut size = job.batch_size;
     let mut last_error = String::new();
     for attempt in 1..=job.max_attempts {
         let started = Instant::now();
         let outcome = in_subtransaction(|| {
-            security::as_owner(owner.0, || with_statement_timeout(job.statement_timeout_ms, || backfill::step(migration, size)))
+            // lock_timeout applies to the batch only (rolled back with
+            // as_owner's nest level): zdm's own catalog writes after it wait
+            // for a caller holding the job row instead of failing the job.
+            security::as_owner(owner.0, || {
+                spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
+                with_statement_timeout(job.statement_timeout_ms, || backfill::step(migration, size))
+            })
         });
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {

@@ -104,7 +104,7 @@ fn fuzz_identifiers_and_options_across_every_function() {
         // Undo any constraint a probe managed to add, so later snapshots compare like with like.
         c.batch_execute("DO $$ DECLARE r record; BEGIN FOR r IN SELECT conname FROM pg_constraint WHERE conrelid = 't'::regclass AND contype IN ('c', 'f') LOOP EXECUTE format('ALTER TABLE t DROP CONSTRAINT %I', r.conname); END LOOP; END $$; ALTER TABLE t ALTER COLUMN a DROP NOT NULL; ALTER TABLE t ALTER COLUMN pad DROP NOT NULL;").unwrap();
     }
-    for expr in ["true); DROP TABLE t; --", "(select 1)", "1/0 = 1", "a ~ '['", "pg_sleep(0) IS NULL", "nosuchfunc(a)", "id > 0 -- comment"] {
+    for expr in ["true); DROP TABLE t; --", "true) --", "(select 1)", "1/0 = 1", "a ~ '['", "pg_sleep(0) IS NULL", "nosuchfunc(a)", "id > 0 -- comment"] {
         count(probe(&mut c, "SELECT zdm.add_check('t', 'fz_expr', $1)", &[&expr]));
         c.batch_execute("ALTER TABLE t DROP CONSTRAINT IF EXISTS fz_expr").unwrap();
     }
@@ -194,6 +194,13 @@ fn out_of_phase_twice_and_concurrently() {
     c.execute("SELECT zdm.abort($1)", &[&id2]).unwrap();
     let msg = expect_err(&mut c, &format!("SELECT zdm.abort({id2})"), "55000");
     assert!(msg.contains("aborted"), "{msg}");
+    // start_backfill twice before the first one's worker could start: one worker only.
+    let id4: i64 = c.query_one("SELECT zdm.expand_rename('t', 'pad', 'pad4', background => false)", &[]).unwrap().get(0);
+    c.batch_execute(&format!("BEGIN; SELECT zdm.start_backfill({id4})")).unwrap();
+    let msg = expect_err(&mut c, &format!("SELECT zdm.start_backfill({id4})"), "55000");
+    assert!(msg.contains("already has a background backfill"), "{msg}");
+    c.batch_execute("ROLLBACK").unwrap();
+    c.execute("SELECT zdm.abort($1)", &[&id4]).unwrap();
     // DROP EXTENSION while a migration is in flight
     let _id3: i64 = c.query_one("SELECT zdm.expand_rename('t', 'pad', 'pad3', background => false)", &[]).unwrap().get(0);
     expect_err(&mut c, "DROP EXTENSION zdm", "2BP01");
@@ -310,4 +317,22 @@ fn launcher_follows_zdm_database_on_reload() {
             .get(0);
         (n == 1).then_some(())
     });
+}
+
+/// A migration tool that holds a control call open in its transaction (the
+/// job row stays locked) does not fail the job: the worker waits for it.
+#[test]
+fn control_call_held_open_does_not_fail_the_job() {
+    let cluster = Cluster::start("heldopen", &[]);
+    let mut c = cluster.create_db("ho");
+    make_table(&mut c, "t", 100_000);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 500, pause_ms => 20, target_batch_ms => 0)", &[&id]).unwrap();
+    wait_for("progress", Duration::from_secs(30), || (status_row(&mut c, id).2 > 0).then_some(()));
+    let mut tool = cluster.connect("ho");
+    tool.batch_execute(&format!("BEGIN; SELECT zdm.set_options({id}, pause_ms => 0)")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    tool.batch_execute("COMMIT").unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
 }

@@ -215,25 +215,34 @@ fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 
     // The expression's names resolve with the caller's search_path (kept
     // with the request); zdm's own SQL runs with the pinned one, like every
     // other zdm function (which pin it with a SET clause).
+    // Only this statement runs with the caller's search_path (a qualified
+    // function, no operator): everything else is pinned.
     let caller_path = spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
-    let table = introspect::owned_table(tbl);
-    require_single_expression(expression);
-    // Parse analysis against the table, as the caller with the caller's
-    // search_path: unknown columns or functions and non-boolean results are
-    // refused here, before anything is recorded. Rolled back, so no lock on
-    // the table outlives it (the worker needs one).
-    if let Err(e) = locking::rolled_back(|| {
-        spi::exec(&format!("SELECT FROM ONLY {} WHERE false AND NOT ({expression})", table.sql()))
-    }) {
-        e.rethrow();
-    }
-    crate::security::pinned_search_path(|| add_check_pinned(tbl, constraint_name, expression, caller_path))
+    crate::security::pinned_search_path(|| {
+        let table = introspect::owned_table(tbl);
+        require_single_expression(expression);
+        // Parse analysis against the table, as the table owner (security-
+        // restricted) with the caller's search_path: unknown columns or
+        // functions and non-boolean results are refused here, before anything
+        // is recorded. Rolled back, so no lock on the table outlives it (the
+        // worker needs one).
+        let probe = format!("SELECT FROM ONLY {} WHERE false AND NOT ({expression}\n)", table.sql());
+        crate::security::as_owner(introspect::table_owner(tbl), || {
+            let outcome = locking::rolled_back(|| {
+                spi::exec_args("SELECT pg_catalog.set_config('search_path', $1, true)", &[caller_path.as_str().into()]);
+                spi::exec(&probe);
+            });
+            if let Err(e) = outcome {
+                e.rethrow(); // inside as_owner: a custom SQLSTATE stays visible
+            }
+        });
+        add_check_pinned(&table, constraint_name, expression, caller_path)
+    })
 }
 
-fn add_check_pinned(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str, caller_path: String) -> i64 {
+fn add_check_pinned(table: &introspect::Table, constraint_name: &CStr, expression: &str, caller_path: String) -> i64 {
     let name = super::name_arg(constraint_name, "constraint_name");
-    let table = introspect::owned_table(tbl);
-    require_single_expression(expression);
+    let tbl = table.relid;
     let id = match in_flight(tbl, "check", &name) {
         Some((id, _)) => id,
         None => {
@@ -243,7 +252,7 @@ fn add_check_pinned(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str, 
             catalog::next_id()
         }
     };
-    let mut req = new_request(id, "check", tbl, None, name, format!("CHECK ({expression})"), None);
+    let mut req = new_request(id, "check", tbl, None, name, format!("CHECK ({expression}\n)"), None);
     req.search_path = caller_path;
     start(req)
 }
@@ -260,7 +269,8 @@ fn require_single_expression(expression: &str) {
             "Pass one boolean expression over the table's columns, e.g. 'price > 0'.",
         )
     };
-    let sql = std::ffi::CString::new(format!("SELECT ({expression})")).unwrap_or_else(|_| refuse());
+    // The newline ends a trailing `--` comment before the closing parenthesis.
+    let sql = std::ffi::CString::new(format!("SELECT ({expression}\n)")).unwrap_or_else(|_| refuse());
     unsafe {
         let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         if list.is_null() || (*list).length != 1 {

@@ -80,7 +80,10 @@ fn start_backfill(
         );
     }
     if let Some(state) = jobs::state(id) {
-        if matches!(state.as_str(), "queued" | "running" | "paused") && jobs::worker_alive(id) {
+        // A worker that is alive, or one registered by a transaction that has
+        // not ended yet (this one included): never a second worker per job,
+        // so no caller can fill the server's worker slots with one job.
+        if matches!(state.as_str(), "queued" | "running" | "paused") && (jobs::worker_alive(id) || jobs::start_pending(id)) {
             raise(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("zdm migration {id} already has a background backfill ({state})"),
