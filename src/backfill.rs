@@ -99,6 +99,9 @@ pub fn step(migration: i64, batch_size: i32) -> BatchOutcome {
     }
     let out = run_batch(&m, batch_size);
     if out.done {
+        // Fresh statistics on the new column, so that plans are good the
+        // moment contract makes it the only one.
+        spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
         catalog::set_phase(m.id, Phase::Backfilled);
         catalog::log_step(Step {
             migration: m.id,

@@ -54,6 +54,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
         }
         let new_attnum = introspect::column(relid, new_column).map(|c| c.attnum).unwrap_or_default();
+        let attributes = carry_column_attributes(&t, col.attnum, relid, &new);
 
         // CHECK constraints on the old column alone, copied NOT VALID onto the
         // new one. The copy's name keeps room for its suffix within 63 bytes.
@@ -108,8 +109,9 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             lock_wait_ms: Some(lock.wait_ms),
             lock_attempts: Some(lock.attempts),
             detail: Some(format!(
-                "added column {new} {}; trigger {}; {} check(s) carried{}",
+                "added column {new} {}{}; trigger {}; {} check(s) carried{}",
                 col.type_sql,
+                if attributes.is_empty() { String::new() } else { format!(" ({})", attributes.join(", ")) },
                 ident(&trigger),
                 carried.len(),
                 if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" }
@@ -117,6 +119,100 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         });
         id
     })
+}
+
+/// Copy what PostgreSQL keeps per column onto the new one: statistics
+/// target, attribute options (n_distinct …), storage, compression and
+/// column privileges (`GRANT SELECT (col)`), so that readers of the new
+/// column and the planner see the same thing. Returns what was carried.
+fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &str) -> Vec<String> {
+    let row = spi::first_row(
+        "SELECT a.attstattarget::int, a.attoptions::text[], a.attstorage::text, ty.typstorage::text, a.attcompression::text \
+           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid \
+          WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.=) $2",
+        &[relid.into(), old_attnum.into()],
+        |r| {
+            Ok((
+                r.get::<i32>(1)?.unwrap_or(-1),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<String>(5)?.unwrap_or_default(),
+            ))
+        },
+    );
+    let Some((stattarget, options, storage, type_storage, compression)) = row else { return Vec::new() };
+    let mut carried = Vec::new();
+    if stattarget >= 0 {
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET STATISTICS {stattarget}"));
+        carried.push(format!("statistics {stattarget}"));
+    }
+    // Only the options a user can set per column; a server build may keep
+    // internal entries there too (this one adds `pg_attver=…`).
+    let options: Vec<(&str, &str)> = options
+        .iter()
+        .filter_map(|o| o.split_once('='))
+        .filter(|(k, _)| matches!(*k, "n_distinct" | "n_distinct_inherited"))
+        .collect();
+    if !options.is_empty() {
+        let list: Vec<String> = options.iter().map(|(k, v)| format!("{} = {}", ident(k), literal(v))).collect();
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET ({})", list.join(", ")));
+        carried.push(format!("options {}", list.join(", ")));
+    }
+    if storage != type_storage {
+        let mode = match storage.as_str() {
+            "p" => "PLAIN",
+            "e" => "EXTERNAL",
+            "m" => "MAIN",
+            _ => "EXTENDED",
+        };
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET STORAGE {mode}"));
+        carried.push(format!("storage {mode}"));
+    }
+    let method = match compression.as_str() {
+        "p" => Some("pglz"),
+        "l" => Some("lz4"),
+        _ => None,
+    };
+    if let Some(method) = method {
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET COMPRESSION {method}"));
+        carried.push(format!("compression {method}"));
+    }
+    // Column privileges: one GRANT per grantee and privilege (grantee 0 = PUBLIC).
+    let grants = Spi::connect_mut(|c| {
+        let rows = c.update(
+            "SELECT CASE WHEN x.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname::text) END, \
+                    x.privilege_type, x.is_grantable \
+               FROM pg_catalog.pg_attribute a, pg_catalog.aclexplode(a.attacl) x \
+               LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) x.grantee \
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.=) $2",
+            None,
+            &[relid.into(), old_attnum.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_default();
+    for (grantee, privilege, grantable) in &grants {
+        if !matches!(privilege.as_str(), "SELECT" | "INSERT" | "UPDATE" | "REFERENCES") {
+            continue;
+        }
+        spi::exec(&format!(
+            "GRANT {privilege} ({new}) ON {t} TO {grantee}{}",
+            if *grantable { " WITH GRANT OPTION" } else { "" }
+        ));
+    }
+    if !grants.is_empty() {
+        carried.push(format!("{} column privilege(s)", grants.len()));
+    }
+    carried
 }
 
 /// Everything that must hold for `old_column` → `new_column` on `table`;
@@ -366,7 +462,28 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
     let lock = locking::lock_table(m.relid, t, "ACCESS EXCLUSIVE");
     let deps = refuse_dependents();
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
-    for dep in &deps {
+    // zdm's own DDL from here on: it passes the guard.
+    guard::allow_zdm_ddl(|| contract_catalog_steps(m, t, old_attnum, &deps));
+    catalog::set_phase(id, Phase::Contracted);
+    crate::jobs::finish_for_migration(id, "completed");
+    catalog::log_step(Step {
+        migration: id,
+        step: "contract",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: Some(lock.wait_ms),
+        lock_attempts: Some(lock.attempts),
+        detail: Some(format!(
+            "dropped {old}; {new} now carries default, NOT NULL and checks; ACCESS EXCLUSIVE held {:.1} ms",
+            final_started.elapsed().as_secs_f64() * 1000.0 - lock.wait_ms
+        )),
+    });
+}
+
+/// Contract's catalog-only steps, under ACCESS EXCLUSIVE: sequence
+/// ownership, default, NOT NULL, the trigger, the old column, check names.
+fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[introspect::Dependent]) {
+    let (old, new) = (ident(m.old_col()), ident(m.new_col()));
+    for dep in deps {
         if let DependentKind::OwnedSequence { oid } = dep.kind {
             let seq = crate::catalog::current_table_sql(oid).unwrap_or_default();
             spi::exec(&format!("ALTER SEQUENCE {seq} OWNED BY {t}.{new}"));
@@ -382,12 +499,10 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
         // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
         steps::set_not_null(m.relid, t, m.new_col(), nn);
     }
-    guard::allow_zdm_ddl(|| {
-        if let Some(trigger) = &m.trigger_name {
-            spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
-        }
-        spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
-    });
+    if let Some(trigger) = &m.trigger_name {
+        spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
+    }
+    spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
     // The originals went with the old column: the copies take their names.
     for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
         let taken = spi::one::<bool>(
@@ -398,19 +513,6 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
             spi::exec(&format!("ALTER TABLE {t} RENAME CONSTRAINT {} TO {}", ident(copy), ident(original)));
         }
     }
-    catalog::set_phase(id, Phase::Contracted);
-    crate::jobs::finish_for_migration(id, "completed");
-    catalog::log_step(Step {
-        migration: id,
-        step: "contract",
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        lock_wait_ms: Some(lock.wait_ms),
-        lock_attempts: Some(lock.attempts),
-        detail: Some(format!(
-            "dropped {old}; {new} now carries default, NOT NULL and checks; ACCESS EXCLUSIVE held {:.1} ms",
-            final_started.elapsed().as_secs_f64() * 1000.0 - lock.wait_ms
-        )),
-    });
 }
 
 /// Rows whose new column is not a binary-identical copy of the old one

@@ -271,7 +271,8 @@ fn require_single_expression(expression: &str) {
     };
     // The newline ends a trailing `--` comment before the closing parenthesis.
     let sql = std::ffi::CString::new(format!("SELECT ({expression}\n)")).unwrap_or_else(|_| refuse());
-    unsafe {
+    // A parse error is a refusal too (in a subtransaction, rolled back).
+    let single = locking::rolled_back(|| unsafe {
         let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         if list.is_null() || (*list).length != 1 {
             refuse();
@@ -300,6 +301,9 @@ fn require_single_expression(expression: &str) {
         if !single_target || !nothing_else {
             refuse();
         }
+    });
+    if single.is_err() {
+        refuse();
     }
 }
 
