@@ -87,6 +87,14 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let mut new_null = false;
         let old_val = pg_sys::heap_getattr(row, old_att, tupdesc, &mut old_null);
         let new_val = pg_sys::heap_getattr(row, new_att, tupdesc, &mut new_null);
+        // The row as written already holds the same value in both columns:
+        // whatever happened, there is nothing to sync (every action below
+        // would copy an equal value). This is the common case — the
+        // backfill's own UPDATE, and application writes to other columns of
+        // rows already in sync — so it is decided from the new tuple alone.
+        if same(att, old_null, old_val, new_null, new_val) {
+            return pg_sys::Datum::from(row);
+        }
 
         let action = if is_insert {
             if !new_null {
@@ -118,10 +126,6 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             Action::OldToNew => (new_att, old_val, old_null),
             Action::NewToOld => (old_att, new_val, new_null),
         };
-        // Already equal: no copy of the tuple needed.
-        if same(att, old_null, old_val, new_null, new_val) {
-            return pg_sys::Datum::from(row);
-        }
         let mut col = target;
         let mut val = value;
         let mut null = is_null;
