@@ -10,7 +10,7 @@ GRANT USAGE ON SCHEMA zdm TO PUBLIC;
 
 CREATE TABLE zdm.migrations (
     id              bigserial PRIMARY KEY,
-    kind            text        NOT NULL CHECK (kind IN ('rename', 'not_null', 'check', 'foreign_key')),
+    kind            text        NOT NULL CHECK (kind IN ('rename', 'not_null', 'check', 'foreign_key', 'create_index', 'drop_index')),
     relid           regclass    NOT NULL,                 -- the table, by OID: every step resolves it from here
     table_schema    name        NOT NULL,                 -- for display: the name at expand
     table_name      name        NOT NULL,
@@ -47,9 +47,10 @@ CREATE TABLE zdm.migrations (
     finished_at     timestamptz,
     last_error      text,
     last_errcode    int,                                  -- SQLSTATE of last_error (packed as in elog.h)
-    -- constraint migrations (kinds not_null, check, foreign_key)
+    -- constraint migrations (kinds not_null, check, foreign_key) and index
+    -- builds (create_index, drop_index: constraint_name is the index)
     constraint_name name,
-    constraint_def  text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ...
+    constraint_def  text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ... / CREATE INDEX ...
     ref_relid       regclass,                             -- foreign_key: the referenced table
     expr_search_path text,                                -- check: the caller's search_path, to resolve names in the expression
     violations      bigint                                -- rows that violated it, when validation failed

@@ -332,3 +332,22 @@ pub fn log_step(s: Step) {
         )
     });
 }
+
+/// Record a failed migration step: the error (with its SQLSTATE) on the
+/// migration, the job failed; `aborted`: nothing was left behind, the
+/// migration is over (otherwise it stays where it stands and can resume).
+pub fn fail_migration(id: i64, code: pgrx::PgSqlErrorCode, message: &str, aborted: bool) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET last_error = $2, last_errcode = $3, updated_at = clock_timestamp(), \
+                    phase = CASE WHEN $4 THEN 'aborted' ELSE phase END, \
+                    finished_at = CASE WHEN $4 THEN clock_timestamp() ELSE finished_at END WHERE id = $1",
+            &[id.into(), message.into(), (code as i32).into(), aborted.into()],
+        );
+        spi::exec_args(
+            "UPDATE zdm.jobs SET state = 'failed', last_error = $2, finished_at = clock_timestamp() WHERE migration_id = $1",
+            &[id.into(), message.into()],
+        );
+    });
+    log_step(Step { migration: id, step: "failed", duration_ms: 0.0, lock_wait_ms: None, lock_attempts: None, detail: Some(message.to_string()) });
+}

@@ -215,7 +215,7 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
 
 /// Between steps: wait while the job is paused or a rename it depends on is
 /// still filling the column; false when it was cancelled (or is over).
-fn gate(id: i64) -> bool {
+pub(crate) fn gate(id: i64) -> bool {
     loop {
         let row = worker::transaction(|| {
             as_catalog_owner(|| {
@@ -447,26 +447,7 @@ fn count_violations(p: &Plan) -> i64 {
 /// Record a failure. `aborted`: the constraint was removed, the migration is
 /// over; otherwise it stays where it stands and can be resumed.
 fn fail(id: i64, f: &Failure, aborted: bool) {
-    as_catalog_owner(|| {
-        spi::exec_args(
-            "UPDATE zdm.migrations SET last_error = $2, last_errcode = $3, updated_at = clock_timestamp(), \
-                    phase = CASE WHEN $4 THEN 'aborted' ELSE phase END, \
-                    finished_at = CASE WHEN $4 THEN clock_timestamp() ELSE finished_at END WHERE id = $1",
-            &[id.into(), f.message.as_str().into(), (f.code as i32).into(), aborted.into()],
-        );
-        spi::exec_args(
-            "UPDATE zdm.jobs SET state = 'failed', last_error = $2, finished_at = clock_timestamp() WHERE migration_id = $1",
-            &[id.into(), f.message.as_str().into()],
-        );
-    });
-    catalog::log_step(Step {
-        migration: id,
-        step: "failed",
-        duration_ms: 0.0,
-        lock_wait_ms: None,
-        lock_attempts: None,
-        detail: Some(f.message.clone()),
-    });
+    catalog::fail_migration(id, f.code, &f.message, aborted);
 }
 
 /// Raise the stored failure of a migration, if it failed.

@@ -155,7 +155,11 @@ pub fn worker_alive(migration: i64) -> bool {
 /// The process name of a migration's worker: `zdm backfill <id>` for a
 /// rename, `zdm constraint <id>` for the others.
 pub fn worker_type(kind: &str) -> &'static str {
-    if kind == "rename" { "zdm backfill" } else { "zdm constraint" }
+    match kind {
+        "rename" => "zdm backfill",
+        "create_index" | "drop_index" => "zdm index",
+        _ => "zdm constraint",
+    }
 }
 
 fn kind_of(migration: i64) -> String {

@@ -17,6 +17,7 @@ mod constraints;
 mod errors;
 mod guard;
 mod guc;
+mod index;
 mod introspect;
 mod jobs;
 mod launcher;
@@ -25,6 +26,7 @@ mod rename;
 mod security;
 mod spi;
 mod steps;
+mod toplevel;
 mod trigger;
 mod worker;
 

@@ -76,6 +76,19 @@ pub fn error_code(e: &CaughtError) -> PgSqlErrorCode {
     }
 }
 
+/// The message, with PostgreSQL's detail line when there is one (e.g. which
+/// key is duplicated).
+pub fn error_message_with_detail(e: &CaughtError) -> String {
+    let detail = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.detail().map(str::to_string),
+        CaughtError::RustPanic { ereport, .. } => ereport.detail().map(str::to_string),
+    };
+    match detail {
+        Some(d) => format!("{} ({d})", error_message(e)),
+        None => error_message(e),
+    }
+}
+
 pub fn error_message(e: &CaughtError) -> String {
     match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),

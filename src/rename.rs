@@ -600,6 +600,40 @@ fn abort_as_owner(m: &Migration, started: Instant) {
     let id = m.id;
     // No `migratable_table` here: undoing must work even if the table has
     // since become something zdm would not start on (e.g. FORCE RLS on).
+    if m.kind == "create_index" || m.kind == "drop_index" {
+        // Stop the worker (a build in progress is rolled back by PostgreSQL,
+        // leaving an INVALID index), then drop what a build left behind.
+        crate::jobs::finish_for_migration(id, "cancelled");
+        spi::exec_args(
+            "SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity a \
+              WHERE a.backend_type OPERATOR(pg_catalog.=) 'zdm index' AND a.application_name OPERATOR(pg_catalog.=) $1",
+            &[format!("zdm index {id}").into()],
+        );
+        if m.kind == "create_index" {
+            let index = catalog::as_catalog_owner(|| {
+                spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[id.into()])
+            })
+            .unwrap_or_default();
+            let invalid = spi::one::<bool>(
+                "SELECT NOT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+                  WHERE i.indrelid = $1 AND c.relname = $2",
+                &[m.relid.into(), index.as_str().into()],
+            );
+            if invalid == Some(true) {
+                let t = m.table_sql();
+                locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
+                let schema = spi::one::<String>(
+                    "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                    &[m.relid.into()],
+                )
+                .unwrap_or_default();
+                spi::exec(&format!("DROP INDEX IF EXISTS {}", spi::qualified(&schema, &index)));
+            }
+        }
+        catalog::set_phase(id, Phase::Aborted);
+        log_abort(id, started, None, "cancelled the index operation; removed an INVALID index it left, if any".into());
+        return;
+    }
     if m.kind != "rename" {
         crate::constraints::abort(m);
         log_abort(id, started, None, "removed the constraint zdm had added, if any".into());

@@ -172,9 +172,10 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
             return; // the launcher (or a later call) tries again
         }
     };
-    if kind != "rename" {
-        crate::constraints::run(migration);
-        return;
+    match kind.as_str() {
+        "rename" => {}
+        "create_index" | "drop_index" => return crate::index::run(migration),
+        _ => return crate::constraints::run(migration),
     }
     // Whom the work runs as: the owner's name resolved now, checked again
     // before every batch.

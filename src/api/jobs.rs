@@ -341,6 +341,21 @@ fn wait(migration: i64, timeout: Interval) -> String {
                 format!("Call zdm.wait({id}) again, or watch SELECT * FROM zdm.status WHERE id = {id}."),
             );
         }
+        release_xmin();
         locking::interruptible_sleep(Duration::from_millis(200));
+    }
+}
+
+/// Between polls `wait` needs no snapshot (each poll, in READ COMMITTED,
+/// takes a fresh one), so it stops advertising an xmin, as PostgreSQL does
+/// between statements. Otherwise a long wait would hold back VACUUM, and a
+/// concurrent index build — which waits for every older snapshot — would
+/// wait for the very `zdm.wait` that waits for it.
+fn release_xmin() {
+    unsafe {
+        pg_sys::InvalidateCatalogSnapshot();
+        if !pg_sys::MyProc.is_null() {
+            (*pg_sys::MyProc).xmin = pg_sys::InvalidTransactionId;
+        }
     }
 }

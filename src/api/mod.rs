@@ -4,6 +4,7 @@
 
 mod backfill;
 mod constraints;
+mod index;
 mod jobs;
 mod rename;
 
