@@ -126,6 +126,26 @@ CREATE TABLE zdm.batches (
 );
 CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
 
+-- Indexes a rename carries to the new column: built concurrently by the
+-- worker after the backfill, attached (UNIQUE / PRIMARY KEY USING INDEX) or
+-- renamed to the old index's name at contract.
+CREATE TABLE zdm.carried_indexes (
+    migration_id     bigint  NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    old_index        name    NOT NULL,                 -- on the old column; its name is taken over at contract
+    new_index        name    NOT NULL,                 -- built on the new column
+    definition       text    NOT NULL,                 -- CREATE INDEX … built from the catalog, names qualified
+    constraint_type  text    CHECK (constraint_type IN ('u', 'p')),   -- attached USING INDEX at contract
+    constraint_name  name,
+    replica_identity boolean NOT NULL DEFAULT false,
+    clustered        boolean NOT NULL DEFAULT false,
+    state            text    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'building', 'valid', 'failed')),
+    last_error       text,
+    PRIMARY KEY (migration_id, old_index)
+);
+SELECT pg_catalog.pg_extension_config_dump('zdm.carried_indexes', '');
+REVOKE ALL ON zdm.carried_indexes FROM PUBLIC;
+GRANT SELECT ON zdm.carried_indexes TO PUBLIC;
+
 -- One row, locked FOR UPDATE while a worker claims a job, so that
 -- zdm.max_workers and "one backfill per table" hold under concurrent claims.
 -- Only zdm can lock it (FOR UPDATE needs UPDATE privilege); an advisory lock
@@ -165,6 +185,8 @@ SELECT m.id,
        END                                                        AS eta,
        CASE WHEN j.state = 'paused' THEN 'paused by zdm.pause()'
             WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
+       (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', ci.new_index, ci.state), ', ' ORDER BY ci.old_index)
+          FROM zdm.carried_indexes ci WHERE ci.migration_id = m.id)  AS indexes,
        j.worker_pid,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,

@@ -109,69 +109,50 @@ fn log(id: i64, step: &str, started: Instant, detail: String) {
     });
 }
 
-/// Drive a create_index / drop_index migration to its end. Runs in a worker.
-pub fn run(id: i64) {
+/// Attempts at one index operation until it succeeds, fails for good, or the
+/// job is cancelled (`Err(None)`). Pause and cancel act between attempts.
+fn attempts(id: i64, p: &Plan) -> Result<(), Option<(PgSqlErrorCode, String)>> {
     let mut last_error = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         if !constraints::gate(id) {
-            return; // cancelled: whatever is half-built goes on the next call or abort
+            return Err(None);
         }
-        let plan = match worker::transaction(|| {
-            let p = load_plan(id)?;
-            let state = index_state(&p);
-            Some((p, state))
-        }) {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
-            Err(e) => {
-                let _ = worker::transaction(|| catalog::fail_migration(id, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, &e, false));
-                return;
-            }
-        };
-        let (p, state) = plan;
+        let state = worker::transaction(|| index_state(p)).map_err(|e| Some((PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, e)))?;
         let started = Instant::now();
         let outcome = match (p.kind.as_str(), state) {
             ("create_index", Some(true)) | ("drop_index", None) => Ok(()),
             ("create_index", Some(false)) => {
                 // Left INVALID by an earlier failed or cancelled build.
-                let dropped = drop_concurrently(&p);
+                let dropped = drop_concurrently(p);
                 log(id, "dropped invalid index", started, p.index_sql.clone());
-                dropped.and_then(|_| build_concurrently(&p))
+                dropped.and_then(|_| build_concurrently(p))
             }
-            ("create_index", None) => {
-                let _ = worker::transaction(|| catalog::set_phase(id, Phase::Backfilling));
-                build_concurrently(&p)
-            }
-            _ => drop_concurrently(&p),
+            ("create_index", None) => build_concurrently(p),
+            _ => drop_concurrently(p),
         };
         match outcome {
             Ok(()) => {
                 let verb = if p.kind == "create_index" { "built" } else { "dropped" };
                 log(id, &format!("index {verb}"), started, format!("{} ({verb} concurrently, attempt {attempt})", p.index_sql));
-                let _ = worker::transaction(|| {
-                    catalog::set_phase(id, Phase::Contracted);
-                    jobs::finish_for_migration(id, "completed");
-                });
-                return;
+                return Ok(());
             }
             Err(e) => {
                 let code = error_code(&e);
                 last_error = error_message_with_detail(&e);
-                log(id, "attempt failed", started, format!("attempt {attempt}: {last_error}"));
+                log(id, "attempt failed", started, format!("{}: attempt {attempt}: {last_error}", p.index_sql));
                 if p.kind == "create_index" {
                     // Never leave an INVALID index behind.
-                    let _ = drop_concurrently(&p);
+                    let _ = drop_concurrently(p);
                 }
                 if !retryable(code) {
                     let message = format!("{} of {} failed: {last_error}", p.kind.replace('_', " "), ident(&p.index_name));
-                    let _ = worker::transaction(|| catalog::fail_migration(id, code, &message, true));
-                    return;
+                    return Err(Some((code, message)));
                 }
                 let _ = worker::transaction(|| {
                     as_catalog_owner(|| {
                         spi::exec_args(
                             "UPDATE zdm.jobs SET throttle_reason = $2 WHERE migration_id = $1",
-                            &[id.into(), format!("attempt {attempt} failed ({last_error}); retrying").into()],
+                            &[id.into(), format!("index {}: attempt {attempt} failed ({last_error}); retrying", p.index_name).into()],
                         )
                     })
                 });
@@ -179,6 +160,79 @@ pub fn run(id: i64) {
             }
         }
     }
-    let message = format!("gave up after {MAX_ATTEMPTS} attempts: {last_error}");
-    let _ = worker::transaction(|| catalog::fail_migration(id, PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, &message, true));
+    Err(Some((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, format!("gave up after {MAX_ATTEMPTS} attempts: {last_error}"))))
+}
+
+/// Drive a create_index / drop_index migration to its end. Runs in a worker.
+pub fn run(id: i64) {
+    let p = match worker::transaction(|| load_plan(id)) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = worker::transaction(|| catalog::fail_migration(id, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, &e, false));
+            return;
+        }
+    };
+    if p.kind == "create_index" {
+        let _ = worker::transaction(|| catalog::set_phase(id, Phase::Backfilling));
+    }
+    match attempts(id, &p) {
+        Ok(()) => {
+            let _ = worker::transaction(|| {
+                catalog::set_phase(id, Phase::Contracted);
+                jobs::finish_for_migration(id, "completed");
+            });
+        }
+        Err(None) => {}
+        Err(Some((code, message))) => {
+            let _ = worker::transaction(|| catalog::fail_migration(id, code, &message, true));
+        }
+    }
+}
+
+/// Build a rename's carried indexes, one at a time, after its backfill.
+/// `Ok(false)`: the job was cancelled meanwhile.
+pub fn build_carried(id: i64, owner: pg_sys::Oid) -> Result<bool, String> {
+    let (carried, schema, lock_timeout_ms) = worker::transaction(|| {
+        let m = catalog::load_or_raise(id, false);
+        let schema = spi::one::<String>(
+            "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[m.relid.into()],
+        )
+        .unwrap_or_default();
+        let timeout = jobs::load_row(id).map(|j| j.lock_timeout_ms).unwrap_or(2000);
+        (crate::carry::list(id), schema, timeout)
+    })?;
+    for (c, state) in carried {
+        if state == "valid" {
+            continue;
+        }
+        let p = Plan {
+            kind: "create_index".into(),
+            index_sql: spi::qualified(&schema, &c.new_index),
+            index_name: c.new_index.clone(),
+            schema: schema.clone(),
+            definition: c.definition.clone(),
+            owner,
+            search_path: "pg_catalog, pg_temp".into(),
+            lock_timeout_ms: lock_timeout_ms.max(guc_lock_timeout()),
+        };
+        let _ = worker::transaction(|| crate::carry::set_state(id, &c.old_index, "building", None));
+        worker::set_activity(&format!("zdm backfill {id}: building index {}", c.new_index));
+        match attempts(id, &p) {
+            Ok(()) => {
+                let _ = worker::transaction(|| crate::carry::set_state(id, &c.old_index, "valid", None));
+            }
+            Err(None) => return Ok(false),
+            Err(Some((_, message))) => {
+                let _ = worker::transaction(|| crate::carry::set_state(id, &c.old_index, "failed", Some(&message)));
+                return Err(message);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn guc_lock_timeout() -> i32 {
+    crate::guc::LOCK_TIMEOUT_MS.get()
 }

@@ -182,8 +182,14 @@ pub enum DependentKind {
     OwnedSequence { oid: pg_sys::Oid },
     /// A CHECK constraint on this column alone: carried over NOT VALID.
     SingleColumnCheck { oid: pg_sys::Oid, name: String },
-    /// Anything else (index, key, foreign key, view, generated column,
-    /// multi-column check, policy, statistics, trigger column list …).
+    /// An index (any shape) involving the column: rebuilt concurrently on
+    /// the new column after the backfill.
+    Index { oid: pg_sys::Oid },
+    /// A UNIQUE or PRIMARY KEY constraint: its index is rebuilt concurrently,
+    /// then attached USING INDEX at contract.
+    Key { index: pg_sys::Oid, name: String, primary: bool },
+    /// Anything else (foreign key, exclusion constraint, view, generated
+    /// column, multi-column check, policy, statistics, trigger column list …).
     Blocking,
 }
 
@@ -191,17 +197,22 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
     Spi::connect_mut(|c| {
         let t = c.update(
             "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), d.objid, \
-                    CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::regclass THEN \
-                         (SELECT ad.adrelid = $1 AND ad.adnum = $2 FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) END, \
-                    CASE WHEN d.classid = 'pg_catalog.pg_class'::regclass THEN \
-                         (SELECT cl.relkind = 'S' FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) END, \
-                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN \
-                         (SELECT co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] \
-                            FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
-                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::regclass THEN \
-                         (SELECT co.conname::text FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END \
+                    CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN \
+                              (SELECT CASE WHEN ad.adrelid = $1 AND ad.adnum = $2 THEN 'default' END FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) \
+                         WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
+                              (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
+                         WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
+                              (SELECT CASE WHEN co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] THEN 'check' \
+                                           WHEN co.contype IN ('u', 'p') AND co.conrelid = $1 AND co.conindid <> 0 THEN 'key' END \
+                                 FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
+                         (SELECT co.conname::text FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
+                         (SELECT co.conindid FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
+                    CASE WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
+                         (SELECT co.contype::text FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END \
                FROM (SELECT DISTINCT classid, objid, objsubid FROM pg_catalog.pg_depend \
-                      WHERE refclassid = 'pg_catalog.pg_class'::regclass AND refobjid = $1 AND refobjsubid = $2 \
+                      WHERE refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = $1 AND refobjsubid = $2 \
                         AND deptype IN ('n', 'a')) d \
               ORDER BY 1",
             None,
@@ -211,14 +222,18 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
         for r in t {
             let description = r.get::<String>(1)?.unwrap_or_default();
             let objid = r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid);
-            let kind = if r.get::<bool>(3)? == Some(true) {
-                DependentKind::OwnDefault
-            } else if r.get::<bool>(4)? == Some(true) {
-                DependentKind::OwnedSequence { oid: objid }
-            } else if r.get::<bool>(5)? == Some(true) {
-                DependentKind::SingleColumnCheck { oid: objid, name: r.get::<String>(6)?.unwrap_or_default() }
-            } else {
-                DependentKind::Blocking
+            let name = r.get::<String>(4)?.unwrap_or_default();
+            let kind = match r.get::<String>(3)?.as_deref() {
+                Some("default") => DependentKind::OwnDefault,
+                Some("sequence") => DependentKind::OwnedSequence { oid: objid },
+                Some("check") => DependentKind::SingleColumnCheck { oid: objid, name },
+                Some("index") => DependentKind::Index { oid: objid },
+                Some("key") => DependentKind::Key {
+                    index: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+                    name,
+                    primary: r.get::<String>(6)?.as_deref() == Some("p"),
+                },
+                _ => DependentKind::Blocking,
             };
             out.push(Dependent { description, kind });
         }

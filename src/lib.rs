@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod backfill;
+mod carry;
 mod catalog;
 mod constraints;
 mod errors;

@@ -67,6 +67,20 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
                 carried.push((copy, name.clone()));
             }
         }
+        // Indexes and keys on the old column: definitions for the new column,
+        // built concurrently after the backfill (see carry.rs).
+        let mut indexes = Vec::new();
+        for dep in &deps {
+            let (oid, constraint) = match &dep.kind {
+                DependentKind::Index { oid } => (*oid, None),
+                DependentKind::Key { index, name, primary } => (*index, Some((name.clone(), *primary))),
+                _ => continue,
+            };
+            let old_index = spi::one::<String>("SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1", &[oid.into()]).unwrap_or_default();
+            let new_index = spi::with_suffix(&old_index, &format!("_zdm{id}"));
+            let (definition, replica_identity, clustered) = crate::carry::definition(&table, oid, col.attnum, new_attnum, &new_index);
+            indexes.push(crate::carry::Carried { old_index, new_index, definition, constraint, replica_identity, clustered });
+        }
         // NOT NULL travels as a NOT VALID check until contract validates it.
         let not_null_check = col.not_null.then(|| {
             let name = spi::with_suffix(&format!("zdm_{id}_{new_column}"), "_not_null");
@@ -102,6 +116,9 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             },
         );
         catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
+        for c in &indexes {
+            crate::carry::record(id, c);
+        }
         catalog::log_step(Step {
             migration: id,
             step: "expand",
@@ -109,11 +126,12 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             lock_wait_ms: Some(lock.wait_ms),
             lock_attempts: Some(lock.attempts),
             detail: Some(format!(
-                "added column {new} {}{}; trigger {}; {} check(s) carried{}",
+                "added column {new} {}{}; trigger {}; {} check(s) carried; {} index(es) to build after the backfill{}",
                 col.type_sql,
                 if attributes.is_empty() { String::new() } else { format!(" ({})", attributes.join(", ")) },
                 ident(&trigger),
                 carried.len(),
+                indexes.len(),
                 if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" }
             )),
         });
@@ -283,13 +301,25 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
             "zdm runs batches as the table owner in a security-restricted operation, where PostgreSQL refuses deferred triggers. Make them INITIALLY IMMEDIATE for the migration (ALTER TABLE ... ALTER CONSTRAINT), or rename with plain DDL.",
         );
     }
+    let referenced = spi::one::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('%I on %s', conname, conrelid::pg_catalog.regclass), ', ') \
+           FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = $1 AND $2 = ANY (confkey)",
+        &[relid.into(), col.attnum.into()],
+    );
+    if let Some(fks) = referenced {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("column {} of table {t} is referenced by foreign key(s) {fks}", ident(old_column)),
+            "Re-pointing foreign keys from other tables is not supported yet; rename with plain DDL, or drop and re-add those foreign keys around the migration.",
+        );
+    }
     let deps = introspect::column_dependents(relid, col.attnum);
     introspect::refuse_blocking_dependents(
         &deps,
         Code::ERRCODE_FEATURE_NOT_SUPPORTED,
         &t,
         old_column,
-        "zdm does not carry indexes, keys, foreign keys, views or generated columns over yet; drop them and recreate them on the new column after contract, or rename with plain DDL.",
+        "zdm carries indexes, unique and primary keys and checks on the column; foreign keys, exclusion constraints, views, rules, policies and generated columns are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
     );
     (col, deps)
 }
@@ -312,6 +342,12 @@ fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> 
         let text = pg_sys::deparse_expression(node, dpcontext, false, false);
         std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
     }
+}
+
+/// Point every reference to attribute `from` in `node` at `to`, in place.
+pub fn retarget(node: *mut pg_sys::Node, from: i16, to: i16) {
+    let mut ctx = (from, to);
+    unsafe { retarget_vars(node, &mut ctx as *mut (i16, i16) as *mut std::ffi::c_void) };
 }
 
 #[pg_guard]
@@ -407,6 +443,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
         deps
     };
     refuse_dependents();
+    crate::carry::require_built(m);
     // The sync trigger must still be there (under its name): without it the
     // columns drift apart, and a renamed copy would outlive the old column.
     if crate::trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default()) == pg_sys::InvalidOid {
@@ -503,6 +540,14 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
     }
     spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
+    // The old indexes and keys went with the old column: the new ones take
+    // their names, keys are attached USING INDEX.
+    let schema = spi::one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[m.relid.into()],
+    )
+    .unwrap_or_default();
+    crate::carry::attach(m, t, &schema);
     // The originals went with the old column: the copies take their names.
     for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
         let taken = spi::one::<bool>(
@@ -543,6 +588,17 @@ fn refuse_late_constraints(m: &Migration, t: &str, deps: &[introspect::Dependent
             _ => None,
         })
         .collect();
+    let carried: Vec<String> = crate::carry::list(m.id).into_iter().map(|(c, _)| c.old_index).collect();
+    for d in deps {
+        let index = match &d.kind {
+            DependentKind::Index { oid } | DependentKind::Key { index: oid, .. } => *oid,
+            _ => continue,
+        };
+        let name = spi::one::<String>("SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1", &[index.into()]).unwrap_or_default();
+        if !carried.contains(&name) {
+            late.push(d.description.clone());
+        }
+    }
     let old_nn = introspect::column(m.relid, m.old_col()).is_some_and(|c| c.not_null);
     let new_nn = introspect::column(m.relid, m.new_col()).is_some_and(|c| c.not_null);
     if old_nn && !new_nn && m.not_null_check.is_none() {
@@ -559,7 +615,7 @@ fn refuse_late_constraints(m: &Migration, t: &str, deps: &[introspect::Dependent
             ),
             format!("Constraints: {}.", late.join("; ")),
             format!(
-                "Put them on {} too (zdm.add_check / zdm.validate_not_null on the new column), drop them from {}, then call zdm.contract({}) again.",
+                "Put them on {} too (zdm.add_check / zdm.validate_not_null / zdm.create_index on the new column), drop them from {}, then call zdm.contract({}) again.",
                 ident(m.new_col()),
                 ident(m.old_col()),
                 m.id

@@ -274,10 +274,12 @@ mod tests {
         assert_sqlstate("SELECT zdm.expand_rename('g', 'b', 'b2')", "0A000", "generated column");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'c', 'c2')", "0A000", "identity column");
         assert_sqlstate("SELECT zdm.expand_rename('g', 'a', 'a2')", "0A000", "column b of table public.g");
-        assert_sqlstate("SELECT zdm.expand_rename('g', 'u', 'u2')", "0A000", "g_u_key");
-        assert_sqlstate("SELECT zdm.expand_rename('g', 'i', 'i2')", "0A000", "g_i");
+        // Indexes and unique keys are carried over (built after the backfill).
+        assert!(one::<i64>("SELECT zdm.expand_rename('g', 'u', 'u2', background => false)").is_some());
+        assert!(one::<i64>("SELECT zdm.expand_rename('g', 'i', 'i2', background => false)").is_some());
+        assert_eq!(one::<i64>("SELECT count(*) FROM zdm.carried_indexes"), Some(2));
         assert_sqlstate("SELECT zdm.expand_rename('g', 'f', 'f2')", "0A000", "g_f_fk");
-        assert_sqlstate("SELECT zdm.expand_rename('g_ref', 'id', 'id2')", "0A000", "g_ref_pkey");
+        assert_sqlstate("SELECT zdm.expand_rename('g_ref', 'id', 'id2')", "0A000", "referenced by foreign key");
         run("CREATE VIEW gv AS SELECT a FROM g");
         assert_sqlstate("SELECT zdm.expand_rename('gv', 'a', 'a2')", "0A000", "a view");
         run("CREATE TEMP TABLE tmp (a int)");

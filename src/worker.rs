@@ -218,6 +218,19 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
                 sleep_ms(ms);
             }
             Next::Stop => return,
+            Next::Done => {
+                set_activity(&format!("{name}: building indexes"));
+                match crate::index::build_carried(migration, owner.0) {
+                    Ok(true) => {
+                        let _ = transaction(|| jobs::transition(migration, &["running", "queued", "paused"], "completed"));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = transaction(|| fail_job(migration, &e));
+                    }
+                }
+                return;
+            }
         }
     }
 }
@@ -340,6 +353,8 @@ fn claim(migration: i64) -> Claim {
 
 enum Next {
     Continue { pause_ms: i32 },
+    /// The rows are backfilled: build the carried indexes, then complete.
+    Done,
     Wait { ms: f64, reason: String },
     Stop,
 }
@@ -402,8 +417,7 @@ fn one_batch(migration: i64, owner: &(pg_sys::Oid, String)) -> Next {
                     &[migration.into(), next.into()],
                 );
                 if out.done {
-                    jobs::transition(migration, &["running", "queued", "paused"], "completed");
-                    return Next::Stop;
+                    return Next::Done;
                 }
                 return Next::Continue { pause_ms: job.pause_ms };
             }

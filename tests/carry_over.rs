@@ -59,3 +59,101 @@ fn column_attributes_and_privileges_follow_the_rename() {
     let (code, _) = sqlstate(reader.query_one("SELECT pad FROM t WHERE id = 7", &[]));
     assert_eq!(code, "42501", "only the carried column grant, nothing more");
 }
+
+/// Indexes of every shape and a unique key on the renamed column are rebuilt
+/// concurrently after the backfill and take the old names at contract, under
+/// writers on both columns: each `pg_get_indexdef` equals the old one with
+/// the column renamed, the key is enforced, 0 mismatches.
+#[test]
+fn indexes_and_keys_follow_the_rename_under_writers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const ROWS: i64 = 100_000;
+    let cluster = Cluster::start("carryidx", &[]);
+    let mut c = cluster.create_db("ci");
+    make_table(&mut c, "t", ROWS);
+    c.batch_execute(
+        "ALTER TABLE t ALTER COLUMN a SET NOT NULL;
+         ALTER TABLE t ADD CONSTRAINT t_a_key UNIQUE (a);
+         CREATE INDEX t_part ON t (pad) WHERE a > 'orig-5';
+         CREATE INDEX t_multi ON t (pad, a);
+         CREATE INDEX t_lower ON t (lower(a));
+         CREATE INDEX t_incl ON t (id) INCLUDE (a);
+         CREATE INDEX t_desc ON t (a DESC NULLS LAST, id);
+         CREATE INDEX t_hash ON t USING hash (a);
+         ALTER TABLE t REPLICA IDENTITY USING INDEX t_a_key;",
+    )
+    .unwrap();
+    let defs = |c: &mut postgres::Client| -> Vec<(String, String)> {
+        c.query(
+            "SELECT c.relname::text, pg_get_indexdef(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE i.indrelid = 't'::regclass AND c.relname <> 't_pkey' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let before: Vec<(String, String)> = defs(&mut c)
+        .into_iter()
+        .map(|(n, d)| (n, d.replace("(a)", "(b)").replace("(a ", "(b ").replace(", a)", ", b)").replace("(a,", "(b,").replace("lower(a)", "lower(b)").replace("WHERE (a >", "WHERE (b >")))
+        .collect();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 5000, pause_ms => 20, target_batch_ms => 0)", &[&id]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn = |column: &str, residue: i64, base: i64| {
+        let w = Writer { table: "t".into(), key: "id".into(), column: column.into(), residue, rows: ROWS, insert_base: base, min_writes: 300 };
+        let (conn, stop) = (cluster.connect("ci"), stop.clone());
+        std::thread::spawn(move || w.run(conn, stop))
+    };
+    let w1 = spawn("a", 0, 10 * ROWS);
+    let w2 = spawn("b", 1, 20 * ROWS);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let states: String = c.query_one("SELECT indexes FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert!(!states.contains("pending") && !states.contains("building") && !states.contains("failed"), "{states}");
+    stop.store(true, Ordering::SeqCst);
+    let mut ledger = w1.join().unwrap();
+    ledger.extend(w2.join().unwrap());
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    assert_eq!(mismatches(&mut c, "t", "id", "b", &ledger), 0);
+    assert_eq!(defs(&mut c), before, "each index is the old one with the column renamed, under the old name");
+    let key: String = c
+        .query_one("SELECT conname::text FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'u'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(key, "t_a_key");
+    let (code, _) = sqlstate(c.execute("INSERT INTO t (id, b) VALUES (-1, 'orig-42')", &[]));
+    assert_eq!(code, "23505", "the carried unique key is enforced");
+    let identity: String = c
+        .query_one("SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 't'::regclass AND i.indisreplident", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(identity, "t_a_key", "replica identity follows the index");
+    let invalid: i64 = c.query_one("SELECT count(*) FROM pg_index WHERE NOT indisvalid", &[]).unwrap().get(0);
+    assert_eq!(invalid, 0);
+}
+
+/// The primary key column itself (no referencing table): the key is
+/// rebuilt, attached USING INDEX at contract under the brief lock.
+#[test]
+fn primary_key_column_is_renamed() {
+    let cluster = Cluster::start("carrypk", &[]);
+    let mut c = cluster.create_db("pk");
+    c.batch_execute(
+        "CREATE TABLE k (code text PRIMARY KEY, v int);
+         INSERT INTO k SELECT 'c' || g, g FROM generate_series(1, 20000) g;",
+    )
+    .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('k', 'code', 'key_code')", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let def: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'k'::regclass AND contype = 'p'", &[]).unwrap().get(0);
+    assert_eq!(def, "PRIMARY KEY (key_code)");
+    let name: String = c.query_one("SELECT conname::text FROM pg_constraint WHERE conrelid = 'k'::regclass AND contype = 'p'", &[]).unwrap().get(0);
+    assert_eq!(name, "k_pkey");
+    let (code, _) = sqlstate(c.execute("INSERT INTO k (key_code, v) VALUES ('c7', 0)", &[]));
+    assert_eq!(code, "23505");
+}

@@ -72,7 +72,7 @@ fn start_backfill(
     let id = required(migration);
     let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
     let m = owned_backfillable(id);
-    if m.phase == Phase::Backfilled {
+    if m.phase == Phase::Backfilled && indexes_pending(id) == 0 {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("zdm migration {id} on {} is already backfilled", m.display_table()),
@@ -211,6 +211,14 @@ fn progress(id: i64) -> Option<Progress> {
     )
 }
 
+/// Carried indexes of a rename not built yet.
+fn indexes_pending(id: i64) -> i64 {
+    as_catalog_owner(|| {
+        spi::one::<i64>("SELECT count(*) FROM zdm.carried_indexes WHERE migration_id = $1 AND state <> 'valid'", &[id.into()])
+    })
+    .unwrap_or(0)
+}
+
 /// A job that has no worker and that nothing will resume: fail at once
 /// instead of sitting out the timeout. A worker that is starting, or a
 /// launcher serving this database, counts as something that will.
@@ -290,7 +298,10 @@ fn wait(migration: i64, timeout: Interval) -> String {
             crate::constraints::raise_if_failed(id);
         }
         let finished = if kind == "rename" { ["backfilled", "contracted", "aborted"].as_slice() } else { ["contracted", "aborted"].as_slice() };
-        if finished.contains(&p.phase.as_str()) {
+        // A rename is done when its rows are backfilled and its carried
+        // indexes are built.
+        let building = kind == "rename" && p.phase == "backfilled" && indexes_pending(id) > 0;
+        if finished.contains(&p.phase.as_str()) && !building {
             if kind == "rename" {
                 pgrx::notice!("zdm migration {id}: {} ({} rows backfilled)", p.phase, p.rows_done);
             } else {
