@@ -438,8 +438,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
     let blocking_hint = "Drop or move these objects to the new column first (zdm never drops them with CASCADE), then call zdm.contract again.";
     let refuse_dependents = || {
         let deps = introspect::column_dependents(m.relid, old_attnum);
-        introspect::refuse_blocking_dependents(&deps, Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, t, m.old_col(), blocking_hint);
-        refuse_late_constraints(m, t, &deps);
+        refuse_not_carried(m, t, &deps, blocking_hint);
         deps
     };
     refuse_dependents();
@@ -577,14 +576,17 @@ fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
     .unwrap_or(0)
 }
 
-/// Constraints put on the old column after expand would be dropped with it:
-/// refuse (2BP01) with the list. NOT NULL added to the old column counts too,
-/// unless the new column is NOT NULL already.
-fn refuse_late_constraints(m: &Migration, t: &str, deps: &[introspect::Dependent]) {
+/// Everything that depends on the old column and would be lost with it:
+/// objects zdm does not carry (views, rules, policies …) and constraints or
+/// indexes put on the old column after expand. NOT NULL added to the old
+/// column counts too, unless the new column is NOT NULL already. Refused
+/// with 2BP01 and one list; nothing is ever dropped with CASCADE.
+fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hint: &str) {
     let mut late: Vec<String> = deps
         .iter()
         .filter_map(|d| match &d.kind {
             DependentKind::SingleColumnCheck { name, .. } if !m.carried_from.contains(name) => Some(format!("check constraint {}", ident(name))),
+            DependentKind::Blocking => Some(d.description.clone()),
             _ => None,
         })
         .collect();
@@ -608,17 +610,16 @@ fn refuse_late_constraints(m: &Migration, t: &str, deps: &[introspect::Dependent
         raise_with_detail(
             Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             format!(
-                "cannot contract zdm migration {}: constraints added to {} of {t} after expand would be lost: {}",
+                "cannot contract zdm migration {}: objects depending on column {} of {t} would be lost: {}",
                 m.id,
                 ident(m.old_col()),
                 late.join(", ")
             ),
-            format!("Constraints: {}.", late.join("; ")),
+            format!("Dependent objects: {}.", late.join("; ")),
             format!(
-                "Put them on {} too (zdm.add_check / zdm.validate_not_null / zdm.create_index on the new column), drop them from {}, then call zdm.contract({}) again.",
+                "{hint} Constraints and indexes: put them on {} (zdm.add_check / zdm.validate_not_null / zdm.create_index) and drop them from {}.",
                 ident(m.new_col()),
                 ident(m.old_col()),
-                m.id
             ),
         );
     }
