@@ -187,6 +187,16 @@ SELECT m.id,
             WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
        (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', ci.new_index, ci.state), ', ' ORDER BY ci.old_index)
           FROM zdm.carried_indexes ci WHERE ci.migration_id = m.id)  AS indexes,
+       -- Objects still using the old column that contract will not carry:
+       -- recreate them on the new column before contract.
+       (SELECT pg_catalog.string_agg(DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0), '; ')
+          FROM pg_catalog.pg_attribute a
+          JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                     AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+         WHERE m.kind = 'rename' AND m.phase IN ('expanded', 'backfilling', 'backfilled')
+           AND a.attrelid = m.relid AND a.attname = m.old_column AND d.deptype = 'n'
+           AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
+                             'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass)) AS blockers,
        j.worker_pid,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,

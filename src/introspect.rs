@@ -188,8 +188,13 @@ pub enum DependentKind {
     /// A UNIQUE or PRIMARY KEY constraint: its index is rebuilt concurrently,
     /// then attached USING INDEX at contract.
     Key { index: pg_sys::Oid, name: String, primary: bool },
-    /// Anything else (foreign key, exclusion constraint, view, generated
-    /// column, multi-column check, policy, statistics, trigger column list …).
+    /// A view, rule, policy, trigger (column list or WHEN) or publication
+    /// column list: it keeps using the old column while that exists; expand
+    /// proceeds, `zdm.status` lists it as a blocker, contract refuses until it
+    /// is recreated on the new column.
+    NotCarried,
+    /// Anything else (foreign key, exclusion constraint, generated column,
+    /// multi-column check, extended statistics …): refused at expand.
     Blocking,
 }
 
@@ -199,6 +204,9 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
             "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), d.objid, \
                     CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN \
                               (SELECT CASE WHEN ad.adrelid = $1 AND ad.adnum = $2 THEN 'default' END FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) \
+                         WHEN d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass, \
+                                            'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass) \
+                              THEN 'not_carried' \
                          WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
                               (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
@@ -228,6 +236,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                 Some("sequence") => DependentKind::OwnedSequence { oid: objid },
                 Some("check") => DependentKind::SingleColumnCheck { oid: objid, name },
                 Some("index") => DependentKind::Index { oid: objid },
+                Some("not_carried") => DependentKind::NotCarried,
                 Some("key") => DependentKind::Key {
                     index: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                     name,

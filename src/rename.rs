@@ -319,7 +319,7 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
         Code::ERRCODE_FEATURE_NOT_SUPPORTED,
         &t,
         old_column,
-        "zdm carries indexes, unique and primary keys and checks on the column; foreign keys, exclusion constraints, views, rules, policies and generated columns are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
+        "zdm carries indexes, unique and primary keys and checks on the column, and lets views, rules, policies and triggers wait for contract; foreign keys, exclusion constraints, multi-column checks, extended statistics and generated columns are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
     );
     (col, deps)
 }
@@ -586,7 +586,7 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
         .iter()
         .filter_map(|d| match &d.kind {
             DependentKind::SingleColumnCheck { name, .. } if !m.carried_from.contains(name) => Some(format!("check constraint {}", ident(name))),
-            DependentKind::Blocking => Some(d.description.clone()),
+            DependentKind::Blocking | DependentKind::NotCarried => Some(d.description.clone()),
             _ => None,
         })
         .collect();

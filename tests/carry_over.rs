@@ -157,3 +157,27 @@ fn primary_key_column_is_renamed() {
     let (code, _) = sqlstate(c.execute("INSERT INTO k (key_code, v) VALUES ('c7', 0)", &[]));
     assert_eq!(code, "23505");
 }
+
+/// A view on the renamed column does not stop expand (it keeps reading the
+/// old column); zdm.status lists it as a blocker from the start; contract
+/// refuses with 2BP01 naming it until it is recreated on the new column.
+#[test]
+fn views_wait_for_contract_and_are_listed_as_blockers() {
+    let cluster = Cluster::start("carryview", &[]);
+    let mut c = cluster.create_db("cv");
+    make_table(&mut c, "t", 5000);
+    c.batch_execute("CREATE VIEW v AS SELECT id, a FROM t").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    let blockers: Option<String> = c.query_one("SELECT blockers FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert!(blockers.unwrap_or_default().contains("on view v"), "listed from the start");
+    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let msg = expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "2BP01");
+    assert!(msg.contains("view public.v"), "{msg}");
+    c.batch_execute("CREATE OR REPLACE VIEW v AS SELECT id, b AS a FROM t").unwrap();
+    let blockers: Option<String> = c.query_one("SELECT blockers FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(blockers, None);
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let n: i64 = c.query_one("SELECT count(*) FROM v WHERE a = 'orig-' || id", &[]).unwrap().get(0);
+    assert_eq!(n, 5000);
+}
