@@ -182,6 +182,13 @@ pub enum DependentKind {
     OwnedSequence { oid: pg_sys::Oid },
     /// A CHECK constraint on this column alone: carried over NOT VALID.
     SingleColumnCheck { oid: pg_sys::Oid, name: String },
+    /// A FOREIGN KEY from this table involving the column: copied NOT VALID
+    /// onto the new column at expand, validated at contract.
+    ForeignKey { oid: pg_sys::Oid, name: String },
+    /// A FOREIGN KEY of another table referencing the column: re-pointed at
+    /// the new column at contract, validated afterwards (expand checks that
+    /// it can be: single-column, another table the owner may alter).
+    Referencing,
     /// An index (any shape) involving the column: rebuilt concurrently on
     /// the new column after the backfill.
     Index { oid: pg_sys::Oid },
@@ -211,6 +218,8 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                               (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
                               (SELECT CASE WHEN co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] THEN 'check' \
+                                           WHEN co.contype = 'f' AND co.conrelid = $1 THEN 'foreign_key' \
+                                           WHEN co.contype = 'f' AND co.confrelid = $1 THEN 'referencing' \
                                            WHEN co.contype IN ('u', 'p') AND co.conrelid = $1 AND co.conindid <> 0 THEN 'key' END \
                                  FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
                     CASE WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
@@ -236,6 +245,8 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                 Some("sequence") => DependentKind::OwnedSequence { oid: objid },
                 Some("check") => DependentKind::SingleColumnCheck { oid: objid, name },
                 Some("index") => DependentKind::Index { oid: objid },
+                Some("foreign_key") => DependentKind::ForeignKey { oid: objid, name },
+                Some("referencing") => DependentKind::Referencing,
                 Some("not_carried") => DependentKind::NotCarried,
                 Some("key") => DependentKind::Key {
                     index: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),

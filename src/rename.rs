@@ -67,6 +67,19 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
                 carried.push((copy, name.clone()));
             }
         }
+        // Foreign keys from the old column to other tables: copied NOT VALID
+        // onto the new column (the referenced table is locked SHARE ROW
+        // EXCLUSIVE by ADD CONSTRAINT itself, within zdm.lock_timeout), then
+        // validated and renamed at contract like the carried checks.
+        spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", crate::guc::LOCK_TIMEOUT_MS.get()));
+        for dep in &deps {
+            if let DependentKind::ForeignKey { oid, name } = &dep.kind {
+                let definition = foreign_key_definition(*oid, col.attnum, new_attnum, relid);
+                let copy = spi::with_suffix(name, &format!("_zdm{id}"));
+                spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
+                carried.push((copy, name.clone()));
+            }
+        }
         // Indexes and keys on the old column: definitions for the new column,
         // built concurrently after the backfill (see carry.rs).
         let mut indexes = Vec::new();
@@ -233,6 +246,32 @@ fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &s
     carried
 }
 
+/// `FOREIGN KEY (…) REFERENCES …` of constraint `oid` with attribute `from`
+/// replaced by `to`, from pg_constraint's columns and actions. Always
+/// immediate: deferred checks cannot fire inside the security-restricted
+/// batches; contract gives the key back its deferrability.
+fn foreign_key_definition(oid: pg_sys::Oid, from: i16, to: i16, relid: pg_sys::Oid) -> String {
+    spi::one::<String>(
+        "SELECT pg_catalog.format('FOREIGN KEY (%s) REFERENCES %s (%s)%s%s%s', \
+                  (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
+                     FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(att, ord) \
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = $4 AND a.attnum = CASE WHEN k.att = $2 THEN $3 ELSE k.att END), \
+                  (SELECT pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = c.confrelid), \
+                  (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
+                     FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(att, ord) \
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.att), \
+                  CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END, \
+                  CASE c.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE' \
+                       WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END, \
+                  CASE c.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE' \
+                       WHEN 'n' THEN ' ON DELETE SET NULL' WHEN 'd' THEN ' ON DELETE SET DEFAULT' ELSE '' END) \
+           FROM pg_catalog.pg_constraint c WHERE c.oid = $1",
+        &[oid.into(), from.into(), to.into(), relid.into()],
+    )
+    .unwrap_or_default()
+}
+
 /// Everything that must hold for `old_column` → `new_column` on `table`;
 /// returns the old column and its dependents.
 fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (introspect::Column, Vec<introspect::Dependent>) {
@@ -301,16 +340,21 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
             "zdm runs batches as the table owner in a security-restricted operation, where PostgreSQL refuses deferred triggers. Make them INITIALLY IMMEDIATE for the migration (ALTER TABLE ... ALTER CONSTRAINT), or rename with plain DDL.",
         );
     }
+    // Foreign keys from other tables referencing the column are re-pointed at
+    // contract; supported when they reference this column alone, from a
+    // table the owner may alter.
     let referenced = spi::one::<String>(
         "SELECT pg_catalog.string_agg(pg_catalog.format('%I on %s', conname, conrelid::pg_catalog.regclass), ', ') \
-           FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = $1 AND $2 = ANY (confkey)",
+           FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = $1 AND $2 = ANY (confkey) \
+            AND (confkey <> ARRAY[$2]::int2[] OR conrelid = $1 \
+                 OR NOT pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = conrelid), 'USAGE'))",
         &[relid.into(), col.attnum.into()],
     );
     if let Some(fks) = referenced {
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("column {} of table {t} is referenced by foreign key(s) {fks}", ident(old_column)),
-            "Re-pointing foreign keys from other tables is not supported yet; rename with plain DDL, or drop and re-add those foreign keys around the migration.",
+            format!("column {} of table {t} is referenced by foreign key(s) zdm cannot re-point: {fks}", ident(old_column)),
+            "zdm re-points single-column foreign keys from other tables that the table owner may alter; multi-column and self-referencing keys are not supported yet. Rename with plain DDL, or drop and re-add those foreign keys around the migration.",
         );
     }
     let deps = introspect::column_dependents(relid, col.attnum);
@@ -535,6 +579,22 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
         steps::set_not_null(m.relid, t, m.new_col(), nn);
     }
+    // Deferrability of carried foreign keys, read before the originals go.
+    let deferrable: Vec<(String, String)> = m
+        .carried_from
+        .iter()
+        .filter_map(|original| {
+            spi::one::<String>(
+                "SELECT CASE WHEN condeferred THEN 'DEFERRABLE INITIALLY DEFERRED' ELSE 'DEFERRABLE INITIALLY IMMEDIATE' END \
+                   FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2 AND contype = 'f' AND condeferrable",
+                &[m.relid.into(), original.as_str().into()],
+            )
+            .map(|clause| (original.clone(), clause))
+        })
+        .collect();
+    // Foreign keys from other tables: re-pointed NOT VALID at the new
+    // column's unique index, the old ones dropped; validated after commit.
+    let repointed = repoint_referencing_keys(m, t, old_attnum);
     if let Some(trigger) = &m.trigger_name {
         spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
     }
@@ -556,6 +616,110 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         if taken.is_none() {
             spi::exec(&format!("ALTER TABLE {t} RENAME CONSTRAINT {} TO {}", ident(copy), ident(original)));
         }
+    }
+    for (name, clause) in deferrable {
+        spi::exec(&format!("ALTER TABLE {t} ALTER CONSTRAINT {} {clause}", ident(&name)));
+    }
+    finish_repointed_keys(m, repointed);
+}
+
+struct Repointed {
+    child: pg_sys::Oid,
+    child_sql: String,
+    name: String,
+    temporary: String,
+    definition: String,
+    deferrable: Option<String>,
+}
+
+/// Under contract's lock: every foreign key referencing the old column gets
+/// a NOT VALID twin referencing the new column (its unique index is built),
+/// and the original is dropped, so the old column can go.
+fn repoint_referencing_keys(m: &Migration, t: &str, old_attnum: i16) -> Vec<Repointed> {
+    let rows = Spi::connect_mut(|c| {
+        let rows = c.update(
+            "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname), c.conname::text, \
+                    (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
+                       FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(att, ord) \
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.att), \
+                    CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END \
+                    || CASE c.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE' \
+                         WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END \
+                    || CASE c.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE' \
+                         WHEN 'n' THEN ' ON DELETE SET NULL' WHEN 'd' THEN ' ON DELETE SET DEFAULT' ELSE '' END, \
+                    CASE WHEN c.condeferrable THEN CASE WHEN c.condeferred THEN 'DEFERRABLE INITIALLY DEFERRED' \
+                                                        ELSE 'DEFERRABLE INITIALLY IMMEDIATE' END END \
+               FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+              WHERE c.contype = 'f' AND c.confrelid = $1 AND c.confkey = ARRAY[$2]::int2[] ORDER BY c.conname",
+            None,
+            &[m.relid.into(), old_attnum.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<String>(5)?.unwrap_or_default(),
+                r.get::<String>(6)?,
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_default();
+    let mut done = Vec::new();
+    for (child, child_sql, name, columns, actions, deferrable) in rows {
+        locking::lock_table(child, &child_sql, "ACCESS EXCLUSIVE");
+        let temporary = spi::with_suffix(&name, &format!("_zdm{}", m.id));
+        let definition = format!("FOREIGN KEY ({columns}) REFERENCES {t} ({}){actions}", ident(m.new_col()));
+        spi::exec(&format!("ALTER TABLE {child_sql} ADD CONSTRAINT {} {definition} NOT VALID", ident(&temporary)));
+        spi::exec(&format!("ALTER TABLE {child_sql} DROP CONSTRAINT {}", ident(&name)));
+        done.push(Repointed { child, child_sql, name, temporary, definition, deferrable });
+    }
+    done
+}
+
+/// After the old column is gone: the re-pointed keys take their names and
+/// deferrability back, and each is validated by a constraint migration
+/// that a worker runs after this transaction commits (a scan under SHARE
+/// UPDATE EXCLUSIVE: writes go on).
+fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
+    for k in keys {
+        spi::exec(&format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", k.child_sql, ident(&k.temporary), ident(&k.name)));
+        if let Some(clause) = &k.deferrable {
+            spi::exec(&format!("ALTER TABLE {} ALTER CONSTRAINT {} {clause}", k.child_sql, ident(&k.name)));
+        }
+        let id = catalog::next_id();
+        let started_by = spi::one::<String>("SELECT session_user::text", &[]).unwrap_or_default();
+        crate::constraints::record(
+            &crate::constraints::Request {
+                id,
+                kind: "foreign_key".into(),
+                relid: k.child.to_u32(),
+                column: None,
+                constraint_name: k.name.clone(),
+                definition: k.definition.clone(),
+                ref_relid: Some(m.relid.to_u32()),
+                started_by,
+                search_path: "pg_catalog, pg_temp".into(),
+                depends_on: None,
+                lock_timeout_ms: crate::guc::LOCK_TIMEOUT_MS.get(),
+                lock_retries: crate::guc::LOCK_RETRIES.get(),
+            },
+            false,
+        );
+        if let Err(e) = crate::jobs::launch_worker(id, true) {
+            pgrx::warning!("zdm migration {id}: validation of {} queued but not started ({e}); the launcher will start it", ident(&k.name));
+        }
+        pgrx::notice!(
+            "zdm migration {}: foreign key {} on {} now references {}; zdm migration {id} validates it after commit",
+            m.id,
+            ident(&k.name),
+            k.child_sql,
+            ident(m.new_col())
+        );
     }
 }
 

@@ -279,7 +279,11 @@ mod tests {
         assert!(one::<i64>("SELECT zdm.expand_rename('g', 'i', 'i2', background => false)").is_some());
         assert_eq!(one::<i64>("SELECT count(*) FROM zdm.carried_indexes"), Some(2));
         assert_sqlstate("SELECT zdm.expand_rename('g', 'f', 'f2')", "0A000", "g_f_fk");
-        assert_sqlstate("SELECT zdm.expand_rename('g_ref', 'id', 'id2')", "0A000", "referenced by foreign key");
+        // A key referenced by another table's foreign key is re-pointed at contract;
+        // a self-referencing one is not supported yet.
+        assert!(one::<i64>("SELECT zdm.expand_rename('g_ref', 'id', 'id2', background => false)").is_some());
+        run("CREATE TABLE sref (id int PRIMARY KEY, parent int REFERENCES sref (id))");
+        assert_sqlstate("SELECT zdm.expand_rename('sref', 'id', 'id2')", "0A000", "cannot re-point");
         run("CREATE VIEW gv AS SELECT a FROM g");
         assert_sqlstate("SELECT zdm.expand_rename('gv', 'a', 'a2')", "0A000", "a view");
         run("CREATE TEMP TABLE tmp (a int)");

@@ -181,3 +181,81 @@ fn views_wait_for_contract_and_are_listed_as_blockers() {
     let n: i64 = c.query_one("SELECT count(*) FROM v WHERE a = 'orig-' || id", &[]).unwrap().get(0);
     assert_eq!(n, 5000);
 }
+
+/// A foreign key from the renamed column (deferrable, with ON DELETE
+/// CASCADE) is copied NOT VALID at expand, validated at contract and takes
+/// the original name and deferrability; orphans are refused afterwards.
+#[test]
+fn foreign_key_from_the_column_follows_the_rename() {
+    let cluster = Cluster::start("carryfk", &[]);
+    let mut c = cluster.create_db("fk");
+    c.batch_execute(
+        "CREATE TABLE customers (id bigint PRIMARY KEY);
+         INSERT INTO customers SELECT g FROM generate_series(1, 1000) g;
+         CREATE TABLE orders (id bigint PRIMARY KEY,
+                              customer_id bigint CONSTRAINT orders_customer_fk REFERENCES customers (id)
+                                ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+                              note text);
+         INSERT INTO orders SELECT g, g % 1000 + 1, 'n' FROM generate_series(1, 20000) g;",
+    )
+    .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('orders', 'customer_id', 'cust_id')", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let def: String = c
+        .query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'orders_customer_fk'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(def, "FOREIGN KEY (cust_id) REFERENCES customers(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED");
+    let valid: bool = c.query_one("SELECT convalidated FROM pg_constraint WHERE conname = 'orders_customer_fk'", &[]).unwrap().get(0);
+    assert!(valid);
+    let (code, _) = sqlstate(c.execute("INSERT INTO orders (id, cust_id) VALUES (-1, 99999)", &[]));
+    assert_eq!(code, "23503");
+    c.execute("DELETE FROM customers WHERE id = 1", &[]).unwrap();
+    let left: i64 = c.query_one("SELECT count(*) FROM orders WHERE cust_id = 1", &[]).unwrap().get(0);
+    assert_eq!(left, 0, "ON DELETE CASCADE carried");
+}
+
+/// The primary key column renamed while another table's foreign key
+/// references it, with inserts into the child throughout: at contract the
+/// child's key is re-pointed NOT VALID at the new column and validated
+/// afterwards by its own migration; orphans are refused after.
+#[test]
+fn referenced_primary_key_is_renamed_and_children_repointed() {
+    let cluster = Cluster::start("carryref", &[]);
+    let mut c = cluster.create_db("rf");
+    c.batch_execute(
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);
+         INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 20000) g;
+         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int CONSTRAINT child_parent_fk REFERENCES parent (id) ON DELETE CASCADE);
+         INSERT INTO child (parent_id) SELECT g % 20000 + 1 FROM generate_series(1, 50000) g;",
+    )
+    .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('parent', 'id', 'parent_key')", &[]).unwrap().get(0);
+    let mut writer = cluster.connect("rf");
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    // new parents through the new column, children pointing at them
+    writer.batch_execute("INSERT INTO parent (parent_key, v) VALUES (30001, 'new'); INSERT INTO child (parent_id) VALUES (30001);").unwrap();
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let def: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'child_parent_fk'", &[]).unwrap().get(0);
+    assert_eq!(def, "FOREIGN KEY (parent_id) REFERENCES parent(parent_key) ON DELETE CASCADE NOT VALID", "re-pointed in the brief step");
+    let pk: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'parent_pkey'", &[]).unwrap().get(0);
+    assert_eq!(pk, "PRIMARY KEY (parent_key)");
+    let validation: i64 = c
+        .query_one("SELECT id FROM zdm.migrations WHERE kind = 'foreign_key' AND constraint_name = 'child_parent_fk'", &[])
+        .unwrap()
+        .get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&validation]).unwrap().get(0);
+    assert_eq!(phase, "contracted");
+    let valid: bool = c.query_one("SELECT convalidated FROM pg_constraint WHERE conname = 'child_parent_fk'", &[]).unwrap().get(0);
+    assert!(valid, "validated after contract");
+    let def: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'child_parent_fk'", &[]).unwrap().get(0);
+    assert_eq!(def, "FOREIGN KEY (parent_id) REFERENCES parent(parent_key) ON DELETE CASCADE");
+    let (code, _) = sqlstate(writer.execute("INSERT INTO child (parent_id) VALUES (99999)", &[]));
+    assert_eq!(code, "23503");
+    writer.execute("DELETE FROM parent WHERE parent_key = 30001", &[]).unwrap();
+    let left: i64 = c.query_one("SELECT count(*) FROM child WHERE parent_id = 30001", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}
