@@ -259,3 +259,36 @@ fn referenced_primary_key_is_renamed_and_children_repointed() {
     let left: i64 = c.query_one("SELECT count(*) FROM child WHERE parent_id = 30001", &[]).unwrap().get(0);
     assert_eq!(left, 0);
 }
+
+/// A carried unique build that fails (a duplicate got in: here the old key
+/// was dropped by hand and a duplicate written): the job fails with the
+/// duplicated key in zdm.status, no INVALID index remains, contract refuses;
+/// after fixing the data, zdm.start_backfill builds it and contract works.
+#[test]
+fn failed_carried_build_is_reported_and_resumed() {
+    let cluster = Cluster::start("carryfail", &[]);
+    let mut c = cluster.create_db("cf");
+    make_table(&mut c, "t", 20_000);
+    c.batch_execute("ALTER TABLE t ADD CONSTRAINT t_a_key UNIQUE (a)").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    c.batch_execute("ALTER TABLE t DROP CONSTRAINT t_a_key; UPDATE t SET a = 'orig-1' WHERE id = 2;").unwrap();
+    c.query_one("SELECT zdm.start_backfill($1, pause_ms => 0)", &[&id]).unwrap();
+    let msg = expect_err(&mut c, &format!("SELECT zdm.wait({id}, '2 minutes')"), "55000");
+    assert!(msg.contains("duplicate") || msg.contains("duplicated"), "{msg}");
+    let (indexes, error): (Option<String>, Option<String>) = {
+        let r = c.query_one("SELECT indexes, last_error FROM zdm.status WHERE id = $1", &[&id]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(indexes.unwrap_or_default().contains("failed"));
+    assert!(error.unwrap_or_default().contains("is duplicated"), "the duplicated key is named");
+    let invalid: i64 = c.query_one("SELECT count(*) FROM pg_index WHERE NOT indisvalid", &[]).unwrap().get(0);
+    assert_eq!(invalid, 0, "no INVALID index left behind");
+    expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "55000");
+    c.batch_execute("UPDATE t SET a = 'orig-2' WHERE id = 2").unwrap();
+    c.query_one("SELECT zdm.start_backfill($1)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let def: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 't_a_key'", &[]).unwrap().get(0);
+    assert_eq!(def, "UNIQUE (b)");
+}
