@@ -24,22 +24,6 @@ workload() { # log prefix; runs pgbench, leaves the per-transaction log
   (cd "$BENCH_DIR" && "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$SECS" \
      -b tpcb-like@1 -f mig.sql@1 --log --log-prefix="$1" "$DB" >/dev/null 2>&1)
 }
-# TPS and p99 (ms) of the transactions that ended within [from, to] (epoch
-# seconds; empty = the whole run). pgbench log: client tx latency_us script epoch_s us.
-window_stats() { # prefix from to
-  local sel="$BENCH_DIR/window-$1.txt" n span p99   # not matched by the $1.* glob below
-  cat "$BENCH_DIR/$1".* | awk -v from="${2:-0}" -v to="${3:-0}" \
-    '{ t = $5 + $6 / 1e6; if (from > 0 && (t < from || t > to)) next; printf "%.6f %d\n", t, $3 }' > "$sel"
-  n=$(wc -l < "$sel")
-  if [ "$n" -eq 0 ]; then echo "0 0"; return; fi
-  # the span: the window clipped to pgbench's own run (first to last transaction)
-  span=$(cat "$BENCH_DIR/$1".* | awk -v from="${2:-0}" -v to="${3:-0}" '
-    { t = $5 + $6 / 1e6; if (f == 0 || t < f) f = t; if (t > l) l = t }
-    END { a = f; b = l; if (from > 0 && from > a) a = from; if (to > 0 && to < b) b = to; printf "%.3f", b - a }')
-  p99=$(awk '{ print $2 }' "$sel" | sort -n | awk -v n="$n" 'BEGIN { i = int(n * 0.99); if (i < 1) i = 1 } NR == i { printf "%.1f", $1 / 1000 }')
-  awk -v n="$n" -v s="$span" -v p="$p99" 'BEGIN { if (s <= 0) s = 1; printf "%d %s\n", n / s, p }'
-}
-
 q -c "CHECKPOINT"
 workload log_base
 read -r base_tps base_p99 < <(window_stats log_base)
