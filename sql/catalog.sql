@@ -27,6 +27,8 @@ CREATE TABLE zdm.migrations (
     not_null_check  name,                                 -- CHECK (new IS NOT NULL) NOT VALID carried from old NOT NULL
     carried_checks  name[]      NOT NULL DEFAULT '{}',    -- CHECK constraints copied to the new column NOT VALID
     carried_from    name[]      NOT NULL DEFAULT '{}',    -- their originals' names, taken over at contract
+    carried_statistics text[]   NOT NULL DEFAULT '{}',    -- extended statistics copied onto the new column ("schema"."name")
+    carried_statistics_from name[] NOT NULL DEFAULT '{}', -- their originals' names, taken over at contract
     -- backfill cursor: the next heap block to visit. Persisted in the same
     -- transaction as each batch, so progress is exactly-once.
     cursor_block    bigint      NOT NULL DEFAULT 0,

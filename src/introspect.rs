@@ -195,6 +195,9 @@ pub enum DependentKind {
     /// A UNIQUE or PRIMARY KEY constraint: its index is rebuilt concurrently,
     /// then attached USING INDEX at contract.
     Key { index: pg_sys::Oid, name: String, primary: bool },
+    /// An extended statistics object on plain columns (no expressions):
+    /// copied onto the new column at expand, renamed at contract.
+    Statistics { oid: pg_sys::Oid },
     /// A view, rule, policy, trigger (column list or WHEN) or publication
     /// column list: it keeps using the old column while that exists; expand
     /// proceeds, `zdm.status` lists it as a blocker, contract refuses until it
@@ -209,11 +212,13 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
     Spi::connect_mut(|c| {
         let t = c.update(
             "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), d.objid, \
-                    CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN \
-                              (SELECT CASE WHEN ad.adrelid = $1 AND ad.adnum = $2 THEN 'default' END FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) \
+                    CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+                              AND (SELECT ad.adrelid = $1 AND ad.adnum = $2 FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) THEN 'default' \
                          WHEN d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass, \
                                             'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass) \
                               THEN 'not_carried' \
+                         WHEN d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass THEN \
+                              (SELECT CASE WHEN st.stxexprs IS NULL THEN 'statistics' END FROM pg_catalog.pg_statistic_ext st WHERE st.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
                               (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
@@ -248,6 +253,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                 Some("foreign_key") => DependentKind::ForeignKey { oid: objid, name },
                 Some("referencing") => DependentKind::Referencing,
                 Some("not_carried") => DependentKind::NotCarried,
+                Some("statistics") => DependentKind::Statistics { oid: objid },
                 Some("key") => DependentKind::Key {
                     index: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                     name,

@@ -80,6 +80,13 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
                 carried.push((copy, name.clone()));
             }
         }
+        // Extended statistics on plain columns: copied onto the new column.
+        let mut statistics: Vec<(String, String)> = Vec::new();
+        for dep in &deps {
+            if let DependentKind::Statistics { oid } = &dep.kind {
+                statistics.push(copy_statistics(*oid, col.attnum, new_attnum, &t, id));
+            }
+        }
         // Indexes and keys on the old column: definitions for the new column,
         // built concurrently after the backfill (see carry.rs).
         let mut indexes = Vec::new();
@@ -131,6 +138,16 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
         for c in &indexes {
             crate::carry::record(id, c);
+        }
+        if !statistics.is_empty() {
+            let copies: Vec<String> = statistics.iter().map(|(c, _)| c.clone()).collect();
+            let originals: Vec<String> = statistics.iter().map(|(_, o)| o.clone()).collect();
+            catalog::as_catalog_owner(|| {
+                spi::exec_args(
+                    "UPDATE zdm.migrations SET carried_statistics = $2, carried_statistics_from = $3::text[]::name[] WHERE id = $1",
+                    &[id.into(), copies.into(), originals.into()],
+                )
+            });
         }
         catalog::log_step(Step {
             migration: id,
@@ -244,6 +261,40 @@ fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &s
         carried.push(format!("{} column privilege(s)", grants.len()));
     }
     carried
+}
+
+/// `CREATE STATISTICS` for the new column, a copy of statistics object
+/// `oid` (kinds, columns with `from` replaced by `to`, statistics target).
+/// Returns the copy (qualified) and the original's name.
+fn copy_statistics(oid: pg_sys::Oid, from: i16, to: i16, t: &str, id: i64) -> (String, String) {
+    let row = spi::first_row(
+        "SELECT n.nspname::text, s.stxname::text, \
+                (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
+                   FROM pg_catalog.unnest(s.stxkeys::int2[]) WITH ORDINALITY k(att, ord) \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = s.stxrelid AND a.attnum = CASE WHEN k.att = $2 THEN $3 ELSE k.att END), \
+                (SELECT pg_catalog.string_agg(CASE k WHEN 'd' THEN 'ndistinct' WHEN 'f' THEN 'dependencies' ELSE 'mcv' END, ', ') \
+                   FROM pg_catalog.unnest(s.stxkind) k WHERE k IN ('d', 'f', 'm')), \
+                s.stxstattarget::int \
+           FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace WHERE s.oid = $1",
+        &[oid.into(), from.into(), to.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<i32>(5)?.unwrap_or(-1),
+            ))
+        },
+    )
+    .unwrap_or_default();
+    let (schema, name, columns, kinds, target) = row;
+    let copy = spi::qualified(&schema, &spi::with_suffix(&name, &format!("_zdm{id}")));
+    spi::exec(&format!("CREATE STATISTICS {copy} ({kinds}) ON {columns} FROM {t}"));
+    if target >= 0 {
+        spi::exec(&format!("ALTER STATISTICS {copy} SET STATISTICS {target}"));
+    }
+    (copy, name)
 }
 
 /// `FOREIGN KEY (…) REFERENCES …` of constraint `oid` with attribute `from`
@@ -620,6 +671,18 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     for (name, clause) in deferrable {
         spi::exec(&format!("ALTER TABLE {t} ALTER CONSTRAINT {} {clause}", ident(&name)));
     }
+    // The original statistics went with the old column: the copies take their names.
+    let statistics = catalog::as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT carried_statistics, carried_statistics_from::text[] FROM zdm.migrations WHERE id = $1",
+            &[m.id.into()],
+            |r| Ok((r.get::<Vec<String>>(1)?.unwrap_or_default(), r.get::<Vec<String>>(2)?.unwrap_or_default())),
+        )
+    })
+    .unwrap_or_default();
+    for (copy, original) in statistics.0.iter().zip(&statistics.1) {
+        spi::exec(&format!("ALTER STATISTICS {copy} RENAME TO {}", ident(original)));
+    }
     finish_repointed_keys(m, repointed);
 }
 
@@ -754,6 +817,19 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
             _ => None,
         })
         .collect();
+    let carried_statistics = catalog::as_catalog_owner(|| {
+        spi::one::<Vec<String>>("SELECT carried_statistics_from::text[] FROM zdm.migrations WHERE id = $1", &[m.id.into()])
+    })
+    .unwrap_or_default();
+    for d in deps {
+        if let DependentKind::Statistics { oid } = &d.kind {
+            let name = spi::one::<String>("SELECT stxname::text FROM pg_catalog.pg_statistic_ext WHERE oid = $1", &[(*oid).into()])
+                .unwrap_or_default();
+            if !carried_statistics.contains(&name) {
+                late.push(d.description.clone());
+            }
+        }
+    }
     let carried: Vec<String> = crate::carry::list(m.id).into_iter().map(|(c, _)| c.old_index).collect();
     for d in deps {
         let index = match &d.kind {

@@ -21,7 +21,9 @@ fn column_attributes_and_privileges_follow_the_rename() {
          ALTER TABLE t ALTER COLUMN a SET STATISTICS 321;
          ALTER TABLE t ALTER COLUMN a SET (n_distinct = -0.5);
          ALTER TABLE t ALTER COLUMN a SET STORAGE MAIN;
-         ALTER TABLE t ALTER COLUMN a SET COMPRESSION pglz;",
+         ALTER TABLE t ALTER COLUMN a SET COMPRESSION pglz;
+         CREATE STATISTICS t_stats (ndistinct, dependencies) ON a, pad FROM t;
+         ALTER STATISTICS t_stats SET STATISTICS 50;",
     )
     .unwrap();
     let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
@@ -53,6 +55,14 @@ fn column_attributes_and_privileges_follow_the_rename() {
     assert_eq!(analysed, 1, "the new column is analysed before contract");
     c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
     assert_eq!(attrs(&mut c, "b").0, 321);
+    let (stats, target): (String, i32) = {
+        let r = c
+            .query_one("SELECT pg_get_statisticsobjdef(oid), stxstattarget::int FROM pg_statistic_ext WHERE stxname = 't_stats'", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(stats, "CREATE STATISTICS public.t_stats (ndistinct, dependencies) ON pad, b FROM t", "(keys are kept in column order)");
+    assert_eq!(target, 50, "extended statistics follow, under their name, with their target");
     let mut reader = cluster.connect_as("carry", "reader");
     let v: String = reader.query_one("SELECT b FROM t WHERE id = 7", &[]).unwrap().get(0);
     assert_eq!(v, "orig-7");

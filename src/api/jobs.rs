@@ -211,6 +211,21 @@ fn progress(id: i64) -> Option<Progress> {
     )
 }
 
+/// "building index X: phase, blocks a of b" from pg_stat_progress_create_index
+/// for the migration's worker, while it builds.
+fn index_build_progress(id: i64) -> Option<String> {
+    as_catalog_owner(|| {
+        spi::one::<String>(
+            "SELECT pg_catalog.format('building index %s: %s, %s%% of blocks', \
+                      coalesce((SELECT c.relname::text FROM pg_catalog.pg_class c WHERE c.oid = p.index_relid), '?'), p.phase, \
+                      CASE WHEN p.blocks_total > 0 THEN round(100.0 * p.blocks_done / p.blocks_total, 1) ELSE 0 END) \
+               FROM pg_catalog.pg_stat_progress_create_index p JOIN zdm.jobs j ON j.worker_pid = p.pid \
+              WHERE j.migration_id = $1",
+            &[id.into()],
+        )
+    })
+}
+
 /// Carried indexes of a rename not built yet.
 fn indexes_pending(id: i64) -> i64 {
     as_catalog_owner(|| {
@@ -328,7 +343,15 @@ fn wait(migration: i64, timeout: Interval) -> String {
             Some(state) => raise_if_abandoned(id, state),
         }
         let due = last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if due && p.rows_done != last_rows {
+        // Index builds (a rename's carried indexes, create_index): PostgreSQL's
+        // own progress view of the worker's build.
+        if due && (building || kind == "create_index") {
+            if let Some(line) = index_build_progress(id) {
+                pgrx::notice!("zdm migration {id}: {line}");
+                last_notice = Some(Instant::now());
+            }
+        }
+        if due && p.rows_done != last_rows && !building {
             pgrx::notice!(
                 "zdm migration {id}: {:.1}% — {} of ~{} rows, {} rows/s, ETA {}{}",
                 p.percent,
