@@ -119,6 +119,29 @@ fn indexes_and_keys_follow_the_rename_under_writers() {
     };
     let w1 = spawn("a", 0, 10 * ROWS);
     let w2 = spawn("b", 1, 20 * ROWS);
+    // Sample the table's locks while the worker backfills and builds: nothing
+    // that blocks writers is ever held (expand and contract are outside).
+    let sampler = {
+        let (mut s, stop) = (cluster.connect("ci"), stop.clone());
+        std::thread::spawn(move || {
+            let (mut samples, mut blocking) = (0, Vec::<String>::new());
+            while !stop.load(Ordering::SeqCst) {
+                samples += 1;
+                for r in s
+                    .query(
+                        "SELECT l.mode FROM pg_locks l WHERE l.locktype = 'relation' AND l.relation = 't'::regclass AND l.granted
+                           AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')",
+                        &[],
+                    )
+                    .unwrap()
+                {
+                    blocking.push(r.get(0));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (samples, blocking)
+        })
+    };
     let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");
     let states: String = c.query_one("SELECT indexes FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
@@ -126,6 +149,14 @@ fn indexes_and_keys_follow_the_rename_under_writers() {
     stop.store(true, Ordering::SeqCst);
     let mut ledger = w1.join().unwrap();
     ledger.extend(w2.join().unwrap());
+    let (samples, blocking) = sampler.join().unwrap();
+    println!("{samples} lock samples during backfill and index builds");
+    assert!(samples > 10 && blocking.is_empty(), "locks that block writers during backfill/builds: {blocking:?}");
+    let built: i64 = c
+        .query_one("SELECT count(*) FROM zdm.events WHERE migration_id = $1 AND step = 'index built'", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(built, 7, "seven indexes built concurrently by the worker");
     c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
     assert_eq!(mismatches(&mut c, "t", "id", "b", &ledger), 0);
     assert_eq!(defs(&mut c), before, "each index is the old one with the column renamed, under the old name");

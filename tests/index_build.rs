@@ -121,7 +121,7 @@ fn unique_build_failure_leaves_nothing_and_writers_never_wait() {
         samples += 1;
         for r in sampler
             .query(
-                "SELECT mode FROM pg_locks WHERE relation = 't'::regclass AND granted
+                "SELECT mode FROM pg_locks WHERE locktype = 'relation' AND relation = 't'::regclass AND granted
                    AND mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')",
                 &[],
             )
