@@ -109,6 +109,14 @@ pub fn current_table_sql(relid: pg_sys::Oid) -> Option<String> {
     )
 }
 
+/// The schema a relation lives in now (None if it is gone).
+pub fn current_schema_of(relid: pg_sys::Oid) -> Option<String> {
+    spi::one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relid.into()],
+    )
+}
+
 /// Run `f` as the extension owner, for catalog access only, with
 /// `search_path = pg_catalog, pg_temp`: the caller's search_path must not
 /// resolve any function or operator in zdm's catalog SQL while it runs with
@@ -116,7 +124,7 @@ pub fn current_table_sql(relid: pg_sys::Oid) -> Option<String> {
 /// An error inside `f` aborts the (sub)transaction, which restores both the
 /// user id and the setting by itself.
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    security::pinned_search_path(|| security::as_role_pinned(extension_owner(), f))
+    security::pinned_search_path(|| security::as_role(extension_owner(), f))
 }
 
 fn extension_owner() -> pg_sys::Oid {

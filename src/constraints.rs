@@ -237,23 +237,15 @@ pub(crate) fn gate(id: i64) -> bool {
             _ => return false, // cancelled, failed, completed
         };
         let Some(reason) = reason else {
-            let _ = worker::transaction(|| set_throttle_reason(id, None));
+            let _ = worker::transaction(|| worker::set_throttle_reason(id, None));
             return true;
         };
-        let _ = worker::transaction(|| set_throttle_reason(id, Some(&reason)));
+        let _ = worker::transaction(|| worker::set_throttle_reason(id, Some(&reason)));
         worker::set_activity(&format!("zdm constraint {id}: {reason}"));
         worker::sleep_ms(1000.0);
     }
 }
 
-fn set_throttle_reason(id: i64, reason: Option<&str>) {
-    as_catalog_owner(|| {
-        spi::exec_args(
-            "UPDATE zdm.jobs SET throttle_reason = $2, heartbeat_at = clock_timestamp() WHERE migration_id = $1",
-            &[id.into(), reason.into()],
-        )
-    });
-}
 
 /// A step was not run because the job was cancelled: stop quietly, keeping
 /// the step reached (calling again resumes, zdm.abort removes it).

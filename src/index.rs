@@ -48,11 +48,7 @@ fn load_plan(id: i64) -> Option<Plan> {
             },
         )
     })?;
-    let schema = spi::one::<String>(
-        "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[m.relid.into()],
-    )
-    .unwrap_or_else(|| m.table_schema.clone());
+    let schema = catalog::current_schema_of(m.relid).unwrap_or_else(|| m.table_schema.clone());
     Some(Plan {
         kind: m.kind.clone(),
         index_sql: spi::qualified(&schema, &index_name),
@@ -148,14 +144,8 @@ fn attempts(id: i64, p: &Plan) -> Result<(), Option<(PgSqlErrorCode, String)>> {
                     let message = format!("{} of {} failed: {last_error}", p.kind.replace('_', " "), ident(&p.index_name));
                     return Err(Some((code, message)));
                 }
-                let _ = worker::transaction(|| {
-                    as_catalog_owner(|| {
-                        spi::exec_args(
-                            "UPDATE zdm.jobs SET throttle_reason = $2 WHERE migration_id = $1",
-                            &[id.into(), format!("index {}: attempt {attempt} failed ({last_error}); retrying", p.index_name).into()],
-                        )
-                    })
-                });
+                let reason = format!("index {}: attempt {attempt} failed ({last_error}); retrying", p.index_name);
+                let _ = worker::transaction(|| worker::set_throttle_reason(id, Some(&reason)));
                 worker::sleep_ms(500.0 * 2f64.powi(attempt as i32));
             }
         }
@@ -195,11 +185,7 @@ pub fn run(id: i64) {
 pub fn build_carried(id: i64, owner: pg_sys::Oid) -> Result<bool, String> {
     let (carried, schema, lock_timeout_ms) = worker::transaction(|| {
         let m = catalog::load_or_raise(id, false);
-        let schema = spi::one::<String>(
-            "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-            &[m.relid.into()],
-        )
-        .unwrap_or_default();
+        let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
         let timeout = jobs::load_row(id).map(|j| j.lock_timeout_ms).unwrap_or(2000);
         (crate::carry::list(id), schema, timeout)
     })?;

@@ -297,13 +297,21 @@ fn copy_statistics(oid: pg_sys::Oid, from: i16, to: i16, t: &str, id: i64) -> (S
     (copy, name)
 }
 
+/// SQL over a pg_constraint row `c`: a foreign key's MATCH, ON UPDATE and
+/// ON DELETE clauses as written in its definition ("" for the defaults).
+const FK_ACTIONS: &str = "CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END \
+    || CASE c.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE' \
+         WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END \
+    || CASE c.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE' \
+         WHEN 'n' THEN ' ON DELETE SET NULL' WHEN 'd' THEN ' ON DELETE SET DEFAULT' ELSE '' END";
+
 /// `FOREIGN KEY (…) REFERENCES …` of constraint `oid` with attribute `from`
 /// replaced by `to`, from pg_constraint's columns and actions. Always
 /// immediate: deferred checks cannot fire inside the security-restricted
 /// batches; contract gives the key back its deferrability.
 fn foreign_key_definition(oid: pg_sys::Oid, from: i16, to: i16, relid: pg_sys::Oid) -> String {
     spi::one::<String>(
-        "SELECT pg_catalog.format('FOREIGN KEY (%s) REFERENCES %s (%s)%s%s%s', \
+        &format!("SELECT pg_catalog.format('FOREIGN KEY (%s) REFERENCES %s (%s)%s', \
                   (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
                      FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(att, ord) \
                      JOIN pg_catalog.pg_attribute a ON a.attrelid = $4 AND a.attnum = CASE WHEN k.att = $2 THEN $3 ELSE k.att END), \
@@ -312,12 +320,8 @@ fn foreign_key_definition(oid: pg_sys::Oid, from: i16, to: i16, relid: pg_sys::O
                   (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
                      FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(att, ord) \
                      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.att), \
-                  CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END, \
-                  CASE c.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE' \
-                       WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END, \
-                  CASE c.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE' \
-                       WHEN 'n' THEN ' ON DELETE SET NULL' WHEN 'd' THEN ' ON DELETE SET DEFAULT' ELSE '' END) \
-           FROM pg_catalog.pg_constraint c WHERE c.oid = $1",
+                  {FK_ACTIONS}) \
+           FROM pg_catalog.pg_constraint c WHERE c.oid = $1"),
         &[oid.into(), from.into(), to.into(), relid.into()],
     )
     .unwrap_or_default()
@@ -652,11 +656,7 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
     // The old indexes and keys went with the old column: the new ones take
     // their names, keys are attached USING INDEX.
-    let schema = spi::one::<String>(
-        "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[m.relid.into()],
-    )
-    .unwrap_or_default();
+    let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
     crate::carry::attach(m, t, &schema);
     // The originals went with the old column: the copies take their names.
     for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
@@ -701,20 +701,16 @@ struct Repointed {
 fn repoint_referencing_keys(m: &Migration, t: &str, old_attnum: i16) -> Vec<Repointed> {
     let rows = Spi::connect_mut(|c| {
         let rows = c.update(
-            "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname), c.conname::text, \
+            &format!("SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname), c.conname::text, \
                     (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::text), ', ' ORDER BY k.ord) \
                        FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(att, ord) \
                        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.att), \
-                    CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END \
-                    || CASE c.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE' \
-                         WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END \
-                    || CASE c.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE' \
-                         WHEN 'n' THEN ' ON DELETE SET NULL' WHEN 'd' THEN ' ON DELETE SET DEFAULT' ELSE '' END, \
+                    {FK_ACTIONS}, \
                     CASE WHEN c.condeferrable THEN CASE WHEN c.condeferred THEN 'DEFERRABLE INITIALLY DEFERRED' \
                                                         ELSE 'DEFERRABLE INITIALLY IMMEDIATE' END END \
                FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
                JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
-              WHERE c.contype = 'f' AND c.confrelid = $1 AND c.confkey = ARRAY[$2]::int2[] ORDER BY c.conname",
+              WHERE c.contype = 'f' AND c.confrelid = $1 AND c.confkey = ARRAY[$2]::int2[] ORDER BY c.conname"),
             None,
             &[m.relid.into(), old_attnum.into()],
         )?;
@@ -919,11 +915,7 @@ fn abort_as_owner(m: &Migration, started: Instant) {
             if invalid == Some(true) {
                 let t = m.table_sql();
                 locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
-                let schema = spi::one::<String>(
-                    "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-                    &[m.relid.into()],
-                )
-                .unwrap_or_default();
+                let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
                 spi::exec(&format!("DROP INDEX IF EXISTS {}", spi::qualified(&schema, &index)));
             }
         }

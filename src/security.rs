@@ -80,22 +80,18 @@ pub fn as_owner<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Run `f` as `role` (not security-restricted) with zdm's pinned
-/// search_path: for zdm's own catalog access as the extension owner.
-pub fn as_role_pinned<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+/// Run `f` as `role` (not security-restricted): zdm's own catalog access as
+/// the extension owner, which `catalog::as_catalog_owner` wraps in the pinned
+/// search_path. An error aborts the (sub)transaction, which restores the user.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx) };
-    // Commit-style pop: the pinned value was SAVEd, so it is restored; zdm's
-    // catalog SQL runs no user code that could set anything else.
-    let level = unsafe { pg_sys::NewGUCNestLevel() };
-    set_guc(c"search_path", PINNED_SEARCH_PATH, pg_sys::GucAction::GUC_ACTION_SAVE);
-    unsafe { pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
-    let r = f();
     unsafe {
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-        pg_sys::AtEOXact_GUC(true, level);
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
+    let r = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
     r
 }
 

@@ -502,7 +502,7 @@ fn prune_history(migration: i64) {
     });
 }
 
-fn set_throttle_reason(migration: i64, reason: Option<&str>) {
+pub fn set_throttle_reason(migration: i64, reason: Option<&str>) {
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.jobs SET throttle_reason = $2, heartbeat_at = clock_timestamp() WHERE migration_id = $1",
