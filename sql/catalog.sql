@@ -189,6 +189,16 @@ SELECT m.id,
             WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
        (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', ci.new_index, ci.state), ', ' ORDER BY ci.old_index)
           FROM zdm.carried_indexes ci WHERE ci.migration_id = m.id)  AS indexes,
+       -- Checks and foreign keys carried onto the new column (and its NOT
+       -- NULL check): added NOT VALID at expand, validated after the backfill.
+       (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', c.conname,
+                 CASE WHEN c.convalidated THEN 'valid'
+                      WHEN j.state = 'failed' AND pg_catalog.strpos(j.last_error,
+                           'validating ' || pg_catalog.quote_ident(c.conname::text) || ' ') = 1 THEN 'failed'
+                      ELSE 'pending' END), ', ' ORDER BY c.conname)
+          FROM pg_catalog.pg_constraint c
+         WHERE m.kind = 'rename' AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND c.conrelid = m.relid
+           AND (c.conname = ANY (m.carried_checks) OR c.conname = m.not_null_check)) AS constraints,
        -- Objects still using the old column that contract will not carry:
        -- recreate them on the new column before contract.
        (SELECT pg_catalog.string_agg(DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0), '; ')

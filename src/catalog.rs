@@ -98,6 +98,44 @@ impl Migration {
     pub fn new_col(&self) -> &str {
         self.new_column.as_deref().unwrap_or_default()
     }
+    /// The phase rules: what `action` (contract, abort, backfill) may do in
+    /// the migration's phase; raises 55000 naming the way forward otherwise.
+    pub fn require_phase(&self, action: &str) {
+        let m = self;
+        match m.phase {
+            Phase::Contracted => raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm migration {} on {} is already contracted", m.id, m.display_table()),
+                "Nothing left to do; see zdm.status.",
+            ),
+            Phase::Aborted => raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm migration {} on {} was aborted", m.id, m.display_table()),
+                "Start a new migration with zdm.expand_rename().",
+            ),
+            Phase::Expanded | Phase::Backfilling if action == "contract" => raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "cannot contract zdm migration {} on {}: the backfill is not complete (phase {})",
+                    m.id,
+                    m.display_table(),
+                    m.phase.as_str()
+                ),
+                format!(
+                    "Finish the backfill first: call zdm.backfill_batch({0}) until it returns 0, or zdm.start_backfill({0}) and zdm.wait({0}).",
+                    m.id
+                ),
+            ),
+            _ => {}
+        }
+    }
+    /// The role the migration's DDL runs as: its owner, or — when that role is
+    /// gone — the caller, who `load_for` has checked to be a superuser.
+    pub fn ddl_role(&self) -> pg_sys::Oid {
+        let m = self;
+        spi::one::<pg_sys::Oid>("SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", &[m.owner_name.as_str().into()])
+            .unwrap_or_else(current_user)
+    }
 }
 
 /// `"schema"."table"` of a relation by OID, now (None if it is gone).

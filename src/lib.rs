@@ -1,35 +1,28 @@
 //! zdm: zero-downtime schema changes inside PostgreSQL.
 //!
-//! Layout: `api/` is the SQL surface (thin wrappers); the core is one module
-//! per concept — `catalog` (state, cursor), `rename` (expand/contract/abort),
-//! `backfill` (batch planning), `trigger` (the sync trigger), `locking`
-//! (lock timeout + retry), `introspect` (facts from pg_catalog), `jobs`,
-//! `worker` and `launcher` (background execution), `guc` (settings),
-//! `security` (running work as the migration's owner), `guard` (the event
-//! trigger that refuses DDL breaking an in-flight migration).
+//! Layout: `api/` is the SQL surface (thin wrappers: arguments, errors);
+//! `ops/` holds one module per operation (rename, constraint, index) against
+//! one interface, `engine::Operation`; `engine/` is what they share — jobs,
+//! workers and launcher, the batch loop, concurrent index builds, steps and
+//! lock discipline. Beside them: `catalog` (state; the backfill cursor lives
+//! in `zdm.migrations.cursor_block`; the phase rules), `trigger` (the sync
+//! trigger), `security` (running work as the migration's owner), `guard`
+//! (the event trigger refusing DDL that would break an in-flight migration),
+//! `introspect` (facts from pg_catalog), `guc`, `errors`, `spi`.
 
 use pgrx::prelude::*;
 
 mod api;
-mod backfill;
-mod carry;
 mod catalog;
-mod constraints;
+mod engine;
 mod errors;
 mod guard;
 mod guc;
-mod index;
 mod introspect;
-mod jobs;
-mod launcher;
-mod locking;
-mod rename;
+mod ops;
 mod security;
 mod spi;
-mod steps;
-mod toplevel;
 mod trigger;
-mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -66,8 +59,9 @@ pub extern "C-unwind" fn _PG_init() {
         std::env::remove_var("RUST_LIB_BACKTRACE");
     }
     guc::register();
+    engine::register(ops::ALL);
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        launcher::register();
+        engine::launcher::register();
     }
 }
 

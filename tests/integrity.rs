@@ -464,7 +464,7 @@ fn contract_refuses_to_lose_constraints_or_rows() {
 #[test]
 fn launcher_starts_one_worker_per_job() {
     let cluster = Cluster::start("launcher", &[]);
-    let mut c = cluster.create_db("postgres_zdm");
+    let c = cluster.create_db("postgres_zdm");
     drop(c);
     // The launcher serves zdm.database = 'postgres'.
     let mut c = cluster.connect("postgres");

@@ -1,4 +1,5 @@
-use crate::{backfill, catalog, security};
+use crate::ops::rename::backfill;
+use crate::{catalog, security};
 use crate::errors::{raise, Code};
 use pgrx::prelude::*;
 

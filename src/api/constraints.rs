@@ -1,9 +1,10 @@
 use crate::catalog::{self, as_catalog_owner, Step};
-use crate::constraints::{self, Request};
+use crate::ops::constraint::{self as constraints, Request};
 use crate::errors::{raise, Code};
 use crate::introspect;
 use crate::spi::{self, ident, literal};
-use crate::{guc, jobs, locking};
+use crate::engine::{jobs, locking};
+use crate::guc;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
@@ -100,7 +101,7 @@ fn run_now(req: &Request) {
         let seg = pg_sys::dsm_create(json.len(), 0);
         std::ptr::copy_nonoverlapping(json.as_ptr(), pg_sys::dsm_segment_address(seg) as *mut u8, json.len());
         let handle = pg_sys::dsm_segment_handle(seg);
-        let extra = format!("{db} 0 {handle} {}", json.len());
+        let extra = format!("{db} 0 {} {handle} {}", req.kind, json.len());
         match jobs::register_worker(req.id, &req.kind, &extra, true) {
             Ok(worker) => {
                 let _ = worker.wait_for_shutdown();

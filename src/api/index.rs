@@ -1,7 +1,9 @@
-use crate::catalog::{self, as_catalog_owner};
+use crate::catalog;
 use crate::errors::{raise, Code};
 use crate::spi::{self, ident, literal};
-use crate::{introspect, jobs, locking, security};
+use crate::engine::locking;
+use crate::ops::index;
+use crate::{introspect, security};
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CString;
@@ -107,51 +109,6 @@ fn analyse(definition: &str, relid: pg_sys::Oid, caller_path: &str) {
     });
 }
 
-fn record(id: i64, kind: &str, relid: pg_sys::Oid, index: &str, definition: Option<&str>, caller_path: &str) {
-    let table = introspect::migratable_table(relid);
-    let caller = spi::one::<String>("SELECT current_user::text", &[]).unwrap_or_default();
-    as_catalog_owner(|| {
-        spi::exec_args(
-            "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, owner_name, started_by, \
-                                         constraint_name, constraint_def, expr_search_path) \
-             VALUES ($1, $2, $3::oid::regclass, $4, $5, \
-                     (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $3), \
-                     $6, $7, $8, $9)",
-            &[
-                id.into(),
-                kind.into(),
-                relid.into(),
-                table.schema.as_str().into(),
-                table.name.as_str().into(),
-                caller.as_str().into(),
-                index.into(),
-                definition.into(),
-                caller_path.into(),
-            ],
-        )
-    });
-    jobs::queue(id, &jobs::Options::default());
-    if let Err(e) = jobs::launch_worker(id, true) {
-        pgrx::warning!("zdm migration {id}: queued but no worker started ({e}); the zdm launcher will start it, or call zdm.start_backfill({id})");
-    }
-    let verb = if kind == "create_index" { "builds" } else { "drops" };
-    pgrx::notice!(
-        "zdm migration {id}: {verb} index {} concurrently once this transaction commits; follow it with SELECT zdm.wait({id}) or zdm.status",
-        ident(index)
-    );
-}
-
-/// An in-flight index migration of this kind for this index name.
-fn in_flight(relid: pg_sys::Oid, kind: &str, index: &str) -> Option<i64> {
-    as_catalog_owner(|| {
-        spi::one::<i64>(
-            "SELECT id FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 AND constraint_name::text = $3 \
-               AND phase IN ('expanded', 'backfilling', 'backfilled') ORDER BY id DESC LIMIT 1",
-            &[relid.into(), kind.into(), index.into()],
-        )
-    })
-}
-
 /// Build an index concurrently, from inside any transaction: checked now,
 /// built by a worker after commit (retried after an INVALID build). Returns
 /// the migration id; `zdm.wait(id)` follows it.
@@ -168,7 +125,7 @@ fn create_index(definition: &str) -> i64 {
     let (relid, name) = parse_definition(definition);
     security::pinned_search_path(|| {
         let table = introspect::owned_table(relid);
-        if let Some(id) = in_flight(relid, "create_index", &name) {
+        if let Some(id) = index::in_flight(relid, "create_index", &name) {
             pgrx::notice!("zdm migration {id} is already building index {}", ident(&name));
             return id;
         }
@@ -186,7 +143,7 @@ fn create_index(definition: &str) -> i64 {
         }
         analyse(definition, relid, &caller_path);
         let id = catalog::next_id();
-        record(id, "create_index", relid, &name, Some(definition), &caller_path);
+        index::queue(id, "create_index", relid, &name, Some(definition), &caller_path);
         id
     })
 }
@@ -228,11 +185,11 @@ fn drop_index(index: pg_sys::Oid) -> i64 {
             "Drop the constraint instead (ALTER TABLE ... DROP CONSTRAINT); its index goes with it.",
         );
     }
-    if let Some(id) = in_flight(relid, "drop_index", &name) {
+    if let Some(id) = index::in_flight(relid, "drop_index", &name) {
         pgrx::notice!("zdm migration {id} is already dropping index {}", ident(&name));
         return id;
     }
     let id = catalog::next_id();
-    record(id, "drop_index", relid, &name, None, "pg_catalog, pg_temp");
+    index::queue(id, "drop_index", relid, &name, None, "pg_catalog, pg_temp");
     id
 }

@@ -1,8 +1,10 @@
 use crate::catalog::{self, Phase};
 use crate::errors::{raise, Code};
-use crate::jobs::{self, Options};
+use crate::engine::jobs::{self, Options};
 use crate::catalog::as_catalog_owner;
-use crate::{locking, rename, spi};
+use crate::engine::locking;
+use crate::ops::rename::backfill;
+use crate::spi;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -26,7 +28,7 @@ fn required(migration: Option<i64>) -> i64 {
 /// (rights first, then the row lock).
 fn owned_backfillable(migration: i64) -> catalog::Migration {
     let m = catalog::load_for(migration, "start the backfill of", true);
-    rename::require_backfillable(&m);
+    backfill::require_backfillable(&m);
     m.table_sql();
     m
 }
@@ -72,7 +74,10 @@ fn start_backfill(
     let id = required(migration);
     let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
     let m = owned_backfillable(id);
-    if m.phase == Phase::Backfilled && indexes_pending(id) == 0 {
+    // A backfilled rename's job may still have index builds or validations
+    // to finish (e.g. after a failed unique build and fixed data).
+    let job_done = matches!(jobs::state(id).as_deref(), Some("completed") | None);
+    if m.phase == Phase::Backfilled && job_done && indexes_pending(id) == 0 {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("zdm migration {id} on {} is already backfilled", m.display_table()),
@@ -284,6 +289,7 @@ COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
 fn wait(migration: i64, timeout: Interval) -> String {
     let id = migration;
     let kind = catalog::load_for(id, "wait for", false).kind;
+    let backfills = crate::engine::operation(&kind).has_backfill();
     let timeout_ms = jobs::interval_ms(&timeout);
     let mine = spi::one::<bool>(
         "SELECT created_xid = pg_catalog.pg_current_xact_id_if_assigned() FROM zdm.jobs WHERE migration_id = $1",
@@ -310,14 +316,16 @@ fn wait(migration: i64, timeout: Interval) -> String {
     loop {
         let Some(p) = progress(id) else { catalog::load_or_raise(id, false); unreachable!() };
         if p.job_state.as_deref() == Some("failed") {
-            crate::constraints::raise_if_failed(id);
+            crate::ops::constraint::raise_if_failed(id);
         }
-        let finished = if kind == "rename" { ["backfilled", "contracted", "aborted"].as_slice() } else { ["contracted", "aborted"].as_slice() };
-        // A rename is done when its rows are backfilled and its carried
-        // indexes are built.
-        let building = kind == "rename" && p.phase == "backfilled" && indexes_pending(id) > 0;
+        let finished = if backfills { ["backfilled", "contracted", "aborted"].as_slice() } else { ["contracted", "aborted"].as_slice() };
+        // A backfilled migration's job goes on with its index builds and
+        // validations; it is done when the job is.
+        let building = backfills
+            && p.phase == "backfilled"
+            && matches!(p.job_state.as_deref(), Some("queued" | "running" | "paused"));
         if finished.contains(&p.phase.as_str()) && !building {
-            if kind == "rename" {
+            if backfills {
                 pgrx::notice!("zdm migration {id}: {} ({} rows backfilled)", p.phase, p.rows_done);
             } else {
                 pgrx::notice!("zdm migration {id}: {}", p.phase);

@@ -1,4 +1,5 @@
-use crate::{jobs, rename};
+use crate::engine::{jobs, lifecycle};
+use crate::ops::rename;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -37,7 +38,7 @@ COMMENT ON FUNCTION zdm.contract(bigint) IS
   'Contract: validate carried constraints, move default and NOT NULL, drop the trigger and the old column';
 ")]
 fn contract(migration: i64) {
-    rename::contract(migration)
+    lifecycle::contract(migration)
 }
 
 /// Undo an expand: drop the trigger and the new column.
@@ -49,5 +50,5 @@ COMMENT ON FUNCTION zdm.abort(bigint) IS
   'Abort: stop the backfill, drop the sync trigger and the new column; the old column is untouched';
 ")]
 fn abort(migration: i64) {
-    rename::abort(migration)
+    lifecycle::abort(migration)
 }

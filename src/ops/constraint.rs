@@ -12,11 +12,13 @@
 //! the constraint again and fail the migration with the matching SQLSTATE and
 //! the number of violating rows; nothing half-added stays behind.
 
-use crate::catalog::{self, as_catalog_owner, Phase, Step};
+use crate::catalog::{self, as_catalog_owner, Migration, Phase, Step};
+use crate::engine::locking::{error_code, error_message, in_subtransaction, LockStats};
+use crate::engine::process::{set_activity, transaction};
+use crate::engine::{gate, jobs, steps, Operation};
 use crate::errors::{raise_with_detail, Code};
-use crate::locking::{error_code, error_message, in_subtransaction, LockStats};
 use crate::spi::{self, ident};
-use crate::{security, steps, worker};
+use crate::security;
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -187,9 +189,9 @@ impl StepResult for (i64, String, String, Option<String>, String) {}
 /// rolls the step back and comes back with its SQLSTATE.
 fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Result<Option<R>, Failure> {
     let started = Instant::now();
-    let outcome = worker::transaction(|| {
+    let outcome = transaction(|| {
         let Some(plan) = load_plan(id) else { return Ok(None) };
-        worker::set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
+        set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
         let r = in_subtransaction(|| security::as_owner(plan.owner, || f(&plan)));
         match r {
             Ok(v) => {
@@ -213,56 +215,41 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
     }
 }
 
-/// Between steps: wait while the job is paused or a rename it depends on is
-/// still filling the column; false when it was cancelled (or is over).
-pub(crate) fn gate(id: i64) -> bool {
-    loop {
-        let row = worker::transaction(|| {
-            as_catalog_owner(|| {
-                spi::first_row(
-                    "SELECT j.state, d.id, d.phase FROM zdm.jobs j LEFT JOIN zdm.migrations d ON d.id = j.depends_on \
-                      WHERE j.migration_id = $1",
-                    &[id.into()],
-                    |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?, r.get::<String>(3)?)),
-                )
-            })
-        });
-        let Ok(Some((state, dep, dep_phase))) = row else { return false };
-        let reason = match (state.as_str(), dep_phase.as_deref()) {
-            ("paused", _) => Some("paused by zdm.pause()".to_string()),
-            ("queued" | "running", Some("expanded" | "backfilling")) => {
-                Some(format!("waiting for the backfill of zdm migration {} to complete", dep.unwrap_or_default()))
-            }
-            ("queued" | "running", _) => None,
-            _ => return false, // cancelled, failed, completed
-        };
-        let Some(reason) = reason else {
-            let _ = worker::transaction(|| worker::set_throttle_reason(id, None));
-            return true;
-        };
-        let _ = worker::transaction(|| worker::set_throttle_reason(id, Some(&reason)));
-        worker::set_activity(&format!("zdm constraint {id}: {reason}"));
-        worker::sleep_ms(1000.0);
-    }
-}
-
-
 /// A step was not run because the job was cancelled: stop quietly, keeping
 /// the step reached (calling again resumes, zdm.abort removes it).
 fn cancelled() -> Failure {
     Failure { code: PgSqlErrorCode::ERRCODE_QUERY_CANCELED, message: "cancelled".into(), recorded: true }
 }
 
-/// Drive the migration to its end from wherever it stands. Runs in a worker.
-/// Pause and cancel take effect between steps.
-pub fn run(id: i64) {
-    let kind = worker::transaction(|| catalog::load(id, false).map(|m| m.kind)).ok().flatten();
-    if !matches!(kind.as_deref(), Some("not_null" | "check" | "foreign_key")) {
-        pgrx::log!("zdm constraint {id}: not a constraint migration ({kind:?}); nothing to do");
-        return;
+pub struct Constraint;
+
+impl Operation for Constraint {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["not_null", "check", "foreign_key"]
     }
+    fn worker_type(&self) -> &'static str {
+        "zdm constraint"
+    }
+    fn validate(&self, migration: i64) -> bool {
+        run_steps(migration)
+    }
+    /// The last step completes the job in its own transaction.
+    fn job_done(&self, _migration: i64) {}
+    fn abort(&self, m: &Migration) {
+        abort(m)
+    }
+    fn record_handoff(&self, payload: &[u8]) -> Result<(), String> {
+        let request: Request = serde_json::from_slice(payload).map_err(|e| format!("unreadable request: {e}"))?;
+        record(&request, true);
+        Ok(())
+    }
+}
+
+/// Drive the migration to its end from wherever it stands, in a worker;
+/// pause and cancel take effect between steps. True when it finished.
+fn run_steps(id: i64) -> bool {
     let result = (|| -> Result<(), Failure> {
-        if !gate(id) {
+        if !gate::open(id) {
             return Err(cancelled());
         }
         // 1. ADD CONSTRAINT … NOT VALID (skipped if it is there already).
@@ -275,10 +262,10 @@ pub fn run(id: i64) {
             })
         })
         .map_err(|f| {
-            let _ = worker::transaction(|| fail(id, &f, true));
+            let _ = transaction(|| fail(id, &f, true));
             Failure { recorded: true, ..f }
         })?;
-        if !gate(id) {
+        if !gate::open(id) {
             return Err(cancelled());
         }
         // 2. VALIDATE: scan under SHARE UPDATE EXCLUSIVE
@@ -302,7 +289,7 @@ pub fn run(id: i64) {
             }
             return Err(f);
         }
-        if !gate(id) {
+        if !gate::open(id) {
             return Err(cancelled());
         }
         // 3. not_null: SET NOT NULL using the validated check, drop the check
@@ -312,16 +299,17 @@ pub fn run(id: i64) {
                 _ => None,
             };
             catalog::set_phase(p.id, Phase::Contracted);
-            crate::jobs::finish_for_migration(p.id, "completed");
+            jobs::finish_for_migration(p.id, "completed");
             lock
         })?;
         Ok(())
     })();
-    if let Err(f) = result {
+    if let Err(f) = &result {
         if !f.recorded {
-            let _ = worker::transaction(|| fail(id, &f, false));
+            let _ = transaction(|| fail(id, f, false));
         }
     }
+    result.is_ok()
 }
 
 /// Errors after which calling again may well succeed: the step reached is kept.
@@ -351,7 +339,7 @@ fn reject_error(id: i64, f: Failure) -> Failure {
         message: if removed.is_ok() { format!("{}; the constraint was not added", f.message) } else { f.message.clone() },
         ..f
     };
-    let _ = worker::transaction(|| fail(id, &failure, removed.is_ok()));
+    let _ = transaction(|| fail(id, &failure, removed.is_ok()));
     failure
 }
 
@@ -389,7 +377,7 @@ fn reject_violations(id: i64, f: Failure) -> Failure {
         },
         _ => Failure { recorded: true, ..f },
     };
-    let _ = worker::transaction(|| fail(id, &failure, true));
+    let _ = transaction(|| fail(id, &failure, true));
     failure
 }
 
@@ -466,8 +454,9 @@ pub fn raise_if_failed(id: i64) {
 
 /// Abort a constraint migration: remove the constraint zdm added (if still
 /// NOT VALID or a not_null helper check) and close the migration.
-pub fn abort(m: &catalog::Migration) {
-    crate::jobs::finish_for_migration(m.id, "cancelled");
+fn abort(m: &Migration) {
+    let started = Instant::now();
+    jobs::finish_for_migration(m.id, "cancelled");
     let name = as_catalog_owner(|| {
         spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
     });
@@ -479,4 +468,12 @@ pub fn abort(m: &catalog::Migration) {
         }
     }
     catalog::set_phase(m.id, Phase::Aborted);
+    catalog::log_step(Step {
+        migration: m.id,
+        step: "abort",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some("removed the constraint zdm had added, if any".into()),
+    });
 }

@@ -15,6 +15,7 @@
 //!   instant), and replica identity and CLUSTER ON follow.
 
 use crate::catalog::{as_catalog_owner, Migration};
+use crate::engine::{jobs, IndexTask};
 use crate::errors::{raise_with_detail, Code, OrRaise};
 use crate::introspect::Table;
 use crate::spi::{self, ident};
@@ -92,7 +93,7 @@ pub fn definition(table: &Table, index: pg_sys::Oid, from: i16, to: i16, new_nam
                 Some(t) => {
                     let c = CString::new(t.as_str()).unwrap_or_default();
                     let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Node;
-                    crate::rename::retarget(node, from, to);
+                    retarget(node, from, to);
                     node
                 }
                 None => std::ptr::null_mut(),
@@ -261,6 +262,28 @@ pub fn set_state(migration: i64, old_index: &str, state: &str, error: Option<&st
     });
 }
 
+/// The carried indexes still to build (not valid yet), in a stable order,
+/// as engine build tasks: on the table's current schema, names in the
+/// definition qualified (empty search_path for the build).
+pub fn pending_builds(migration: i64) -> Vec<IndexTask> {
+    let Some(m) = crate::catalog::load(migration, false) else { return Vec::new() };
+    let schema = crate::catalog::current_schema_of(m.relid).unwrap_or_default();
+    let job_timeout = jobs::load_row(migration).map(|j| j.lock_timeout_ms).unwrap_or(2000);
+    list(migration)
+        .into_iter()
+        .filter(|(_, state)| state != "valid")
+        .map(|(c, _)| IndexTask {
+            key: c.old_index,
+            drop: false,
+            schema: schema.clone(),
+            index: c.new_index,
+            definition: c.definition,
+            search_path: "pg_catalog, pg_temp".into(),
+            lock_timeout_ms: job_timeout.max(crate::guc::LOCK_TIMEOUT_MS.get()),
+        })
+        .collect()
+}
+
 /// Contract needs every carried index built and valid.
 pub fn require_built(m: &Migration) {
     let missing: Vec<String> = list(m.id)
@@ -304,5 +327,30 @@ pub fn attach(m: &Migration, t: &str, schema: &str) {
         if c.clustered {
             spi::exec(&format!("ALTER TABLE {t} CLUSTER ON {}", ident(&final_name)));
         }
+    }
+}
+
+/// Point every reference to attribute `from` in `node` at `to`, in place.
+pub fn retarget(node: *mut pg_sys::Node, from: i16, to: i16) {
+    let mut ctx = (from, to);
+    unsafe { retarget_vars(node, &mut ctx as *mut (i16, i16) as *mut std::ffi::c_void) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn retarget_vars(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        if (*node).type_ == pg_sys::NodeTag::T_Var {
+            let (from, to) = *(ctx as *mut (i16, i16));
+            let var = node as *mut pg_sys::Var;
+            if (*var).varattno == from {
+                (*var).varattno = to;
+                (*var).varattnosyn = to;
+            }
+            return false;
+        }
+        pg_sys::expression_tree_walker(node, Some(retarget_vars), ctx)
     }
 }

@@ -11,7 +11,7 @@
 //! Callers decide the transaction boundaries: contract runs them in the
 //! caller's transaction; constraint migrations run each in its own.
 
-use crate::locking::{self, LockStats};
+use super::locking::{self, LockStats};
 use crate::spi::{self, ident};
 use pgrx::prelude::*;
 

@@ -3,18 +3,62 @@
 //! caller's transaction, so a migration tool's transaction commits or rolls
 //! back all of it. Locks are taken through `locking::lock_table`.
 
+pub mod backfill;
+pub mod carry;
+pub mod validate;
+
 use crate::catalog::{self, Migration, Phase, Step};
+use crate::engine::{jobs, locking, steps, Batch, BuildState, IndexTask, Operation};
 use crate::errors::{raise, raise_with_detail, Code};
 use crate::introspect::{self, DependentKind, Table};
-use crate::locking;
+use crate::ops::constraint;
 use crate::spi::{self, ident, literal};
-use crate::{guard, security, steps};
+use crate::{guard, security};
 use pgrx::prelude::*;
 use std::ffi::CString;
 use std::time::Instant;
 
 pub fn trigger_name(id: i64) -> String {
     format!("zdm_sync_{id}")
+}
+
+pub struct Rename;
+
+impl Operation for Rename {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["rename"]
+    }
+    fn worker_type(&self) -> &'static str {
+        "zdm backfill"
+    }
+    fn has_backfill(&self) -> bool {
+        true
+    }
+    fn backfill_batch(&self, migration: i64, batch_size: i32) -> Batch {
+        backfill::step(migration, batch_size)
+    }
+    fn builds(&self, migration: i64) -> Vec<IndexTask> {
+        carry::pending_builds(migration)
+    }
+    fn build_state(&self, migration: i64, task: &IndexTask, state: BuildState) {
+        match state {
+            BuildState::Building => carry::set_state(migration, &task.key, "building", None),
+            BuildState::Valid => carry::set_state(migration, &task.key, "valid", None),
+            BuildState::Failed { message, .. } => {
+                carry::set_state(migration, &task.key, "failed", Some(message));
+                jobs::fail(migration, "index build failed", message);
+            }
+        }
+    }
+    fn validate(&self, migration: i64) -> bool {
+        validate::run(migration)
+    }
+    fn contract(&self, m: &Migration) {
+        contract_as_owner(m, &m.table_sql(), Instant::now())
+    }
+    fn abort(&self, m: &Migration) {
+        abort_as_owner(m)
+    }
 }
 
 pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
@@ -98,8 +142,8 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             };
             let old_index = spi::one::<String>("SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1", &[oid.into()]).unwrap_or_default();
             let new_index = spi::with_suffix(&old_index, &format!("_zdm{id}"));
-            let (definition, replica_identity, clustered) = crate::carry::definition(&table, oid, col.attnum, new_attnum, &new_index);
-            indexes.push(crate::carry::Carried { old_index, new_index, definition, constraint, replica_identity, clustered });
+            let (definition, replica_identity, clustered) = carry::definition(&table, oid, col.attnum, new_attnum, &new_index);
+            indexes.push(carry::Carried { old_index, new_index, definition, constraint, replica_identity, clustered });
         }
         // NOT NULL travels as a NOT VALID check until contract validates it.
         let not_null_check = col.not_null.then(|| {
@@ -137,7 +181,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         );
         catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
         for c in &indexes {
-            crate::carry::record(id, c);
+            carry::record(id, c);
         }
         if !statistics.is_empty() {
             let copies: Vec<String> = statistics.iter().map(|(c, _)| c.clone()).collect();
@@ -435,92 +479,11 @@ fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> 
     let relname = CString::new(table.name.as_str()).unwrap_or_default();
     unsafe {
         let node = pg_sys::stringToNode(bin.as_ptr()) as *mut pg_sys::Node;
-        let mut ctx = (from, to);
-        retarget_vars(node, &mut ctx as *mut (i16, i16) as *mut std::ffi::c_void);
+        carry::retarget(node, from, to);
         let dpcontext = pg_sys::deparse_context_for(relname.as_ptr(), table.relid);
         let text = pg_sys::deparse_expression(node, dpcontext, false, false);
         std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
     }
-}
-
-/// Point every reference to attribute `from` in `node` at `to`, in place.
-pub fn retarget(node: *mut pg_sys::Node, from: i16, to: i16) {
-    let mut ctx = (from, to);
-    unsafe { retarget_vars(node, &mut ctx as *mut (i16, i16) as *mut std::ffi::c_void) };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn retarget_vars(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
-    unsafe {
-        if node.is_null() {
-            return false;
-        }
-        if (*node).type_ == pg_sys::NodeTag::T_Var {
-            let (from, to) = *(ctx as *mut (i16, i16));
-            let var = node as *mut pg_sys::Var;
-            if (*var).varattno == from {
-                (*var).varattno = to;
-                (*var).varattnosyn = to;
-            }
-            return false;
-        }
-        pg_sys::expression_tree_walker(node, Some(retarget_vars), ctx)
-    }
-}
-
-fn require_phase_for(m: &Migration, action: &str) {
-    match m.phase {
-        Phase::Contracted => raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} on {} is already contracted", m.id, m.display_table()),
-            "Nothing left to do; see zdm.status.",
-        ),
-        Phase::Aborted => raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} on {} was aborted", m.id, m.display_table()),
-            "Start a new migration with zdm.expand_rename().",
-        ),
-        Phase::Expanded | Phase::Backfilling if action == "contract" => raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "cannot contract zdm migration {} on {}: the backfill is not complete (phase {})",
-                m.id,
-                m.display_table(),
-                m.phase.as_str()
-            ),
-            format!(
-                "Finish the backfill first: call zdm.backfill_batch({0}) until it returns 0, or zdm.start_backfill({0}) and zdm.wait({0}).",
-                m.id
-            ),
-        ),
-        _ => {}
-    }
-}
-
-/// The role the migration's DDL runs as: its owner, or — when that role is
-/// gone — the caller, who `load_for` has checked to be a superuser.
-fn ddl_role(m: &Migration) -> pg_sys::Oid {
-    spi::one::<pg_sys::Oid>("SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1", &[m.owner_name.as_str().into()])
-        .unwrap_or_else(catalog::current_user)
-}
-
-pub fn contract(id: i64) {
-    let started = Instant::now();
-    let m = catalog::load_for(id, "contract", true);
-    if m.kind != "rename" {
-        raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {id} is a {} migration; it has no contract step", m.kind),
-            "Constraint migrations finish by themselves; follow them with zdm.wait() or zdm.status.",
-        );
-    }
-    if m.phase.in_flight() {
-        m.table_sql(); // a dropped table first: 42P01 with "call zdm.abort"
-    }
-    require_phase_for(&m, "contract");
-    let t = m.table_sql();
-    let owner = security::resolve_owner(&m.owner_name, id);
-    security::as_owner(owner, || contract_as_owner(&m, &t, started));
 }
 
 fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
@@ -541,7 +504,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
         deps
     };
     refuse_dependents();
-    crate::carry::require_built(m);
+    carry::require_built(m);
     // The sync trigger must still be there (under its name): without it the
     // columns drift apart, and a renamed copy would outlive the old column.
     if crate::trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default()) == pg_sys::InvalidOid {
@@ -552,12 +515,14 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
         );
     }
 
-    // 1. Validate carried checks: a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
+    // 1. Carried checks and keys the worker has not validated (a backfill
+    //    run by hand): a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
     let validate_started = Instant::now();
-    let checks: Vec<String> = m.carried_checks.iter().cloned().chain(m.not_null_check.clone()).collect();
+    let checks: Vec<String> = validate::pending(m).into_iter().map(|p| p.name).collect();
     let mut validate_lock = None;
-    for c in &checks {
-        validate_lock.get_or_insert(steps::validate(m.relid, t, c, None));
+    for p in validate::pending(m) {
+        let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+        validate_lock.get_or_insert(steps::validate(m.relid, t, &p.name, reference));
     }
     // 2. Verify before destroying: every row's new column equals its old one.
     //    Under SHARE UPDATE EXCLUSIVE writers go on; every write goes through
@@ -600,7 +565,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
     // zdm's own DDL from here on: it passes the guard.
     guard::allow_zdm_ddl(|| contract_catalog_steps(m, t, old_attnum, &deps));
     catalog::set_phase(id, Phase::Contracted);
-    crate::jobs::finish_for_migration(id, "completed");
+    jobs::finish_for_migration(id, "completed");
     catalog::log_step(Step {
         migration: id,
         step: "contract",
@@ -657,7 +622,7 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     // The old indexes and keys went with the old column: the new ones take
     // their names, keys are attached USING INDEX.
     let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
-    crate::carry::attach(m, t, &schema);
+    carry::attach(m, t, &schema);
     // The originals went with the old column: the copies take their names.
     for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
         let taken = spi::one::<bool>(
@@ -752,8 +717,8 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
         }
         let id = catalog::next_id();
         let started_by = spi::one::<String>("SELECT session_user::text", &[]).unwrap_or_default();
-        crate::constraints::record(
-            &crate::constraints::Request {
+        constraint::record(
+            &constraint::Request {
                 id,
                 kind: "foreign_key".into(),
                 relid: k.child.to_u32(),
@@ -769,7 +734,7 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
             },
             false,
         );
-        if let Err(e) = crate::jobs::launch_worker(id, true) {
+        if let Err(e) = jobs::launch_worker(id, true) {
             pgrx::warning!("zdm migration {id}: validation of {} queued but not started ({e}); the launcher will start it", ident(&k.name));
         }
         pgrx::notice!(
@@ -826,7 +791,7 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
             }
         }
     }
-    let carried: Vec<String> = crate::carry::list(m.id).into_iter().map(|(c, _)| c.old_index).collect();
+    let carried: Vec<String> = carry::list(m.id).into_iter().map(|(c, _)| c.old_index).collect();
     for d in deps {
         let index = match &d.kind {
             DependentKind::Index { oid } | DependentKind::Key { index: oid, .. } => *oid,
@@ -861,23 +826,6 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
     }
 }
 
-pub fn abort(id: i64) {
-    let started = Instant::now();
-    let m = catalog::load_for(id, "abort", true);
-    if !m.phase.in_flight() {
-        require_phase_for(&m, "abort");
-    }
-    if !m.table_exists() {
-        // Dropped (around the guard, or with the guard bypassed): nothing
-        // left to undo in the table; close the migration in the catalog.
-        crate::jobs::finish_for_migration(id, "cancelled");
-        catalog::set_phase(id, Phase::Aborted);
-        log_abort(id, started, None, format!("the table {} no longer exists; migration closed", m.display_table()));
-        return;
-    }
-    security::as_owner(ddl_role(&m), || abort_as_owner(&m, started));
-}
-
 fn log_abort(id: i64, started: Instant, lock: Option<&locking::LockStats>, detail: String) {
     catalog::log_step(Step {
         migration: id,
@@ -889,47 +837,12 @@ fn log_abort(id: i64, started: Instant, lock: Option<&locking::LockStats>, detai
     });
 }
 
-fn abort_as_owner(m: &Migration, started: Instant) {
-    let id = m.id;
+fn abort_as_owner(m: &Migration) {
+    let (id, started) = (m.id, Instant::now());
     // No `migratable_table` here: undoing must work even if the table has
     // since become something zdm would not start on (e.g. FORCE RLS on).
-    if m.kind == "create_index" || m.kind == "drop_index" {
-        // Stop the worker (a build in progress is rolled back by PostgreSQL,
-        // leaving an INVALID index), then drop what a build left behind.
-        crate::jobs::finish_for_migration(id, "cancelled");
-        spi::exec_args(
-            "SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity a \
-              WHERE a.backend_type OPERATOR(pg_catalog.=) 'zdm index' AND a.application_name OPERATOR(pg_catalog.=) $1",
-            &[format!("zdm index {id}").into()],
-        );
-        if m.kind == "create_index" {
-            let index = catalog::as_catalog_owner(|| {
-                spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[id.into()])
-            })
-            .unwrap_or_default();
-            let invalid = spi::one::<bool>(
-                "SELECT NOT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
-                  WHERE i.indrelid = $1 AND c.relname = $2",
-                &[m.relid.into(), index.as_str().into()],
-            );
-            if invalid == Some(true) {
-                let t = m.table_sql();
-                locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
-                let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
-                spi::exec(&format!("DROP INDEX IF EXISTS {}", spi::qualified(&schema, &index)));
-            }
-        }
-        catalog::set_phase(id, Phase::Aborted);
-        log_abort(id, started, None, "cancelled the index operation; removed an INVALID index it left, if any".into());
-        return;
-    }
-    if m.kind != "rename" {
-        crate::constraints::abort(m);
-        log_abort(id, started, None, "removed the constraint zdm had added, if any".into());
-        return;
-    }
     let t = m.table_sql();
-    crate::jobs::finish_for_migration(id, "cancelled");
+    jobs::finish_for_migration(id, "cancelled");
     let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
     guard::allow_zdm_ddl(|| {
         if let Some(trigger) = &m.trigger_name {
@@ -944,17 +857,3 @@ fn abort_as_owner(m: &Migration, started: Instant) {
     log_abort(id, started, Some(&lock), format!("dropped trigger and column {}", ident(m.new_col())));
 }
 
-/// Validation of a migration's phase and object for `backfill_batch`.
-pub fn require_backfillable(m: &Migration) {
-    if !m.phase.in_flight() {
-        require_phase_for(m, "backfill");
-    }
-    if m.kind != "rename" {
-        raise_with_detail(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} is a {} migration and has no backfill", m.id, m.kind),
-            "Only rename migrations copy data.",
-            "Use zdm.status to see what it is waiting for.",
-        );
-    }
-}

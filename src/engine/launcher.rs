@@ -11,8 +11,9 @@
 //! `zdm.database` is honoured on SIGHUP: the launcher exits and the
 //! postmaster starts it again (5 s later) connected to the new database.
 
-use crate::worker::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
-use crate::{guc, jobs, security, spi};
+use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
+use super::jobs;
+use crate::{guc, security, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use std::collections::HashMap;

@@ -14,23 +14,18 @@
 
 use crate::catalog::{self, Migration, Phase, Step};
 use crate::errors::{raise, Code};
+use crate::engine::Batch;
+use crate::errors::raise_with_detail;
 use crate::introspect;
-use crate::rename;
 use crate::spi::{self, ident};
 use crate::trigger;
 use pgrx::pg_sys;
 use std::time::Instant;
 
-pub struct BatchOutcome {
-    pub rows: i64,
-    pub blocks: i64,
-    /// The cursor reached the end of the table: nothing is left to backfill.
-    pub done: bool,
-}
 
 /// Run one batch of about `batch_size` updated rows and persist the cursor in
 /// the same transaction. The caller holds the migration's row lock.
-pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
+pub fn run_batch(m: &Migration, batch_size: i32) -> Batch {
     let (mut cursor, mut nblocks) = (m.cursor_block, m.rel_blocks);
     let filenode = spi::one::<pg_sys::Oid>("SELECT pg_catalog.pg_relation_filenode($1)", &[m.relid.into()])
         .unwrap_or(pg_sys::InvalidOid);
@@ -49,7 +44,7 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
         });
     }
     if cursor >= nblocks {
-        return BatchOutcome { rows: 0, blocks: 0, done: true };
+        return Batch { rows: 0, blocks: 0, done: true };
     }
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
     let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, nblocks - cursor);
@@ -77,7 +72,7 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
     }
     let rows = spi::exec_count(&sql);
     catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
-    BatchOutcome { rows, blocks, done: false }
+    Batch { rows, blocks, done: false }
 }
 
 /// One step of a rename backfill in the current transaction: lock the
@@ -86,13 +81,13 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> BatchOutcome {
 /// the end. Shared by `zdm.backfill_batch` and the background worker, which
 /// have checked the caller's rights and run this as the migration's owner
 /// (`security::as_owner`).
-pub fn step(migration: i64, batch_size: i32) -> BatchOutcome {
+pub fn step(migration: i64, batch_size: i32) -> Batch {
     let started = Instant::now();
     let m = catalog::load_or_raise(migration, true);
-    rename::require_backfillable(&m);
+    require_backfillable(&m);
     m.table_sql(); // 42P01 if the table was dropped
     if m.phase == Phase::Backfilled {
-        return BatchOutcome { rows: 0, blocks: 0, done: true };
+        return Batch { rows: 0, blocks: 0, done: true };
     }
     if m.phase == Phase::Expanded {
         catalog::set_phase(m.id, Phase::Backfilling);
@@ -148,5 +143,20 @@ mod tests {
         assert_eq!(next_density(50.0, 5000, 100, 5000), 50.0);
         assert_eq!(next_density(50.0, 0, 100, 5000), 25.0);
         assert_eq!(next_density(0.6, 0, 100, 5000), 0.5);
+    }
+}
+
+/// Validation of a migration's phase and object for `backfill_batch`.
+pub fn require_backfillable(m: &Migration) {
+    if !m.phase.in_flight() {
+        m.require_phase("backfill");
+    }
+    if m.kind != "rename" {
+        raise_with_detail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {} is a {} migration and has no backfill", m.id, m.kind),
+            "Only rename migrations copy data.",
+            "Use zdm.status to see what it is waiting for.",
+        );
     }
 }

@@ -152,25 +152,16 @@ pub fn worker_alive(migration: i64) -> bool {
     .unwrap_or(false)
 }
 
-/// The process name of a migration's worker: `zdm backfill <id>` for a
-/// rename, `zdm constraint <id>` for the others.
-pub fn worker_type(kind: &str) -> &'static str {
-    match kind {
-        "rename" => "zdm backfill",
-        "create_index" | "drop_index" => "zdm index",
-        _ => "zdm constraint",
-    }
-}
-
 fn kind_of(migration: i64) -> String {
     as_catalog_owner(|| spi::one::<String>("SELECT kind FROM zdm.migrations WHERE id = $1", &[migration.into()]))
-        .unwrap_or_else(|| "rename".into())
+        .unwrap_or_default()
 }
 
 /// Register a dynamic background worker for `migration`. `extra` is
 /// "<database oid> <creator xid or 0>[ <dsm handle> <length>]".
 pub fn register_worker(migration: i64, kind: &str, extra: &str, notify: bool) -> Result<DynamicBackgroundWorker, String> {
-    let ty = worker_type(kind);
+    // The process name says what it does: `zdm backfill 12`, `zdm index 13`.
+    let ty = super::find(kind).map(|op| op.worker_type()).unwrap_or("zdm worker");
     let mut b = BackgroundWorkerBuilder::new(&format!("{ty} {migration}"))
         .set_type(ty)
         .set_library("zdm")
@@ -250,4 +241,34 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
             }),
         )
     })
+}
+
+pub fn set_throttle_reason(migration: i64, reason: Option<&str>) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.jobs SET throttle_reason = $2, heartbeat_at = clock_timestamp() WHERE migration_id = $1",
+            &[migration.into(), reason.into()],
+        )
+    });
+}
+
+/// The job failed with `error`; the migration keeps its phase (resumable)
+/// and shows the error; the event log gets `step`.
+pub fn fail(migration: i64, step: &str, error: &str) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.jobs SET state = 'failed', last_error = $2, finished_at = clock_timestamp(), throttle_reason = NULL \
+              WHERE migration_id = $1 AND state NOT IN ('completed', 'cancelled')",
+            &[migration.into(), error.into()],
+        )
+    });
+    crate::catalog::set_last_error(migration, Some(error));
+    crate::catalog::log_step(crate::catalog::Step {
+        migration,
+        step,
+        duration_ms: 0.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some(error.to_string()),
+    });
 }

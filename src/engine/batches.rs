@@ -1,0 +1,249 @@
+//! The throttled batch loop of a backfill: one batch per transaction,
+//!
+//!   read options → honour pause / cancel / pause_all / run_after / replica
+//!   lag → run the operation's batch as the migration's owner, under
+//!   per-batch lock_timeout and statement_timeout → heartbeat, history.
+//!
+//! A timed-out batch is retried with half the size, a bounded number of
+//! times; the size then adapts toward `target_batch_ms`. Any other error
+//! fails the job with the reason in `zdm.status`. The cursor itself is the
+//! operation's (persisted in the batch's own transaction, so a batch and its
+//! cursor commit or roll back together).
+
+use super::locking::{error_code, error_message, in_subtransaction};
+use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
+use super::{jobs, Operation};
+use crate::catalog::as_catalog_owner;
+use crate::{guc, security, spi};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::time::Instant;
+
+/// Smallest batch the adaptive sizing steers to (unless asked for less).
+const MIN_ADAPTIVE_BATCH: i32 = 100;
+const MAX_ADAPTIVE_BATCH: i32 = 1_000_000;
+/// How often the history is trimmed to `zdm.batch_history` rows.
+const PRUNE_EVERY: i64 = 100;
+
+thread_local! {
+    /// Time waited since the last batch, and why: recorded with the next batch.
+    static PENDING_WAIT: RefCell<(f64, Option<String>)> = const { RefCell::new((0.0, None)) };
+}
+
+enum Next {
+    Continue { pause_ms: i32 },
+    Done,
+    Wait { ms: f64, reason: String },
+    Stop,
+}
+
+fn wait(ms: f64, reason: String) -> Next {
+    Next::Wait { ms, reason }
+}
+
+/// Run batches until the backfill is complete (true) or the job stopped:
+/// cancelled, failed, or taken over (false).
+pub fn run(migration: i64, op: &dyn Operation, name: &str) -> bool {
+    // Whom the work runs as: the owner's name resolved now, checked again
+    // before every batch.
+    let owner = match transaction(|| {
+        let job = jobs::load_row(migration)?;
+        Some((security::resolve_owner(&job.owner_name, migration), job.owner_name))
+    }) {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return false,
+        Err(e) => {
+            let _ = transaction(|| jobs::fail(migration, "backfill failed", &e));
+            return false;
+        }
+    };
+    let mut batches: i64 = 0;
+    loop {
+        reload_config_if_asked();
+        set_activity(&format!("{name}: batch {}", batches + 1));
+        let next = transaction(|| one_batch(migration, op, &owner)).unwrap_or_else(|e| {
+            // An error outside the batch itself (catalog, options): record it.
+            let _ = transaction(|| jobs::fail(migration, "backfill failed", &e));
+            Next::Stop
+        });
+        match next {
+            Next::Continue { pause_ms } => {
+                batches += 1;
+                if batches % PRUNE_EVERY == 0 {
+                    let _ = transaction(|| prune_history(migration));
+                }
+                if pause_ms > 0 {
+                    note_wait(pause_ms as f64, None);
+                    set_activity(&format!("{name}: pause_ms between batches"));
+                    sleep_ms(pause_ms as f64);
+                }
+            }
+            Next::Wait { ms, reason } => {
+                set_activity(&format!("{name}: waiting: {reason}"));
+                let _ = transaction(|| jobs::set_throttle_reason(migration, Some(&reason)));
+                note_wait(ms, Some(reason));
+                sleep_ms(ms);
+            }
+            Next::Stop => return false,
+            Next::Done => return true,
+        }
+    }
+}
+
+fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) -> Next {
+    let Some(job) = jobs::load_row(migration) else { return Next::Stop };
+    security::check_owner_unchanged(owner.0, &owner.1, migration);
+    if job.worker_pid != Some(unsafe { pg_sys::MyProcPid }) {
+        return Next::Stop; // another worker took the job over
+    }
+    match job.state.as_str() {
+        "running" | "queued" => {}
+        "paused" => return wait(1000.0, "paused by zdm.pause()".into()),
+        _ => return Next::Stop, // cancelled, completed, failed
+    }
+    if guc::PAUSE_ALL.get() {
+        return wait(1000.0, "zdm.pause_all is on".into());
+    }
+    if job.wait_for_run_after_ms > 0.0 {
+        return wait(job.wait_for_run_after_ms.min(1000.0), "scheduled: waiting for run_after".into());
+    }
+    if let Some(max_lag) = job.max_replica_lag_ms {
+        let lag = spi::one::<f64>(
+            "SELECT coalesce(max(extract(epoch FROM replay_lag)) * 1000, 0)::float8 FROM pg_catalog.pg_stat_replication",
+            &[],
+        )
+        .unwrap_or(0.0);
+        if lag > max_lag {
+            return wait(
+                1000.0,
+                format!("replica replay lag {:.1}s exceeds max_replica_lag {:.1}s", lag / 1000.0, max_lag / 1000.0),
+            );
+        }
+    }
+    let mut size = job.batch_size;
+    let mut last_error = String::new();
+    for attempt in 1..=job.max_attempts {
+        let started = Instant::now();
+        let outcome = in_subtransaction(|| {
+            // lock_timeout applies to the batch only (rolled back with
+            // as_owner's nest level): zdm's own catalog writes after it wait
+            // for a caller holding the job row instead of failing the job.
+            security::as_owner(owner.0, || {
+                spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
+                with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size))
+            })
+        });
+        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(out) => {
+                record_batch(migration, out.rows, out.blocks, size, took_ms);
+                let next = next_batch_size(size, job.configured_batch_size, job.target_batch_ms, took_ms);
+                spi::exec_args(
+                    "UPDATE zdm.jobs SET heartbeat_at = clock_timestamp(), current_batch_size = $2, throttle_reason = NULL \
+                      WHERE migration_id = $1",
+                    &[migration.into(), next.into()],
+                );
+                if out.done {
+                    return Next::Done;
+                }
+                return Next::Continue { pause_ms: job.pause_ms };
+            }
+            Err(e) if is_retryable(error_code(&e)) => {
+                last_error = error_message(&e);
+                size = (size / 2).max(1);
+                jobs::set_throttle_reason(
+                    migration,
+                    Some(&format!("batch attempt {attempt} failed ({last_error}); retrying with batch size {size}")),
+                );
+                spi::exec_args(
+                    "UPDATE zdm.jobs SET current_batch_size = $2 WHERE migration_id = $1",
+                    &[migration.into(), size.into()],
+                );
+            }
+            Err(e) => {
+                jobs::fail(migration, "backfill failed", &error_message(&e));
+                return Next::Stop;
+            }
+        }
+    }
+    jobs::fail(migration, "backfill failed", &format!("gave up after {} attempts: {last_error}", job.max_attempts));
+    Next::Stop
+}
+
+/// Lock and statement timeouts, deadlocks and serialization failures: worth
+/// another try with a smaller batch.
+fn is_retryable(code: PgSqlErrorCode) -> bool {
+    matches!(
+        code,
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// Adaptive sizing toward `target_batch_ms`: grow at most ×1.2 per batch,
+/// shrink in proportion, clamp. Without a target, a size halved by a timeout
+/// grows back toward the configured one.
+pub fn next_batch_size(current: i32, configured: i32, target_ms: Option<i32>, took_ms: f64) -> i32 {
+    let current = current.max(1) as f64;
+    match target_ms {
+        Some(target) => {
+            let ratio = target as f64 / took_ms.max(0.1);
+            let next = if ratio >= 1.0 { current * ratio.min(1.2) } else { current * ratio };
+            let min = MIN_ADAPTIVE_BATCH.min(configured).max(1) as f64;
+            next.clamp(min, MAX_ADAPTIVE_BATCH as f64).round() as i32
+        }
+        None => (current * 1.2).min(configured as f64).max(1.0).round() as i32,
+    }
+}
+
+fn note_wait(ms: f64, reason: Option<String>) {
+    PENDING_WAIT.with(|w| {
+        let mut w = w.borrow_mut();
+        w.0 += ms;
+        if reason.is_some() {
+            w.1 = reason;
+        }
+    });
+}
+
+fn record_batch(migration: i64, rows: i64, blocks: i64, size: i32, took_ms: f64) {
+    let (wait_ms, reason) = PENDING_WAIT.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.batches (migration_id, rows, blocks, batch_size, duration_ms, wait_ms, wait_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[migration.into(), rows.into(), blocks.into(), size.into(), took_ms.into(), wait_ms.into(), reason.into()],
+        )
+    });
+}
+
+fn prune_history(migration: i64) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "DELETE FROM zdm.batches WHERE migration_id = $1 AND id <= \
+               (SELECT id FROM zdm.batches WHERE migration_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)",
+            &[migration.into(), (guc::BATCH_HISTORY.get() as i64).into()],
+        )
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_batch_size;
+
+    #[test]
+    fn adaptive_size_grows_at_most_20_percent_and_shrinks_proportionally() {
+        assert_eq!(next_batch_size(1000, 1000, Some(250), 50.0), 1200);
+        assert_eq!(next_batch_size(1000, 1000, Some(250), 500.0), 500);
+        assert_eq!(next_batch_size(150, 1000, Some(250), 10_000.0), 100);
+        assert_eq!(next_batch_size(10, 10, Some(250), 10_000.0), 10);
+    }
+
+    #[test]
+    fn without_target_a_halved_size_recovers_to_the_configured_one() {
+        assert_eq!(next_batch_size(500, 1000, None, 1.0), 600);
+        assert_eq!(next_batch_size(900, 1000, None, 1.0), 1000);
+    }
+}

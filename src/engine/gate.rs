@@ -1,0 +1,40 @@
+//! The gate between a job's steps: wait while the job is paused or the
+//! migration it depends on (a rename still filling the column a constraint
+//! reads) has not finished its backfill; stop when it was cancelled.
+
+use super::jobs;
+use super::process::{set_activity, sleep_ms, transaction};
+use crate::catalog::as_catalog_owner;
+use crate::spi;
+
+/// True: go on. False: the job was cancelled, failed or completed meanwhile.
+pub fn open(id: i64) -> bool {
+    loop {
+        let row = transaction(|| {
+            as_catalog_owner(|| {
+                spi::first_row(
+                    "SELECT j.state, d.id, d.phase FROM zdm.jobs j LEFT JOIN zdm.migrations d ON d.id = j.depends_on \
+                      WHERE j.migration_id = $1",
+                    &[id.into()],
+                    |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?, r.get::<String>(3)?)),
+                )
+            })
+        });
+        let Ok(Some((state, dep, dep_phase))) = row else { return false };
+        let reason = match (state.as_str(), dep_phase.as_deref()) {
+            ("paused", _) => Some("paused by zdm.pause()".to_string()),
+            ("queued" | "running", Some("expanded" | "backfilling")) => {
+                Some(format!("waiting for the backfill of zdm migration {} to complete", dep.unwrap_or_default()))
+            }
+            ("queued" | "running", _) => None,
+            _ => return false, // cancelled, failed, completed
+        };
+        let Some(reason) = reason else {
+            let _ = transaction(|| jobs::set_throttle_reason(id, None));
+            return true;
+        };
+        let _ = transaction(|| jobs::set_throttle_reason(id, Some(&reason)));
+        set_activity(&format!("zdm migration {id}: {reason}"));
+        sleep_ms(1000.0);
+    }
+}

@@ -1,0 +1,131 @@
+//! Concurrent index builds and drops, run by a worker at top level through
+//! `toplevel` (they cannot run inside a transaction), one at a time.
+//!
+//! A build that fails leaves an INVALID index behind; it is dropped
+//! (concurrently) before the next attempt and after the last one, so none
+//! stays. Lock and statement timeouts, deadlocks and serialization failures
+//! are retried with backoff, a bounded number of times; an error of the data
+//! (a duplicate key for a unique index) or of the definition is final.
+//! Pause and cancel take effect between attempts.
+
+use super::locking::{error_code, error_message_with_detail};
+use super::process::{sleep_ms, transaction};
+use super::{gate, jobs, toplevel, IndexTask};
+use crate::catalog::{self, Step};
+use crate::spi::{self, ident};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::time::Instant;
+
+/// How many times a build is attempted before it fails for good.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// How an index task ended.
+pub enum Outcome {
+    Done,
+    /// the job was cancelled (or is over) between attempts
+    Stopped,
+    Failed(PgSqlErrorCode, String),
+}
+
+/// None: no such index; Some(valid).
+fn index_state(t: &IndexTask) -> Option<bool> {
+    spi::one::<bool>(
+        "SELECT i.indisvalid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid WHERE c.relname = $1 AND n.nspname = $2",
+        &[t.index.as_str().into(), t.schema.as_str().into()],
+    )
+}
+
+fn index_sql(t: &IndexTask) -> String {
+    spi::qualified(&t.schema, &t.index)
+}
+
+fn drop_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
+    toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index_sql(t)), owner, &t.search_path, t.lock_timeout_ms, |_| {})
+}
+
+fn build_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
+    toplevel::run(&t.definition, owner, &t.search_path, t.lock_timeout_ms, |node| unsafe {
+        if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_IndexStmt {
+            (*(node as *mut pg_sys::IndexStmt)).concurrent = true;
+        }
+    })
+}
+
+fn retryable(code: PgSqlErrorCode) -> bool {
+    matches!(
+        code,
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+            | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+    )
+}
+
+fn log(id: i64, step: &str, started: Instant, detail: String) {
+    let _ = transaction(|| {
+        catalog::log_step(Step {
+            migration: id,
+            step,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(detail),
+        })
+    });
+}
+
+/// Attempts at one task, as `owner`, until it succeeds, fails for good, or
+/// the job is cancelled.
+pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
+    let mut last_error = String::new();
+    let verb = if t.drop { "drop index" } else { "create index" };
+    for attempt in 1..=MAX_ATTEMPTS {
+        if !gate::open(id) {
+            return Outcome::Stopped;
+        }
+        let state = match transaction(|| index_state(t)) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, e),
+        };
+        let started = Instant::now();
+        let outcome = match (t.drop, state) {
+            (false, Some(true)) | (true, None) => Ok(()),
+            (false, Some(false)) => {
+                // Left INVALID by an earlier failed or cancelled build.
+                let dropped = drop_concurrently(t, owner);
+                log(id, "dropped invalid index", started, index_sql(t));
+                dropped.and_then(|_| build_concurrently(t, owner))
+            }
+            (false, None) => build_concurrently(t, owner),
+            (true, Some(_)) => drop_concurrently(t, owner),
+        };
+        match outcome {
+            Ok(()) => {
+                let done = if t.drop { "dropped" } else { "built" };
+                log(id, &format!("index {done}"), started, format!("{} ({done} concurrently, attempt {attempt})", index_sql(t)));
+                return Outcome::Done;
+            }
+            Err(e) => {
+                let code = error_code(&e);
+                last_error = error_message_with_detail(&e);
+                log(id, "attempt failed", started, format!("{}: attempt {attempt}: {last_error}", index_sql(t)));
+                if !t.drop {
+                    // Never leave an INVALID index behind.
+                    let _ = drop_concurrently(t, owner);
+                }
+                if !retryable(code) {
+                    return Outcome::Failed(code, format!("{verb} {} failed: {last_error}", ident(&t.index)));
+                }
+                let reason = format!("index {}: attempt {attempt} failed ({last_error}); retrying", t.index);
+                let _ = transaction(|| jobs::set_throttle_reason(id, Some(&reason)));
+                sleep_ms(500.0 * 2f64.powi(attempt as i32));
+            }
+        }
+    }
+    Outcome::Failed(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        format!("{verb} {} gave up after {MAX_ATTEMPTS} attempts: {last_error}", ident(&t.index)),
+    )
+}

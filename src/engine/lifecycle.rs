@@ -1,0 +1,46 @@
+//! `zdm.contract` and `zdm.abort` for any kind: rights, phase rules and the
+//! row lock here, the kind's own work in its `Operation`, run as the
+//! migration's owner.
+
+use super::{jobs, operation};
+use crate::catalog::{self, Phase, Step};
+use crate::security;
+use std::time::Instant;
+
+pub fn contract(id: i64) {
+    let m = catalog::load_for(id, "contract", true);
+    let op = operation(&m.kind);
+    if m.phase.in_flight() {
+        m.table_sql(); // a dropped table first: 42P01 with "call zdm.abort"
+    }
+    m.require_phase("contract");
+    let owner = security::resolve_owner(&m.owner_name, id);
+    security::as_owner(owner, || op.contract(&m));
+}
+
+pub fn abort(id: i64) {
+    let started = Instant::now();
+    let m = catalog::load_for(id, "abort", true);
+    if !m.phase.in_flight() {
+        m.require_phase("abort");
+    }
+    let op = operation(&m.kind);
+    if !m.table_exists() {
+        // Dropped (around the guard, or with the guard bypassed): nothing
+        // left to undo in the table; close the migration in the catalog.
+        jobs::finish_for_migration(id, "cancelled");
+        catalog::set_phase(id, Phase::Aborted);
+        catalog::log_step(Step {
+            migration: id,
+            step: "abort",
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(format!("the table {} no longer exists; migration closed", m.display_table())),
+        });
+        return;
+    }
+    // No `migratable_table` check: undoing must work even if the table has
+    // since become something zdm would not start on (e.g. FORCE RLS on).
+    security::as_owner(m.ddl_role(), || op.abort(&m));
+}

@@ -1,0 +1,150 @@
+//! The engine: what every operation shares — jobs and the worker processes
+//! that run them (`jobs`, `worker`, `launcher`, `process`), the throttled
+//! batch loop (`batches`), concurrent index builds at top level
+//! (`index_build`, `toplevel`), the step runner's DDL with lock discipline
+//! (`steps`, `locking`), the pause/cancel gate between steps (`gate`), and
+//! contract/abort for any kind (`lifecycle`).
+//!
+//! Operations (`src/ops/`) plug in through [`Operation`] and are registered
+//! once at library load (`register`); the engine never names one, so adding
+//! an operation does not touch this directory.
+
+pub mod batches;
+pub mod gate;
+pub mod index_build;
+pub mod jobs;
+pub mod launcher;
+pub mod lifecycle;
+pub mod locking;
+pub mod process;
+pub mod steps;
+pub mod toplevel;
+pub mod worker;
+
+use crate::catalog::Migration;
+use crate::errors::{raise, Code};
+use pgrx::prelude::*;
+use std::sync::OnceLock;
+
+/// What one batch of a backfill did.
+pub struct Batch {
+    pub rows: i64,
+    pub blocks: i64,
+    /// the scan reached the end of the table
+    pub done: bool,
+}
+
+/// A concurrent index build or drop the worker runs at top level.
+#[derive(Clone, Debug)]
+pub struct IndexTask {
+    /// The operation's own key for the object (e.g. the index it replaces).
+    pub key: String,
+    pub drop: bool,
+    pub schema: String,
+    pub index: String,
+    /// `CREATE INDEX …` (run with `concurrent` forced on); unused for a drop
+    pub definition: String,
+    /// search_path the definition's names resolve with
+    pub search_path: String,
+    pub lock_timeout_ms: i32,
+}
+
+/// How a build ended, for the operation to record.
+pub enum BuildState<'a> {
+    Building,
+    Valid,
+    Failed { code: PgSqlErrorCode, message: &'a str },
+}
+
+/// One migration kind's steps (DESIGN.md, "Operations share one shape").
+/// The worker drives a job through them in order — backfill, build,
+/// validate — each optional; `contract` and `abort` are called by the SQL
+/// surface on an in-flight migration whose owner the caller was checked to
+/// be, with the migration's row locked.
+pub trait Operation: Sync {
+    /// The `zdm.migrations.kind` values this module implements.
+    fn kinds(&self) -> &'static [&'static str];
+    /// `backend_type` of its worker processes, as pg_stat_activity shows it.
+    fn worker_type(&self) -> &'static str;
+
+    /// Backfill: does this kind copy rows in batches? (At most one
+    /// backfilling job runs per table.)
+    fn has_backfill(&self) -> bool {
+        false
+    }
+    /// One batch, inside the worker's batch transaction, already running as
+    /// the migration's owner under its lock and statement timeouts.
+    fn backfill_batch(&self, _migration: i64, _batch_size: i32) -> Batch {
+        Batch { rows: 0, blocks: 0, done: true }
+    }
+
+    /// Build: the concurrent index builds / drops still to run, in order
+    /// (read in a transaction; each then runs at top level, one at a time).
+    fn builds(&self, _migration: i64) -> Vec<IndexTask> {
+        Vec::new()
+    }
+    /// A build started, finished, or failed for good (in a transaction).
+    fn build_state(&self, _migration: i64, _task: &IndexTask, _state: BuildState) {}
+
+    /// Validate: steps in their own transactions after the builds (called
+    /// outside a transaction). False when the job stopped (cancelled, or a
+    /// failure the operation recorded).
+    fn validate(&self, _migration: i64) -> bool {
+        true
+    }
+    /// The job has run every step (in a transaction): complete it.
+    fn job_done(&self, migration: i64) {
+        jobs::finish_for_migration(migration, "completed");
+    }
+
+    /// zdm.contract.
+    fn contract(&self, m: &Migration) {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {} is a {} migration; it has no contract step", m.id, m.kind),
+            "It finishes by itself; follow it with zdm.wait() or zdm.status.",
+        )
+    }
+    /// zdm.abort: undo what the migration added and close it.
+    fn abort(&self, m: &Migration);
+
+    /// A request a caller in autocommit mode handed to the worker through
+    /// shared memory (the worker cannot see the caller's uncommitted rows):
+    /// record the migration, in the worker's transaction.
+    fn record_handoff(&self, _payload: &[u8]) -> Result<(), String> {
+        Err("this kind of migration is not handed over to workers".into())
+    }
+}
+
+static OPERATIONS: OnceLock<&'static [&'static dyn Operation]> = OnceLock::new();
+
+/// Called once from `_PG_init`.
+pub fn register(ops: &'static [&'static dyn Operation]) {
+    let _ = OPERATIONS.set(ops);
+}
+
+fn all() -> &'static [&'static dyn Operation] {
+    OPERATIONS.get().copied().unwrap_or(&[])
+}
+
+/// The module implementing `kind` (None for a kind this build does not know,
+/// e.g. a catalog row written by a newer zdm).
+pub fn find(kind: &str) -> Option<&'static dyn Operation> {
+    all().iter().copied().find(|op| op.kinds().contains(&kind))
+}
+
+/// `find`, or a clear error naming the kind.
+pub fn operation(kind: &str) -> &'static dyn Operation {
+    find(kind).unwrap_or_else(|| {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("zdm does not know migrations of kind {kind:?}"),
+            "The catalog was written by another zdm version; install the matching version (ALTER EXTENSION zdm UPDATE).",
+        )
+    })
+}
+
+/// The kinds whose jobs backfill (one per table at a time).
+pub fn backfilling_kinds() -> Vec<String> {
+    all().iter().filter(|op| op.has_backfill()).flat_map(|op| op.kinds().iter().map(|k| k.to_string())).collect()
+}

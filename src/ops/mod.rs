@@ -1,0 +1,12 @@
+//! The operations, one module each, against `engine::Operation`: the steps
+//! of one kind of migration. Adding one means a module here, an entry in
+//! `ALL`, and its SQL functions in `api/`; the engine does not change.
+
+pub mod constraint;
+pub mod index;
+pub mod rename;
+
+use crate::engine::Operation;
+
+/// Registered with the engine at library load (`_PG_init`).
+pub static ALL: &[&dyn Operation] = &[&rename::Rename, &constraint::Constraint, &index::Index];

@@ -1,0 +1,102 @@
+//! The rename's validate step: the checks and foreign keys carried onto the
+//! new column, and its NOT NULL check, were added NOT VALID at expand; after
+//! the backfill the worker validates each in its own transaction (a scan
+//! under SHARE UPDATE EXCLUSIVE on the table, ROW SHARE on a referenced
+//! one: writes go on), so contract finds them valid and does no scan for
+//! them. Contract validates whatever is left (a backfill run by hand).
+//!
+//! A copy whose original was itself NOT VALID stays NOT VALID, as the
+//! original was.
+
+use crate::catalog::{self, Migration, Step};
+use crate::engine::locking::{error_message, in_subtransaction};
+use crate::engine::process::{set_activity, transaction};
+use crate::engine::{gate, jobs, steps};
+use crate::security;
+use crate::spi::{self, ident};
+use pgrx::prelude::*;
+use std::time::Instant;
+
+/// A carried constraint still to validate, with the table it references.
+pub struct Pending {
+    pub name: String,
+    pub reference: Option<(pg_sys::Oid, String)>,
+}
+
+/// The migration's carried constraints that are NOT VALID and should not be.
+pub fn pending(m: &Migration) -> Vec<Pending> {
+    let originals = m.carried_from.iter().map(Some).chain(std::iter::repeat(None));
+    let copies = m.carried_checks.iter().chain(m.not_null_check.iter());
+    let mut out = Vec::new();
+    for (copy, original) in copies.zip(originals) {
+        let row = spi::first_row(
+            "SELECT convalidated, nullif(confrelid, 0) FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+            &[m.relid.into(), copy.as_str().into()],
+            |r| Ok((r.get::<bool>(1)?.unwrap_or(true), r.get::<pg_sys::Oid>(2)?)),
+        );
+        let Some((false, referenced)) = row else { continue };
+        let original_valid = original.and_then(|o| {
+            spi::one::<bool>(
+                "SELECT convalidated FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+                &[m.relid.into(), o.as_str().into()],
+            )
+        });
+        if original_valid == Some(false) {
+            continue;
+        }
+        let reference = referenced.map(|r| (r, catalog::current_table_sql(r).unwrap_or_default()));
+        out.push(Pending { name: copy.clone(), reference });
+    }
+    out
+}
+
+/// The worker's validate step. False when the job stopped: cancelled, or a
+/// validation failed (recorded in the job; the constraint stays NOT VALID
+/// and contract refuses until it validates).
+pub fn run(migration: i64) -> bool {
+    let names = match transaction(|| catalog::load(migration, false).map(|m| pending(&m)).unwrap_or_default()) {
+        Ok(p) => p.into_iter().map(|p| p.name).collect::<Vec<_>>(),
+        Err(e) => {
+            let _ = transaction(|| jobs::fail(migration, "validate failed", &e));
+            return false;
+        }
+    };
+    for name in names {
+        if !gate::open(migration) {
+            return false;
+        }
+        set_activity(&format!("zdm backfill {migration}: validating {name}"));
+        let started = Instant::now();
+        let outcome = transaction(|| {
+            let m = catalog::load_or_raise(migration, false);
+            let Some(p) = pending(&m).into_iter().find(|p| p.name == name) else { return Ok(()) };
+            let owner = security::resolve_owner(&m.owner_name, migration);
+            let t = m.table_sql();
+            let validated = in_subtransaction(|| {
+                security::as_owner(owner, || {
+                    let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+                    steps::validate(m.relid, &t, &p.name, reference)
+                })
+            });
+            match validated {
+                Ok(lock) => {
+                    catalog::log_step(Step {
+                        migration,
+                        step: "validate carried constraint",
+                        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        lock_wait_ms: Some(lock.wait_ms),
+                        lock_attempts: Some(lock.attempts),
+                        detail: Some(ident(&p.name)),
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(format!("validating {} on {t} failed: {}", ident(&p.name), error_message(&e))),
+            }
+        });
+        if let Err(message) = outcome.and_then(|r| r) {
+            let _ = transaction(|| jobs::fail(migration, "validate failed", &message));
+            return false;
+        }
+    }
+    true
+}
