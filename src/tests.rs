@@ -286,6 +286,10 @@ mod tests {
         assert!(one::<i64>("SELECT zdm.expand_rename('g_ref', 'id', 'id2', background => false)").is_some());
         run("CREATE TABLE sref (id int PRIMARY KEY, parent int REFERENCES sref (id))");
         assert_sqlstate("SELECT zdm.expand_rename('sref', 'id', 'id2')", "0A000", "cannot re-point");
+        // So is a key referenced as part of a multi-column foreign key.
+        run("CREATE TABLE mref (a int, b int, PRIMARY KEY (a, b))");
+        run("CREATE TABLE mref_child (a int, b int, FOREIGN KEY (a, b) REFERENCES mref (a, b))");
+        assert_sqlstate("SELECT zdm.expand_rename('mref', 'a', 'a2')", "0A000", "cannot re-point");
         run("CREATE VIEW gv AS SELECT a FROM g");
         assert_sqlstate("SELECT zdm.expand_rename('gv', 'a', 'a2')", "0A000", "a view");
         run("CREATE TEMP TABLE tmp (a int)");
