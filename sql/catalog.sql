@@ -201,14 +201,17 @@ SELECT m.id,
            AND (c.conname = ANY (m.carried_checks) OR c.conname = m.not_null_check)) AS constraints,
        -- Objects still using the old column that contract will not carry:
        -- recreate them on the new column before contract.
-       (SELECT pg_catalog.string_agg(DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0), '; ')
+       (SELECT pg_catalog.string_agg(DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid,
+                 CASE WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN d.objsubid ELSE 0 END), '; ')
           FROM pg_catalog.pg_attribute a
           JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
                                      AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
          WHERE m.kind = 'rename' AND m.phase IN ('expanded', 'backfilling', 'backfilled')
-           AND a.attrelid = m.relid AND a.attname = m.old_column AND d.deptype = 'n'
-           AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
-                             'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass)) AS blockers,
+           AND a.attrelid = m.relid AND a.attname = m.old_column
+           AND ((d.deptype = 'n' AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
+                                                   'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass))
+                -- a generated column computed from it
+                OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = m.relid AND d.objsubid > 0))) AS blockers,
        j.worker_pid,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,

@@ -198,13 +198,14 @@ pub enum DependentKind {
     /// An extended statistics object on plain columns (no expressions):
     /// copied onto the new column at expand, renamed at contract.
     Statistics { oid: pg_sys::Oid },
-    /// A view, rule, policy, trigger (column list or WHEN) or publication
-    /// column list: it keeps using the old column while that exists; expand
+    /// A view, rule, policy, trigger (column list or WHEN), publication
+    /// column list or a generated column of the same table computed from it:
+    /// it keeps using the old column while that exists; expand
     /// proceeds, `zdm.status` lists it as a blocker, contract refuses until it
     /// is recreated on the new column.
     NotCarried,
-    /// Anything else (foreign key, exclusion constraint, generated column,
-    /// multi-column check, extended statistics …): refused at expand.
+    /// Anything else (exclusion constraint, multi-column check, expression
+    /// statistics …): refused at expand.
     Blocking,
 }
 
@@ -219,6 +220,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                               THEN 'not_carried' \
                          WHEN d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass THEN \
                               (SELECT CASE WHEN st.stxexprs IS NULL THEN 'statistics' END FROM pg_catalog.pg_statistic_ext st WHERE st.oid = d.objid) \
+                         WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = $1 AND d.objsubid > 0 THEN 'not_carried' \
                          WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
                               (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \

@@ -4,12 +4,20 @@
 
 use super::{jobs, operation};
 use crate::catalog::{self, Phase, Step};
+use crate::errors::{raise, Code};
 use crate::security;
 use std::time::Instant;
 
 pub fn contract(id: i64) {
     let m = catalog::load_for(id, "contract", true);
     let op = operation(&m.kind);
+    if !op.has_contract() {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} is a {} migration; it has no contract step", m.kind),
+            "It finishes by itself; follow it with zdm.wait() or zdm.status.",
+        );
+    }
     if m.phase.in_flight() {
         m.table_sql(); // a dropped table first: 42P01 with "call zdm.abort"
     }

@@ -97,14 +97,12 @@ pub trait Operation: Sync {
         jobs::finish_for_migration(migration, "completed");
     }
 
-    /// zdm.contract.
-    fn contract(&self, m: &Migration) {
-        raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} is a {} migration; it has no contract step", m.id, m.kind),
-            "It finishes by itself; follow it with zdm.wait() or zdm.status.",
-        )
+    /// Contract: does this kind have one? (Others finish by themselves.)
+    fn has_contract(&self) -> bool {
+        false
     }
+    /// zdm.contract, on a migration the phase rules allow to contract.
+    fn contract(&self, _m: &Migration) {}
     /// zdm.abort: undo what the migration added and close it.
     fn abort(&self, m: &Migration);
 

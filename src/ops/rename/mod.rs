@@ -53,6 +53,9 @@ impl Operation for Rename {
     fn validate(&self, migration: i64) -> bool {
         validate::run(migration)
     }
+    fn has_contract(&self) -> bool {
+        true
+    }
     fn contract(&self, m: &Migration) {
         contract_as_owner(m, &m.table_sql(), Instant::now())
     }
@@ -462,7 +465,7 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
         Code::ERRCODE_FEATURE_NOT_SUPPORTED,
         &t,
         old_column,
-        "zdm carries indexes, unique and primary keys and checks on the column, and lets views, rules, policies and triggers wait for contract; foreign keys, exclusion constraints, multi-column checks, extended statistics and generated columns are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
+        "zdm carries indexes, keys, foreign keys, single-column checks and statistics on plain columns, and lets views, rules, policies, triggers and generated columns wait for contract; exclusion constraints, multi-column checks and expression statistics are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
     );
     (col, deps)
 }
