@@ -278,10 +278,10 @@ mod tests {
         let gid = one::<i64>("SELECT zdm.expand_rename('g', 'a', 'a2', background => false)").unwrap();
         assert_eq!(
             one::<String>(&format!("SELECT blockers FROM zdm.status WHERE id = {gid}")).as_deref(),
-            Some("column b of table g")
+            Some("generated column b of table g")
         );
         while one::<i64>(&format!("SELECT zdm.backfill_batch({gid})")) != Some(0) {}
-        assert_sqlstate(&format!("SELECT zdm.contract({gid})"), "2BP01", "column b of table g");
+        assert_sqlstate(&format!("SELECT zdm.contract({gid})"), "2BP01", "generated column b of table public.g");
         run(&format!("SELECT zdm.abort({gid})"));
         // Indexes and unique keys are carried over (built after the backfill).
         assert!(one::<i64>("SELECT zdm.expand_rename('g', 'u', 'u2', background => false)").is_some());
