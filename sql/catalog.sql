@@ -10,12 +10,14 @@ GRANT USAGE ON SCHEMA zdm TO PUBLIC;
 
 CREATE TABLE zdm.migrations (
     id              bigserial PRIMARY KEY,
-    kind            text        NOT NULL CHECK (kind IN ('rename', 'not_null', 'check', 'foreign_key', 'create_index', 'drop_index')),
+    kind            text        NOT NULL CHECK (kind IN ('rename', 'change_type', 'not_null', 'check', 'foreign_key', 'create_index', 'drop_index')),
     relid           regclass    NOT NULL,                 -- the table, by OID: every step resolves it from here
     table_schema    name        NOT NULL,                 -- for display: the name at expand
     table_name      name        NOT NULL,
     old_column      name,
-    new_column      name,
+    new_column      name,                                 -- rename: the new name; change_type: the shadow column
+    new_type        text,                                 -- change_type: the new type, as format_type prints it
+    using_expr      text,                                 -- change_type: the conversion from old_column, deparsed (the assignment cast if none was given)
     phase           text        NOT NULL DEFAULT 'expanded'
                     CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'contracted', 'aborted')),
     -- The migration's owner: the table's owner at expand. All its work runs
@@ -169,6 +171,7 @@ SELECT m.id,
        format('%I.%I', m.table_schema, m.table_name)              AS "table",
        m.old_column,
        m.new_column,
+       m.new_type,
        coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
        m.phase,
        j.state                                                    AS job_state,
@@ -197,21 +200,30 @@ SELECT m.id,
                            'validating ' || pg_catalog.quote_ident(c.conname::text) || ' ') = 1 THEN 'failed'
                       ELSE 'pending' END), ', ' ORDER BY c.conname)
           FROM pg_catalog.pg_constraint c
-         WHERE m.kind = 'rename' AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND c.conrelid = m.relid
+         WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND c.conrelid = m.relid
            AND (c.conname = ANY (m.carried_checks) OR c.conname = m.not_null_check)) AS constraints,
        -- Objects still using the old column that contract will not carry:
        -- recreate them on the new column before contract.
-       (SELECT pg_catalog.string_agg(DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid,
-                 CASE WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN d.objsubid ELSE 0 END), '; ')
-          FROM pg_catalog.pg_attribute a
-          JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                     AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
-         WHERE m.kind = 'rename' AND m.phase IN ('expanded', 'backfilling', 'backfilled')
-           AND a.attrelid = m.relid AND a.attname = m.old_column
-           AND ((d.deptype = 'n' AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
-                                                   'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass))
-                -- a generated column computed from it
-                OR (d.deptype = 'a' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = m.relid AND d.objsubid > 0))) AS blockers,
+       (SELECT pg_catalog.string_agg(DISTINCT b.what, '; ')
+          FROM (SELECT pg_catalog.pg_describe_object(d.classid, d.objid, 0) AS what
+                  FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                             AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+                 WHERE a.attrelid = m.relid AND a.attname = m.old_column AND d.deptype = 'n'
+                   AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
+                                     'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass)
+                UNION ALL
+                -- generated columns computed from it
+                SELECT pg_catalog.format('generated column %I of table %s', ga.attname, ga.attrelid::pg_catalog.regclass)
+                  FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                             AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+                  JOIN pg_catalog.pg_attribute ga ON ga.attrelid = a.attrelid AND ga.attgenerated <> '' AND ga.attnum <> a.attnum
+                 WHERE a.attrelid = m.relid AND a.attname = m.old_column
+                   AND ((d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = a.attrelid AND d.objsubid = ga.attnum)
+                     OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                         AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = a.attrelid)))) b
+         WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled')) AS blockers,
        j.worker_pid,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,

@@ -56,6 +56,9 @@ pub struct Migration {
     pub table_name: String,
     pub old_column: Option<String>,
     pub new_column: Option<String>,
+    /// change_type: the conversion from the old column, deparsed (the
+    /// assignment cast when none was given), already of the new type
+    pub using_expr: Option<String>,
     pub phase: Phase,
     /// The role all of the migration's work runs as (the table owner at expand).
     pub owner_name: String,
@@ -180,7 +183,7 @@ pub fn current_user() -> pg_sys::Oid {
 const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text, table_name::text, \
      old_column::text, new_column::text, phase, trigger_name::text, not_null_check::text, \
      carried_checks::text[], cursor_block, rows_per_block, rows_done, rel_blocks, relfilenode, \
-     owner_name::text, carried_from::text[] FROM zdm.migrations WHERE id = $1";
+     owner_name::text, carried_from::text[], using_expr FROM zdm.migrations WHERE id = $1";
 
 /// Load a migration; `lock` takes a row lock so that concurrent batches,
 /// contract and abort on the same migration serialize. Callers acting for a
@@ -209,6 +212,7 @@ pub fn load(id: i64, lock: bool) -> Option<Migration> {
                 relfilenode: row.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
                 owner_name: text(17)?.unwrap_or_default(),
                 carried_from: row.get::<Vec<String>>(18)?.unwrap_or_default(),
+                using_expr: text(19)?,
             })
         })
     })
@@ -234,7 +238,9 @@ pub fn load_for(id: i64, action: &str, lock: bool) -> Migration {
     if lock { load_or_raise(id, true) } else { m }
 }
 
-pub struct NewRename<'a> {
+/// A migration that adds a column beside an existing one (rename, change_type).
+pub struct NewColumnMigration<'a> {
+    pub kind: &'a str,
     pub relid: pg_sys::Oid,
     pub schema: &'a str,
     pub table: &'a str,
@@ -245,6 +251,9 @@ pub struct NewRename<'a> {
     pub rows_per_block: f64,
     /// the calling role (display only)
     pub started_by: pg_sys::Oid,
+    /// change_type: the new type and the conversion as given
+    pub new_type: Option<&'a str>,
+    pub using_expr: Option<&'a str>,
 }
 
 /// Next migration id (taken first so object names can carry it).
@@ -253,16 +262,16 @@ pub fn next_id() -> i64 {
         .unwrap_or_default()
 }
 
-pub fn insert_rename(id: i64, m: &NewRename) {
+pub fn insert_column_migration(id: i64, m: &NewColumnMigration) {
     let user = m.started_by;
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, new_column, \
-             owner_name, started_by, rel_blocks, rows_estimate, rows_per_block, relfilenode) \
-             VALUES ($1, 'rename', $2::oid::regclass, $3, $4, $5, $6, \
+             owner_name, started_by, rel_blocks, rows_estimate, rows_per_block, relfilenode, new_type, using_expr) \
+             VALUES ($1, $11, $2::oid::regclass, $3, $4, $5, $6, \
                      (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $2), \
                      (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), $8, $9, $10, \
-                     pg_catalog.pg_relation_filenode($2::oid::regclass))",
+                     pg_catalog.pg_relation_filenode($2::oid::regclass), $12, $13)",
             &[
                 id.into(),
                 m.relid.into(),
@@ -274,6 +283,9 @@ pub fn insert_rename(id: i64, m: &NewRename) {
                 m.rel_blocks.into(),
                 m.rows_estimate.into(),
                 m.rows_per_block.into(),
+                m.kind.into(),
+                m.new_type.into(),
+                m.using_expr.into(),
             ],
         )
     });

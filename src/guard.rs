@@ -220,7 +220,7 @@ fn in_flight(relid: pg_sys::Oid, column: Option<&str>) -> Option<(i64, String)> 
 }
 
 fn refuse(what: String, id: i64, kind: &str) -> ! {
-    let finish = if kind == "rename" {
+    let finish = if matches!(kind, "rename" | "change_type") {
         format!("finish it with zdm.contract({id})")
     } else {
         format!("let it finish (zdm.wait({id}))")
@@ -257,7 +257,7 @@ fn protect_new_column(relid: pg_sys::Oid, column: &str, action: &str) {
     }
     let hit = as_catalog_owner(|| {
         spi::first_row(
-            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = 'rename' \
+            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind IN ('rename', 'change_type') \
                AND phase IN ('expanded', 'backfilling', 'backfilled') AND new_column::text = $2 ORDER BY id LIMIT 1",
             &[relid.into(), column.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),

@@ -212,9 +212,10 @@ pub enum DependentKind {
 pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
     Spi::connect_mut(|c| {
         let t = c.update(
-            "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), d.objid, \
+            "SELECT coalesce(g.description, pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)), d.objid, \
                     CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
                               AND (SELECT ad.adrelid = $1 AND ad.adnum = $2 FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) THEN 'default' \
+                         WHEN g.description IS NOT NULL THEN 'not_carried' \
                          WHEN d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass, \
                                             'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass) \
                               THEN 'not_carried' \
@@ -238,6 +239,13 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                FROM (SELECT DISTINCT classid, objid, objsubid FROM pg_catalog.pg_depend \
                       WHERE refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = $1 AND refobjsubid = $2 \
                         AND deptype IN ('n', 'a')) d \
+               -- a generated column computed from this one (its expression, or the column itself)
+               LEFT JOIN LATERAL (SELECT pg_catalog.format('generated column %I of table %s', ga.attname, ga.attrelid::pg_catalog.regclass) AS description \
+                                    FROM pg_catalog.pg_attribute ga \
+                                   WHERE ga.attrelid = $1 AND ga.attgenerated <> '' AND ga.attnum <> $2 \
+                                     AND ((d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = $1 AND d.objsubid = ga.attnum) \
+                                       OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+                                           AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = $1)))) g ON true \
               ORDER BY 1",
             None,
             &[relid.into(), (attnum as i32).into()],

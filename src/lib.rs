@@ -40,6 +40,16 @@ COMMENT ON FUNCTION zdm.sync_trigger() IS
 
 pgrx::extension_sql!(
     r#"
+CREATE FUNCTION zdm.convert_trigger() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_convert_trigger';
+COMMENT ON FUNCTION zdm.convert_trigger() IS
+  'zdm convert trigger: sets a type change''s shadow column to the conversion of the old column on every write (installed by expand_change_type)';
+"#,
+    name = "convert_trigger_function",
+);
+
+pgrx::extension_sql!(
+    r#"
 CREATE FUNCTION zdm.guard() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_guard';
 COMMENT ON FUNCTION zdm.guard() IS

@@ -1,4 +1,4 @@
-use crate::ops::rename::backfill;
+use crate::ops::column::backfill;
 use crate::{catalog, security};
 use crate::errors::{raise, Code};
 use pgrx::prelude::*;

@@ -3,7 +3,7 @@ use crate::errors::{raise, Code};
 use crate::engine::jobs::{self, Options};
 use crate::catalog::as_catalog_owner;
 use crate::engine::locking;
-use crate::ops::rename::backfill;
+use crate::ops::column::backfill;
 use crate::spi;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;

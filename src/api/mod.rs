@@ -3,6 +3,7 @@
 //! argument types are exactly DESIGN.md's (`regclass`, `name`).
 
 mod backfill;
+mod change_type;
 mod constraints;
 mod index;
 mod jobs;

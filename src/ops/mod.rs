@@ -1,7 +1,10 @@
 //! The operations, one module each, against `engine::Operation`: the steps
-//! of one kind of migration. Adding one means a module here, an entry in
+//! of one kind of migration. `rename` and `change_type` share theirs
+//! (`column`: a new column beside the old one). Adding one means a module here, an entry in
 //! `ALL`, and its SQL functions in `api/`; the engine does not change.
 
+pub mod change_type;
+pub mod column;
 pub mod constraint;
 pub mod index;
 pub mod rename;
@@ -9,4 +12,4 @@ pub mod rename;
 use crate::engine::Operation;
 
 /// Registered with the engine at library load (`_PG_init`).
-pub static ALL: &[&dyn Operation] = &[&rename::Rename, &constraint::Constraint, &index::Index];
+pub static ALL: &[&dyn Operation] = &[&rename::RENAME, &change_type::CHANGE_TYPE, &constraint::Constraint, &index::Index];

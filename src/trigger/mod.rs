@@ -1,5 +1,8 @@
-//! The sync trigger: keeps the old and the new column equal on every row
-//! written while old and new application versions run side by side.
+//! The sync triggers, plain C-ABI trigger functions (no SPI, no name lookups
+//! per row). This file: a rename's trigger, which keeps the old and the new
+//! column equal on every row written while old and new application versions
+//! run side by side. `convert`: a type change's trigger, which computes the
+//! new column from the old one with the conversion expression.
 //!
 //! Semantics (DESIGN.md, "Rename a column"):
 //! * INSERT: a non-NULL new column wins (old := new), else new := old.
@@ -12,6 +15,8 @@
 //! tuple descriptor on every call (two name compares), and the tuple is
 //! rebuilt at most once, replacing a single column. Since it runs no SQL,
 //! search_path cannot influence it; it is installed schema-qualified.
+
+pub mod convert;
 
 use crate::errors::{raise, Code};
 use pgrx::pg_sys;
@@ -205,7 +210,7 @@ unsafe fn same_type(tupdesc: pg_sys::TupleDesc, a: i32, b: i32) -> bool {
 /// Binary-image equality of two values of the column's type (NULLs equal
 /// each other). Differently stored copies of one varlena value (compressed,
 /// toasted, short header) compare equal.
-unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
+pub(crate) unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
     unsafe {
         if a_null || b_null {
             return a_null && b_null;

@@ -53,9 +53,16 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> Batch {
     // ONLY: inheritance is refused up front, and a child added later must not
     // be half-filled by the parent's block range. Operators are qualified:
     // nothing on a search_path may stand in for them.
+    // A rename copies the old value; a type change's trigger computes the
+    // new column from the old one on any UPDATE (it may map NULL to a value).
+    let (set, todo) = if m.using_expr.is_some() {
+        (format!("{new} = NULL"), format!("{new} IS NULL"))
+    } else {
+        (format!("{new} = {old}"), format!("{new} IS NULL AND {old} IS NOT NULL"))
+    };
     let sql = format!(
-        "UPDATE ONLY {table} SET {new} = {old} WHERE ctid OPERATOR(pg_catalog.>=) '({cursor},0)'::pg_catalog.tid \
-         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {new} IS NULL AND {old} IS NOT NULL",
+        "UPDATE ONLY {table} SET {set} WHERE ctid OPERATOR(pg_catalog.>=) '({cursor},0)'::pg_catalog.tid \
+         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {todo}",
         table = m.table_sql()
     );
     // The sync trigger fires for these UPDATEs like for any other write (it
@@ -151,11 +158,11 @@ pub fn require_backfillable(m: &Migration) {
     if !m.phase.in_flight() {
         m.require_phase("backfill");
     }
-    if m.kind != "rename" {
+    if !matches!(m.kind.as_str(), "rename" | "change_type") {
         raise_with_detail(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("zdm migration {} is a {} migration and has no backfill", m.id, m.kind),
-            "Only rename migrations copy data.",
+            "Only rename and change_type migrations copy data.",
             "Use zdm.status to see what it is waiting for.",
         );
     }

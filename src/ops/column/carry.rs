@@ -149,7 +149,17 @@ pub fn definition(table: &Table, index: pg_sys::Oid, from: i16, to: i16, new_nam
         }
         if let Some(&class) = classes.get(i) {
             let default = unsafe { pg_sys::GetDefaultOpClass(type_oid, am_oid) };
-            if class != default {
+            // A type change: the old type's default class becomes the new type's.
+            let old_default = (attnum == from)
+                .then(|| {
+                    spi::one::<pg_sys::Oid>(
+                        "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = $2",
+                        &[table.relid.into(), from.into()],
+                    )
+                })
+                .flatten()
+                .map(|old_type| unsafe { pg_sys::GetDefaultOpClass(old_type, am_oid) });
+            if class != default && Some(class) != old_default {
                 item.push_str(&format!(" {}", qualified_name("opclass", class)));
             }
         }

@@ -1,7 +1,10 @@
-//! The rename migration: expand (new column + sync trigger), contract (drop
-//! the old column) and abort (drop the new column). Everything runs in the
-//! caller's transaction, so a migration tool's transaction commits or rolls
-//! back all of it. Locks are taken through `locking::lock_table`.
+//! The steps shared by a rename and a type change: expand (a new column
+//! beside the old one, what depends on the old one carried over, a sync
+//! trigger), backfill, index builds and validation (the worker), contract
+//! (drop the old column; a type change's shadow takes its name) and abort
+//! (drop the new column). Expand, contract and abort run in the caller's
+//! transaction, so a migration tool's transaction commits or rolls back all
+//! of it. Locks are taken through `locking::lock_table`.
 
 pub mod backfill;
 pub mod carry;
@@ -22,11 +25,19 @@ pub fn trigger_name(id: i64) -> String {
     format!("zdm_sync_{id}")
 }
 
-pub struct Rename;
+/// The steps a rename and a type change share: a new column beside the old
+/// one, kept in sync by a trigger, backfilled, its carried indexes built and
+/// its carried constraints validated, then swapped in at contract.
+pub struct ColumnSteps {
+    pub kinds: &'static [&'static str],
+    /// At contract the new column takes the old one's name (a type change's
+    /// shadow column); a rename keeps the new name.
+    pub takes_old_name: bool,
+}
 
-impl Operation for Rename {
+impl Operation for ColumnSteps {
     fn kinds(&self) -> &'static [&'static str] {
-        &["rename"]
+        self.kinds
     }
     fn worker_type(&self) -> &'static str {
         "zdm backfill"
@@ -57,14 +68,34 @@ impl Operation for Rename {
         true
     }
     fn contract(&self, m: &Migration) {
-        contract_as_owner(m, &m.table_sql(), Instant::now())
+        contract_as_owner(m, &m.table_sql(), Instant::now(), self.takes_old_name)
     }
     fn abort(&self, m: &Migration) {
         abort_as_owner(m)
     }
 }
 
-pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
+/// What expand adds beside the old column, and how the two are kept in sync.
+pub struct NewColumn<'a> {
+    /// `rename` or `change_type`
+    pub kind: &'static str,
+    pub name: &'a str,
+    /// The new column's type and typmod; None: the old column's type and
+    /// collation.
+    pub new_type: Option<(pg_sys::Oid, i32)>,
+    /// change_type: the conversion as the caller gave it (display only)
+    pub using_expr: Option<&'a str>,
+    /// The sync trigger's function and arguments for the old column as it
+    /// is under expand's lock.
+    pub trigger: &'a dyn Fn(&introspect::Column) -> (&'static str, Vec<String>),
+}
+
+/// Expand: add the new column beside `old_column`, carry what depends on the
+/// old one (checks and foreign keys NOT VALID, indexes to build, attributes,
+/// statistics), install the sync trigger and record the migration — all in
+/// the caller's transaction, under one brief ACCESS EXCLUSIVE lock.
+pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
+    let new_column = spec.name;
     let started = Instant::now();
     // Rights first, before any lock: only the owner's members get further.
     let table = introspect::owned_table(relid);
@@ -95,13 +126,21 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         let id = catalog::next_id();
         let new = ident(new_column);
 
-        let collate = col.collation_sql.as_deref().map(|c| format!(" COLLATE {c}")).unwrap_or_default();
-        spi::exec(&format!("ALTER TABLE ONLY {t} ADD COLUMN {new} {}{collate}", col.type_sql));
+        // format_type under the pinned search_path: qualified where needed.
+        let (type_sql, collatable) = match spec.new_type {
+            Some((oid, typmod)) => (
+                spi::one::<String>("SELECT pg_catalog.format_type($1, $2)", &[oid.into(), typmod.into()]).unwrap_or_default(),
+                spi::one::<bool>("SELECT typcollation <> 0 FROM pg_catalog.pg_type WHERE oid = $1", &[oid.into()]).unwrap_or(false),
+            ),
+            None => (col.type_sql.clone(), true),
+        };
+        let collate = col.collation_sql.as_deref().filter(|_| collatable).map(|c| format!(" COLLATE {c}")).unwrap_or_default();
+        spi::exec(&format!("ALTER TABLE ONLY {t} ADD COLUMN {new} {type_sql}{collate}"));
         if let Some(comment) = &col.comment {
             spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
         }
         let new_attnum = introspect::column(relid, new_column).map(|c| c.attnum).unwrap_or_default();
-        let attributes = carry_column_attributes(&t, col.attnum, relid, &new);
+        let attributes = carry_column_attributes(&t, col.attnum, new_attnum, relid, &new);
 
         // CHECK constraints on the old column alone, copied NOT VALID onto the
         // new one. The copy's name keeps room for its suffix within 63 bytes.
@@ -156,11 +195,12 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
         });
 
         let trigger = trigger_name(id);
+        let (function, args) = (spec.trigger)(&col);
+        let args: Vec<String> = args.iter().map(|a| literal(a)).collect();
         spi::exec(&format!(
-            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION zdm.sync_trigger({}, {})",
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {function}({})",
             ident(&trigger),
-            literal(old_column),
-            literal(new_column)
+            args.join(", ")
         ));
         // ALWAYS: it fires under session_replication_role = replica too, so
         // writes applied by a logical replication subscription stay in sync.
@@ -168,9 +208,12 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
 
         let rel_blocks = introspect::relation_blocks(relid);
         let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, rel_blocks);
-        catalog::insert_rename(
+        catalog::insert_column_migration(
             id,
-            &catalog::NewRename {
+            &catalog::NewColumnMigration {
+                kind: spec.kind,
+                new_type: spec.new_type.map(|_| type_sql.as_str()),
+                using_expr: spec.using_expr,
                 relid,
                 schema: &table.schema,
                 table: &table.name,
@@ -204,7 +247,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
             lock_attempts: Some(lock.attempts),
             detail: Some(format!(
                 "added column {new} {}{}; trigger {}; {} check(s) carried; {} index(es) to build after the backfill{}",
-                col.type_sql,
+                type_sql,
                 if attributes.is_empty() { String::new() } else { format!(" ({})", attributes.join(", ")) },
                 ident(&trigger),
                 carried.len(),
@@ -220,7 +263,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
 /// target, attribute options (n_distinct …), storage, compression and
 /// column privileges (`GRANT SELECT (col)`), so that readers of the new
 /// column and the planner see the same thing. Returns what was carried.
-fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &str) -> Vec<String> {
+fn carry_column_attributes(t: &str, old_attnum: i16, new_attnum: i16, relid: pg_sys::Oid, new: &str) -> Vec<String> {
     let row = spi::first_row(
         "SELECT a.attstattarget::int, a.attoptions::text[], a.attstorage::text, ty.typstorage::text, a.attcompression::text \
            FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid \
@@ -236,7 +279,16 @@ fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &s
             ))
         },
     );
-    let Some((stattarget, options, storage, type_storage, compression)) = row else { return Vec::new() };
+    let Some((stattarget, options, storage, _, compression)) = row else { return Vec::new() };
+    // Storage and compression only where the new column's type can take
+    // them (a type change may go to a fixed-size type).
+    let type_storage = spi::one::<String>(
+        "SELECT ty.typstorage::text FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid \
+          WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.=) $2",
+        &[relid.into(), new_attnum.into()],
+    )
+    .unwrap_or_default();
+    let varlena = type_storage != "p";
     let mut carried = Vec::new();
     if stattarget >= 0 {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET STATISTICS {stattarget}"));
@@ -254,7 +306,7 @@ fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &s
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET ({})", list.join(", ")));
         carried.push(format!("options {}", list.join(", ")));
     }
-    if storage != type_storage {
+    if varlena && storage != type_storage {
         let mode = match storage.as_str() {
             "p" => "PLAIN",
             "e" => "EXTERNAL",
@@ -269,7 +321,7 @@ fn carry_column_attributes(t: &str, old_attnum: i16, relid: pg_sys::Oid, new: &s
         "l" => Some("lz4"),
         _ => None,
     };
-    if let Some(method) = method {
+    if let Some(method) = method.filter(|_| varlena) {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET COMPRESSION {method}"));
         carried.push(format!("compression {method}"));
     }
@@ -489,7 +541,7 @@ fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> 
     }
 }
 
-fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
+fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: bool) {
     let id = m.id;
     let old_col = introspect::column(m.relid, m.old_col());
     let Some(old_col) = old_col else {
@@ -566,7 +618,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
     let deps = refuse_dependents();
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
     // zdm's own DDL from here on: it passes the guard.
-    guard::allow_zdm_ddl(|| contract_catalog_steps(m, t, old_attnum, &deps));
+    guard::allow_zdm_ddl(|| contract_catalog_steps(m, t, old_attnum, &deps, takes_old_name));
     catalog::set_phase(id, Phase::Contracted);
     jobs::finish_for_migration(id, "completed");
     catalog::log_step(Step {
@@ -576,7 +628,8 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
         lock_wait_ms: Some(lock.wait_ms),
         lock_attempts: Some(lock.attempts),
         detail: Some(format!(
-            "dropped {old}; {new} now carries default, NOT NULL and checks; ACCESS EXCLUSIVE held {:.1} ms",
+            "dropped {old}; {new} {} default, NOT NULL, keys and checks; ACCESS EXCLUSIVE held {:.1} ms",
+            if takes_old_name { "took its name," } else { "now carries" },
             final_started.elapsed().as_secs_f64() * 1000.0 - lock.wait_ms
         )),
     });
@@ -584,12 +637,21 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant) {
 
 /// Contract's catalog-only steps, under ACCESS EXCLUSIVE: sequence
 /// ownership, default, NOT NULL, the trigger, the old column, check names.
-fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[introspect::Dependent]) {
+fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[introspect::Dependent], takes_old_name: bool) {
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
+    let new_type = spi::one::<pg_sys::Oid>(
+        "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2",
+        &[m.relid.into(), m.new_col().into()],
+    );
     for dep in deps {
         if let DependentKind::OwnedSequence { oid } = dep.kind {
             let seq = crate::catalog::current_table_sql(oid).unwrap_or_default();
             spi::exec(&format!("ALTER SEQUENCE {seq} OWNED BY {t}.{new}"));
+            // A serial widened to bigint: its sequence goes on past 2^31.
+            let integer = [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID];
+            if let Some(ty) = new_type.filter(|ty| takes_old_name && integer.contains(ty)) {
+                spi::exec(&format!("ALTER SEQUENCE {seq} AS {}", spi::one::<String>("SELECT pg_catalog.format_type($1, NULL)", &[ty.into()]).unwrap_or_default()));
+            }
         }
     }
     if let Some(default) = spi::one::<String>(
@@ -622,6 +684,10 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
     }
     spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
+    if takes_old_name {
+        // A type change: the shadow column becomes the column.
+        spi::exec(&format!("ALTER TABLE {t} RENAME COLUMN {new} TO {old}"));
+    }
     // The old indexes and keys went with the old column: the new ones take
     // their names, keys are attached USING INDEX.
     let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
@@ -651,7 +717,7 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     for (copy, original) in statistics.0.iter().zip(&statistics.1) {
         spi::exec(&format!("ALTER STATISTICS {copy} RENAME TO {}", ident(original)));
     }
-    finish_repointed_keys(m, repointed);
+    finish_repointed_keys(m, repointed, if takes_old_name { m.old_col() } else { m.new_col() });
 }
 
 struct Repointed {
@@ -712,12 +778,19 @@ fn repoint_referencing_keys(m: &Migration, t: &str, old_attnum: i16) -> Vec<Repo
 /// deferrability back, and each is validated by a constraint migration
 /// that a worker runs after this transaction commits (a scan under SHARE
 /// UPDATE EXCLUSIVE: writes go on).
-fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
+fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>, column: &str) {
     for k in keys {
         spi::exec(&format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", k.child_sql, ident(&k.temporary), ident(&k.name)));
         if let Some(clause) = &k.deferrable {
             spi::exec(&format!("ALTER TABLE {} ALTER CONSTRAINT {} {clause}", k.child_sql, ident(&k.name)));
         }
+        // As it stands now (the referenced column may have been renamed since).
+        let definition = spi::one::<String>(
+            "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+            &[k.child.into(), k.name.as_str().into()],
+        )
+        .map(|d| d.trim_end_matches(" NOT VALID").to_string())
+        .unwrap_or_else(|| k.definition.clone());
         let id = catalog::next_id();
         let started_by = spi::one::<String>("SELECT session_user::text", &[]).unwrap_or_default();
         constraint::record(
@@ -727,7 +800,7 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
                 relid: k.child.to_u32(),
                 column: None,
                 constraint_name: k.name.clone(),
-                definition: k.definition.clone(),
+                definition,
                 ref_relid: Some(m.relid.to_u32()),
                 started_by,
                 search_path: "pg_catalog, pg_temp".into(),
@@ -745,7 +818,7 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
             m.id,
             ident(&k.name),
             k.child_sql,
-            ident(m.new_col())
+            ident(column)
         );
     }
 }
@@ -756,10 +829,11 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>) {
 /// through). Called as a function: `ROW(a) op ROW(b)` would compare
 /// column by column with the type's own operator.
 fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
+    // A type change compares with the conversion of the old value.
+    let expected = m.using_expr.clone().unwrap_or_else(|| ident(m.old_col()));
     spi::one::<i64>(
         &format!(
-            "SELECT pg_catalog.count(*) FROM ONLY {t} WHERE NOT pg_catalog.record_image_eq(ROW({}), ROW({}))",
-            ident(m.old_col()),
+            "SELECT pg_catalog.count(*) FROM ONLY {t} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({}))",
             ident(m.new_col())
         ),
         &[],
@@ -810,6 +884,7 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
     if old_nn && !new_nn && m.not_null_check.is_none() {
         late.push(format!("NOT NULL on {}", ident(m.old_col())));
     }
+    late.dedup(); // a generated column shows up twice (its expression and itself)
     if !late.is_empty() {
         raise_with_detail(
             Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,

@@ -1,0 +1,35 @@
+use crate::engine::jobs;
+use crate::ops::change_type;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// Start changing `col` to `new_type`: adds the shadow column and the
+/// convert trigger in the caller's transaction. Returns the migration id.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.expand_change_type(tbl regclass, col name, new_type text, using_expr text DEFAULT NULL, background boolean DEFAULT true)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.expand_change_type(regclass, name, text, text, boolean) IS
+  'Expand: add a shadow column of new_type kept equal to the conversion of col (using_expr, default the assignment cast) by a trigger, and schedule the background backfill; contract swaps it in; returns the migration id';
+")]
+fn expand_change_type(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, new_type: Option<&str>, using_expr: Option<&str>, background: Option<bool>) -> i64 {
+    let (Some(tbl), Some(col), Some(new_type)) = (tbl, col, new_type) else {
+        crate::errors::raise(
+            crate::errors::Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "tbl, col and new_type must not be NULL",
+            "Call zdm.expand_change_type('orders', 'id', 'bigint').",
+        )
+    };
+    let col = super::name_arg(col, "col");
+    let id = change_type::expand(tbl, &col, new_type, using_expr);
+    if background.unwrap_or(true) {
+        // Queued in this transaction; the worker starts its work after commit.
+        jobs::queue(id, &jobs::Options::default());
+        if let Err(e) = jobs::launch_worker(id, true) {
+            pgrx::warning!(
+                "zdm migration {id}: backfill queued but not started ({e}); the zdm launcher will start it, or call zdm.start_backfill({id})"
+            );
+        }
+    }
+    id
+}

@@ -1,0 +1,235 @@
+//! A type change's trigger, `zdm.convert_trigger(old_column, new_column,
+//! expression)`, BEFORE INSERT OR UPDATE FOR EACH ROW: on every write the
+//! new column is set to the conversion of the row's old column — the way
+//! PostgreSQL computes a stored generated column. The expression arrives as
+//! the node tree expand analysed (and checked immutable), is planned once
+//! per trigger and backend, and is evaluated per row by the executor: no
+//! SPI, no SQL text per row.
+//!
+//! The compiled expression is cached per trigger in its own memory context
+//! and rebuilt when the table's tuple descriptor changes or any function
+//! definition changes (a pg_proc invalidation), so a replaced function is
+//! never run from a stale plan. An error converting a row names the row.
+
+use super::same;
+use crate::errors::{raise, raise_with_detail, Code};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+
+struct Compiled {
+    /// the relation's tuple descriptor it was built for
+    tupdesc: pg_sys::TupleDesc,
+    old_att: i32,
+    new_att: i32,
+    context: pg_sys::MemoryContext,
+    state: *mut pg_sys::ExprState,
+    econtext: *mut pg_sys::ExprContext,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+thread_local! {
+    static COMPILED: RefCell<HashMap<u32, Compiled>> = RefCell::new(HashMap::new());
+    /// A function definition changed since the cache was filled.
+    static STALE: Cell<bool> = const { Cell::new(false) };
+    static CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn proc_changed(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    STALE.with(|s| s.set(true));
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_zdm_convert_trigger() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn zdm_convert_trigger(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || convert_row(fcinfo)) }
+}
+
+unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.convert_trigger() can only be called as a trigger",
+                "zdm installs this trigger itself; do not call it directly.",
+            );
+        }
+        let td = context as *mut pg_sys::TriggerData;
+        let event = (*td).tg_event;
+        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let (is_insert, is_update) = (op == pg_sys::TRIGGER_EVENT_INSERT, op == pg_sys::TRIGGER_EVENT_UPDATE);
+        if event & pg_sys::TRIGGER_EVENT_ROW == 0
+            || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+            || !(is_insert || is_update)
+        {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.convert_trigger() must run BEFORE INSERT OR UPDATE FOR EACH ROW",
+                "zdm installs this trigger itself; do not create it by hand.",
+            );
+        }
+        let rel = (*td).tg_relation;
+        let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
+        let tupdesc = (*rel).rd_att;
+        let c = compiled((*td).tg_trigger, rel);
+        pg_sys::MemoryContextReset((*c.econtext).ecxt_per_tuple_memory);
+        pg_sys::ExecStoreHeapTuple(row, c.slot, false);
+        (*c.econtext).ecxt_scantuple = c.slot;
+        let (state, econtext) = (c.state, c.econtext);
+        let (value, is_null) = PgTryBuilder::new(|| {
+            let mut is_null = false;
+            let value = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
+            (value, is_null)
+        })
+            .catch_others(|e| {
+                let report = match &e {
+                    pg_sys::panic::CaughtError::PostgresError(r)
+                    | pg_sys::panic::CaughtError::ErrorReport(r)
+                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+                };
+                let which = if is_update {
+                    let tid = (*(*td).tg_trigtuple).t_self;
+                    let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
+                    format!("row ({block},{})", tid.ip_posid)
+                } else {
+                    "a new row".to_string()
+                };
+                let att = &*(*tupdesc).attrs.as_ptr().add((c.old_att - 1) as usize);
+                raise_with_detail(
+                    report.0,
+                    format!(
+                        "zdm type change ({}): cannot convert column {} of {which} of table {}: {}",
+                        CStr::from_ptr((*(*td).tg_trigger).tgname).to_string_lossy(),
+                        crate::spi::ident(&CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy()),
+                        crate::spi::ident(&CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy()),
+                        report.1
+                    ),
+                    "Every write, and the backfill, converts the old column with the migration's expression.",
+                    "Fix the value (or the expression: zdm.abort the migration and start it with another using_expr).",
+                )
+            })
+            .execute();
+        pg_sys::ExecClearTuple(c.slot);
+        // A write that already carries the converted value needs no copy.
+        let mut current_null = false;
+        let current = pg_sys::heap_getattr(row, c.new_att, tupdesc, &mut current_null);
+        let att = &*(*tupdesc).attrs.as_ptr().add((c.new_att - 1) as usize);
+        if same(att, current_null, current, is_null, value) {
+            return pg_sys::Datum::from(row);
+        }
+        let (mut col, mut val, mut null) = (c.new_att, value, is_null);
+        let modified = pg_sys::heap_modify_tuple_by_cols(row, tupdesc, 1, &mut col, &mut val, &mut null);
+        pg_sys::Datum::from(modified)
+    }
+}
+
+/// The compiled expression for this trigger, built (again) if needed.
+unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> CompiledRef {
+    unsafe {
+        if !CALLBACK.with(|c| c.replace(true)) {
+            pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::PROCOID as i32, Some(proc_changed), pg_sys::Datum::from(0));
+        }
+        if STALE.with(|s| s.replace(false)) {
+            COMPILED.with(|m| {
+                for (_, c) in m.borrow_mut().drain() {
+                    pg_sys::MemoryContextDelete(c.context);
+                }
+            });
+        }
+        let tgoid = (*trigger).tgoid.to_u32();
+        let tupdesc = (*rel).rd_att;
+        let fresh = COMPILED.with(|m| m.borrow().get(&tgoid).map(|c| c.tupdesc == tupdesc).unwrap_or(false));
+        if !fresh {
+            let built = build(trigger, rel);
+            COMPILED.with(|m| {
+                if let Some(old) = m.borrow_mut().insert(tgoid, built) {
+                    pg_sys::MemoryContextDelete(old.context);
+                }
+            });
+        }
+        COMPILED.with(|m| {
+            let m = m.borrow();
+            let c = &m[&tgoid];
+            CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, slot: c.slot }
+        })
+    }
+}
+
+struct CompiledRef {
+    old_att: i32,
+    new_att: i32,
+    state: *mut pg_sys::ExprState,
+    econtext: *mut pg_sys::ExprContext,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
+    unsafe {
+        if (*trigger).tgnargs != 3 {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "zdm.convert_trigger() needs three arguments: the old column, the new column and the expression",
+                "zdm installs this trigger itself; do not create it by hand.",
+            );
+        }
+        let arg = |i: usize| CStr::from_ptr(*(*trigger).tgargs.add(i));
+        let tupdesc = (*rel).rd_att;
+        let find = |name: &CStr| {
+            (1..=(*tupdesc).natts).find(|&i| {
+                let a = &*(*tupdesc).attrs.as_ptr().add((i - 1) as usize);
+                !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name
+            })
+        };
+        let relname = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy().into_owned();
+        let (Some(old_att), Some(new_att)) = (find(arg(0)), find(arg(1))) else {
+            raise(
+                Code::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "zdm type change trigger on table {}: column {} or {} no longer exists",
+                    crate::spi::ident(&relname),
+                    crate::spi::ident(&arg(0).to_string_lossy()),
+                    crate::spi::ident(&arg(1).to_string_lossy())
+                ),
+                "A column under migration was dropped by hand. Call zdm.abort() for this migration.",
+            );
+        };
+        let name = CString::new("zdm convert trigger").unwrap_or_default();
+        let context = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CacheMemoryContext,
+            name.as_ptr(),
+            pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+        );
+        let previous = pg_sys::MemoryContextSwitchTo(context);
+        let expr = pg_sys::stringToNode(arg(2).as_ptr()) as *mut pg_sys::Expr;
+        let new_type = (*(*tupdesc).attrs.as_ptr().add((new_att - 1) as usize)).atttypid;
+        if expr.is_null() || pg_sys::exprType(expr as *const pg_sys::Node) != new_type {
+            pg_sys::MemoryContextSwitchTo(previous);
+            pg_sys::MemoryContextDelete(context);
+            raise(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("zdm type change trigger on table {}: the expression does not produce the new column's type", crate::spi::ident(&relname)),
+                "A column under migration was altered by hand. Call zdm.abort() for this migration.",
+            );
+        }
+        let planned = pg_sys::expression_planner(expr);
+        let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        let own_desc = pg_sys::CreateTupleDescCopy(tupdesc);
+        let slot = pg_sys::MakeSingleTupleTableSlot(own_desc, &pg_sys::TTSOpsHeapTuple);
+        pg_sys::MemoryContextSwitchTo(previous);
+        Compiled { tupdesc, old_att, new_att, context, state, econtext, slot }
+    }
+}

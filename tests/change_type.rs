@@ -1,0 +1,290 @@
+//! Host side: changing a column's type online (issue 10): a shadow column
+//! filled by the convert trigger and the backfill, swapped in at contract.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What the writer saw: the last `v` it wrote per parent id, and the ids it
+/// inserted (from the sequence) with a child row each.
+struct Ledger {
+    values: std::collections::HashMap<i64, String>,
+    inserted: Vec<i64>,
+}
+
+/// Inserts parents (ids from the serial) with a child each, and updates
+/// existing parents, until stopped.
+fn parent_writer(mut c: postgres::Client, rows: i64, stop: Arc<AtomicBool>) -> Ledger {
+    let mut ledger = Ledger { values: Default::default(), inserted: Vec::new() };
+    let mut i: i64 = 0;
+    while i < 200 || !stop.load(Ordering::SeqCst) {
+        i += 1;
+        if i % 3 == 0 {
+            let v = format!("ins-{i}");
+            // id is read back as text: it is int4 before contract, int8 after
+            let id: String = c.query_one("INSERT INTO parent (v) VALUES ($1) RETURNING id::text", &[&v]).unwrap().get(0);
+            let id: i64 = id.parse().unwrap();
+            c.execute("INSERT INTO child (parent_id, note) VALUES ($1::text::int8, 'w')", &[&id.to_string()]).unwrap();
+            ledger.values.insert(id, v);
+            ledger.inserted.push(id);
+        } else {
+            let k = (i * 7919) % rows + 1;
+            let v = format!("upd-{i}");
+            c.execute("UPDATE parent SET v = $1 WHERE id = $2::text::int8", &[&v, &k.to_string()]).unwrap();
+            ledger.values.insert(k, v);
+        }
+        if i > 100_000 {
+            break;
+        }
+    }
+    ledger
+}
+
+fn column_type(c: &mut postgres::Client, table: &str, column: &str) -> String {
+    c.query_one(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped",
+        &[&table, &column],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The most feared case: `id serial PRIMARY KEY` referenced by a child, to
+/// bigint, with inserts (new ids) and updates throughout; then the child's
+/// column, its own migration. Afterwards both are bigint, the key and the
+/// foreign key hold, the sequence is bigint and ids beyond 2^31 work, and
+/// no write was lost.
+#[test]
+fn serial_primary_key_with_children_becomes_bigint_under_writes() {
+    const ROWS: i64 = 200_000;
+    let cluster = Cluster::start("ctpk", &[]);
+    let mut c = cluster.create_db("ct");
+    c.batch_execute(&format!(
+        "CREATE TABLE parent (id serial PRIMARY KEY, v text);
+         INSERT INTO parent (v) SELECT 'orig-' || g FROM generate_series(1, {ROWS}) g;
+         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int CONSTRAINT child_parent_fk REFERENCES parent (id), note text);
+         INSERT INTO child (parent_id, note) SELECT g % {ROWS} + 1, 'c' FROM generate_series(1, 50000) g;"
+    ))
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE parent").unwrap();
+    c.batch_execute("VACUUM ANALYZE child").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (conn, stop) = (cluster.connect("ct"), stop.clone());
+        std::thread::spawn(move || parent_writer(conn, ROWS, stop))
+    };
+    let parent: i64 = c.query_one("SELECT zdm.expand_change_type('parent', 'id', 'bigint')", &[]).unwrap().get(0);
+    let shadow: String = c.query_one("SELECT new_column::text FROM zdm.status WHERE id = $1", &[&parent]).unwrap().get(0);
+    assert_eq!(shadow, "id_zdm_new", "the shadow column is shown in zdm.status");
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&parent]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.execute("SELECT zdm.contract($1)", &[&parent]).unwrap();
+    assert_eq!(column_type(&mut c, "parent", "id"), "bigint");
+    // The child's key was re-pointed at contract; its validation runs on.
+    let validation: i64 = c
+        .query_one("SELECT max(id) FROM zdm.migrations WHERE kind = 'foreign_key' AND constraint_name = 'child_parent_fk'", &[])
+        .unwrap()
+        .get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&validation]).unwrap().get(0);
+    assert_eq!(phase, "contracted");
+    // Then the child's column, with the writer still going.
+    let child: i64 = c.query_one("SELECT zdm.expand_change_type('child', 'parent_id', 'bigint')", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&child]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.execute("SELECT zdm.contract($1)", &[&child]).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let ledger = writer.join().unwrap();
+    assert!(ledger.inserted.len() > 50, "the writer inserted throughout ({} inserts)", ledger.inserted.len());
+
+    assert_eq!(column_type(&mut c, "parent", "id"), "bigint");
+    assert_eq!(column_type(&mut c, "child", "parent_id"), "bigint");
+    let pk: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'parent_pkey'", &[]).unwrap().get(0);
+    assert_eq!(pk, "PRIMARY KEY (id)");
+    let fk: String = c
+        .query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'child_parent_fk' AND convalidated", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(fk, "FOREIGN KEY (parent_id) REFERENCES parent(id)");
+    let seq: String = c.query_one("SELECT data_type::text FROM pg_sequences WHERE sequencename = 'parent_id_seq'", &[]).unwrap().get(0);
+    assert_eq!(seq, "bigint");
+    let owned: String = c.query_one("SELECT pg_get_serial_sequence('parent', 'id')", &[]).unwrap().get(0);
+    assert_eq!(owned, "public.parent_id_seq");
+    // Ids beyond 2^31, by hand and from the sequence.
+    c.batch_execute(
+        "INSERT INTO parent (id, v) VALUES (2147483649, 'big');
+         INSERT INTO child (parent_id) VALUES (2147483649);
+         SELECT setval('parent_id_seq', 3000000000);
+         INSERT INTO parent (v) VALUES ('from the sequence');",
+    )
+    .unwrap();
+    let top: i64 = c.query_one("SELECT max(id) FROM parent", &[]).unwrap().get(0);
+    assert_eq!(top, 3_000_000_001);
+    let (code, _) = sqlstate(c.execute("INSERT INTO child (parent_id) VALUES (5000000000)", &[]));
+    assert_eq!(code, "23503", "the foreign key holds");
+    // Nothing lost: every value the writer wrote, every row it inserted,
+    // every untouched row as it was.
+    let keys: Vec<i64> = ledger.values.keys().copied().collect();
+    let values: Vec<String> = keys.iter().map(|k| ledger.values[k].clone()).collect();
+    c.batch_execute("CREATE TEMP TABLE ledger (k bigint PRIMARY KEY, v text)").unwrap();
+    c.execute("INSERT INTO ledger SELECT * FROM unnest($1::bigint[], $2::text[])", &[&keys, &values]).unwrap();
+    let wrong: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM parent p LEFT JOIN ledger l ON l.k = p.id
+                  WHERE p.id <= {ROWS} AND p.v IS DISTINCT FROM coalesce(l.v, 'orig-' || p.id)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let missing: i64 = c
+        .query_one("SELECT count(*) FROM ledger l WHERE NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = l.k AND p.v = l.v)", &[])
+        .unwrap()
+        .get(0);
+    let orphans: i64 = c
+        .query_one("SELECT count(*) FROM child c WHERE NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = c.parent_id)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!((wrong, missing, orphans), (0, 0, 0), "mismatches against the writer's ledger");
+    let leftovers: i64 = c
+        .query_one("SELECT count(*) FROM pg_attribute WHERE attrelid IN ('parent'::regclass, 'child'::regclass) AND attname LIKE '%zdm%' AND NOT attisdropped", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+    // The ACCESS EXCLUSIVE steps were brief (logged with the lock they held).
+    let events: Vec<String> = c
+        .query("SELECT step || ': ' || coalesce(detail, '') FROM zdm.events WHERE migration_id IN ($1, $2) AND step IN ('expand', 'contract')", &[&parent, &child])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    println!("{events:#?}");
+}
+
+/// text → jsonb with one row that is not JSON: the backfill fails naming the
+/// row and the error, nothing is dropped, abort leaves the table as it was.
+#[test]
+fn text_to_jsonb_failing_row_is_named_and_abort_restores() {
+    let cluster = Cluster::start("ctjson", &[]);
+    let mut c = cluster.create_db("cj");
+    c.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL);
+         INSERT INTO docs SELECT g, format('{\"n\": %s}', g) FROM generate_series(1, 5000) g;
+         UPDATE docs SET body = 'not json' WHERE id = 4321;",
+    )
+    .unwrap();
+    let before: Vec<String> = c
+        .query("SELECT attname || ' ' || format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let id: i64 = c.query_one("SELECT zdm.expand_change_type('docs', 'body', 'jsonb', using_expr => 'body::jsonb')", &[]).unwrap().get(0);
+    let msg = expect_err(&mut c, &format!("SELECT zdm.wait({id}, '2 minutes')"), "55000");
+    assert!(msg.contains("invalid input syntax for type json"), "{msg}");
+    let error: String = c.query_one("SELECT last_error FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    let ctid: String = c.query_one("SELECT ctid::text FROM docs WHERE id = 4321", &[]).unwrap().get(0);
+    assert!(error.contains(&format!("row {ctid}")) && error.contains("invalid input syntax for type json"), "{error}");
+    // A write of a value that cannot be converted is refused too, naming the migration.
+    let (code, msg) = sqlstate(c.execute("INSERT INTO docs VALUES (-1, 'nope')", &[]));
+    assert_eq!(code, "22P02");
+    assert!(msg.contains("zdm type change") && msg.contains("a new row"), "{msg}");
+    c.execute("SELECT zdm.abort($1)", &[&id]).unwrap();
+    let after: Vec<String> = c
+        .query("SELECT attname || ' ' || format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(after, before, "abort leaves the table as it was");
+    let triggers: i64 = c.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass", &[]).unwrap().get(0);
+    assert_eq!(triggers, 0);
+    // Fixed, it goes through.
+    c.batch_execute("UPDATE docs SET body = '\"fixed\"' WHERE id = 4321").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_change_type('docs', 'body', 'jsonb', using_expr => 'body::jsonb')", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    assert_eq!(column_type(&mut c, "docs", "body"), "jsonb");
+    let n: i32 = c.query_one("SELECT (body->>'n')::int FROM docs WHERE id = 77", &[]).unwrap().get(0);
+    assert_eq!(n, 77);
+    let nn: bool = c.query_one("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = 'body'", &[]).unwrap().get(0);
+    assert!(nn, "NOT NULL carried");
+}
+
+/// varchar(50) → text, timestamp → timestamptz (AT TIME ZONE 'UTC'),
+/// numeric(10,2) → numeric(12,2): values converted, defaults, comments and
+/// indexes carried; the wrong requests refused with their SQLSTATEs; an
+/// expand rolled back leaves nothing.
+#[test]
+fn common_type_changes_and_refusals() {
+    let cluster = Cluster::start("ctmisc", &[]);
+    let mut c = cluster.create_db("cm");
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, name varchar(50) DEFAULT 'anon', at timestamp NOT NULL DEFAULT '2020-01-01 00:00',
+                         price numeric(10,2) CHECK (price >= 0), g int GENERATED ALWAYS AS (id * 2) STORED, k int GENERATED ALWAYS AS IDENTITY);
+         COMMENT ON COLUMN t.name IS 'who';
+         CREATE INDEX t_name ON t (name);
+         INSERT INTO t (id, name, at, price) SELECT g, 'n' || g, timestamp '2024-03-01 12:00' + g * interval '1 minute', g / 100.0 FROM generate_series(1, 3000) g;",
+    )
+    .unwrap();
+    // refusals, before anything changes
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'no_such_type')", "42704");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 'other.x')", "42P01");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 'name, name')", "42601");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 'name FROM t')", "42601");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => '(SELECT 1)')", "0A000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => '1); DROP TABLE t; --')", "42601");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'at', 'timestamptz')", "42P17");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'at', 'int')", "42846");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'g', 'bigint')", "0A000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'k', 'bigint')", "0A000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'ctid', 'text')", "0A000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'nope', 'text')", "42703");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'price', 'numeric(10,2)')", "22023");
+    let recorded: i64 = c.query_one("SELECT count(*) FROM zdm.migrations", &[]).unwrap().get(0);
+    assert_eq!(recorded, 0, "refusals record nothing");
+    // BEGIN … ROLLBACK leaves nothing
+    c.batch_execute("BEGIN; SELECT zdm.expand_change_type('t', 'name', 'text'); ROLLBACK;").unwrap();
+    let leftovers: i64 = c
+        .query_one("SELECT (SELECT count(*) FROM zdm.migrations) + (SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname LIKE '%zdm%' AND NOT attisdropped) + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0, "a rolled-back expand leaves nothing");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let workers: i64 = c.query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'zdm backfill'", &[]).unwrap().get(0);
+    assert_eq!(workers, 0, "its worker exited without doing anything");
+
+    let changes = [
+        ("name", "text", None),
+        ("at", "timestamp with time zone", Some("at AT TIME ZONE 'UTC'")),
+        ("price", "numeric(12,2)", None),
+    ];
+    for (column, ty, using) in changes {
+        let id: i64 = c.query_one("SELECT zdm.expand_change_type('t', $1, $2, using_expr => $3)", &[&column, &ty, &using]).unwrap().get(0);
+        // a write during the migration goes through the trigger
+        c.execute("UPDATE t SET name = name || '', at = at, price = price WHERE id = 5", &[]).unwrap();
+        let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+        assert_eq!(phase, "backfilled");
+        c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+        assert_eq!(column_type(&mut c, "t", column), ty);
+    }
+    c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+    let (name, at, price): (String, String, String) = {
+        let r = c.query_one("SELECT name, at::text, price::text FROM t WHERE id = 60", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((name.as_str(), at.as_str(), price.as_str()), ("n60", "2024-03-01 13:00:00+00", "0.60"));
+    let comment: String = c.query_one("SELECT col_description('t'::regclass, (SELECT attnum FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'name'))", &[]).unwrap().get(0);
+    assert_eq!(comment, "who");
+    let default: String = c.query_one("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 't'::regclass AND adnum = (SELECT attnum FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'name')", &[]).unwrap().get(0);
+    assert_eq!(default, "'anon'::character varying");
+    let index: String = c.query_one("SELECT pg_get_indexdef('t_name'::regclass)", &[]).unwrap().get(0);
+    assert_eq!(index, "CREATE INDEX t_name ON public.t USING btree (name)");
+    let check: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'c'", &[]).unwrap().get(0);
+    assert_eq!(check, "CHECK ((price >= (0)::numeric))");
+    let invalid: i64 = c.query_one("SELECT count(*) FROM t WHERE at IS NULL OR name IS NULL", &[]).unwrap().get(0);
+    assert_eq!(invalid, 0);
+}
