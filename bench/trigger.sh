@@ -76,7 +76,11 @@ for v in $VARIANTS; do INS[$v]=$(echo "${INS[$v]}" | median); UPD[$v]=$(echo "${
 pgb() { "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 2 -j 2 -T "$SECS" -f "$1" "$DB" 2>/dev/null | awk '/^tps/ {print int($3)}'; }
 for v in $VARIANTS; do
   fresh "$v"
-  q -c "INSERT INTO trg (a, b, qty, pad) SELECT 'c-' || g, 'c-' || g, 1, 'p' FROM generate_series(1, 100000) g" -c "VACUUM ANALYZE trg"
+  if [ "$v" = zdm-ct ]; then  # no column b: the shadow column is filled by the trigger
+    q -c "INSERT INTO trg (a, qty, pad) SELECT 'c-' || g, 1, 'p' FROM generate_series(1, 100000) g" -c "VACUUM ANALYZE trg"
+  else
+    q -c "INSERT INTO trg (a, b, qty, pad) SELECT 'c-' || g, 'c-' || g, 1, 'p' FROM generate_series(1, 100000) g" -c "VACUUM ANALYZE trg"
+  fi
   if writes_both "$v"; then
     echo "INSERT INTO trg (a, b, qty, pad) VALUES ('new-' || :client_id, 'new-' || :client_id, 1, 'p');" > "$BENCH_DIR/ins.sql"
     printf '\\set id random(1, 100000)\nUPDATE trg SET a = md5(:id::text), b = md5(:id::text) WHERE id = :id;\n' > "$BENCH_DIR/upd.sql"

@@ -364,6 +364,18 @@ pub fn in_flight_on_columns(relid: pg_sys::Oid, columns: &[&str]) -> Option<(i64
     })
 }
 
+/// The event of an abort: how long it took, the lock it waited for, what it undid.
+pub fn log_abort(id: i64, started: std::time::Instant, lock: Option<(f64, i32)>, detail: String) {
+    log_step(Step {
+        migration: id,
+        step: "abort",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: lock.map(|l| l.0),
+        lock_attempts: lock.map(|l| l.1),
+        detail: Some(detail),
+    });
+}
+
 /// One step in the event log, with its duration and lock wait.
 pub struct Step<'a> {
     pub migration: i64,

@@ -20,6 +20,7 @@ mod guard;
 mod guc;
 mod introspect;
 mod ops;
+mod parse;
 mod security;
 mod spi;
 mod trigger;

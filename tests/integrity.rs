@@ -522,6 +522,11 @@ fn pg_dump_restore_with_a_migration_in_flight() {
         owner.query_one("SELECT zdm.backfill_batch($1, 2000)", &[&id]).unwrap();
     }
     owner.execute("UPDATE t SET a = 'new-' || id WHERE id % 100 = 0", &[]).unwrap();
+    // and a type change half-way: its trigger's conversion names built-in
+    // functions by OID, which a restore keeps
+    owner.batch_execute("CREATE TABLE u (id int PRIMARY KEY, n int); INSERT INTO u SELECT g, g FROM generate_series(1, 20000) g;").unwrap();
+    let ct: i64 = owner.query_one("SELECT zdm.expand_change_type('u', 'n', 'bigint', background => false)", &[]).unwrap().get(0);
+    owner.query_one("SELECT zdm.backfill_batch($1, 2000)", &[&ct]).unwrap();
     let dump = source.dir.join("src.dump");
     let out = source.client_program("pg_dump", &["-U", "postgres", "-Fc", "-f", dump.to_str().unwrap(), "src"]);
     assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
@@ -550,4 +555,14 @@ fn pg_dump_restore_with_a_migration_in_flight() {
         .unwrap()
         .get(0);
     assert_eq!(wrong, 0);
+    owner.execute("UPDATE u SET n = n + 1000000 WHERE id % 10 = 0", &[]).unwrap();
+    owner.query_one("SELECT zdm.start_backfill($1, pause_ms => 0)", &[&ct]).unwrap();
+    backfilled(&mut owner, ct);
+    owner.execute("SELECT zdm.contract($1)", &[&ct]).unwrap();
+    let wrong: i64 = owner
+        .query_one("SELECT count(*) FROM u WHERE n IS DISTINCT FROM CASE WHEN id % 10 = 0 THEN id + 1000000 ELSE id END", &[])
+        .unwrap()
+        .get(0);
+    let ty: String = owner.query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'u'::regclass AND attname = 'n'", &[]).unwrap().get(0);
+    assert_eq!((wrong, ty.as_str()), (0, "bigint"), "the restored type change finishes");
 }

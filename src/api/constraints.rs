@@ -273,33 +273,8 @@ fn require_single_expression(expression: &str) {
     // The newline ends a trailing `--` comment before the closing parenthesis.
     let sql = std::ffi::CString::new(format!("SELECT ({expression}\n)")).unwrap_or_else(|_| refuse());
     // A parse error is a refusal too (in a subtransaction, rolled back).
-    let single = locking::rolled_back(|| unsafe {
-        let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
-        if list.is_null() || (*list).length != 1 {
-            refuse();
-        }
-        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
-        let stmt = (*raw).stmt as *mut pg_sys::SelectStmt;
-        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
-            refuse();
-        }
-        let s = &*stmt;
-        let single_target = !s.targetList.is_null() && (*s.targetList).length == 1;
-        let nothing_else = s.fromClause.is_null()
-            && s.whereClause.is_null()
-            && s.groupClause.is_null()
-            && s.havingClause.is_null()
-            && s.windowClause.is_null()
-            && s.valuesLists.is_null()
-            && s.sortClause.is_null()
-            && s.limitCount.is_null()
-            && s.limitOffset.is_null()
-            && s.lockingClause.is_null()
-            && s.withClause.is_null()
-            && s.distinctClause.is_null()
-            && s.intoClause.is_null()
-            && s.op == pg_sys::SetOperation::SETOP_NONE;
-        if !single_target || !nothing_else {
+    let single = locking::rolled_back(|| {
+        if crate::parse::sole_expression(&sql, pg_sys::RawParseMode::RAW_PARSE_DEFAULT).is_none() {
             refuse();
         }
     });

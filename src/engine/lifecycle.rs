@@ -3,7 +3,7 @@
 //! migration's owner.
 
 use super::{jobs, operation};
-use crate::catalog::{self, Phase, Step};
+use crate::catalog::{self, Phase};
 use crate::errors::{raise, Code};
 use crate::security;
 use std::time::Instant;
@@ -38,14 +38,7 @@ pub fn abort(id: i64) {
         // left to undo in the table; close the migration in the catalog.
         jobs::finish_for_migration(id, "cancelled");
         catalog::set_phase(id, Phase::Aborted);
-        catalog::log_step(Step {
-            migration: id,
-            step: "abort",
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some(format!("the table {} no longer exists; migration closed", m.display_table())),
-        });
+        catalog::log_abort(id, started, None, format!("the table {} no longer exists; migration closed", m.display_table()));
         return;
     }
     // No `migratable_table` check: undoing must work even if the table has

@@ -50,13 +50,7 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
             "Check the column name; names are case-sensitive when quoted.",
         )
     };
-    if col.identity {
-        raise(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("column {} of table {} is an identity column", ident(column_name), table.sql()),
-            "zdm does not carry identity columns yet; convert it to a serial-style default first (ALTER COLUMN ... DROP IDENTITY, then a sequence default), or use ALTER TABLE ... TYPE.",
-        );
-    }
+    let _ = col;
     let same = spi::one::<bool>(
         "SELECT atttypid = $3 AND atttypmod = $4 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2",
         &[relid.into(), column_name.into(), type_oid.into(), typmod.into()],
@@ -75,8 +69,11 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
     let using_sql = std::cell::RefCell::new(String::new());
     let trigger = |_: &introspect::Column| {
         let (tree, sql) = analyse(relid, &table.name, &column, type_oid, typmod, using_expr);
-        *using_sql.borrow_mut() = sql;
-        ("zdm.convert_trigger", vec![column.clone(), shadow.clone(), tree])
+        *using_sql.borrow_mut() = sql.clone();
+        // The tree names functions and types by OID (no search_path can
+        // redirect it); its SQL goes along so the trigger can tell when the
+        // OIDs no longer mean the same (a dump restored elsewhere).
+        ("zdm.convert_trigger", vec![column.clone(), shadow.clone(), tree, sql])
     };
     // Deparsed once, for the catalog (contract verifies rows against it).
     let (_, deparsed) = analyse(relid, &table.name, column_name, type_oid, typmod, using_expr);
@@ -186,7 +183,7 @@ fn analyse(relid: pg_sys::Oid, relname: &str, column: &str, type_oid: pg_sys::Oi
 
 /// The raw parse tree of exactly one expression (no FROM, no second item,
 /// no alias): anything else is 42601 before anything runs.
-unsafe fn single_expression(text: &CStr, source: &str) -> *mut pg_sys::Node {
+fn single_expression(text: &CStr, source: &str) -> *mut pg_sys::Node {
     let refuse = || -> ! {
         raise(
             Code::ERRCODE_SYNTAX_ERROR,
@@ -194,40 +191,5 @@ unsafe fn single_expression(text: &CStr, source: &str) -> *mut pg_sys::Node {
             "Pass one expression of the column, e.g. 'col::jsonb' or 'col AT TIME ZONE ''UTC'''.",
         )
     };
-    unsafe {
-        let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_PLPGSQL_EXPR);
-        if list.is_null() || (*list).length != 1 {
-            refuse();
-        }
-        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
-        let stmt = (*raw).stmt as *mut pg_sys::SelectStmt;
-        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
-            refuse();
-        }
-        let s = &*stmt;
-        let targets = s.targetList;
-        if targets.is_null()
-            || (*targets).length != 1
-            || !s.fromClause.is_null()
-            || !s.whereClause.is_null()
-            || !s.groupClause.is_null()
-            || !s.havingClause.is_null()
-            || !s.windowClause.is_null()
-            || !s.sortClause.is_null()
-            || !s.limitCount.is_null()
-            || !s.limitOffset.is_null()
-            || !s.lockingClause.is_null()
-            || !s.distinctClause.is_null()
-            || !s.valuesLists.is_null()
-            || !s.withClause.is_null()
-            || s.op != pg_sys::SetOperation::SETOP_NONE
-        {
-            refuse();
-        }
-        let target = (*(*targets).elements).ptr_value as *mut pg_sys::ResTarget;
-        if !(*target).name.is_null() {
-            refuse();
-        }
-        (*target).val
-    }
+    crate::parse::sole_expression(text, pg_sys::RawParseMode::RAW_PARSE_PLPGSQL_EXPR).unwrap_or_else(|| refuse())
 }

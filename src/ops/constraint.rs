@@ -468,12 +468,5 @@ fn abort(m: &Migration) {
         }
     }
     catalog::set_phase(m.id, Phase::Aborted);
-    catalog::log_step(Step {
-        migration: m.id,
-        step: "abort",
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        lock_wait_ms: None,
-        lock_attempts: None,
-        detail: Some("removed the constraint zdm had added, if any".into()),
-    });
+    catalog::log_abort(m.id, started, None, "removed the constraint zdm had added, if any".into());
 }

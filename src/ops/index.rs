@@ -3,7 +3,7 @@
 //! requesting transaction commits (engine::index_build). A failed build
 //! ends the migration with that error's SQLSTATE and leaves no index behind.
 
-use crate::catalog::{self, as_catalog_owner, Migration, Phase, Step};
+use crate::catalog::{self, as_catalog_owner, Migration, Phase};
 use crate::engine::{jobs, locking, BuildState, IndexTask, Operation};
 use crate::spi::{self, ident};
 use crate::introspect;
@@ -79,14 +79,7 @@ impl Operation for Index {
             }
         }
         catalog::set_phase(m.id, Phase::Aborted);
-        catalog::log_step(Step {
-            migration: m.id,
-            step: "abort",
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some("cancelled the index operation; removed an INVALID index it left, if any".into()),
-        });
+        catalog::log_abort(m.id, started, None, "cancelled the index operation; removed an INVALID index it left, if any".into());
     }
 }
 

@@ -35,6 +35,8 @@ thread_local! {
     /// A function definition changed since the cache was filled.
     static STALE: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// The entry used last (trigger, descriptor): one lookup per statement.
+    static LAST: Cell<Option<(u32, pg_sys::TupleDesc, CompiledRef)>> = const { Cell::new(None) };
 }
 
 #[pg_guard]
@@ -83,44 +85,27 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
         let c = compiled((*td).tg_trigger, rel);
-        pg_sys::MemoryContextReset((*c.econtext).ecxt_per_tuple_memory);
+        let per_tuple = (*c.econtext).ecxt_per_tuple_memory;
+        if !(*per_tuple).isReset {
+            pg_sys::MemoryContextReset(per_tuple);
+        }
+        // The slot only borrows the row (no copy, nothing to free): the next
+        // store replaces it.
         pg_sys::ExecStoreHeapTuple(row, c.slot, false);
         (*c.econtext).ecxt_scantuple = c.slot;
         let (state, econtext) = (c.state, c.econtext);
-        let (value, is_null) = PgTryBuilder::new(|| {
+        let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut is_null = false;
             let value = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
             (value, is_null)
-        })
-            .catch_others(|e| {
-                let report = match &e {
-                    pg_sys::panic::CaughtError::PostgresError(r)
-                    | pg_sys::panic::CaughtError::ErrorReport(r)
-                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
-                };
-                let which = if is_update {
-                    let tid = (*(*td).tg_trigtuple).t_self;
-                    let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
-                    format!("row ({block},{})", tid.ip_posid)
-                } else {
-                    "a new row".to_string()
-                };
-                let att = &*(*tupdesc).attrs.as_ptr().add((c.old_att - 1) as usize);
-                raise_with_detail(
-                    report.0,
-                    format!(
-                        "zdm type change ({}): cannot convert column {} of {which} of table {}: {}",
-                        CStr::from_ptr((*(*td).tg_trigger).tgname).to_string_lossy(),
-                        crate::spi::ident(&CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy()),
-                        crate::spi::ident(&CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy()),
-                        report.1
-                    ),
-                    "Every write, and the backfill, converts the old column with the migration's expression.",
-                    "Fix the value (or the expression: zdm.abort the migration and start it with another using_expr).",
-                )
-            })
-            .execute();
-        pg_sys::ExecClearTuple(c.slot);
+        }));
+        let (value, is_null) = match evaluated {
+            Ok(v) => v,
+            Err(payload) => match payload.downcast::<pg_sys::panic::CaughtError>() {
+                Ok(e) => conversion_failed(*e, td, rel, c.old_att, is_update),
+                Err(other) => std::panic::resume_unwind(other),
+            },
+        };
         // A write that already carries the converted value needs no copy.
         let mut current_null = false;
         let current = pg_sys::heap_getattr(row, c.new_att, tupdesc, &mut current_null);
@@ -134,6 +119,38 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     }
 }
 
+/// Re-raise a conversion error naming the row (the backfill's failures end
+/// up in zdm.status with it), keeping its SQLSTATE.
+unsafe fn conversion_failed(e: pg_sys::panic::CaughtError, td: *mut pg_sys::TriggerData, rel: pg_sys::Relation, old_att: i32, is_update: bool) -> ! {
+    unsafe {
+        let (code, message) = match &e {
+            pg_sys::panic::CaughtError::PostgresError(r)
+            | pg_sys::panic::CaughtError::ErrorReport(r)
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+        };
+        let which = if is_update {
+            let tid = (*(*td).tg_trigtuple).t_self;
+            let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
+            format!("row ({block},{})", tid.ip_posid)
+        } else {
+            "a new row".to_string()
+        };
+        let tupdesc = (*rel).rd_att;
+        let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
+        raise_with_detail(
+            code,
+            format!(
+                "zdm type change ({}): cannot convert column {} of {which} of table {}: {message}",
+                CStr::from_ptr((*(*td).tg_trigger).tgname).to_string_lossy(),
+                crate::spi::ident(&CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy()),
+                crate::spi::ident(&CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy()),
+            ),
+            "Every write, and the backfill, converts the old column with the migration's expression.",
+            "Fix the value (or the expression: zdm.abort the migration and start it with another using_expr).",
+        )
+    }
+}
+
 /// The compiled expression for this trigger, built (again) if needed.
 unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> CompiledRef {
     unsafe {
@@ -141,6 +158,7 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
             pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::PROCOID as i32, Some(proc_changed), pg_sys::Datum::from(0));
         }
         if STALE.with(|s| s.replace(false)) {
+            LAST.with(|l| l.set(None));
             COMPILED.with(|m| {
                 for (_, c) in m.borrow_mut().drain() {
                     pg_sys::MemoryContextDelete(c.context);
@@ -149,8 +167,15 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
         }
         let tgoid = (*trigger).tgoid.to_u32();
         let tupdesc = (*rel).rd_att;
+        // The common case: the same trigger as the last row.
+        if let Some((oid, desc, c)) = LAST.with(|l| l.get()) {
+            if oid == tgoid && desc == tupdesc {
+                return c;
+            }
+        }
         let fresh = COMPILED.with(|m| m.borrow().get(&tgoid).map(|c| c.tupdesc == tupdesc).unwrap_or(false));
         if !fresh {
+            LAST.with(|l| l.set(None));
             let built = build(trigger, rel);
             COMPILED.with(|m| {
                 if let Some(old) = m.borrow_mut().insert(tgoid, built) {
@@ -158,14 +183,17 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
                 }
             });
         }
-        COMPILED.with(|m| {
+        let c = COMPILED.with(|m| {
             let m = m.borrow();
             let c = &m[&tgoid];
             CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, slot: c.slot }
-        })
+        });
+        LAST.with(|l| l.set(Some((tgoid, tupdesc, c))));
+        c
     }
 }
 
+#[derive(Clone, Copy)]
 struct CompiledRef {
     old_att: i32,
     new_att: i32,
@@ -176,10 +204,10 @@ struct CompiledRef {
 
 unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
     unsafe {
-        if (*trigger).tgnargs != 3 {
+        if (*trigger).tgnargs != 4 {
             raise(
                 Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "zdm.convert_trigger() needs three arguments: the old column, the new column and the expression",
+                "zdm.convert_trigger() needs four arguments: the old column, the new column, the expression tree and its SQL",
                 "zdm installs this trigger itself; do not create it by hand.",
             );
         }
@@ -222,6 +250,32 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
                 Code::ERRCODE_DATATYPE_MISMATCH,
                 format!("zdm type change trigger on table {}: the expression does not produce the new column's type", crate::spi::ident(&relname)),
                 "A column under migration was altered by hand. Call zdm.abort() for this migration.",
+            );
+        }
+        // The tree refers to functions and types by OID. If they no longer
+        // deparse to the SQL recorded beside it (a dump restored into
+        // another cluster, an object dropped and recreated), stop rather
+        // than run something else.
+        let recorded = arg(3).to_string_lossy().into_owned();
+        let relname_c = CString::new(relname.as_str()).unwrap_or_default();
+        // Deparsed under zdm's pinned search_path, as at expand (names it
+        // does not see are schema-qualified in both).
+        let deparsed = PgTryBuilder::new(|| {
+            crate::security::pinned_search_path(|| {
+                let dpcontext = pg_sys::deparse_context_for(relname_c.as_ptr(), (*rel).rd_id);
+                Some(CStr::from_ptr(pg_sys::deparse_expression(expr as *mut pg_sys::Node, dpcontext, false, true)).to_string_lossy().into_owned())
+            })
+        })
+        .catch_others(|_| None)
+        .execute();
+        if deparsed.as_deref() != Some(recorded.as_str()) {
+            pg_sys::MemoryContextSwitchTo(previous);
+            pg_sys::MemoryContextDelete(context);
+            raise_with_detail(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("zdm type change trigger on table {}: its conversion no longer refers to the same objects", crate::spi::ident(&relname)),
+                format!("Recorded: {recorded}; now: {}.", deparsed.as_deref().unwrap_or("(references objects that no longer exist)")),
+                "The database was restored from a dump, or a function or type the conversion uses was recreated. Call zdm.abort() for this migration and start it again.",
             );
         }
         let planned = pg_sys::expression_planner(expr);

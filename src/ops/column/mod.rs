@@ -246,13 +246,14 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             lock_wait_ms: Some(lock.wait_ms),
             lock_attempts: Some(lock.attempts),
             detail: Some(format!(
-                "added column {new} {}{}; trigger {}; {} check(s) carried; {} index(es) to build after the backfill{}",
+                "added column {new} {}{}; trigger {}; {} check(s) carried; {} index(es) to build after the backfill{}{}",
                 type_sql,
                 if attributes.is_empty() { String::new() } else { format!(" ({})", attributes.join(", ")) },
                 ident(&trigger),
                 carried.len(),
                 indexes.len(),
-                if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" }
+                if not_null_check.is_some() { "; NOT NULL pending as NOT VALID check" } else { "" },
+                if col.identity { "; the identity moves to it at contract" } else { "" }
             )),
         });
         id
@@ -455,13 +456,6 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("column {} of table {t} is a generated column", ident(old_column)),
             "Generated columns are computed, not written; rename them with plain ALTER TABLE ... RENAME COLUMN.",
-        );
-    }
-    if col.identity {
-        raise(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("column {} of table {t} is an identity column", ident(old_column)),
-            "Identity columns are not carried over yet; use ALTER TABLE ... RENAME COLUMN.",
         );
     }
     if introspect::column(relid, new_column).is_some() {
@@ -683,10 +677,17 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     if let Some(trigger) = &m.trigger_name {
         spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
     }
+    let identity = identity_of(m.relid, old_attnum, new_type);
     spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
     if takes_old_name {
         // A type change: the shadow column becomes the column.
         spi::exec(&format!("ALTER TABLE {t} RENAME COLUMN {new} TO {old}"));
+    }
+    if let Some(identity) = identity {
+        // The identity sequence went with the old column: the column gets
+        // one of the same name and options that goes on where it stopped.
+        let column = if takes_old_name { &old } else { &new };
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {column} ADD {identity}"));
     }
     // The old indexes and keys went with the old column: the new ones take
     // their names, keys are attached USING INDEX.
@@ -823,6 +824,57 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>, column: &str) {
     }
 }
 
+/// `GENERATED … AS IDENTITY (…)` recreating the identity of column
+/// `attnum` — same kind, sequence name and options, starting at the value
+/// the old sequence would hand out next — or None if it is not an identity
+/// column. A maximum that was the old type's default is left to the new
+/// type's (an int identity widened to bigint goes on past 2^31).
+fn identity_of(relid: pg_sys::Oid, attnum: i16, new_type: Option<pg_sys::Oid>) -> Option<String> {
+    let row = spi::first_row(
+        "SELECT a.attidentity::text, s.seqrelid, pg_catalog.format('%I.%I', n.nspname, c.relname), \
+                s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle, s.seqtypid \
+           FROM pg_catalog.pg_attribute a \
+           JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = a.attrelid \
+                                      AND d.refobjsubid = a.attnum AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype = 'i' \
+           JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid \
+           JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE a.attrelid = $1 AND a.attnum = $2 AND a.attidentity <> ''",
+        &[relid.into(), attnum.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<i64>(4)?.unwrap_or(1),
+                r.get::<i64>(5)?.unwrap_or(1),
+                r.get::<i64>(6)?.unwrap_or(i64::MAX),
+                r.get::<i64>(7)?.unwrap_or(1),
+                r.get::<bool>(8)?.unwrap_or(false),
+                r.get::<pg_sys::Oid>(9)?.unwrap_or(pg_sys::INT8OID),
+            ))
+        },
+    )?;
+    let (kind, seq, seq_sql, increment, min, max, cache, cycle, seq_type) = row;
+    let (last, called) = spi::first_row(&format!("SELECT last_value, is_called FROM {seq_sql}"), &[], |r| {
+        Ok((r.get::<i64>(1)?.unwrap_or(min), r.get::<bool>(2)?.unwrap_or(false)))
+    })
+    .unwrap_or((min, false));
+    let _ = seq;
+    let start = if called { last.saturating_add(increment) } else { last };
+    let type_max = |t: pg_sys::Oid| match t {
+        pg_sys::INT2OID => i16::MAX as i64,
+        pg_sys::INT4OID => i32::MAX as i64,
+        _ => i64::MAX,
+    };
+    let widened = new_type.is_some_and(|t| t != seq_type);
+    let max_clause = if widened && max == type_max(seq_type) { String::new() } else { format!(" MAXVALUE {max}") };
+    Some(format!(
+        "GENERATED {} AS IDENTITY (SEQUENCE NAME {seq_sql} INCREMENT BY {increment} MINVALUE {min}{max_clause} START WITH {start} CACHE {cache}{})",
+        if kind == "a" { "ALWAYS" } else { "BY DEFAULT" },
+        if cycle { " CYCLE" } else { " NO CYCLE" }
+    ))
+}
+
 /// Rows whose new column is not a binary-identical copy of the old one
 /// (record image equality, the `*=` operator's function: no user-defined
 /// operator is involved, NULLs compare equal to NULLs, TOAST is looked
@@ -904,16 +956,6 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
     }
 }
 
-fn log_abort(id: i64, started: Instant, lock: Option<&locking::LockStats>, detail: String) {
-    catalog::log_step(Step {
-        migration: id,
-        step: "abort",
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        lock_wait_ms: lock.map(|l| l.wait_ms),
-        lock_attempts: lock.map(|l| l.attempts),
-        detail: Some(detail),
-    });
-}
 
 fn abort_as_owner(m: &Migration) {
     let (id, started) = (m.id, Instant::now());
@@ -932,6 +974,6 @@ fn abort_as_owner(m: &Migration) {
         }
     });
     catalog::set_phase(id, Phase::Aborted);
-    log_abort(id, started, Some(&lock), format!("dropped trigger and column {}", ident(m.new_col())));
+    catalog::log_abort(id, started, Some((lock.wait_ms, lock.attempts)), format!("dropped trigger and column {}", ident(m.new_col())));
 }
 

@@ -1,0 +1,46 @@
+//! The raw parser, for refusing malformed user text before anything runs.
+
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// The one expression of `sql` parsed in `mode` — a SELECT with exactly one
+/// unnamed target and nothing else (no FROM, WHERE, second statement, set
+/// operation, INTO …) — or None. Parse errors are raised as PostgreSQL
+/// raises them; callers that want them as a refusal catch them.
+pub fn sole_expression(sql: &CStr, mode: pg_sys::RawParseMode::Type) -> Option<*mut pg_sys::Node> {
+    unsafe {
+        let list = pg_sys::raw_parser(sql.as_ptr(), mode);
+        if list.is_null() || (*list).length != 1 {
+            return None;
+        }
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        let stmt = (*raw).stmt as *mut pg_sys::SelectStmt;
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
+            return None;
+        }
+        let s = &*stmt;
+        let single_target = !s.targetList.is_null() && (*s.targetList).length == 1;
+        let nothing_else = s.fromClause.is_null()
+            && s.whereClause.is_null()
+            && s.groupClause.is_null()
+            && s.havingClause.is_null()
+            && s.windowClause.is_null()
+            && s.valuesLists.is_null()
+            && s.sortClause.is_null()
+            && s.limitCount.is_null()
+            && s.limitOffset.is_null()
+            && s.lockingClause.is_null()
+            && s.withClause.is_null()
+            && s.distinctClause.is_null()
+            && s.intoClause.is_null()
+            && s.op == pg_sys::SetOperation::SETOP_NONE;
+        if !single_target || !nothing_else {
+            return None;
+        }
+        let target = (*(*s.targetList).elements).ptr_value as *mut pg_sys::ResTarget;
+        if !(*target).name.is_null() {
+            return None;
+        }
+        Some((*target).val)
+    }
+}
