@@ -8,7 +8,7 @@ use std::ffi::CStr;
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.expand_change_type(tbl regclass, col name, new_type text, using_expr text DEFAULT NULL, background boolean DEFAULT true)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.expand_change_type(regclass, name, text, text, boolean) IS
   'Expand: add a shadow column of new_type kept equal to the conversion of col (using_expr, default the assignment cast) by a trigger, and schedule the background backfill; contract swaps it in; returns the migration id';
 ")]
@@ -20,9 +20,19 @@ fn expand_change_type(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, new_type: Op
             "Call zdm.expand_change_type('orders', 'id', 'bigint').",
         )
     };
+    // Names in new_type and using_expr resolve with the caller's search_path
+    // (as in ALTER TABLE); zdm's own SQL runs pinned.
+    let caller_path = crate::spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
     let col = super::name_arg(col, "col");
-    let id = change_type::expand(tbl, &col, new_type, using_expr);
-    if background.unwrap_or(true) {
+    crate::security::pinned_search_path(|| {
+        let id = change_type::expand(tbl, &col, new_type, using_expr, &caller_path);
+        queue(id, background.unwrap_or(true));
+        id
+    })
+}
+
+fn queue(id: i64, background: bool) {
+    if background {
         // Queued in this transaction; the worker starts its work after commit.
         jobs::queue(id, &jobs::Options::default());
         if let Err(e) = jobs::launch_worker(id, true) {
@@ -31,5 +41,4 @@ fn expand_change_type(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, new_type: Op
             );
         }
     }
-    id
 }

@@ -29,9 +29,9 @@ pub fn shadow_name(column: &str) -> String {
 
 /// Expand: add the shadow column of `new_type` and the convert trigger.
 /// Returns the migration id.
-pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr: Option<&str>) -> i64 {
+pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr: Option<&str>, caller_path: &str) -> i64 {
     let table = introspect::owned_table(relid);
-    let (type_oid, typmod) = resolve_type(new_type);
+    let (type_oid, typmod) = with_search_path(caller_path, || resolve_type(new_type));
     let Some(col) = introspect::column(relid, column_name) else {
         let system = spi::one::<i16>(
             "SELECT attnum FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum < 0",
@@ -63,12 +63,12 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
         );
     }
     // Checked now, without a lock; again under expand's lock (the trigger closure).
-    analyse(relid, &table.name, column_name, type_oid, typmod, using_expr);
+    analyse(relid, &table.name, column_name, type_oid, typmod, using_expr, caller_path);
     let shadow = shadow_name(column_name);
     let column = column_name.to_string();
     let using_sql = std::cell::RefCell::new(String::new());
     let trigger = |_: &introspect::Column| {
-        let (tree, sql) = analyse(relid, &table.name, &column, type_oid, typmod, using_expr);
+        let (tree, sql) = analyse(relid, &table.name, &column, type_oid, typmod, using_expr, caller_path);
         *using_sql.borrow_mut() = sql.clone();
         // The tree names functions and types by OID (no search_path can
         // redirect it); its SQL goes along so the trigger can tell when the
@@ -76,12 +76,18 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
         ("zdm.convert_trigger", vec![column.clone(), shadow.clone(), tree, sql])
     };
     // Deparsed once, for the catalog (contract verifies rows against it).
-    let (_, deparsed) = analyse(relid, &table.name, column_name, type_oid, typmod, using_expr);
+    let (_, deparsed) = analyse(relid, &table.name, column_name, type_oid, typmod, using_expr, caller_path);
     column::expand(
         relid,
         column_name,
         &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), using_expr: Some(&deparsed), trigger: &trigger },
     )
+}
+
+/// Run `f` with `path` as search_path (rolled back afterwards).
+fn with_search_path<R>(path: &str, f: impl FnOnce() -> R) -> R {
+    let path = CString::new(path).unwrap_or_default();
+    crate::security::with_guc_nest_level(&[(c"search_path", path.as_c_str())], f)
 }
 
 fn format_type(oid: pg_sys::Oid, typmod: i32) -> String {
@@ -119,7 +125,16 @@ fn resolve_type(new_type: &str) -> (pg_sys::Oid, i32) {
 
 /// Parse and analyse the conversion; returns its node tree (for the trigger)
 /// and its SQL, deparsed against the table (for contract's verification).
-fn analyse(relid: pg_sys::Oid, relname: &str, column: &str, type_oid: pg_sys::Oid, typmod: i32, using_expr: Option<&str>) -> (String, String) {
+#[allow(clippy::too_many_arguments)]
+fn analyse(
+    relid: pg_sys::Oid,
+    relname: &str,
+    column: &str,
+    type_oid: pg_sys::Oid,
+    typmod: i32,
+    using_expr: Option<&str>,
+    caller_path: &str,
+) -> (String, String) {
     let source = match using_expr {
         Some(e) => e.to_string(),
         None => ident(column),
@@ -134,12 +149,16 @@ fn analyse(relid: pg_sys::Oid, relname: &str, column: &str, type_oid: pg_sys::Oi
         (*pstate).p_sourcetext = c_source.as_ptr();
         let nsitem = pg_sys::addRangeTableEntryForRelation(pstate, rel, pg_sys::AccessShareLock as i32, std::ptr::null_mut(), false, true);
         pg_sys::addNSItemToQuery(pstate, nsitem, true, true, true);
-        let expr = pg_sys::transformExpr(pstate, raw, pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM);
+        // Function, operator and type names resolve with the caller's
+        // search_path, once: the tree keeps the OIDs found.
+        let expr = with_search_path(caller_path, || {
+            pg_sys::transformExpr(pstate, raw, pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM)
+        });
         if pg_sys::expression_returns_set(expr) {
             raise(Code::ERRCODE_FEATURE_NOT_SUPPORTED, "using_expr must not return a set", "Pass a scalar expression of the column.");
         }
         let from_type = pg_sys::exprType(expr);
-        let coerced = pg_sys::coerce_to_target_type(
+        let coerced = with_search_path(caller_path, || pg_sys::coerce_to_target_type(
             pstate,
             expr,
             from_type,
@@ -148,7 +167,7 @@ fn analyse(relid: pg_sys::Oid, relname: &str, column: &str, type_oid: pg_sys::Oi
             pg_sys::CoercionContext::COERCION_ASSIGNMENT,
             pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
             -1,
-        );
+        ));
         if coerced.is_null() {
             raise_with_detail(
                 Code::ERRCODE_CANNOT_COERCE,
