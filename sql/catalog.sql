@@ -18,6 +18,7 @@ CREATE TABLE zdm.migrations (
     new_column      name,                                 -- rename: the new name; change_type: the shadow column
     new_type        text,                                 -- change_type: the new type, as format_type prints it
     using_expr      text,                                 -- change_type: the conversion from old_column, deparsed (the assignment cast if none was given)
+    using_tree      text,                                 -- change_type: the same, as the analysed node tree the convert trigger runs (OIDs)
     phase           text        NOT NULL DEFAULT 'expanded'
                     CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'contracted', 'aborted')),
     -- The migration's owner: the table's owner at expand. All its work runs

@@ -254,6 +254,7 @@ pub struct NewColumnMigration<'a> {
     /// change_type: the new type and the conversion as given
     pub new_type: Option<&'a str>,
     pub using_expr: Option<&'a str>,
+    pub using_tree: Option<&'a str>,
 }
 
 /// Next migration id (taken first so object names can carry it).
@@ -267,11 +268,11 @@ pub fn insert_column_migration(id: i64, m: &NewColumnMigration) {
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, new_column, \
-             owner_name, started_by, rel_blocks, rows_estimate, rows_per_block, relfilenode, new_type, using_expr) \
+             owner_name, started_by, rel_blocks, rows_estimate, rows_per_block, relfilenode, new_type, using_expr, using_tree) \
              VALUES ($1, $11, $2::oid::regclass, $3, $4, $5, $6, \
                      (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $2), \
                      (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $7), $8, $9, $10, \
-                     pg_catalog.pg_relation_filenode($2::oid::regclass), $12, $13)",
+                     pg_catalog.pg_relation_filenode($2::oid::regclass), $12, $13, $14)",
             &[
                 id.into(),
                 m.relid.into(),
@@ -286,6 +287,7 @@ pub fn insert_column_migration(id: i64, m: &NewColumnMigration) {
                 m.kind.into(),
                 m.new_type.into(),
                 m.using_expr.into(),
+                m.using_tree.into(),
             ],
         )
     });

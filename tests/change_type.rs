@@ -236,6 +236,8 @@ fn common_type_changes_and_refusals() {
     expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 'name, name')", "42601");
     expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 'name FROM t')", "42601");
     expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => '(SELECT 1)')", "0A000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 'name || price')", "0A000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => 't::text')", "0A000");
     expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'name', 'text', using_expr => '1); DROP TABLE t; --')", "42601");
     expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'at', 'timestamptz')", "42P17");
     expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'at', 'int')", "42846");
@@ -355,4 +357,49 @@ fn a_recreated_conversion_function_is_not_silently_swapped_in() {
     assert!(msg.contains("no longer refers to the same objects"), "{msg}");
     c.execute("SELECT zdm.abort($1)", &[&id]).unwrap();
     c.execute("UPDATE p SET price = 3 WHERE id = 2", &[]).unwrap();
+}
+
+/// zdm.convert_trigger is callable by anyone (PUBLIC may use schema zdm),
+/// but attached by hand to a table it runs nothing: the conversion comes
+/// from zdm's catalog, never from the trigger's arguments.
+#[test]
+fn a_hand_made_convert_trigger_runs_nothing() {
+    let cluster = Cluster::start("cthand", &[]);
+    let mut c = cluster.create_db("ch");
+    c.batch_execute("CREATE ROLE intruder LOGIN").unwrap();
+    let mut intruder = cluster.connect_as("ch", "intruder");
+    intruder
+        .batch_execute(
+            "CREATE TEMP TABLE mine (a int, b bigint);
+             CREATE TRIGGER zdm_sync_1 BEFORE INSERT ON mine FOR EACH ROW
+               EXECUTE FUNCTION zdm.convert_trigger('a', 'b', '{CONST :consttype 20 :consttypmod -1 :constcollid 0 :constlen 8 :constbyval true :constisnull false :location -1 :constvalue 8 [ 0 0 0 0 0 0 0 0 ]}', '0');",
+        )
+        .unwrap();
+    let (code, msg) = sqlstate(intruder.execute("INSERT INTO mine VALUES (1, NULL)", &[]));
+    assert_eq!(code, "42501", "{msg}");
+    assert!(msg.contains("not a zdm type change"), "{msg}");
+}
+
+/// A user's BEFORE ROW trigger that fires after zdm's could change the
+/// column after zdm synced it, between the verify scan and the final lock:
+/// contract refuses (55000) until it sorts before zdm's trigger.
+#[test]
+fn later_before_triggers_block_contract() {
+    let cluster = Cluster::start("ctlater", &[]);
+    let mut c = cluster.create_db("cl");
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, n int);
+         INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g;
+         CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.n := NEW.n; RETURN NEW; END $$;
+         CREATE TRIGGER zzz_bump BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION bump();",
+    )
+    .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_change_type('t', 'n', 'bigint')", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let msg = expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "55000");
+    assert!(msg.contains("zzz_bump"), "{msg}");
+    c.batch_execute("ALTER TRIGGER zzz_bump ON t RENAME TO aaa_bump").unwrap();
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    assert_eq!(column_type(&mut c, "t", "n"), "bigint");
 }

@@ -13,7 +13,7 @@
 //! the same row, whatever its TimeZone or search_path, or the backfill, the
 //! trigger and contract's verification would disagree.
 
-use super::column::{self, ColumnSteps, NewColumn};
+use super::column::{self, ColumnSteps, NewColumn, SyncTrigger};
 use crate::errors::{raise, raise_with_detail, Code};
 use crate::introspect;
 use crate::spi::{self, ident};
@@ -66,22 +66,14 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
     analyse(relid, &table.name, column_name, type_oid, typmod, using_expr, caller_path);
     let shadow = shadow_name(column_name);
     let column = column_name.to_string();
-    let using_sql = std::cell::RefCell::new(String::new());
-    let trigger = |_: &introspect::Column| {
-        let (tree, sql) = analyse(relid, &table.name, &column, type_oid, typmod, using_expr, caller_path);
-        *using_sql.borrow_mut() = sql.clone();
-        // The tree names functions and types by OID (no search_path can
-        // redirect it); its SQL goes along so the trigger can tell when the
-        // OIDs no longer mean the same (a dump restored elsewhere).
-        ("zdm.convert_trigger", vec![column.clone(), shadow.clone(), tree, sql])
+    // Analysed again under expand's lock, once: the tree the trigger runs
+    // and the SQL contract verifies with come from the same analysis.
+    let trigger = |_: &introspect::Column| SyncTrigger {
+        function: "zdm.convert_trigger",
+        args: vec![column.clone(), shadow.clone()],
+        conversion: Some(analyse(relid, &table.name, &column, type_oid, typmod, using_expr, caller_path)),
     };
-    // Deparsed once, for the catalog (contract verifies rows against it).
-    let (_, deparsed) = analyse(relid, &table.name, column_name, type_oid, typmod, using_expr, caller_path);
-    column::expand(
-        relid,
-        column_name,
-        &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), using_expr: Some(&deparsed), trigger: &trigger },
-    )
+    column::expand(relid, column_name, &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), trigger: &trigger })
 }
 
 /// Run `f` with `path` as search_path (rolled back afterwards).
@@ -181,6 +173,14 @@ fn analyse(
             );
         }
         pg_sys::assign_expr_collations(pstate, coerced);
+        let attnum = introspect::column(relid, column).map(|c| c.attnum).unwrap_or_default();
+        if !references_only(coerced, attnum) {
+            raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("using_expr may reference only column {}", ident(column)),
+                "The conversion is recomputed from that column alone on every write; other columns, system columns and whole-row references could change or go away under it.",
+            );
+        }
         if pg_sys::contain_mutable_functions(coerced) {
             raise_with_detail(
                 Code::ERRCODE_INVALID_OBJECT_DEFINITION,
@@ -211,4 +211,24 @@ fn single_expression(text: &CStr, source: &str) -> *mut pg_sys::Node {
         )
     };
     crate::parse::sole_expression(text, pg_sys::RawParseMode::RAW_PARSE_PLPGSQL_EXPR).unwrap_or_else(|| refuse())
+}
+
+/// Every Var in `node` is attribute `attnum` of the table (no other column,
+/// no system column, no whole-row reference).
+fn references_only(node: *mut pg_sys::Node, attnum: i16) -> bool {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+        unsafe {
+            if node.is_null() {
+                return false;
+            }
+            if (*node).type_ == pg_sys::NodeTag::T_Var {
+                let wanted = *(ctx as *const i16);
+                return (*(node as *mut pg_sys::Var)).varattno != wanted; // true stops the walk: a stranger
+            }
+            pg_sys::expression_tree_walker(node, Some(walk), ctx)
+        }
+    }
+    let mut wanted = attnum;
+    !unsafe { walk(node, &mut wanted as *mut i16 as *mut std::ffi::c_void) }
 }

@@ -6,10 +6,12 @@
 //! per trigger and backend, and is evaluated per row by the executor: no
 //! SPI, no SQL text per row.
 //!
-//! The compiled expression is cached per trigger in its own memory context
-//! and rebuilt when the table's tuple descriptor changes or any function
-//! definition changes (a pg_proc invalidation), so a replaced function is
-//! never run from a stale plan. An error converting a row names the row.
+//! The expression tree comes from zdm's catalog (the migration whose
+//! trigger this is), never from the trigger's arguments. The compiled form
+//! is cached per trigger in its own memory context and rebuilt after any
+//! relcache invalidation of the table or any pg_proc change, so a replaced
+//! function is never run from a stale plan; a conversion that re-enters
+//! itself is refused. An error converting a row names the row.
 
 use super::same;
 use crate::errors::{raise, raise_with_detail, Code};
@@ -20,6 +22,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 
 struct Compiled {
+    relid: pg_sys::Oid,
     /// the relation's tuple descriptor it was built for
     tupdesc: pg_sys::TupleDesc,
     old_att: i32,
@@ -35,6 +38,7 @@ thread_local! {
     /// A function definition changed since the cache was filled.
     static STALE: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
     /// The entry used last (trigger, descriptor): one lookup per statement.
     static LAST: Cell<Option<(u32, pg_sys::TupleDesc, CompiledRef)>> = const { Cell::new(None) };
 }
@@ -42,6 +46,39 @@ thread_local! {
 #[pg_guard]
 unsafe extern "C-unwind" fn proc_changed(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
     STALE.with(|s| s.set(true));
+}
+
+/// Any change to a table with a compiled conversion (its descriptor may be
+/// rebuilt at the same address, so the pointer alone cannot tell).
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = relid == pg_sys::InvalidOid || COMPILED.with(|m| m.try_borrow().map(|m| m.values().any(|c| c.relid == relid)).unwrap_or(true));
+    if ours {
+        STALE.with(|s| s.set(true));
+    }
+}
+
+/// Conversions being evaluated right now in this backend. A conversion
+/// whose functions write to a table with another conversion would re-enter
+/// the shared compiled state: refused.
+struct Depth;
+impl Depth {
+    fn enter() -> Depth {
+        if DEPTH.with(|d| d.replace(d.get() + 1)) > 0 {
+            DEPTH.with(|d| d.set(d.get() - 1));
+            raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "a zdm type change conversion wrote to a table that is itself under a zdm type change",
+                "The conversion must be immutable: it may not write to any table.",
+            );
+        }
+        Depth
+    }
+}
+impl Drop for Depth {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -84,6 +121,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
+        let _depth = Depth::enter();
         let c = compiled((*td).tg_trigger, rel);
         let per_tuple = (*c.econtext).ecxt_per_tuple_memory;
         if !(*per_tuple).isReset {
@@ -156,6 +194,7 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
     unsafe {
         if !CALLBACK.with(|c| c.replace(true)) {
             pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::PROCOID as i32, Some(proc_changed), pg_sys::Datum::from(0));
+            pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
         }
         if STALE.with(|s| s.replace(false)) {
             LAST.with(|l| l.set(None));
@@ -204,14 +243,36 @@ struct CompiledRef {
 
 unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
     unsafe {
-        if (*trigger).tgnargs != 4 {
+        // The conversion comes from zdm's catalog, never from the trigger's
+        // arguments: anyone may attach this function to a table of theirs,
+        // and a node tree is not something to take from a user.
+        let tgname = CStr::from_ptr((*trigger).tgname).to_string_lossy().into_owned();
+        let relid = (*rel).rd_id;
+        let recorded = crate::catalog::as_catalog_owner(|| {
+            crate::spi::first_row(
+                "SELECT old_column::text, new_column::text, using_tree, using_expr FROM zdm.migrations \
+                  WHERE relid = $1::oid::regclass AND trigger_name = $2 AND kind = 'change_type' \
+                    AND phase IN ('expanded', 'backfilling', 'backfilled') AND using_tree IS NOT NULL",
+                &[relid.into(), tgname.as_str().into()],
+                |r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<String>(3)?.unwrap_or_default(),
+                        r.get::<String>(4)?.unwrap_or_default(),
+                    ))
+                },
+            )
+        });
+        let Some((old_name, new_name, tree, recorded)) = recorded else {
             raise(
-                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "zdm.convert_trigger() needs four arguments: the old column, the new column, the expression tree and its SQL",
-                "zdm installs this trigger itself; do not create it by hand.",
+                Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("trigger {} is not a zdm type change in flight", crate::spi::ident(&tgname)),
+                "zdm.convert_trigger() runs only as the trigger zdm.expand_change_type installs.",
             );
-        }
-        let arg = |i: usize| CStr::from_ptr(*(*trigger).tgargs.add(i));
+        };
+        let (old_c, new_c) = (CString::new(old_name).unwrap_or_default(), CString::new(new_name).unwrap_or_default());
+        let arg = |i: usize| if i == 0 { old_c.as_c_str() } else { new_c.as_c_str() };
         let tupdesc = (*rel).rd_att;
         let find = |name: &CStr| {
             (1..=(*tupdesc).natts).find(|&i| {
@@ -241,7 +302,8 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
             pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
         );
         let previous = pg_sys::MemoryContextSwitchTo(context);
-        let expr = pg_sys::stringToNode(arg(2).as_ptr()) as *mut pg_sys::Expr;
+        let tree_c = CString::new(tree).unwrap_or_default();
+        let expr = pg_sys::stringToNode(tree_c.as_ptr()) as *mut pg_sys::Expr;
         let new_type = (*(*tupdesc).attrs.as_ptr().add((new_att - 1) as usize)).atttypid;
         if expr.is_null() || pg_sys::exprType(expr as *const pg_sys::Node) != new_type {
             pg_sys::MemoryContextSwitchTo(previous);
@@ -256,7 +318,6 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         // deparse to the SQL recorded beside it (a dump restored into
         // another cluster, an object dropped and recreated), stop rather
         // than run something else.
-        let recorded = arg(3).to_string_lossy().into_owned();
         let relname_c = CString::new(relname.as_str()).unwrap_or_default();
         // Deparsed under zdm's pinned search_path, as at expand (names it
         // does not see are schema-qualified in both).
@@ -284,6 +345,6 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let own_desc = pg_sys::CreateTupleDescCopy(tupdesc);
         let slot = pg_sys::MakeSingleTupleTableSlot(own_desc, &pg_sys::TTSOpsHeapTuple);
         pg_sys::MemoryContextSwitchTo(previous);
-        Compiled { tupdesc, old_att, new_att, context, state, econtext, slot }
+        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, slot }
     }
 }

@@ -83,11 +83,18 @@ pub struct NewColumn<'a> {
     /// The new column's type and typmod; None: the old column's type and
     /// collation.
     pub new_type: Option<(pg_sys::Oid, i32)>,
-    /// change_type: the conversion as the caller gave it (display only)
-    pub using_expr: Option<&'a str>,
-    /// The sync trigger's function and arguments for the old column as it
-    /// is under expand's lock.
-    pub trigger: &'a dyn Fn(&introspect::Column) -> (&'static str, Vec<String>),
+    /// The sync trigger for the old column as it is under expand's lock.
+    pub trigger: &'a dyn Fn(&introspect::Column) -> SyncTrigger,
+}
+
+/// The trigger that keeps the new column in sync, and for a type change the
+/// conversion it runs (recorded in the catalog, where the trigger reads it:
+/// nothing a trigger's arguments say is executed).
+pub struct SyncTrigger {
+    pub function: &'static str,
+    pub args: Vec<String>,
+    /// (node tree, deparsed SQL) of a type change's conversion
+    pub conversion: Option<(String, String)>,
 }
 
 /// Expand: add the new column beside `old_column`, carry what depends on the
@@ -195,8 +202,9 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         });
 
         let trigger = trigger_name(id);
-        let (function, args) = (spec.trigger)(&col);
-        let args: Vec<String> = args.iter().map(|a| literal(a)).collect();
+        let sync = (spec.trigger)(&col);
+        let (function, conversion) = (sync.function, sync.conversion);
+        let args: Vec<String> = sync.args.iter().map(|a| literal(a)).collect();
         spi::exec(&format!(
             "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {function}({})",
             ident(&trigger),
@@ -213,7 +221,8 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             &catalog::NewColumnMigration {
                 kind: spec.kind,
                 new_type: spec.new_type.map(|_| type_sql.as_str()),
-                using_expr: spec.using_expr,
+                using_expr: conversion.as_ref().map(|c| c.1.as_str()),
+                using_tree: conversion.as_ref().map(|c| c.0.as_str()),
                 relid,
                 schema: &table.schema,
                 table: &table.name,
@@ -564,6 +573,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
         );
     }
 
+    refuse_later_triggers(m, t);
     // 1. Carried checks and keys the worker has not validated (a backfill
     //    run by hand): a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
     let validate_started = Instant::now();
@@ -598,11 +608,19 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
                 ident(m.old_col())
             ),
             "Nothing was dropped; the old column still holds every value. Rows get out of sync only when writes bypass the sync trigger (it was disabled, or a later BEFORE trigger changed a column after it).",
-            format!(
-                "Copy them over: UPDATE {t} SET {new} = {old} WHERE NOT pg_catalog.record_image_eq(ROW({old}), ROW({new})); then call zdm.contract({id}) again. Or undo with zdm.abort({id}).",
-                new = ident(m.new_col()),
-                old = ident(m.old_col())
-            ),
+            match &m.using_expr {
+                // A type change: any write recomputes the shadow column.
+                Some(expected) => format!(
+                    "Rewrite them: UPDATE {t} SET {old} = {old} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({new})); then call zdm.contract({id}) again. Or undo with zdm.abort({id}).",
+                    new = ident(m.new_col()),
+                    old = ident(m.old_col())
+                ),
+                None => format!(
+                    "Copy them over: UPDATE {t} SET {new} = {old} WHERE NOT pg_catalog.record_image_eq(ROW({old}), ROW({new})); then call zdm.contract({id}) again. Or undo with zdm.abort({id}).",
+                    new = ident(m.new_col()),
+                    old = ident(m.old_col())
+                ),
+            },
         );
     }
 
@@ -610,6 +628,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
     let final_started = Instant::now();
     let lock = locking::lock_table(m.relid, t, "ACCESS EXCLUSIVE");
     let deps = refuse_dependents();
+    refuse_later_triggers(m, t);
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
     // zdm's own DDL from here on: it passes the guard.
     guard::allow_zdm_ddl(|| contract_catalog_steps(m, t, old_attnum, &deps, takes_old_name));
@@ -891,6 +910,32 @@ fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
         &[],
     )
     .unwrap_or(0)
+}
+
+/// A user's BEFORE ROW trigger that fires after zdm's (triggers fire in
+/// name order) could change a column after zdm synced it: rows written
+/// between the verify scan and the final lock would then be lost with the
+/// old column. Refused with 55000, naming them (zdm's own triggers of other
+/// migrations touch other columns only).
+fn refuse_later_triggers(m: &Migration, t: &str) {
+    let Some(ours) = m.trigger_name.as_deref() else { return };
+    let later = spi::one::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(tg.tgname::text), ', ' ORDER BY tg.tgname) \
+           FROM pg_catalog.pg_trigger tg \
+          WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' \
+            AND (tg.tgtype::int & 3) = 3 AND (tg.tgtype::int & 20) <> 0 \
+            AND tg.tgname::text COLLATE \"C\" > $2::text COLLATE \"C\" \
+            AND NOT EXISTS (SELECT 1 FROM zdm.migrations z WHERE z.relid = tg.tgrelid AND z.trigger_name = tg.tgname)",
+        &[m.relid.into(), ours.into()],
+    );
+    if let Some(names) = later {
+        raise_with_detail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot contract zdm migration {}: BEFORE ROW trigger(s) {names} on {t} fire after zdm's sync trigger {}", m.id, ident(ours)),
+            format!("Triggers fire in name order; a later one could change {} after zdm synced it, and that change would be lost with the old column.", ident(m.old_col())),
+            format!("Rename them to sort before {} (ALTER TRIGGER … RENAME TO …), or disable them, then call zdm.contract({}) again.", ident(ours), m.id),
+        );
+    }
 }
 
 /// Everything that depends on the old column and would be lost with it:
