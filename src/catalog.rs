@@ -366,6 +366,64 @@ pub fn in_flight_on_columns(relid: pg_sys::Oid, columns: &[&str]) -> Option<(i64
     })
 }
 
+/// An in-flight column migration of `kind` on `relid` from `old_column`,
+/// with the same new column (rename) or new type and conversion
+/// (change_type): what a repeated call finds instead of failing.
+pub fn same_in_flight(relid: pg_sys::Oid, kind: &str, old_column: &str, new_column: Option<&str>, new_type: Option<&str>, using_expr: Option<&str>) -> Option<i64> {
+    as_catalog_owner(|| {
+        spi::one::<i64>(
+            "SELECT id FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 AND old_column::text = $3 \
+                AND ($4::text IS NULL OR new_column::text = $4) AND ($5::text IS NULL OR new_type = $5) \
+                AND ($6::text IS NULL OR using_expr = $6) \
+                AND phase IN ('expanded', 'backfilling', 'backfilled') ORDER BY id DESC LIMIT 1",
+            &[relid.into(), kind.into(), old_column.into(), new_column.into(), new_type.into(), using_expr.into()],
+        )
+    })
+}
+
+/// The migration that changes column `column` of `relid`: the one in flight
+/// (by its old or new column), else the latest one. 42704 if there is none,
+/// 42725 if several are in flight (each named).
+pub fn migration_on(relid: pg_sys::Oid, column: &str, kind: Option<&str>) -> i64 {
+    let (in_flight, latest) = as_catalog_owner(|| {
+        let in_flight = spi::one::<Vec<i64>>(
+            "SELECT array_agg(id ORDER BY id) FROM zdm.migrations WHERE relid = $1::oid::regclass \
+                AND (old_column::text = $2 OR new_column::text = $2 OR (kind IN ('check', 'foreign_key') AND constraint_name::text = $2)) \
+                AND ($3::text IS NULL OR kind = $3) AND phase IN ('expanded', 'backfilling', 'backfilled')",
+            &[relid.into(), column.into(), kind.into()],
+        )
+        .unwrap_or_default();
+        let latest = spi::one::<i64>(
+            "SELECT max(id) FROM zdm.migrations WHERE relid = $1::oid::regclass \
+                AND (old_column::text = $2 OR new_column::text = $2 OR (kind IN ('check', 'foreign_key') AND constraint_name::text = $2)) \
+                AND ($3::text IS NULL OR kind = $3)",
+            &[relid.into(), column.into(), kind.into()],
+        );
+        (in_flight, latest)
+    });
+    let table = current_table_sql(relid).unwrap_or_default();
+    match in_flight.as_slice() {
+        [one] => *one,
+        [] => latest.unwrap_or_else(|| {
+            raise(
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!("no zdm migration changes column {} of {table}", spi::ident(column)),
+                "List migrations with: SELECT * FROM zdm.status;",
+            )
+        }),
+        many => raise(
+            Code::ERRCODE_AMBIGUOUS_PARAMETER,
+            format!(
+                "{} zdm migrations are in flight on column {} of {table}: {}",
+                many.len(),
+                spi::ident(column),
+                many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            "Pass the kind (zdm.migration_id(tbl, col, kind => 'rename')) or the migration id.",
+        ),
+    }
+}
+
 /// The event of an abort: how long it took, the lock it waited for, what it undid.
 pub fn log_abort(id: i64, started: std::time::Instant, lock: Option<(f64, i32)>, detail: String) {
     log_step(Step {

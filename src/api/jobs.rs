@@ -313,6 +313,7 @@ fn wait(migration: i64, timeout: Interval) -> String {
     let started = Instant::now();
     let mut last_notice: Option<Instant> = None;
     let mut last_rows = -1;
+    let mut last_step: Option<String> = None;
     loop {
         let Some(p) = progress(id) else { catalog::load_or_raise(id, false); unreachable!() };
         if p.job_state.as_deref() == Some("failed") {
@@ -359,7 +360,19 @@ fn wait(migration: i64, timeout: Interval) -> String {
                 last_notice = Some(Instant::now());
             }
         }
-        if due && p.rows_done != last_rows && !building {
+        if !backfills {
+            // No rows to count: say which step it is at (once per change).
+            let step = as_catalog_owner(|| {
+                spi::one::<String>("SELECT step FROM zdm.events WHERE migration_id = $1 ORDER BY id DESC LIMIT 1", &[id.into()])
+            })
+            .unwrap_or_else(|| "queued".into());
+            let line = format!("{} (last step: {step}){}", p.phase, p.reason.clone().map(|r| format!("; {r}")).unwrap_or_default());
+            if due && last_step.as_deref() != Some(line.as_str()) {
+                pgrx::notice!("zdm migration {id}: {line}");
+                last_notice = Some(Instant::now());
+                last_step = Some(line);
+            }
+        } else if due && p.rows_done != last_rows && !building {
             pgrx::notice!(
                 "zdm migration {id}: {:.1}% — {} of ~{} rows, {} rows/s, ETA {}{}",
                 p.percent,

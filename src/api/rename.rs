@@ -52,3 +52,45 @@ COMMENT ON FUNCTION zdm.abort(bigint) IS
 fn abort(migration: i64) {
     lifecycle::abort(migration)
 }
+
+/// The migration that changes a column, for a later migration that knows
+/// the table and column but not the id: the one in flight on it (by old or
+/// new column name, or a constraint's name), else the latest.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.migration_id(tbl regclass, col name, kind text DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.migration_id(regclass, name, text) IS
+  'The id of the migration in flight on tbl.col (old or new column name, or a constraint name), else the latest one; 42725 if several are in flight (pass kind), 42704 if none';
+")]
+fn migration_id(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, kind: Option<&str>) -> Option<i64> {
+    let (tbl, col) = (tbl?, col?);
+    let col = super::name_arg(col, "col");
+    Some(crate::catalog::migration_on(tbl, &col, kind))
+}
+
+/// `zdm.contract(zdm.migration_id(tbl, col))`.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.contract(tbl regclass, col name)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.contract(regclass, name) IS
+  'Contract the migration on tbl.col (see zdm.migration_id); a no-op with a NOTICE if it is contracted already';
+")]
+fn contract_column(tbl: pg_sys::Oid, col: &CStr) {
+    let col = super::name_arg(col, "col");
+    lifecycle::contract(crate::catalog::migration_on(tbl, &col, None))
+}
+
+/// `zdm.abort(zdm.migration_id(tbl, col))`.
+#[pg_extern(sql = "
+CREATE FUNCTION zdm.abort(tbl regclass, col name)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION zdm.abort(regclass, name) IS
+  'Abort the migration on tbl.col (see zdm.migration_id); a no-op with a NOTICE if it is aborted already';
+")]
+fn abort_column(tbl: pg_sys::Oid, col: &CStr) {
+    let col = super::name_arg(col, "col");
+    lifecycle::abort(crate::catalog::migration_on(tbl, &col, None))
+}

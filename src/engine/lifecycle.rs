@@ -11,6 +11,11 @@ use std::time::Instant;
 pub fn contract(id: i64) {
     let m = catalog::load_for(id, "contract", true);
     let op = operation(&m.kind);
+    if m.phase == Phase::Contracted && op.has_contract() {
+        // A migration tool re-running its contract step.
+        pgrx::notice!("zdm migration {id} is already contracted; nothing to do");
+        return;
+    }
     if !op.has_contract() {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -29,6 +34,10 @@ pub fn contract(id: i64) {
 pub fn abort(id: i64) {
     let started = Instant::now();
     let m = catalog::load_for(id, "abort", true);
+    if m.phase == Phase::Aborted {
+        pgrx::notice!("zdm migration {id} is already aborted; nothing to do");
+        return;
+    }
     if !m.phase.in_flight() {
         m.require_phase("abort");
     }

@@ -63,7 +63,13 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
         );
     }
     // Checked now, without a lock; again under expand's lock (the trigger closure).
-    analyse(relid, &table.name, column_name, type_oid, typmod, using_expr, caller_path);
+    let (_, sql) = analyse(relid, &table.name, column_name, type_oid, typmod, using_expr, caller_path);
+    // A migration tool re-running this call finds the migration it started.
+    let type_sql = format_type(type_oid, typmod);
+    if let Some(id) = crate::catalog::same_in_flight(relid, "change_type", column_name, None, Some(&type_sql), Some(&sql)) {
+        pgrx::notice!("zdm migration {id} is already changing this column to {type_sql}; returning its id");
+        return id;
+    }
     let shadow = shadow_name(column_name);
     let column = column_name.to_string();
     // Analysed again under expand's lock, once: the tree the trigger runs

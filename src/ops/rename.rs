@@ -11,6 +11,12 @@ pub static RENAME: ColumnSteps = ColumnSteps { kinds: &["rename"], takes_old_nam
 /// Expand: add `new_column` (same type, collation, attributes) in sync with
 /// `old_column`. Returns the migration id.
 pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> i64 {
+    // A migration tool re-running this call finds the migration it started.
+    crate::introspect::owned_table(relid);
+    if let Some(id) = crate::catalog::same_in_flight(relid, "rename", old_column, Some(new_column), None, None) {
+        pgrx::notice!("zdm migration {id} is already renaming this column; returning its id");
+        return id;
+    }
     let (old, new) = (old_column.to_string(), new_column.to_string());
     let trigger = move |_: &crate::introspect::Column| SyncTrigger {
         function: "zdm.sync_trigger",

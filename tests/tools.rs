@@ -1,0 +1,57 @@
+//! Host side: what migration tools need (issue 11, first part): calls that
+//! are safe to re-run at every phase, and finding a migration by the table
+//! and column it changes.
+
+mod common;
+
+use common::*;
+
+fn one_i64(c: &mut postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// Every call repeated with the same arguments, at every phase: the same
+/// id or a no-op, never an error; different arguments still refused.
+#[test]
+fn repeated_calls_are_safe_at_every_phase() {
+    let cluster = Cluster::start("tools", &[]);
+    let mut c = cluster.create_db("tl");
+    make_table(&mut c, "t", 5_000);
+    c.batch_execute("ALTER TABLE t ADD COLUMN n int; UPDATE t SET n = id;").unwrap();
+
+    // rename: expand twice, batches past the end, contract twice
+    let id = one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)");
+    assert_eq!(one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)"), id);
+    expect_err(&mut c, "SELECT zdm.expand_rename('t', 'a', 'c')", "55000");
+    assert_eq!(one_i64(&mut c, "SELECT zdm.migration_id('t', 'a')"), id);
+    assert_eq!(one_i64(&mut c, "SELECT zdm.migration_id('t', 'b')"), id);
+    while one_i64(&mut c, &format!("SELECT zdm.backfill_batch({id}, 2000)")) > 0 {}
+    assert_eq!(one_i64(&mut c, &format!("SELECT zdm.backfill_batch({id})")), 0);
+    assert_eq!(one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)"), id, "backfilled: still the same id");
+    c.batch_execute("SELECT zdm.contract('t', 'b')").unwrap();
+    c.batch_execute(&format!("SELECT zdm.contract({id})")).unwrap();
+    c.batch_execute("SELECT zdm.contract('t', 'b')").unwrap();
+    assert_eq!(one_i64(&mut c, &format!("SELECT zdm.backfill_batch({id})")), 0, "a scheduled batch after contract is a no-op");
+    expect_err(&mut c, &format!("SELECT zdm.abort({id})"), "55000");
+
+    // type change: expand twice, then abort twice (by id and by column)
+    let ct = one_i64(&mut c, "SELECT zdm.expand_change_type('t', 'n', 'bigint', background => false)");
+    assert_eq!(one_i64(&mut c, "SELECT zdm.expand_change_type('t', 'n', 'bigint', background => false)"), ct);
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'n', 'numeric')", "55000");
+    expect_err(&mut c, "SELECT zdm.expand_change_type('t', 'n', 'bigint', using_expr => 'n * 2')", "55000");
+    c.batch_execute("SELECT zdm.abort('t', 'n')").unwrap();
+    c.batch_execute(&format!("SELECT zdm.abort({ct})")).unwrap();
+    c.batch_execute("SELECT zdm.abort('t', 'n')").unwrap();
+
+    // constraints: the same call again resumes / returns the same id
+    let nn = one_i64(&mut c, "SELECT zdm.validate_not_null('t', 'n')");
+    assert_eq!(one_i64(&mut c, "SELECT zdm.validate_not_null('t', 'n')"), nn);
+
+    // lookups: none, and ambiguity
+    expect_err(&mut c, "SELECT zdm.migration_id('t', 'pad')", "42704");
+    let r = one_i64(&mut c, "SELECT zdm.expand_rename('t', 'pad', 'padding', background => false)");
+    c.batch_execute("BEGIN; SELECT zdm.validate_not_null('t', 'padding'); COMMIT;").unwrap();
+    let msg = expect_err(&mut c, "SELECT zdm.migration_id('t', 'padding')", "42725");
+    assert!(msg.contains(&r.to_string()), "{msg}");
+    assert_eq!(one_i64(&mut c, "SELECT zdm.migration_id('t', 'padding', kind => 'rename')"), r);
+}
