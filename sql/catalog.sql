@@ -107,6 +107,7 @@ CREATE TABLE zdm.jobs (
     statement_timeout_ms int        NOT NULL DEFAULT 30000 CHECK (statement_timeout_ms > 0),
     max_attempts        int         NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
     run_after           timestamptz,
+    windows             text[],                -- maintenance windows ('01:00-05:00 Europe/Berlin'); NULL/empty: any time
     queued_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
     worker_pid          int,
     worker_started_at   timestamptz,                           -- backend_start of worker_pid: tells a live worker from a reused pid

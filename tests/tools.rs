@@ -55,3 +55,28 @@ fn repeated_calls_are_safe_at_every_phase() {
     assert!(msg.contains(&r.to_string()), "{msg}");
     assert_eq!(one_i64(&mut c, "SELECT zdm.migration_id('t', 'padding', kind => 'rename')"), r);
 }
+
+/// A window that excludes now holds the job (no batch recorded, the reason
+/// in zdm.status); one that includes now lets it run. Bad windows: 22023.
+#[test]
+fn maintenance_windows_hold_and_release_a_job() {
+    let cluster = Cluster::start("window", &[]);
+    let mut c = cluster.create_db("wd");
+    make_table(&mut c, "t", 20_000);
+    let id = one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)");
+    let hour: i32 = c.query_one("SELECT extract(hour FROM clock_timestamp() AT TIME ZONE 'UTC')::int", &[]).unwrap().get(0);
+    let later = format!("{:02}:00-{:02}:00 UTC", (hour + 2) % 24, (hour + 3) % 24);
+    c.execute("SELECT zdm.start_backfill($1, windows => ARRAY[$2])", &[&id, &later]).unwrap();
+    let reason: String = wait_for("the job to wait for its window", std::time::Duration::from_secs(30), || {
+        c.query_one("SELECT throttle_reason FROM zdm.status WHERE id = $1", &[&id]).unwrap().get::<_, Option<String>>(0)
+    });
+    assert!(reason.contains("maintenance window") && reason.contains(&later), "{reason}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let batches = one_i64(&mut c, &format!("SELECT count(*) FROM zdm.batches WHERE migration_id = {id}"));
+    assert_eq!(batches, 0, "no batch outside the window");
+    expect_err(&mut c, &format!("SELECT zdm.set_options({id}, windows => ARRAY['25:00-26:00'])"), "22023");
+    expect_err(&mut c, &format!("SELECT zdm.set_options({id}, windows => ARRAY['01:00-02:00 Mars/Olympus'])"), "22023");
+    c.execute("SELECT zdm.set_options($1, windows => ARRAY['00:00-24:00 UTC'])", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const OPTION_ARGS: &str = "batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, \
     max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, \
-    run_after timestamptz DEFAULT NULL";
+    run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL";
 const _: &str = OPTION_ARGS; // documented in README; repeated literally in the SQL below
 
 fn required(migration: Option<i64>) -> i64 {
@@ -42,8 +42,9 @@ fn options(
     lock_timeout: Option<Interval>,
     statement_timeout: Option<Interval>,
     run_after: Option<TimestampWithTimeZone>,
+    windows: Option<Vec<String>>,
 ) -> Options {
-    let o = Options { batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after };
+    let o = Options { batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows };
     o.validate();
     o
 }
@@ -54,10 +55,10 @@ fn options(
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
-    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL)
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz) IS
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
   'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
 ")]
 #[allow(clippy::too_many_arguments)]
@@ -70,9 +71,10 @@ fn start_backfill(
     lock_timeout: Option<Interval>,
     statement_timeout: Option<Interval>,
     run_after: Option<TimestampWithTimeZone>,
+    windows: Option<Vec<String>>,
 ) -> i64 {
     let id = required(migration);
-    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows);
     let m = owned_backfillable(id);
     // A backfilled rename's job may still have index builds or validations
     // to finish (e.g. after a failed unique build and fixed data).
@@ -105,10 +107,10 @@ fn start_backfill(
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
-    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL)
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
 RETURNS void VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz) IS
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
   'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
 ")]
 #[allow(clippy::too_many_arguments)]
@@ -121,9 +123,10 @@ fn set_options(
     lock_timeout: Option<Interval>,
     statement_timeout: Option<Interval>,
     run_after: Option<TimestampWithTimeZone>,
+    windows: Option<Vec<String>>,
 ) {
     let id = required(migration);
-    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows);
     catalog::load_for(id, "change the options of", false);
     if jobs::state(id).is_none() {
         raise(

@@ -107,6 +107,9 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) 
     if job.wait_for_run_after_ms > 0.0 {
         return wait(job.wait_for_run_after_ms.min(1000.0), "scheduled: waiting for run_after".into());
     }
+    if let Some(reason) = super::window::outside(&job.windows) {
+        return wait(5000.0, reason);
+    }
     if let Some(max_lag) = job.max_replica_lag_ms {
         let lag = spi::one::<f64>(
             "SELECT coalesce(max(extract(epoch FROM replay_lag)) * 1000, 0)::float8 FROM pg_catalog.pg_stat_replication",

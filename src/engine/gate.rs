@@ -26,7 +26,7 @@ pub fn open(id: i64) -> bool {
             ("queued" | "running", Some("expanded" | "backfilling")) => {
                 Some(format!("waiting for the backfill of zdm migration {} to complete", dep.unwrap_or_default()))
             }
-            ("queued" | "running", _) => None,
+            ("queued" | "running", _) => transaction(|| jobs::load_row(id).and_then(|j| super::window::outside(&j.windows))).ok().flatten(),
             _ => return false, // cancelled, failed, completed
         };
         let Some(reason) = reason else {

@@ -20,6 +20,8 @@ pub struct Options {
     pub lock_timeout: Option<Interval>,
     pub statement_timeout: Option<Interval>,
     pub run_after: Option<TimestampWithTimeZone>,
+    /// maintenance windows; an empty list removes them
+    pub windows: Option<Vec<String>>,
 }
 
 impl Options {
@@ -35,6 +37,9 @@ impl Options {
         }
         if matches!(self.target_batch_ms, Some(n) if n < 0) {
             bad("target_batch_ms must not be negative", "0 turns adaptive batch sizing off.");
+        }
+        if let Some(w) = &self.windows {
+            super::window::validate(w);
         }
         for (name, v) in [("lock_timeout", &self.lock_timeout), ("statement_timeout", &self.statement_timeout)] {
             if let Some(i) = v {
@@ -57,7 +62,8 @@ const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
      max_replica_lag = CASE WHEN $5::interval IS NULL THEN max_replica_lag WHEN $5::interval <= '0' THEN NULL ELSE $5::interval END, \
      lock_timeout_ms = coalesce((extract(epoch FROM $6::interval) * 1000)::int, lock_timeout_ms), \
      statement_timeout_ms = coalesce((extract(epoch FROM $7::interval) * 1000)::int, statement_timeout_ms), \
-     run_after = coalesce($8, run_after)";
+     run_after = coalesce($8, run_after), \
+     windows = CASE WHEN $9::text[] IS NULL THEN windows WHEN cardinality($9::text[]) = 0 THEN NULL ELSE $9::text[] END";
 
 /// Queue (or re-queue) the migration's job in the caller's transaction. The
 /// worker starts its work only once this transaction has committed. Whoever
@@ -89,6 +95,7 @@ fn set_options_row(migration: i64, o: &Options) {
             o.lock_timeout.into(),
             o.statement_timeout.into(),
             o.run_after.into(),
+            o.windows.as_ref().map(|w| super::window::validate(w)).into(),
         ],
     );
 }
@@ -214,6 +221,7 @@ pub struct JobRow {
     pub statement_timeout_ms: i32,
     pub max_attempts: i32,
     pub wait_for_run_after_ms: f64,
+    pub windows: Vec<String>,
 }
 
 pub fn load_row(migration: i64) -> Option<JobRow> {
@@ -222,7 +230,7 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 "SELECT j.state, j.worker_pid, m.owner_name::text, j.batch_size, coalesce(j.current_batch_size, j.batch_size), \
                         j.pause_ms, j.target_batch_ms, (extract(epoch FROM j.max_replica_lag) * 1000)::float8, \
                         j.lock_timeout_ms, j.statement_timeout_ms, j.max_attempts, \
-                        greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8 \
+                        greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8, j.windows \
                    FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1",
             &[migration.into()],
             |r| Ok(JobRow {
@@ -238,6 +246,7 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 statement_timeout_ms: r.get::<i32>(10)?.unwrap_or(30000),
                 max_attempts: r.get::<i32>(11)?.unwrap_or(5),
                 wait_for_run_after_ms: r.get::<f64>(12)?.unwrap_or(0.0),
+                windows: r.get::<Vec<String>>(13)?.unwrap_or_default(),
             }),
         )
     })

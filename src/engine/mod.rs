@@ -17,6 +17,7 @@ pub mod launcher;
 pub mod lifecycle;
 pub mod locking;
 pub mod process;
+pub mod window;
 pub mod steps;
 pub mod toplevel;
 pub mod worker;
