@@ -383,7 +383,7 @@ pub fn same_in_flight(relid: pg_sys::Oid, kind: &str, old_column: &str, new_colu
 
 /// The migration that changes column `column` of `relid`: the one in flight
 /// (by its old or new column), else the latest one. 42704 if there is none,
-/// 42725 if several are in flight (each named).
+/// 42P08 if several are in flight (each named).
 pub fn migration_on(relid: pg_sys::Oid, column: &str, kind: Option<&str>) -> i64 {
     let (in_flight, latest) = as_catalog_owner(|| {
         let in_flight = spi::one::<Vec<i64>>(

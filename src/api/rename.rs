@@ -61,7 +61,7 @@ CREATE FUNCTION zdm.migration_id(tbl regclass, col name, kind text DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.migration_id(regclass, name, text) IS
-  'The id of the migration in flight on tbl.col (old or new column name, or a constraint name), else the latest one; 42725 if several are in flight (pass kind), 42704 if none';
+  'The id of the migration in flight on tbl.col (old or new column name, or a constraint name), else the latest one; 42P08 if several are in flight (pass kind), 42704 if none';
 ")]
 fn migration_id(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, kind: Option<&str>) -> Option<i64> {
     let (tbl, col) = (tbl?, col?);

@@ -70,6 +70,13 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
         pgrx::notice!("zdm migration {id} is already changing this column to {type_sql}; returning its id");
         return id;
     }
+    if let Some((id, phase)) = crate::catalog::in_flight_on_columns(relid, &[column_name, &shadow_name(column_name)]) {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("column {} of table {} is already under zdm migration {id} (phase {phase})", ident(column_name), table.sql()),
+            format!("Finish it with zdm.contract({id}) or undo it with zdm.abort({id}) first."),
+        );
+    }
     let shadow = shadow_name(column_name);
     let column = column_name.to_string();
     // Analysed again under expand's lock, once: the tree the trigger runs
