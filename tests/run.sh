@@ -18,9 +18,18 @@ LOG="$(mktemp)"
 status=0
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR/data" 2>&1 | tee "$LOG" || status=$?
 
+# The examples (migration-tool projects), each its own cluster; each counts
+# as one test.
+examples_passed=0; examples_failed=0
+for ex in examples/*/run.sh; do
+  if ZDM_EXAMPLE_INSTALLED=1 bash "$ex"; then examples_passed=$((examples_passed + 1))
+  else examples_failed=$((examples_failed + 1)); status=1; fi
+done
+
 # One closing line for all test binaries together.
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$LOG" | awk '{s+=$1} END {print s+0}')
+passed=$((passed + examples_passed)); failed=$((failed + examples_failed))
 rm -f "$LOG"
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "zdm: $passed passed, $failed failed"

@@ -25,8 +25,9 @@ fn expand_change_type(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, new_type: Op
     let caller_path = crate::spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
     let col = super::name_arg(col, "col");
     crate::security::pinned_search_path(|| {
-        let id = change_type::expand(tbl, &col, new_type, using_expr, &caller_path);
-        queue(id, background.unwrap_or(true));
+        let (id, created) = change_type::expand(tbl, &col, new_type, using_expr, &caller_path);
+        // A repeated call leaves the job as it is (its worker may be running).
+        queue(id, created && background.unwrap_or(true));
         id
     })
 }

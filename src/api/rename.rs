@@ -15,8 +15,9 @@ COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name, boolean) IS
 fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr, background: bool) -> i64 {
     let old = super::name_arg(old_column, "old_column");
     let new = super::name_arg(new_column, "new_column");
-    let id = rename::expand(tbl, &old, &new);
-    if background {
+    let (id, created) = rename::expand(tbl, &old, &new);
+    // A repeated call leaves the job as it is (its worker may be running).
+    if background && created {
         // Queued in this transaction; the worker starts its work after commit.
         jobs::queue(id, &jobs::Options::default());
         if let Err(e) = jobs::launch_worker(id, true) {

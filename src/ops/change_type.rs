@@ -28,8 +28,9 @@ pub fn shadow_name(column: &str) -> String {
 }
 
 /// Expand: add the shadow column of `new_type` and the convert trigger.
-/// Returns the migration id.
-pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr: Option<&str>, caller_path: &str) -> i64 {
+/// Returns the migration id, and whether this call created it (false: a
+/// repeated call found it in flight).
+pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr: Option<&str>, caller_path: &str) -> (i64, bool) {
     let table = introspect::owned_table(relid);
     let (type_oid, typmod) = with_search_path(caller_path, || resolve_type(new_type));
     let Some(col) = introspect::column(relid, column_name) else {
@@ -68,7 +69,7 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
     let type_sql = format_type(type_oid, typmod);
     if let Some(id) = crate::catalog::same_in_flight(relid, "change_type", column_name, None, Some(&type_sql), Some(&sql)) {
         pgrx::notice!("zdm migration {id} is already changing this column to {type_sql}; returning its id");
-        return id;
+        return (id, false);
     }
     if let Some((id, phase)) = crate::catalog::in_flight_on_columns(relid, &[column_name, &shadow_name(column_name)]) {
         raise(
@@ -86,7 +87,7 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
         args: vec![column.clone(), shadow.clone()],
         conversion: Some(analyse(relid, &table.name, &column, type_oid, typmod, using_expr, caller_path)),
     };
-    column::expand(relid, column_name, &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), trigger: &trigger })
+    (column::expand(relid, column_name, &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), trigger: &trigger }), true)
 }
 
 /// Run `f` with `path` as search_path (rolled back afterwards).
