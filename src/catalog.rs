@@ -384,20 +384,20 @@ pub fn same_in_flight(relid: pg_sys::Oid, kind: &str, old_column: &str, new_colu
 /// The migration that changes column `column` of `relid`: the one in flight
 /// (by its old or new column), else the latest one. 42704 if there is none,
 /// 42P08 if several are in flight (each named).
-pub fn migration_on(relid: pg_sys::Oid, column: &str, kind: Option<&str>) -> i64 {
+pub fn migration_on(relid: pg_sys::Oid, column: &str, kinds: Option<Vec<String>>) -> i64 {
     let (in_flight, latest) = as_catalog_owner(|| {
         let in_flight = spi::one::<Vec<i64>>(
             "SELECT array_agg(id ORDER BY id) FROM zdm.migrations WHERE relid = $1::oid::regclass \
                 AND (old_column::text = $2 OR new_column::text = $2 OR (kind IN ('check', 'foreign_key') AND constraint_name::text = $2)) \
-                AND ($3::text IS NULL OR kind = $3) AND phase IN ('expanded', 'backfilling', 'backfilled')",
-            &[relid.into(), column.into(), kind.into()],
+                AND ($3::text[] IS NULL OR kind = ANY($3)) AND phase IN ('expanded', 'backfilling', 'backfilled')",
+            &[relid.into(), column.into(), kinds.clone().into()],
         )
         .unwrap_or_default();
         let latest = spi::one::<i64>(
             "SELECT max(id) FROM zdm.migrations WHERE relid = $1::oid::regclass \
                 AND (old_column::text = $2 OR new_column::text = $2 OR (kind IN ('check', 'foreign_key') AND constraint_name::text = $2)) \
-                AND ($3::text IS NULL OR kind = $3)",
-            &[relid.into(), column.into(), kind.into()],
+                AND ($3::text[] IS NULL OR kind = ANY($3))",
+            &[relid.into(), column.into(), kinds.clone().into()],
         );
         (in_flight, latest)
     });

@@ -67,7 +67,7 @@ COMMENT ON FUNCTION zdm.migration_id(regclass, name, text) IS
 fn migration_id(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, kind: Option<&str>) -> Option<i64> {
     let (tbl, col) = (tbl?, col?);
     let col = super::name_arg(col, "col");
-    Some(crate::catalog::migration_on(tbl, &col, kind))
+    Some(crate::catalog::migration_on(tbl, &col, kind.map(|k| vec![k.to_string()])))
 }
 
 /// `zdm.contract(zdm.migration_id(tbl, col))`.
@@ -80,7 +80,10 @@ COMMENT ON FUNCTION zdm.contract(regclass, name) IS
 ")]
 fn contract_column(tbl: pg_sys::Oid, col: &CStr) {
     let col = super::name_arg(col, "col");
-    lifecycle::contract(crate::catalog::migration_on(tbl, &col, None))
+    // Only kinds that have a contract step (a later NOT NULL on the column
+    // does not stand in the way of re-running the contract).
+    let kinds = crate::engine::kinds_with_contract();
+    lifecycle::contract(crate::catalog::migration_on(tbl, &col, Some(kinds)))
 }
 
 /// `zdm.abort(zdm.migration_id(tbl, col))`.

@@ -143,6 +143,11 @@ pub fn operation(kind: &str) -> &'static dyn Operation {
     })
 }
 
+/// The kinds that have a contract step.
+pub fn kinds_with_contract() -> Vec<String> {
+    all().iter().filter(|op| op.has_contract()).flat_map(|op| op.kinds().iter().map(|k| k.to_string())).collect()
+}
+
 /// The kinds whose jobs backfill (one per table at a time).
 pub fn backfilling_kinds() -> Vec<String> {
     all().iter().filter(|op| op.has_backfill()).flat_map(|op| op.kinds().iter().map(|k| k.to_string())).collect()
