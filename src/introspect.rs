@@ -142,6 +142,29 @@ pub struct Column {
     pub comment: Option<String>,
 }
 
+/// A user column of `table` by name, or the refusal: 0A000 for a system
+/// column, 42703 for none.
+pub fn user_column(table: &Table, name: &str) -> Column {
+    column(table.relid, name).unwrap_or_else(|| {
+        let system = spi::one::<i16>(
+            "SELECT attnum FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum < 0",
+            &[table.relid.into(), name.into()],
+        );
+        if system.is_some() {
+            raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("column {} of table {} is a system column", spi::ident(name), table.sql()),
+                "Pick a user column.",
+            );
+        }
+        raise(
+            Code::ERRCODE_UNDEFINED_COLUMN,
+            format!("column {} of table {} does not exist", spi::ident(name), table.sql()),
+            "Check the column name; names are case-sensitive when quoted.",
+        )
+    })
+}
+
 /// A user column by name (system columns have negative attnums).
 pub fn column(relid: pg_sys::Oid, name: &str) -> Option<Column> {
     spi::first_row(

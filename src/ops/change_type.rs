@@ -33,25 +33,7 @@ pub fn shadow_name(column: &str) -> String {
 pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr: Option<&str>, caller_path: &str) -> (i64, bool) {
     let table = introspect::owned_table(relid);
     let (type_oid, typmod) = with_search_path(caller_path, || resolve_type(new_type));
-    let Some(col) = introspect::column(relid, column_name) else {
-        let system = spi::one::<i16>(
-            "SELECT attnum FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum < 0",
-            &[relid.into(), column_name.into()],
-        );
-        if system.is_some() {
-            raise(
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("column {} of table {} is a system column", ident(column_name), table.sql()),
-                "Pick a user column.",
-            );
-        }
-        raise(
-            Code::ERRCODE_UNDEFINED_COLUMN,
-            format!("column {} of table {} does not exist", ident(column_name), table.sql()),
-            "Check the column name; names are case-sensitive when quoted.",
-        )
-    };
-    let _ = col;
+    introspect::user_column(&table, column_name);
     let same = spi::one::<bool>(
         "SELECT atttypid = $3 AND atttypmod = $4 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2",
         &[relid.into(), column_name.into(), type_oid.into(), typmod.into()],

@@ -442,24 +442,7 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
     let relid = table.relid;
     let t = table.sql();
     introspect::migratable_table(relid);
-    let Some(col) = introspect::column(relid, old_column) else {
-        let system = spi::one::<i16>(
-            "SELECT attnum FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum < 0",
-            &[relid.into(), old_column.into()],
-        );
-        if system.is_some() {
-            raise(
-                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("column {} of table {t} is a system column and cannot be renamed", ident(old_column)),
-                "Pick a user column.",
-            );
-        }
-        raise(
-            Code::ERRCODE_UNDEFINED_COLUMN,
-            format!("column {} of table {t} does not exist", ident(old_column)),
-            "Check the column name; names are case-sensitive when quoted.",
-        )
-    };
+    let col = introspect::user_column(table, old_column);
     if col.generated {
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -873,12 +856,11 @@ fn identity_of(relid: pg_sys::Oid, attnum: i16, new_type: Option<pg_sys::Oid>) -
             ))
         },
     )?;
-    let (kind, seq, seq_sql, increment, min, max, cache, cycle, seq_type) = row;
+    let (kind, _, seq_sql, increment, min, max, cache, cycle, seq_type) = row;
     let (last, called) = spi::first_row(&format!("SELECT last_value, is_called FROM {seq_sql}"), &[], |r| {
         Ok((r.get::<i64>(1)?.unwrap_or(min), r.get::<bool>(2)?.unwrap_or(false)))
     })
     .unwrap_or((min, false));
-    let _ = seq;
     let start = if called { last.saturating_add(increment) } else { last };
     let type_max = |t: pg_sys::Oid| match t {
         pg_sys::INT2OID => i16::MAX as i64,
