@@ -607,8 +607,21 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
         );
     }
 
-    // 3. Catalog-only steps under ACCESS EXCLUSIVE.
+    // 3. Catalog-only steps under ACCESS EXCLUSIVE. Tables whose foreign
+    //    keys reference the old column are locked first, in the order their
+    //    writers take locks (the child, then the parent for the key check):
+    //    the other order deadlocks with a writer inserting a child row.
     let final_started = Instant::now();
+    let children = spi::one::<Vec<pg_sys::Oid>>(
+        "SELECT array_agg(DISTINCT conrelid) FROM pg_catalog.pg_constraint \
+          WHERE contype = 'f' AND confrelid = $1 AND $2 = ANY (confkey) AND conrelid <> $1",
+        &[m.relid.into(), old_attnum.into()],
+    )
+    .unwrap_or_default();
+    for child in children {
+        let child_sql = catalog::current_table_sql(child).unwrap_or_default();
+        locking::lock_table(child, &child_sql, "ACCESS EXCLUSIVE");
+    }
     let lock = locking::lock_table(m.relid, t, "ACCESS EXCLUSIVE");
     let deps = refuse_dependents();
     refuse_later_triggers(m, t);
