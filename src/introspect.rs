@@ -328,8 +328,10 @@ pub fn relation_blocks(relid: pg_sys::Oid) -> i64 {
     .unwrap_or(0)
 }
 
-/// (reltuples estimate, rows per heap block). Falls back to sampling the first
-/// blocks when the table was never analyzed.
+/// (reltuples estimate, rows per heap block). When the table was never
+/// analysed, counts the live rows of about 128 blocks picked at random over the
+/// whole heap (TABLESAMPLE SYSTEM): the first blocks alone say nothing once an
+/// earlier backfill or a bulk UPDATE has moved their rows to the end.
 pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
     let (reltuples, relpages) = Spi::connect_mut(|c| {
         let r = c.update(
@@ -344,13 +346,13 @@ pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
     let per_block = if reltuples > 0.0 && relpages > 0.0 {
         reltuples / relpages
     } else if blocks > 0 {
-        let sample = blocks.min(16);
+        let percent = (12800.0 / blocks as f64).min(100.0);
         let n = spi::one::<i64>(
-            &format!("SELECT pg_catalog.count(*) FROM ONLY {} WHERE ctid OPERATOR(pg_catalog.<) '({sample},0)'::pg_catalog.tid", t.sql()),
+            &format!("SELECT pg_catalog.count(*) FROM ONLY {} TABLESAMPLE pg_catalog.system ({percent})", t.sql()),
             &[],
         )
         .unwrap_or(0);
-        n as f64 / sample as f64
+        n as f64 * 100.0 / percent / blocks as f64
     } else {
         0.0
     };

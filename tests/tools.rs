@@ -90,3 +90,33 @@ fn maintenance_windows_hold_and_release_a_job() {
     let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");
 }
+
+/// A never-analysed table whose first blocks hold only dead rows (an aborted
+/// backfill moved them to the end): the row estimate, and the rows per block
+/// the first batch is planned with, still come out near the truth (sampling
+/// only the first blocks saw 0 rows and planned 1-row-per-block batches).
+#[test]
+fn row_estimate_of_a_never_analysed_table() {
+    let cluster = Cluster::start("estimate", &["autovacuum = off"]);
+    let mut c = cluster.create_db("es");
+    c.batch_execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY, a text, pad text DEFAULT repeat('x', 40));
+         INSERT INTO t (id, a) SELECT g, 'orig-' || g FROM generate_series(1, 20000) g;",
+    )
+    .unwrap();
+    let first = one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)");
+    for _ in 0..3 {
+        one_i64(&mut c, &format!("SELECT zdm.backfill_batch({first}, 5000)"));
+    }
+    c.batch_execute(&format!("SELECT zdm.abort({first})")).unwrap();
+    assert_eq!(one_i64(&mut c, "SELECT count(*) FROM t WHERE ctid < '(16,0)'"), 0, "the first blocks hold only dead rows");
+    assert_eq!(one_i64(&mut c, "SELECT reltuples::bigint FROM pg_class WHERE relname = 't'"), -1, "never analysed");
+
+    let id = one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)");
+    let (estimate, per_block, blocks): (i64, f64, i64) = {
+        let r = c.query_one("SELECT rows_estimate, rows_per_block, rel_blocks FROM zdm.migrations WHERE id = $1", &[&id]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert!((8_000..=50_000).contains(&estimate), "estimate {estimate} for 20,000 rows");
+    assert!(per_block * blocks as f64 > 10_000.0, "{per_block} rows per block over {blocks} blocks");
+}

@@ -1,0 +1,2 @@
+-- Revert zdm_example:wait_email: waiting changed nothing.
+SELECT 1;
