@@ -9,9 +9,9 @@ BIN="$("$PG_CONFIG" --bindir)"
 as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres -- "$@"; else "$@"; fi; }
 psql_() { "$BIN/psql" -h "$DIR" -p "$PORT" -U postgres -d shop -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-# A cluster with zdm (installed unless the caller did), database `shop`
-# holding 50,000 orders; stopped when the script exits. Arguments are extra
-# postgresql.conf lines.
+# A cluster with zdm (installed unless the caller did; at version
+# $ZDM_EXTENSION_VERSION if set), database `shop` holding 50,000 orders;
+# stopped when the script exits. Arguments are extra postgresql.conf lines.
 boot_shop() {
   [ "${ZDM_EXAMPLE_INSTALLED:-0}" = 1 ] || cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
   if [ -f "$DIR/data/postmaster.pid" ]; then as_pg "$BIN/pg_ctl" -D "$DIR/data" stop -m immediate >/dev/null 2>&1 || true; fi
@@ -22,8 +22,8 @@ boot_shop() {
   as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" start -w >/dev/null
   trap 'as_pg "$BIN/pg_ctl" -D "$DIR/data" stop -m fast >/dev/null 2>&1 || true' EXIT
   "$BIN/psql" -h "$DIR" -p "$PORT" -U postgres -d postgres -X -q -c "CREATE DATABASE shop"
+  psql_ -c "CREATE EXTENSION zdm${ZDM_EXTENSION_VERSION:+ VERSION '$ZDM_EXTENSION_VERSION'}"
   psql_ <<'SQL'
-CREATE EXTENSION zdm;
 CREATE TABLE orders (id bigserial PRIMARY KEY, customer_email text, total numeric);
 INSERT INTO orders (customer_email, total) SELECT 'c' || g || '@example.com', g FROM generate_series(1, 50000) g;
 SQL

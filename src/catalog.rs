@@ -168,12 +168,37 @@ pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
     security::pinned_search_path(|| security::as_role(extension_owner(), f))
 }
 
-fn extension_owner() -> pg_sys::Oid {
-    spi::one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'zdm'::pg_catalog.name",
+/// The version of zdm's SQL this library reads and writes: its own.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version of the extension installed in this database, if any.
+pub fn installed_version() -> Option<String> {
+    spi::one::<String>(
+        "SELECT extversion::pg_catalog.text FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'zdm'::pg_catalog.name",
         &[],
     )
-    .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID))
+}
+
+/// Every read or write of zdm's tables passes through here, so this is
+/// where a library newer than the installed SQL stops: between installing a
+/// new zdm.so and `ALTER EXTENSION zdm UPDATE`, the tables still have the old
+/// shape, and a step must not fail halfway on a missing column.
+fn extension_owner() -> pg_sys::Oid {
+    let row = spi::first_row(
+        "SELECT extowner, extversion::pg_catalog.text FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'zdm'::pg_catalog.name",
+        &[],
+        |r| Ok((r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?.unwrap_or_default())),
+    );
+    match row {
+        Some((owner, version)) if version == LIBRARY_VERSION => owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
+        Some((_, version)) => raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the zdm library is version {LIBRARY_VERSION}, but the zdm extension in this database is at version {version}"),
+            "Run ALTER EXTENSION zdm UPDATE (as a superuser). Until then zdm's functions refuse and its workers wait; \
+             sync triggers keep working.",
+        ),
+        None => pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+    }
 }
 
 pub fn current_user() -> pg_sys::Oid {

@@ -26,6 +26,12 @@ for ex in examples/*/run.sh; do
   else examples_failed=$((examples_failed + 1)); status=1; fi
 done
 
+# The upgrade from the last release with migrations in flight (swaps the
+# installed zdm.so while its own cluster runs, and puts it back): last, when
+# no other cluster is running.
+if ZDM_EXAMPLE_INSTALLED=1 bash tests/upgrade/run.sh; then examples_passed=$((examples_passed + 1))
+else examples_failed=$((examples_failed + 1)); status=1; fi
+
 # One closing line for all test binaries together.
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$LOG" | awk '{s+=$1} END {print s+0}')

@@ -13,7 +13,7 @@
 
 use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
 use super::jobs;
-use crate::{guc, security, spi};
+use crate::{catalog, guc, security, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -22,6 +22,9 @@ use std::time::Duration;
 /// A job whose worker has not shown a heartbeat for this long, and is not
 /// alive, is resumed.
 const ORPHAN_GRACE: &str = "3 seconds";
+
+/// Whether the launcher has said once that the extension needs an update.
+static VERSION_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("zdm launcher")
@@ -67,9 +70,21 @@ fn configured_database() -> String {
 }
 
 fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
-    let installed = spi::one::<bool>("SELECT true FROM pg_catalog.pg_extension WHERE extname = 'zdm'", &[]);
-    if installed.is_none() {
-        return;
+    match catalog::installed_version() {
+        None => return,
+        Some(v) if v != catalog::LIBRARY_VERSION => {
+            // A new library before ALTER EXTENSION zdm UPDATE: the catalog
+            // has the old shape. Jobs wait (sync triggers keep working).
+            if !VERSION_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                pgrx::warning!(
+                    "zdm launcher: the zdm library is version {}, but the zdm extension in this database is at version {v}; \
+                     jobs wait until ALTER EXTENSION zdm UPDATE",
+                    catalog::LIBRARY_VERSION
+                );
+            }
+            return;
+        }
+        Some(_) => VERSION_WARNED.store(false, std::sync::atomic::Ordering::Relaxed),
     }
     let alive = jobs::WORKER_ALIVE;
     let busy = spi::one::<i64>(

@@ -1,0 +1,291 @@
+-- zdm 0.1.0 → 0.2.0, run by ALTER EXTENSION zdm UPDATE in one transaction.
+--
+-- In-flight migrations survive it: their rows are carried over below, and
+-- once this commits the launcher resumes their jobs where they stopped (the
+-- backfill cursor is kept). Until it runs, a 0.2.0 library refuses zdm's
+-- functions (55000) and its workers wait, while the sync triggers — whose
+-- arguments did not change — keep old and new columns equal.
+--
+-- Known limit: a rename expanded by 0.1.0 carried no indexes; contract
+-- refuses (2BP01) while an index still uses the old column. Build it on the
+-- new column (zdm.create_index), drop the old one (zdm.drop_index), contract.
+
+GRANT USAGE ON SCHEMA zdm TO PUBLIC;
+
+DROP VIEW zdm.status;  -- recreated at the end with its new columns
+
+-- zdm.migrations -----------------------------------------------------------
+
+ALTER TABLE zdm.migrations DROP CONSTRAINT migrations_kind_check;
+ALTER TABLE zdm.migrations ADD CONSTRAINT migrations_kind_check
+    CHECK (kind IN ('rename', 'change_type', 'not_null', 'check', 'foreign_key', 'create_index', 'drop_index'));
+ALTER TABLE zdm.migrations
+    ADD COLUMN new_type text,
+    ADD COLUMN using_expr text,
+    ADD COLUMN using_tree text,
+    ADD COLUMN started_by name,
+    ADD COLUMN carried_from name[] NOT NULL DEFAULT '{}',
+    ADD COLUMN carried_statistics text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN carried_statistics_from name[] NOT NULL DEFAULT '{}',
+    ADD COLUMN expr_search_path text;
+
+-- 0.1.0 ran a migration's work as the role that started it; 0.2.0 runs it as
+-- the table's owner (SECURITY.md) and keeps the caller for display only.
+UPDATE zdm.migrations SET started_by = owner_name;
+UPDATE zdm.migrations m SET owner_name = r.rolname
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+ WHERE c.oid = m.relid::pg_catalog.oid;
+ALTER TABLE zdm.migrations ALTER COLUMN started_by SET NOT NULL, DROP COLUMN owner_role;
+
+-- 0.1.0 named a carried CHECK's copy <original>_zdm<id> and derived the
+-- original from it; 0.2.0 records the original, which contract takes over.
+UPDATE zdm.migrations m
+   SET carried_from = ARRAY(SELECT pg_catalog.regexp_replace(u.c::pg_catalog.text, '_zdm' || m.id || '$', '')
+                              FROM pg_catalog.unnest(m.carried_checks) WITH ORDINALITY AS u(c, n) ORDER BY u.n)::name[]
+ WHERE pg_catalog.cardinality(m.carried_checks) > 0;
+
+-- zdm.jobs -------------------------------------------------------------------
+
+-- run_as: see owner_name above.
+ALTER TABLE zdm.jobs
+    DROP COLUMN run_as,
+    DROP COLUMN run_as_name,
+    ADD COLUMN depends_on bigint REFERENCES zdm.migrations (id) ON DELETE SET NULL,
+    ADD COLUMN windows text[];
+
+-- New tables ------------------------------------------------------------------
+
+-- Indexes a rename carries to the new column: built concurrently by the
+-- worker after the backfill, attached (UNIQUE / PRIMARY KEY USING INDEX) or
+-- renamed to the old index's name at contract.
+CREATE TABLE zdm.carried_indexes (
+    migration_id     bigint  NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    old_index        name    NOT NULL,                 -- on the old column; its name is taken over at contract
+    new_index        name    NOT NULL,                 -- built on the new column
+    definition       text    NOT NULL,                 -- CREATE INDEX … built from the catalog, names qualified
+    constraint_type  text    CHECK (constraint_type IN ('u', 'p')),   -- attached USING INDEX at contract
+    constraint_name  name,
+    replica_identity boolean NOT NULL DEFAULT false,
+    clustered        boolean NOT NULL DEFAULT false,
+    state            text    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'building', 'valid', 'failed')),
+    last_error       text,
+    PRIMARY KEY (migration_id, old_index)
+);
+SELECT pg_catalog.pg_extension_config_dump('zdm.carried_indexes', '');
+REVOKE ALL ON zdm.carried_indexes FROM PUBLIC;
+GRANT SELECT ON zdm.carried_indexes TO PUBLIC;
+
+-- One row, locked FOR UPDATE while a worker claims a job, so that
+-- zdm.max_workers and "one backfill per table" hold under concurrent claims.
+-- Only zdm can lock it (FOR UPDATE needs UPDATE privilege); an advisory lock
+-- would be open to every role.
+CREATE TABLE zdm.claim_lock (one boolean PRIMARY KEY DEFAULT true CHECK (one));
+INSERT INTO zdm.claim_lock VALUES (true);
+REVOKE ALL ON zdm.claim_lock FROM PUBLIC;
+
+-- zdm.status ------------------------------------------------------------------
+
+CREATE VIEW zdm.status AS
+SELECT m.id,
+       m.kind,
+       format('%I.%I', m.table_schema, m.table_name)              AS "table",
+       m.old_column,
+       m.new_column,
+       m.new_type,
+       coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
+       m.phase,
+       j.state                                                    AS job_state,
+       m.rows_done,
+       greatest(m.rows_estimate, m.rows_done)                     AS rows_total,
+       CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
+            WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * m.cursor_block / m.rel_blocks), 1)
+            ELSE 0.0 END                                          AS percent,
+       CASE WHEN m.backfill_started_at IS NOT NULL
+             AND coalesce(m.backfilled_at, clock_timestamp()) > m.backfill_started_at
+            THEN round((m.rows_done / extract(epoch FROM coalesce(m.backfilled_at, clock_timestamp()) - m.backfill_started_at))::numeric, 0)
+       END                                                        AS rows_per_sec,
+       CASE WHEN m.phase IN ('expanded', 'backfilling') AND m.cursor_block > 0 AND m.rel_blocks > m.cursor_block
+             AND m.backfill_started_at IS NOT NULL
+            THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - m.cursor_block)::float8 / m.cursor_block)
+       END                                                        AS eta,
+       CASE WHEN j.state = 'paused' THEN 'paused by zdm.pause()'
+            WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
+       (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', ci.new_index, ci.state), ', ' ORDER BY ci.old_index)
+          FROM zdm.carried_indexes ci WHERE ci.migration_id = m.id)  AS indexes,
+       -- Checks and foreign keys carried onto the new column (and its NOT
+       -- NULL check): added NOT VALID at expand, validated after the backfill.
+       (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', c.conname,
+                 CASE WHEN c.convalidated THEN 'valid'
+                      WHEN j.state = 'failed' AND pg_catalog.strpos(j.last_error,
+                           'validating ' || pg_catalog.quote_ident(c.conname::text) || ' ') = 1 THEN 'failed'
+                      ELSE 'pending' END), ', ' ORDER BY c.conname)
+          FROM pg_catalog.pg_constraint c
+         WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND c.conrelid = m.relid
+           AND (c.conname = ANY (m.carried_checks) OR c.conname = m.not_null_check)) AS constraints,
+       -- Objects still using the old column that contract will not carry:
+       -- recreate them on the new column before contract.
+       (SELECT pg_catalog.string_agg(DISTINCT b.what, '; ')
+          FROM (SELECT pg_catalog.pg_describe_object(d.classid, d.objid, 0) AS what
+                  FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                             AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+                 WHERE a.attrelid = m.relid AND a.attname = m.old_column AND d.deptype = 'n'
+                   AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
+                                     'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass)
+                UNION ALL
+                -- generated columns computed from it
+                SELECT pg_catalog.format('generated column %I of table %s', ga.attname, ga.attrelid::pg_catalog.regclass)
+                  FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                             AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+                  JOIN pg_catalog.pg_attribute ga ON ga.attrelid = a.attrelid AND ga.attgenerated <> '' AND ga.attnum <> a.attnum
+                 WHERE a.attrelid = m.relid AND a.attname = m.old_column
+                   AND ((d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = a.attrelid AND d.objsubid = ga.attnum)
+                     OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                         AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = a.attrelid)))) b
+         WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled')) AS blockers,
+       j.worker_pid,
+       j.heartbeat_at,
+       coalesce(j.last_error, m.last_error)                       AS last_error,
+       m.started_by,
+       m.owner_name                                               AS owner,
+       m.created_at,
+       m.updated_at
+  FROM zdm.migrations m
+  LEFT JOIN zdm.jobs j ON j.migration_id = m.id;
+GRANT SELECT ON zdm.status TO PUBLIC;
+
+-- Functions: two gained a parameter (windows); the rest are replaced in place.
+
+DROP FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz);
+DROP FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz);
+
+CREATE OR REPLACE FUNCTION zdm.convert_trigger() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_convert_trigger';
+COMMENT ON FUNCTION zdm.convert_trigger() IS
+  'zdm convert trigger: sets a type change''s shadow column to the conversion of the old column on every write (installed by expand_change_type)';
+
+CREATE OR REPLACE FUNCTION zdm.guard() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_guard';
+COMMENT ON FUNCTION zdm.guard() IS
+  'zdm guard: refuses DDL that would break an in-flight migration (rename/drop of its table or columns, type change, inheritance)';
+
+CREATE OR REPLACE FUNCTION zdm.sync_trigger() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_sync_trigger';
+COMMENT ON FUNCTION zdm.sync_trigger() IS
+  'zdm sync trigger: keeps the old and new column of a rename equal on every write (installed by expand_rename)';
+
+CREATE OR REPLACE FUNCTION zdm._add_foreign_key(tbl regclass, columns text[], ref_tbl regclass, ref_columns text[], on_delete text, constraint_name text)
+RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '_add_foreign_key_wrapper';
+CREATE OR REPLACE FUNCTION zdm.add_foreign_key(tbl regclass, columns name[], ref_tbl regclass, ref_columns name[],
+                                    on_delete text DEFAULT NULL, constraint_name name DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE sql
+AS $$ SELECT zdm._add_foreign_key(tbl, columns::text[], ref_tbl, ref_columns::text[], on_delete, constraint_name::text) $$;
+COMMENT ON FUNCTION zdm.add_foreign_key(regclass, name[], regclass, name[], text, name) IS
+  'Add a FOREIGN KEY without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.abort(migration bigint)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'abort_wrapper';
+COMMENT ON FUNCTION zdm.abort(bigint) IS
+  'Abort: stop the backfill, drop the sync trigger and the new column; the old column is untouched';
+
+CREATE OR REPLACE FUNCTION zdm.abort(tbl regclass, col name)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'abort_column_wrapper';
+COMMENT ON FUNCTION zdm.abort(regclass, name) IS
+  'Abort the migration on tbl.col (see zdm.migration_id); a no-op with a NOTICE if it is aborted already';
+
+CREATE OR REPLACE FUNCTION zdm.add_check(tbl regclass, constraint_name name, expression text) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'add_check_wrapper';
+COMMENT ON FUNCTION zdm.add_check(regclass, name, text) IS
+  'Add CHECK (expression) without a long lock: NOT VALID under a brief lock, then VALIDATE in its own transaction; returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.backfill_batch(migration bigint, batch_size int DEFAULT 1000)
+RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'backfill_batch_wrapper';
+COMMENT ON FUNCTION zdm.backfill_batch(bigint, int) IS
+  'Backfill one batch in the caller''s transaction; returns rows updated, 0 when complete';
+
+CREATE OR REPLACE FUNCTION zdm.cancel(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'cancel_wrapper';
+COMMENT ON FUNCTION zdm.cancel(bigint) IS
+  'Stop the background backfill after its current batch; progress is kept, restart with zdm.start_backfill';
+
+CREATE OR REPLACE FUNCTION zdm.contract(migration bigint)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'contract_wrapper';
+COMMENT ON FUNCTION zdm.contract(bigint) IS
+  'Contract: validate carried constraints, move default and NOT NULL, drop the trigger and the old column';
+
+CREATE OR REPLACE FUNCTION zdm.contract(tbl regclass, col name)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'contract_column_wrapper';
+COMMENT ON FUNCTION zdm.contract(regclass, name) IS
+  'Contract the migration on tbl.col (see zdm.migration_id); a no-op with a NOTICE if it is contracted already';
+
+CREATE OR REPLACE FUNCTION zdm.create_index(definition text) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'create_index_wrapper';
+COMMENT ON FUNCTION zdm.create_index(text) IS
+  'Build an index CONCURRENTLY in a background worker once the calling transaction commits (one CREATE INDEX statement, named); returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.drop_index(index regclass) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'drop_index_wrapper';
+COMMENT ON FUNCTION zdm.drop_index(regclass) IS
+  'Drop an index CONCURRENTLY in a background worker once the calling transaction commits; returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.expand_change_type(tbl regclass, col name, new_type text, using_expr text DEFAULT NULL, background boolean DEFAULT true)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'expand_change_type_wrapper';
+COMMENT ON FUNCTION zdm.expand_change_type(regclass, name, text, text, boolean) IS
+  'Expand: add a shadow column of new_type kept equal to the conversion of col (using_expr, default the assignment cast) by a trigger, and schedule the background backfill; contract swaps it in; returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.expand_rename(tbl regclass, old_column name, new_column name, background boolean DEFAULT true)
+RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'expand_rename_wrapper';
+COMMENT ON FUNCTION zdm.expand_rename(regclass, name, name, boolean) IS
+  'Expand: add new_column (same type, collation, comment, checks) kept in sync with old_column by a trigger, and schedule the background backfill (unless background => false); returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.migration_id(tbl regclass, col name, kind text DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'migration_id_wrapper';
+COMMENT ON FUNCTION zdm.migration_id(regclass, name, text) IS
+  'The id of the migration in flight on tbl.col (old or new column name, or a constraint name), else the latest one; 42P08 if several are in flight (pass kind), 42704 if none';
+
+CREATE OR REPLACE FUNCTION zdm.pause(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'pause_wrapper';
+COMMENT ON FUNCTION zdm.pause(bigint) IS 'Pause the background backfill after its current batch';
+
+CREATE OR REPLACE FUNCTION zdm.resume(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'resume_wrapper';
+COMMENT ON FUNCTION zdm.resume(bigint) IS 'Resume a paused background backfill';
+
+CREATE OR REPLACE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
+    target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
+RETURNS void VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'set_options_wrapper';
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
+  'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
+
+CREATE OR REPLACE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
+    target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'start_backfill_wrapper';
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
+  'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
+
+CREATE OR REPLACE FUNCTION zdm.validate_not_null(tbl regclass, col name) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'validate_not_null_wrapper';
+COMMENT ON FUNCTION zdm.validate_not_null(regclass, name) IS
+  'Make a column NOT NULL without a long lock: NOT VALID check, VALIDATE, SET NOT NULL, each step its own transaction; returns the migration id';
+
+CREATE OR REPLACE FUNCTION zdm.wait(migration bigint, timeout interval DEFAULT '1 hour') RETURNS text STRICT VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'wait_wrapper';
+COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
+  'Wait for the background backfill, with progress NOTICEs; returns the final phase';
+
+-- Last: the guard fires on DDL from here on (0.1.0 had none).
+CREATE EVENT TRIGGER zdm_guard_ddl ON ddl_command_start EXECUTE FUNCTION zdm.guard();
+CREATE EVENT TRIGGER zdm_guard_drop ON sql_drop EXECUTE FUNCTION zdm.guard();
