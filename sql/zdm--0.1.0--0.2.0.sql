@@ -30,19 +30,63 @@ ALTER TABLE zdm.migrations
     ADD COLUMN expr_search_path text;
 
 -- 0.1.0 ran a migration's work as the role that started it; 0.2.0 runs it as
--- the table's owner (SECURITY.md) and keeps the caller for display only.
+-- the table's owner (SECURITY.md) and keeps the caller for display only. A
+-- job whose starter is gone, or is no longer a member of the table's owner,
+-- would now act with rights it never had: it is paused, and the owner
+-- resumes it deliberately (zdm.resume) or aborts it.
+UPDATE zdm.jobs j
+   SET state = 'paused',
+       last_error = pg_catalog.format('paused by the upgrade to 0.2.0: this job ran as role %s, which is gone or is no longer '
+                                      'a member of the owner of its table; 0.2.0 runs it as the table''s owner. '
+                                      'Resume it with zdm.resume(%s) if that is intended, or zdm.abort(%s).',
+                                      m.owner_name, m.id, m.id)
+  FROM zdm.migrations m
+ WHERE j.migration_id = m.id
+   AND j.state IN ('queued', 'running')
+   AND m.phase IN ('expanded', 'backfilling', 'backfilled')
+   AND NOT coalesce((SELECT pg_catalog.pg_has_role(m.owner_role, c.relowner, 'USAGE')
+                       FROM pg_catalog.pg_class c
+                      WHERE c.oid = m.relid::pg_catalog.oid
+                        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = m.owner_role)), false);
 UPDATE zdm.migrations SET started_by = owner_name;
 UPDATE zdm.migrations m SET owner_name = r.rolname
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
  WHERE c.oid = m.relid::pg_catalog.oid;
 ALTER TABLE zdm.migrations ALTER COLUMN started_by SET NOT NULL, DROP COLUMN owner_role;
 
--- 0.1.0 named a carried CHECK's copy <original>_zdm<id> and derived the
--- original from it; 0.2.0 records the original, which contract takes over.
+-- 0.1.0 named a carried CHECK's copy <original>_zdm<id>, cut to 63 bytes,
+-- and derived the original from it; 0.2.0 records the original, which
+-- contract takes over. Found in pg_catalog (a long original lost its suffix
+-- to the cut), else by stripping the suffix (the original is gone).
 UPDATE zdm.migrations m
-   SET carried_from = ARRAY(SELECT pg_catalog.regexp_replace(u.c::pg_catalog.text, '_zdm' || m.id || '$', '')
-                              FROM pg_catalog.unnest(m.carried_checks) WITH ORDINALITY AS u(c, n) ORDER BY u.n)::name[]
+   SET carried_from = ARRAY(
+         SELECT coalesce((SELECT c.conname FROM pg_catalog.pg_constraint c
+                           WHERE c.conrelid = m.relid::pg_catalog.oid AND c.contype = 'c' AND c.conname <> u.copy
+                             AND (c.conname::pg_catalog.text || '_zdm' || m.id)::name = u.copy
+                           LIMIT 1),
+                         pg_catalog.regexp_replace(u.copy::pg_catalog.text, '_zdm' || m.id || '$', '')::name)
+           FROM pg_catalog.unnest(m.carried_checks) WITH ORDINALITY AS u(copy, n) ORDER BY u.n)
  WHERE pg_catalog.cardinality(m.carried_checks) > 0;
+
+-- 0.1.0 analysed a CHECK expression under the worker's default search_path;
+-- 0.2.0 resolves it under the one recorded with the migration.
+UPDATE zdm.migrations SET expr_search_path = '"$user", public' WHERE kind = 'check';
+
+-- 0.2.0 makes a sync trigger fire under session_replication_role = replica
+-- too (writes applied by logical replication stay in sync); 0.1.0's did not.
+-- (A brief lock on each table with a rename in flight.)
+DO $$
+DECLARE
+  m record;
+BEGIN
+  FOR m IN SELECT mi.relid, mi.trigger_name FROM zdm.migrations mi
+            WHERE mi.kind = 'rename' AND mi.phase IN ('expanded', 'backfilling', 'backfilled')
+              AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                           WHERE t.tgrelid = mi.relid::pg_catalog.oid AND t.tgname = mi.trigger_name)
+  LOOP
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', m.relid, m.trigger_name);
+  END LOOP;
+END $$;
 
 -- zdm.jobs -------------------------------------------------------------------
 

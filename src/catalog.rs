@@ -165,11 +165,22 @@ pub fn current_schema_of(relid: pg_sys::Oid) -> Option<String> {
 /// An error inside `f` aborts the (sub)transaction, which restores both the
 /// user id and the setting by itself.
 pub fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    security::pinned_search_path(|| security::as_role(extension_owner(), f))
+    security::pinned_search_path(|| security::as_role(extension_owner(true), f))
 }
 
-/// The version of zdm's SQL this library reads and writes: its own.
+/// Like `as_catalog_owner`, without the version check: for the guard and the
+/// convert trigger, which run in applications' sessions and must keep
+/// working between installing a new library and `ALTER EXTENSION zdm
+/// UPDATE`. They read only columns that every catalog version has.
+pub fn as_catalog_owner_any_version<R>(f: impl FnOnce() -> R) -> R {
+    security::pinned_search_path(|| security::as_role(extension_owner(false), f))
+}
+
+/// This library's version, and the installed extension versions whose
+/// catalog it reads and writes. A release that leaves the catalog as it was
+/// adds its version here (its upgrade script may then be empty).
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const CATALOG_VERSIONS: &[&str] = &["0.2.0"];
 
 /// The version of the extension installed in this database, if any.
 pub fn installed_version() -> Option<String> {
@@ -179,18 +190,24 @@ pub fn installed_version() -> Option<String> {
     )
 }
 
+pub fn catalog_matches(installed: &str) -> bool {
+    CATALOG_VERSIONS.contains(&installed)
+}
+
 /// Every read or write of zdm's tables passes through here, so this is
 /// where a library newer than the installed SQL stops: between installing a
 /// new zdm.so and `ALTER EXTENSION zdm UPDATE`, the tables still have the old
 /// shape, and a step must not fail halfway on a missing column.
-fn extension_owner() -> pg_sys::Oid {
+fn extension_owner(check_version: bool) -> pg_sys::Oid {
     let row = spi::first_row(
         "SELECT extowner, extversion::pg_catalog.text FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'zdm'::pg_catalog.name",
         &[],
         |r| Ok((r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?.unwrap_or_default())),
     );
     match row {
-        Some((owner, version)) if version == LIBRARY_VERSION => owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)),
+        Some((owner, version)) if !check_version || catalog_matches(&version) => {
+            owner.unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID))
+        }
         Some((_, version)) => raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the zdm library is version {LIBRARY_VERSION}, but the zdm extension in this database is at version {version}"),

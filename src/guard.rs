@@ -23,7 +23,7 @@
 //! guard runs pins its own (`as_catalog_owner`, `table_sql`), since the
 //! guard fires in anyone's session, a superuser's included.
 
-use crate::catalog::as_catalog_owner;
+use crate::catalog::as_catalog_owner_any_version as as_catalog_owner;
 use crate::errors::{raise, Code};
 use crate::spi::{self, ident};
 use pgrx::pg_sys;

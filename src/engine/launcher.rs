@@ -72,7 +72,7 @@ fn configured_database() -> String {
 fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
     match catalog::installed_version() {
         None => return,
-        Some(v) if v != catalog::LIBRARY_VERSION => {
+        Some(v) if !catalog::catalog_matches(&v) => {
             // A new library before ALTER EXTENSION zdm UPDATE: the catalog
             // has the old shape. Jobs wait (sync triggers keep working).
             if !VERSION_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {

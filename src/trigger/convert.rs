@@ -248,7 +248,7 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         // and a node tree is not something to take from a user.
         let tgname = CStr::from_ptr((*trigger).tgname).to_string_lossy().into_owned();
         let relid = (*rel).rd_id;
-        let recorded = crate::catalog::as_catalog_owner(|| {
+        let recorded = crate::catalog::as_catalog_owner_any_version(|| {
             crate::spi::first_row(
                 "SELECT old_column::text, new_column::text, using_tree, using_expr FROM zdm.migrations \
                   WHERE relid = $1::oid::regclass AND trigger_name = $2 AND kind = 'change_type' \

@@ -7,6 +7,8 @@ SELECT 'member: ' || pg_catalog.pg_describe_object(classid, objid, objsubid)
   FROM pg_catalog.pg_depend
  WHERE refclassid = 'pg_catalog.pg_extension'::regclass AND deptype = 'e'
    AND refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'zdm')
+   -- a #[pg_test] build (cargo pgrx test installs one) adds schema tests
+   AND pg_catalog.pg_describe_object(classid, objid, objsubid) !~ '^(schema tests|function tests\.)'
  ORDER BY 1;
 SELECT 'function: ' || concat_ws(' | ', p.oid::regprocedure, pg_catalog.pg_get_function_arguments(p.oid),
        pg_catalog.pg_get_function_result(p.oid), p.prosrc, p.probin, p.proconfig::text, p.provolatile, p.proisstrict,

@@ -128,6 +128,8 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         // then again under the lock: a concurrent expand that committed while
         // we waited is seen now.
         check_expandable(&table, old_column, new_column);
+        // The row estimate may sample ~128 blocks: not under the lock.
+        let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, introspect::relation_blocks(relid));
         let lock = locking::lock_table(relid, &t, "ACCESS EXCLUSIVE");
         let (col, deps) = check_expandable(&table, old_column, new_column);
         let id = catalog::next_id();
@@ -215,7 +217,6 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         spi::exec(&format!("ALTER TABLE {t} ENABLE ALWAYS TRIGGER {}", ident(&trigger)));
 
         let rel_blocks = introspect::relation_blocks(relid);
-        let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, rel_blocks);
         catalog::insert_column_migration(
             id,
             &catalog::NewColumnMigration {
