@@ -20,14 +20,7 @@ pub mod convert;
 
 use crate::errors::{raise, Code};
 use pgrx::pg_sys;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
-
-thread_local! {
-    /// trigger oid → (old attnum, new attnum)
-    static ATTNUMS: RefCell<HashMap<u32, (i32, i32)>> = RefCell::new(HashMap::new());
-}
 
 /// The OID of trigger `name` on `relid` (InvalidOid if it is gone).
 pub fn trigger_oid(relid: pg_sys::Oid, name: &str) -> pg_sys::Oid {
@@ -85,18 +78,21 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
-        let (old_att, new_att) = attnums((*td).tg_trigger, rel);
+        let (old_att, new_att) = resolved(fcinfo, (*td).tg_trigger, rel);
         let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
 
-        let mut old_null = false;
-        let mut new_null = false;
-        let old_val = pg_sys::heap_getattr(row, old_att, tupdesc, &mut old_null);
-        let new_val = pg_sys::heap_getattr(row, new_att, tupdesc, &mut new_null);
+        // Values from the executor's slots, deformed at most once per row up
+        // to the later of the two columns (an UPDATE's new slot usually holds
+        // every value already).
+        let last = old_att.max(new_att);
+        let row_slot = if is_update { (*td).tg_newslot } else { (*td).tg_trigslot };
+        let (old_val, old_null) = slot_value(row_slot, old_att, last);
+        let (new_val, new_null) = slot_value(row_slot, new_att, last);
         // The row as written already holds the same value in both columns:
         // whatever happened, there is nothing to sync (every action below
         // would copy an equal value). This is the common case — the
         // backfill's own UPDATE, and application writes to other columns of
-        // rows already in sync — so it is decided from the new tuple alone.
+        // rows already in sync — so it is decided from the new row alone.
         if same(att, old_null, old_val, new_null, new_val) {
             return pg_sys::Datum::from(row);
         }
@@ -110,11 +106,9 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 Action::Keep
             }
         } else {
-            let before = (*td).tg_trigtuple;
-            let mut was_old_null = false;
-            let mut was_new_null = false;
-            let was_old = pg_sys::heap_getattr(before, old_att, tupdesc, &mut was_old_null);
-            let was_new = pg_sys::heap_getattr(before, new_att, tupdesc, &mut was_new_null);
+            let before = (*td).tg_trigslot;
+            let (was_old, was_old_null) = slot_value(before, old_att, last);
+            let (was_new, was_new_null) = slot_value(before, new_att, last);
             let new_changed = !same(att, was_new_null, was_new, new_null, new_val);
             let old_changed = !same(att, was_old_null, was_old, old_null, old_val);
             if new_changed {
@@ -139,11 +133,61 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     }
 }
 
-/// Resolve (and cache) the attribute numbers named by the trigger's two
-/// arguments, checking them against the current tuple descriptor.
+/// Value and null flag of attribute `att` in `slot`, deforming the slot up
+/// to `upto` first if it has not got that far.
+#[inline]
+unsafe fn slot_value(slot: *mut pg_sys::TupleTableSlot, att: i32, upto: i32) -> (pg_sys::Datum, bool) {
+    unsafe {
+        if i32::from((*slot).tts_nvalid) < upto {
+            pg_sys::slot_getsomeattrs_int(slot, upto);
+        }
+        let i = (att - 1) as usize;
+        (*(*slot).tts_values.add(i), *(*slot).tts_isnull.add(i))
+    }
+}
+
+/// The two attribute numbers, resolved once per statement: kept in the
+/// trigger call's `fn_extra` (per-query memory) together with the tuple
+/// descriptor and trigger they were checked against. Within a statement the
+/// table is locked against DDL, so the descriptor cannot change under it; a
+/// different one (a new statement, a rebuilt relcache entry) is checked again.
+#[repr(C)]
+struct Resolved {
+    tupdesc: pg_sys::TupleDesc,
+    natts: i32,
+    tgoid: pg_sys::Oid,
+    old_att: i32,
+    new_att: i32,
+}
+
+unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32) {
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        let tupdesc = (*rel).rd_att;
+        let cached = (*flinfo).fn_extra as *mut Resolved;
+        if !cached.is_null()
+            && (*cached).tupdesc == tupdesc
+            && (*cached).natts == (*tupdesc).natts
+            && (*cached).tgoid == (*trigger).tgoid
+        {
+            return ((*cached).old_att, (*cached).new_att);
+        }
+        let (old_att, new_att) = attnums(trigger, rel);
+        let slot = if cached.is_null() {
+            pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, std::mem::size_of::<Resolved>()) as *mut Resolved
+        } else {
+            cached
+        };
+        slot.write(Resolved { tupdesc, natts: (*tupdesc).natts, tgoid: (*trigger).tgoid, old_att, new_att });
+        (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
+        (old_att, new_att)
+    }
+}
+
+/// Resolve the attribute numbers named by the trigger's two arguments,
+/// checking them against the current tuple descriptor.
 unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32) {
     unsafe {
-        let tgoid = (*trigger).tgoid.to_u32();
         let tupdesc = (*rel).rd_att;
         if (*trigger).tgnargs != 2 {
             raise(
@@ -162,12 +206,6 @@ unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i3
             let a = &*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize);
             if a.attisdropped { None } else { Some(CStr::from_ptr(a.attname.data.as_ptr())) }
         };
-        let cached = ATTNUMS.with(|m| m.borrow().get(&tgoid).copied());
-        if let Some((o, n)) = cached {
-            if name_at(o) == Some(old_name) && name_at(n) == Some(new_name) && same_type(tupdesc, o, n) {
-                return (o, n);
-            }
-        }
         let find = |name: &CStr| (1..=natts).find(|&i| name_at(i) == Some(name));
         let relname = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
         let (Some(o), Some(n)) = (find(old_name), find(new_name)) else {
@@ -194,7 +232,6 @@ unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i3
                 "A column under migration was altered by hand. Call zdm.abort() for this migration.",
             );
         }
-        ATTNUMS.with(|m| m.borrow_mut().insert(tgoid, (o, n)));
         (o, n)
     }
 }

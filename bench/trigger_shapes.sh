@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The sync trigger against the floor on every write shape (issue 12).
+#   none   no trigger; where zdm would copy a value, the statement writes
+#          both columns itself (the same row bytes the trigger produces)
+#   floor  the same statements with a C BEFORE ROW trigger that returns the
+#          row unchanged (bench/c/noop_trigger.c): what any BEFORE ROW
+#          trigger pays — old-row refetch and lock, tuple materialisation
+#   zdm    zdm's sync trigger; the statements write one column only
+# Shapes: UPDATE of an unrelated column (rows in sync), UPDATE through the
+# old column, UPDATE through the new one, INSERT … SELECT, COPY FROM.
+# Tables: narrow (id, a text, pad text, n int), wide (30 columns, the two
+# migration columns last), toast (narrow with ~3 KB incompressible values).
+# Each statement on a vacuumed table after a CHECKPOINT; median of 3 rounds,
+# variants interleaved. Usage: bench/trigger_shapes.sh ROWS
+source "$(dirname "$0")/lib.sh"
+ROWS="${1:-200000}"
+bench_cluster
+gcc -O2 -fPIC -shared -I"$("$PG_CONFIG" --includedir-server)" -o "$BENCH_DIR/noop_trigger.so" "$ROOT/bench/c/noop_trigger.c"
+q -c "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE c AS '$BENCH_DIR/noop_trigger.so', 'bench_noop_trigger'"
+
+cols() { # table kind → the column list before a (besides id)
+  case $1 in
+    wide) for i in $(seq -w 1 14); do printf 'c%s int, ' "$i"; done; for i in $(seq 15 28); do printf 'c%s text, ' "$i"; done; echo "n int" ;;
+    *)    echo "pad text, n int" ;;
+  esac
+}
+vals() { # table kind → SELECT list for row g (without id and a)
+  case $1 in
+    wide) for i in $(seq 1 14); do printf 'g + %s, ' "$i"; done; for i in $(seq 15 28); do printf "'v%s-' || g, " "$i"; done; echo "g % 100" ;;
+    *)    echo "repeat('x', 40), g % 100" ;;
+  esac
+}
+aval() { # table kind → the value of a for row g
+  case $1 in
+    toast) echo "(SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 100) i)" ;;
+    *)     echo "'customer-' || lpad(g::text, 9, '0') || '@example.com'" ;;
+  esac
+}
+rows_for() { [ "$1" = toast ] && echo $((ROWS / 10)) || echo "$ROWS"; }
+
+# A table in the state a migration leaves it: b added after a, filled from a.
+setup() { # kind variant
+  local n; n=$(rows_for "$1")
+  drop_bench_table ts
+  q -c "CREATE TABLE ts (id bigint PRIMARY KEY, $(cols "$1"), a text)"
+  q -c "INSERT INTO ts SELECT g, $(vals "$1"), $(aval "$1") FROM generate_series(1, $n) g"
+  if [ "$2" = zdm ]; then
+    local id; id=$(val "SELECT zdm.expand_rename('ts', 'a', 'b', background => false)")
+    while [ "$(val "SELECT zdm.backfill_batch($id, 1000000)")" != 0 ]; do :; done
+  else
+    q -c "ALTER TABLE ts ADD COLUMN b text" -c "UPDATE ts SET b = a"
+    [ "$2" = floor ] && q -c "CREATE TRIGGER s BEFORE INSERT OR UPDATE ON ts FOR EACH ROW EXECUTE FUNCTION public.bench_noop()"
+  fi
+  q -c "VACUUM ANALYZE ts"
+}
+statement() { # kind shape variant
+  local both=0 n; [ "$3" != zdm ] && both=1; n=$(rows_for "$1")
+  case $2 in
+    upd-other) echo "UPDATE ts SET n = n + 1" ;;
+    upd-old)   [ $both = 1 ] && echo "UPDATE ts SET a = a || 'x', b = b || 'x'" || echo "UPDATE ts SET a = a || 'x'" ;;
+    upd-new)   [ $both = 1 ] && echo "UPDATE ts SET a = b || 'y', b = b || 'y'" || echo "UPDATE ts SET b = b || 'y'" ;;
+    insert)    [ $both = 1 ] && echo "INSERT INTO ts SELECT g + $n, $(vals "$1"), $(aval "$1"), $(aval "$1") FROM generate_series(1, $n) g" \
+                             || echo "INSERT INTO ts SELECT g + $n, $(vals "$1"), $(aval "$1") FROM generate_series(1, $n) g" ;;
+    copy)      [ $both = 1 ] && echo "COPY ts FROM '$BENCH_DIR/copy-$1-both.csv'" || echo "COPY ts (id, $(cols "$1" | sed -E 's/ (int|text)//g'), a) FROM '$BENCH_DIR/copy-$1-one.csv'" ;;
+  esac
+}
+timed() { q -c "VACUUM ts" -c CHECKPOINT; local s; s=$(now_ms); q -c "$1"; echo $(( $(now_ms) - s )); }
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+SHAPES="upd-other upd-old upd-new insert copy"
+KINDS="${ZDM_SHAPES_KINDS:-narrow wide toast}"
+declare -A T
+for kind in $KINDS; do
+  n=$(rows_for "$kind")
+  q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-both.csv'"
+  q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-one.csv'"
+  for round in 1 2 3; do
+    for v in none floor zdm; do
+      for shape in $SHAPES; do
+        setup "$kind" "$v"
+        T[$kind,$shape,$v]+="$(timed "$(statement "$kind" "$shape" "$v")") "
+      done
+    done
+  done
+done
+drop_bench_table ts
+
+echo
+echo "Sync trigger vs the floor, $ROWS rows (toast: $((ROWS / 10))), median of 3, ms ($(machine)):"
+echo
+echo "| table | shape | none | floor (noop C trigger) | zdm | zdm vs floor | floor vs none |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+for kind in $KINDS; do
+  for shape in $SHAPES; do
+    a=$(echo "${T[$kind,$shape,none]}" | median); f=$(echo "${T[$kind,$shape,floor]}" | median); z=$(echo "${T[$kind,$shape,zdm]}" | median)
+    echo "| $kind | $shape | $a | $f | $z | $(ratio "$z" "$f")× | $(ratio "$f" "$a")× |"
+  done
+done
