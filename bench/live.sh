@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Impact on a live workload: pgbench's TPC-B-like transactions on its own
-# tables plus single-row reads and writes on the table being migrated, once
-# without a migration and once while zdm renames a column of that table with
-# a background backfill at DEFAULT throttling. Reports TPS and p99 latency.
-# Targets: ≥ 90% of the TPS, p99 at most 2×.
+# tables plus single-row reads and writes on the table being migrated — once
+# without a migration, then while zdm renames a column of such a table with
+# a background backfill at DEFAULT settings, once with the fixed throttle
+# (zdm.adaptive_throttle = off) and once with the adaptive one (the
+# default). Reports TPS and p99 latency of the transactions that ended while
+# the backfill ran, the backfill's rate, and a plot (bench/results/live.png).
+# Bar (issue 12): ≥ 0.95× TPS and p99 ≤ 1.5× at default settings.
 # Usage: bench/live.sh ROWS SECONDS
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-1000000}"
@@ -12,40 +15,103 @@ bench_cluster
 
 SCALE=$(( ROWS >= 1000000 ? 10 : 2 ))
 "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
-make_bench_table live_t "$ROWS"
-cat > "$BENCH_DIR/mig.sql" <<SQL
+for t in live_base live_fixed live_adaptive; do
+  make_bench_table "$t" "$ROWS"
+  cat > "$BENCH_DIR/mig-$t.sql" <<SQL
 \set id random(1, $ROWS)
-UPDATE live_t SET qty = qty + 1 WHERE id = :id;
-SELECT a FROM live_t WHERE id = :id;
+UPDATE $t SET qty = qty + 1 WHERE id = :id;
+SELECT a FROM $t WHERE id = :id;
 SQL
+done
 
-workload() { # log prefix; runs pgbench, leaves the per-transaction log
-  rm -f "$BENCH_DIR/$1".*
+workload() { # table (= log prefix); runs pgbench, leaves the per-transaction log
+  rm -f "$BENCH_DIR/$1".[0-9]*
   (cd "$BENCH_DIR" && "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$SECS" \
-     -b tpcb-like@1 -f mig.sql@1 --log --log-prefix="$1" "$DB" >/dev/null 2>&1)
+     -b tpcb-like@1 -f "mig-$1.sql@1" --log --log-prefix="$1" "$DB" >/dev/null 2>&1)
 }
+set_adaptive() { q -c "ALTER SYSTEM SET zdm.adaptive_throttle = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 1; }
+
+declare -A TPS P99 BUSY RATE STATE ID
 q -c "CHECKPOINT"
-workload log_base
-read -r base_tps base_p99 < <(window_stats log_base)
-q -c "CHECKPOINT"
-ID=$(val "SELECT zdm.expand_rename('live_t', 'a', 'b')")
-workload log_mig
-state=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = $ID")
-val "SELECT zdm.wait($ID, '10 minutes')" >/dev/null 2>&1 || true
-read -r from to busy < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, clock_timestamp())), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = $ID" | tr '|' ' ')
-read -r mig_tps mig_p99 < <(window_stats log_mig "$from" "$to")
-defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = $ID")
+workload live_base
+read -r TPS[base] P99[base] < <(window_stats live_base)
+for mode in fixed adaptive; do
+  [ "$mode" = fixed ] && set_adaptive off || set_adaptive on
+  q -c "CHECKPOINT"
+  ID[$mode]=$(val "SELECT zdm.expand_rename('live_$mode', 'a', 'b')")
+  workload "live_$mode"
+  STATE[$mode]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[$mode]}")
+  val "SELECT zdm.wait(${ID[$mode]}, '10 minutes')" >/dev/null 2>&1 || true
+  read -r from to BUSY[$mode] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, clock_timestamp())), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[$mode]}" | tr '|' ' ')
+  read -r TPS[$mode] P99[$mode] < <(window_stats "live_$mode" "$from" "$to")
+  RATE[$mode]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM backfilled_at - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[$mode]}")
+done
+set_adaptive on
+defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = ${ID[adaptive]}")
+reasons=$(val "SELECT string_agg(r || ' ×' || n, '; ' ORDER BY n DESC) FROM (SELECT regexp_replace(wait_reason, ': pause [0-9]+ ms', '') AS r, count(*) AS n FROM zdm.batches WHERE migration_id = ${ID[adaptive]} AND wait_reason IS NOT NULL GROUP BY 1) x")
 
 echo "### Live workload during a background backfill of $ROWS rows ($(machine))"
 echo
-echo "pgbench: 4 clients, ${SECS}s, TPC-B-like (scale $SCALE) + single-row UPDATE/SELECT on the migrating table. The backfill runs at default throttling ($defaults); figures \"during\" count only transactions that ended while it ran (${busy}s)."
+echo "pgbench: 4 clients, ${SECS}s per run, TPC-B-like (scale $SCALE) + single-row UPDATE/SELECT on the migrating table. The backfill runs at default settings ($defaults); figures \"during\" count only transactions that ended while it ran."
 echo
-echo "| | TPS | p99 latency ms |"
-echo "|---|---:|---:|"
-echo "| no migration | $base_tps | $base_p99 |"
-echo "| during zdm backfill | $mig_tps | $mig_p99 |"
-echo "| ratio | $(ratio "$mig_tps" "$base_tps")× | $(ratio "$mig_p99" "$base_p99")× |"
+echo "| | TPS | p99 latency ms | vs no migration | backfill | backfill rows/s |"
+echo "|---|---:|---:|---|---|---:|"
+echo "| no migration | ${TPS[base]} | ${P99[base]} | | | |"
+for mode in fixed adaptive; do
+  echo "| during the backfill, $mode throttle | ${TPS[$mode]} | ${P99[$mode]} | $(ratio "${TPS[$mode]}" "${TPS[base]}")× TPS, $(ratio "${P99[$mode]}" "${P99[base]}")× p99 | ${BUSY[$mode]}s (${STATE[$mode]} when pgbench stopped) | ${RATE[$mode]} |"
+done
 echo
-echo "When pgbench stopped the migration was: $state."
+echo "Adaptive throttle, why batches waited: ${reasons:-no adjustment}."
 echo
-echo "live workload during backfill: $(ratio "$mig_tps" "$base_tps")× TPS, $(ratio "$mig_p99" "$base_p99")× p99"
+echo "live workload during backfill (adaptive, the default): $(ratio "${TPS[adaptive]}" "${TPS[base]}")× TPS, $(ratio "${P99[adaptive]}" "${P99[base]}")× p99; fixed: $(ratio "${TPS[fixed]}" "${TPS[base]}")× TPS, $(ratio "${P99[fixed]}" "${P99[base]}")× p99"
+
+# The picture: TPS and p99 per second of the three runs laid end to end, and
+# each backfill's rows/s on a second axis.
+PLOT="${ZDM_LIVE_PLOT:-$ROOT/bench/results/live.png}"
+command -v gnuplot >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null 2>&1 || true
+if command -v gnuplot >/dev/null; then
+  first_t() { cat "$BENCH_DIR/$1".[0-9]* | awk '{ t = $5 + $6 / 1e6; if (m == "" || t < m) m = t } END { printf "%.3f", m }'; }
+  per_second() { # log prefix, offset seconds → "t tps p99_ms" per second
+    local t0; t0=$(first_t "$1")
+    cat "$BENCH_DIR/$1".[0-9]* | awk -v off="$2" -v t0="$t0" '{ print int($5 + $6 / 1e6 - t0) + off, $3 }' \
+      | sort -k1,1n -k2,2n | awk 'function flush() { i = int(k * 0.99); if (i < 1) i = 1; printf "%d %d %.1f\n", cur, k, v[i] / 1000; k = 0; delete v }
+          { if ($1 != cur && k > 0) flush(); cur = $1; v[++k] = $2 } END { if (k) flush() }'
+  }
+  rows_per_second() { # mode, offset
+    local t0; t0=$(first_t "live_$1")
+    val "SELECT extract(epoch FROM at) - $t0 + $2, rows FROM zdm.batches WHERE migration_id = ${ID[$1]} ORDER BY at" | tr '|' ' ' \
+      | awk '{ s = int($1); r[s] += $2; if (s > mx) mx = s; if (mn == "" || s < mn) mn = s } END { if (mn != "") for (s = mn; s <= mx; s++) print s, r[s] + 0 }'
+  }
+  gap=$((SECS + 2))
+  per_second live_base 0 > "$BENCH_DIR/plot-base.dat"
+  per_second live_fixed "$gap" > "$BENCH_DIR/plot-fixed.dat"
+  per_second live_adaptive "$((2 * gap))" > "$BENCH_DIR/plot-adaptive.dat"
+  { rows_per_second fixed "$gap"; echo; echo; rows_per_second adaptive "$((2 * gap))"; } > "$BENCH_DIR/plot-rows.dat"
+  mkdir -p "$(dirname "$PLOT")"
+  gnuplot <<GP
+set terminal pngcairo size 1200,560 font ",10"
+set output "$PLOT"
+set title "pgbench (4 clients, 2 cores): no migration | zdm backfill of $ROWS rows, fixed throttle | same, adaptive throttle (default)"
+set xlabel "seconds"
+set ylabel "TPS; p99 latency (ms) x100"
+set y2label "backfill rows/s"
+set ytics nomirror
+set y2tics
+set yrange [0:*]
+set y2range [0:*]
+set key outside bottom center horizontal
+set style data lines
+set arrow from $((gap - 1)), graph 0 to $((gap - 1)), graph 1 nohead dt 2
+set arrow from $((2 * gap - 1)), graph 0 to $((2 * gap - 1)), graph 1 nohead dt 2
+plot "$BENCH_DIR/plot-base.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
+     "$BENCH_DIR/plot-fixed.dat" using 1:2 notitle lw 2 lc rgb "#1f77b4", \
+     "$BENCH_DIR/plot-adaptive.dat" using 1:2 notitle lw 2 lc rgb "#1f77b4", \
+     "$BENCH_DIR/plot-base.dat" using 1:(\$3*100) title "p99 ms x100" lc rgb "#ff7f0e", \
+     "$BENCH_DIR/plot-fixed.dat" using 1:(\$3*100) notitle lc rgb "#ff7f0e", \
+     "$BENCH_DIR/plot-adaptive.dat" using 1:(\$3*100) notitle lc rgb "#ff7f0e", \
+     "$BENCH_DIR/plot-rows.dat" index 0 using 1:2 axes x1y2 title "backfill rows/s" with steps lw 2 lc rgb "#d62728", \
+     "$BENCH_DIR/plot-rows.dat" index 1 using 1:2 axes x1y2 notitle with steps lw 2 lc rgb "#d62728"
+GP
+  echo
+  echo "Plot: [results/live.png](results/live.png) — TPS and p99 per second, each backfill's rows/s on the right axis."
+fi

@@ -74,7 +74,7 @@ for kind in $KINDS; do
   n=$(rows_for "$kind")
   q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-both.csv'"
   q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-one.csv'"
-  for round in 1 2 3; do
+  for round in $(seq 1 "${ZDM_SHAPES_ROUNDS:-3}"); do
     for v in none floor zdm; do
       for shape in $SHAPES; do
         setup "$kind" "$v"
@@ -86,7 +86,7 @@ done
 drop_bench_table ts
 
 echo
-echo "Sync trigger vs the floor, $ROWS rows (toast: $((ROWS / 10))), median of 3, ms ($(machine)):"
+echo "Sync trigger vs the floor, $ROWS rows (toast: $((ROWS / 10))), median of ${ZDM_SHAPES_ROUNDS:-3}, ms ($(machine)):"
 echo
 echo "| table | shape | none | floor (noop C trigger) | zdm | zdm vs floor | floor vs none |"
 echo "|---|---|---:|---:|---:|---:|---:|"

@@ -13,6 +13,8 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Global kill switch: every background backfill waits while this is on.
 pub static PAUSE_ALL: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// Whether the pause between batches follows the workload (engine::load).
+pub static ADAPTIVE_THROTTLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// How many per-batch history rows are kept per migration.
 pub static BATCH_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -60,6 +62,14 @@ pub fn register() {
         c"Pause every zdm background backfill (global kill switch).",
         c"Workers finish their current batch and wait until this is off again.",
         &PAUSE_ALL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"zdm.adaptive_throttle",
+        c"Lengthen the pause between backfill batches while the workload is busy, shorten it while the database is idle.",
+        c"Busy: more active client sessions than CPU cores, or sessions waiting for locks on the migrating table. Why a batch waited is recorded in zdm.batches.wait_reason.",
+        &ADAPTIVE_THROTTLE,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -267,3 +267,41 @@ fn pause_all_and_statement_timeout_retries() {
     assert_eq!(size, 100000 / 32, "halved after each of the 5 attempts");
     assert_eq!(rows_done(&mut c, id2), 0, "timed-out batches roll back with their cursor");
 }
+
+/// The adaptive throttle: while as many sessions run statements as there are
+/// cores, batches wait longer and say why in zdm.batches; once nobody else
+/// works, they wait less and say so.
+#[test]
+fn adaptive_throttle_follows_the_workload() {
+    let cluster = Cluster::start("adaptive", &[]);
+    let mut c = cluster.create_db("adaptive");
+    make_table(&mut c, "t", ROWS);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let busy: Vec<_> = (0..cores)
+        .map(|_| {
+            let mut s = cluster.connect("adaptive");
+            std::thread::spawn(move || s.batch_execute("SELECT pg_sleep(4)").unwrap())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    c.query_one("SELECT zdm.start_backfill($1, batch_size => 200, pause_ms => 100, target_batch_ms => 0)", &[&id]).unwrap();
+    wait_for("a batch that waited for the busy workload", Duration::from_secs(30), || {
+        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE 'workload busy%' LIMIT 1", &[&id])
+            .unwrap()
+            .map(|r| r.get::<_, String>(0))
+    });
+    for t in busy {
+        t.join().unwrap();
+    }
+    // Nobody else runs statements now (this session only polls, briefly).
+    wait_for("a batch that hurried on the idle database", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(200));
+        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE 'database idle%' LIMIT 1", &[&id])
+            .unwrap()
+            .map(|r| r.get::<_, String>(0))
+    });
+    c.query_one("SELECT zdm.set_options($1, batch_size => 50000, pause_ms => 0)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+}

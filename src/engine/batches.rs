@@ -4,7 +4,8 @@
 //!   lag → run the operation's batch as the migration's owner, under
 //!   per-batch lock_timeout and statement_timeout → heartbeat, history.
 //!
-//! A timed-out batch is retried with half the size, a bounded number of
+//! The pause after a batch follows the workload (`load`, unless
+//! `zdm.adaptive_throttle` is off). A timed-out batch is retried with half the size, a bounded number of
 //! times; the size then adapts toward `target_batch_ms`. Any other error
 //! fails the job with the reason in `zdm.status`. The cursor itself is the
 //! operation's (persisted in the batch's own transaction, so a batch and its
@@ -31,7 +32,7 @@ thread_local! {
 }
 
 enum Next {
-    Continue { pause_ms: i32 },
+    Continue { pause_ms: i32, reason: Option<String> },
     Done,
     Wait { ms: f64, reason: String },
     Stop,
@@ -67,13 +68,13 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str) -> bool {
             Next::Stop
         });
         match next {
-            Next::Continue { pause_ms } => {
+            Next::Continue { pause_ms, reason } => {
                 batches += 1;
                 if batches % PRUNE_EVERY == 0 {
                     let _ = transaction(|| prune_history(migration));
                 }
                 if pause_ms > 0 {
-                    note_wait(pause_ms as f64, None);
+                    note_wait(pause_ms as f64, reason);
                     set_activity(&format!("{name}: pause_ms between batches"));
                     sleep_ms(pause_ms as f64);
                 }
@@ -149,7 +150,11 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) 
                 if out.done {
                     return Next::Done;
                 }
-                return Next::Continue { pause_ms: job.pause_ms };
+                if !guc::ADAPTIVE_THROTTLE.get() {
+                    return Next::Continue { pause_ms: job.pause_ms, reason: None };
+                }
+                let (pause_ms, reason) = super::load::pause(job.pause_ms, &super::load::sample(migration));
+                return Next::Continue { pause_ms, reason };
             }
             Err(e) if is_retryable(error_code(&e)) => {
                 last_error = error_message(&e);

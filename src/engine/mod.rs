@@ -15,6 +15,7 @@ pub mod index_build;
 pub mod jobs;
 pub mod launcher;
 pub mod lifecycle;
+pub mod load;
 pub mod locking;
 pub mod process;
 pub mod window;

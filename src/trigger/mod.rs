@@ -92,7 +92,23 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // whatever happened, there is nothing to sync (every action below
         // would copy an equal value). This is the common case — the
         // backfill's own UPDATE, and application writes to other columns of
-        // rows already in sync — so it is decided from the new row alone.
+        // rows already in sync — so it is decided from the new row alone,
+        // first by the stored bytes (no detoasting).
+        if raw_same(att, old_null, old_val, new_null, new_val) {
+            return pg_sys::Datum::from(row);
+        }
+        // An UPDATE that wrote neither column carries both stored values
+        // over unchanged (a TOASTed one as the same pointer): nothing to do
+        // unless the row still waits for its backfill. Decided without
+        // detoasting the two copies to compare them.
+        if is_update && !(new_null && !old_null) {
+            let before = (*td).tg_trigslot;
+            let (was_old, was_old_null) = slot_value(before, old_att, last);
+            let (was_new, was_new_null) = slot_value(before, new_att, last);
+            if raw_same(att, was_old_null, was_old, old_null, old_val) && raw_same(att, was_new_null, was_new, new_null, new_val) {
+                return pg_sys::Datum::from(row);
+            }
+        }
         if same(att, old_null, old_val, new_null, new_val) {
             return pg_sys::Datum::from(row);
         }
@@ -257,6 +273,34 @@ pub(crate) unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: 
         }
         match att.attlen {
             -1 => varlena_same(a.cast_mut_ptr(), b.cast_mut_ptr()),
+            -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
+            n => {
+                std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n as usize)
+                    == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n as usize)
+            }
+        }
+    }
+}
+
+/// The same stored bytes (NULLs equal each other): equal values, without
+/// detoasting. A false answer proves nothing (compressed or TOASTed copies
+/// of one value differ); `same` decides then.
+unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
+    use pgrx::varlena::varsize_any;
+    unsafe {
+        if a_null || b_null {
+            return a_null && b_null;
+        }
+        if att.attbyval {
+            return a == b;
+        }
+        match att.attlen {
+            -1 => {
+                let (a, b) = (a.cast_mut_ptr::<pg_sys::varlena>(), b.cast_mut_ptr::<pg_sys::varlena>());
+                let (sa, sb) = (varsize_any(a), varsize_any(b));
+                a == b
+                    || (sa == sb && std::slice::from_raw_parts(a as *const u8, sa) == std::slice::from_raw_parts(b as *const u8, sb))
+            }
             -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
             n => {
                 std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n as usize)
