@@ -141,7 +141,12 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) 
         match outcome {
             Ok(out) => {
                 record_batch(migration, out.rows, out.blocks, size, took_ms);
-                let next = next_batch_size(size, job.configured_batch_size, job.target_batch_ms, took_ms);
+                let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration));
+                let target = match &load {
+                    Some(load) => super::load::target_batch_ms(job.target_batch_ms, load),
+                    None => job.target_batch_ms,
+                };
+                let next = next_batch_size(size, job.configured_batch_size, target, took_ms);
                 spi::exec_args(
                     "UPDATE zdm.jobs SET heartbeat_at = clock_timestamp(), current_batch_size = $2, throttle_reason = NULL \
                       WHERE migration_id = $1",
@@ -150,10 +155,10 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) 
                 if out.done {
                     return Next::Done;
                 }
-                if !guc::ADAPTIVE_THROTTLE.get() {
+                let Some(load) = load else {
                     return Next::Continue { pause_ms: job.pause_ms, reason: None };
-                }
-                let (pause_ms, reason) = super::load::pause(job.pause_ms, &super::load::sample(migration));
+                };
+                let (pause_ms, reason) = super::load::pause(job.pause_ms, &load);
                 return Next::Continue { pause_ms, reason };
             }
             Err(e) if is_retryable(error_code(&e)) => {

@@ -30,6 +30,20 @@ pub fn sample(migration: i64) -> Load {
     Load { active, waiting, cores }
 }
 
+impl Load {
+    /// The workload needs the machine (or the table) now.
+    pub fn busy(&self) -> bool {
+        self.waiting > 0 || self.active >= self.cores
+    }
+}
+
+/// The batch time to steer the next batch size to: half the configured one
+/// while the workload is busy — rows a batch updates stay locked until it
+/// commits, so shorter batches keep the workload's tail latency down.
+pub fn target_batch_ms(target: Option<i32>, load: &Load) -> Option<i32> {
+    target.map(|t| if load.busy() { (t / 2).max(1) } else { t })
+}
+
 /// The pause before the next batch, and why it differs from `pause_ms`.
 pub fn pause(pause_ms: i32, load: &Load) -> (i32, Option<String>) {
     if load.waiting > 0 {
@@ -62,5 +76,8 @@ mod tests {
         assert_eq!(pause(400, &l(2, 0)).0, 800);
         assert_eq!(pause(400, &l(0, 1)).0, 1600);
         assert_eq!(pause(0, &l(2, 0)).0, 100);
+        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0)), Some(50));
+        assert_eq!(super::target_batch_ms(Some(100), &l(1, 0)), Some(100));
+        assert_eq!(super::target_batch_ms(None, &l(4, 0)), None);
     }
 }
