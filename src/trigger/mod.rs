@@ -97,15 +97,22 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         if raw_same(att, old_null, old_val, new_null, new_val) {
             return pg_sys::Datum::from(row);
         }
+        // An UPDATE's old row, read once: every path below needs it.
+        let before = if is_update {
+            let slot = (*td).tg_trigslot;
+            Some((slot_value(slot, old_att, last), slot_value(slot, new_att, last)))
+        } else {
+            None
+        };
         // An UPDATE that wrote neither column carries both stored values
         // over unchanged (a TOASTed one as the same pointer): nothing to do
         // unless the row still waits for its backfill. Decided without
         // detoasting the two copies to compare them.
-        if is_update && !(new_null && !old_null) {
-            let before = (*td).tg_trigslot;
-            let (was_old, was_old_null) = slot_value(before, old_att, last);
-            let (was_new, was_new_null) = slot_value(before, new_att, last);
-            if raw_same(att, was_old_null, was_old, old_null, old_val) && raw_same(att, was_new_null, was_new, new_null, new_val) {
+        if let Some(((was_old, was_old_null), (was_new, was_new_null))) = before {
+            if !(new_null && !old_null)
+                && raw_same(att, was_old_null, was_old, old_null, old_val)
+                && raw_same(att, was_new_null, was_new, new_null, new_val)
+            {
                 return pg_sys::Datum::from(row);
             }
         }
@@ -113,18 +120,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             return pg_sys::Datum::from(row);
         }
 
-        let action = if is_insert {
-            if !new_null {
-                Action::NewToOld
-            } else if !old_null {
-                Action::OldToNew
-            } else {
-                Action::Keep
-            }
-        } else {
-            let before = (*td).tg_trigslot;
-            let (was_old, was_old_null) = slot_value(before, old_att, last);
-            let (was_new, was_new_null) = slot_value(before, new_att, last);
+        let action = if let Some(((was_old, was_old_null), (was_new, was_new_null))) = before {
             let new_changed = !same(att, was_new_null, was_new, new_null, new_val);
             let old_changed = !same(att, was_old_null, was_old, old_null, old_val);
             if new_changed {
@@ -134,6 +130,12 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             } else {
                 Action::Keep
             }
+        } else if !new_null {
+            Action::NewToOld
+        } else if !old_null {
+            Action::OldToNew
+        } else {
+            Action::Keep
         };
 
         let (target, value, is_null) = match action {
@@ -264,29 +266,17 @@ unsafe fn same_type(tupdesc: pg_sys::TupleDesc, a: i32, b: i32) -> bool {
 /// each other). Differently stored copies of one varlena value (compressed,
 /// toasted, short header) compare equal.
 pub(crate) unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
-    unsafe {
-        if a_null || b_null {
-            return a_null && b_null;
-        }
-        if att.attbyval {
-            return a == b;
-        }
-        match att.attlen {
-            -1 => varlena_same(a.cast_mut_ptr(), b.cast_mut_ptr()),
-            -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
-            n => {
-                std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n as usize)
-                    == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n as usize)
-            }
-        }
-    }
+    unsafe { equal(att, a_null, a, b_null, b, true) }
 }
 
 /// The same stored bytes (NULLs equal each other): equal values, without
 /// detoasting. A false answer proves nothing (compressed or TOASTed copies
 /// of one value differ); `same` decides then.
 unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
-    use pgrx::varlena::varsize_any;
+    unsafe { equal(att, a_null, a, b_null, b, false) }
+}
+
+unsafe fn equal(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum, detoast: bool) -> bool {
     unsafe {
         if a_null || b_null {
             return a_null && b_null;
@@ -295,12 +285,7 @@ unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys:
             return a == b;
         }
         match att.attlen {
-            -1 => {
-                let (a, b) = (a.cast_mut_ptr::<pg_sys::varlena>(), b.cast_mut_ptr::<pg_sys::varlena>());
-                let (sa, sb) = (varsize_any(a), varsize_any(b));
-                a == b
-                    || (sa == sb && std::slice::from_raw_parts(a as *const u8, sa) == std::slice::from_raw_parts(b as *const u8, sb))
-            }
+            -1 => varlena_same(a.cast_mut_ptr(), b.cast_mut_ptr(), detoast),
             -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
             n => {
                 std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n as usize)
@@ -310,7 +295,8 @@ unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys:
     }
 }
 
-unsafe fn varlena_same(a: *mut pg_sys::varlena, b: *mut pg_sys::varlena) -> bool {
+/// Stored bytes first; with `detoast`, then the detoasted contents.
+unsafe fn varlena_same(a: *mut pg_sys::varlena, b: *mut pg_sys::varlena, detoast: bool) -> bool {
     use pgrx::varlena::{vardata_any, varatt_is_1b_e, varatt_is_4b_c, varsize_any, varsize_any_exhdr};
     unsafe {
         if a == b {
@@ -321,6 +307,9 @@ unsafe fn varlena_same(a: *mut pg_sys::varlena, b: *mut pg_sys::varlena) -> bool
             && std::slice::from_raw_parts(a as *const u8, sa) == std::slice::from_raw_parts(b as *const u8, sb)
         {
             return true;
+        }
+        if !detoast {
+            return false;
         }
         let (a, b) = if varatt_is_1b_e(a) || varatt_is_4b_c(a) || varatt_is_1b_e(b) || varatt_is_4b_c(b) {
             (pg_sys::pg_detoast_datum_packed(a), pg_sys::pg_detoast_datum_packed(b))
