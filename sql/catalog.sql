@@ -108,6 +108,7 @@ CREATE TABLE zdm.jobs (
     max_attempts        int         NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
     run_after           timestamptz,
     windows             text[],                -- maintenance windows ('01:00-05:00 Europe/Berlin'); NULL/empty: any time
+    workers             int         NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32),   -- processes sharing the backfill
     queued_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
     worker_pid          int,
     worker_started_at   timestamptz,                           -- backend_start of worker_pid: tells a live worker from a reused pid
@@ -128,9 +129,31 @@ CREATE TABLE zdm.batches (
     batch_size      int         NOT NULL,
     duration_ms     float8      NOT NULL,
     wait_ms         float8      NOT NULL DEFAULT 0,
-    wait_reason     text
+    wait_reason     text,
+    first_block     bigint,                   -- the batch covered heap blocks [first_block, first_block + blocks)
+    worker_pid      int                       -- which of the job's workers ran it
 );
 CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
+
+-- A parallel backfill (job option workers > 1): the heap blocks the
+-- migration's own cursor had left, split into disjoint ranges, each with its
+-- own cursor. A batch locks its range's row, so no two workers ever scan the
+-- same blocks, and advances the cursor in its own transaction (exactly once,
+-- like zdm.migrations.cursor_block). A worker that finds every range taken
+-- gets one when a range holder splits off the unvisited half of its range.
+-- When every range is done the counters are folded into zdm.migrations and
+-- the rows deleted.
+CREATE TABLE zdm.backfill_ranges (
+    migration_id    bigint  NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    start_block     bigint  NOT NULL,         -- where the range began (ranges are disjoint, so this names it)
+    next_block      bigint  NOT NULL,         -- the range's cursor: the next heap block to visit
+    end_block       bigint  NOT NULL,         -- exclusive
+    rows_per_block  float8  NOT NULL DEFAULT 0,
+    rows_done       bigint  NOT NULL DEFAULT 0,
+    batches_done    bigint  NOT NULL DEFAULT 0,
+    PRIMARY KEY (migration_id, start_block),
+    CHECK (start_block <= next_block AND start_block < end_block)
+);
 
 -- Indexes a rename carries to the new column: built concurrently by the
 -- worker after the backfill, attached (UNIQUE / PRIMARY KEY USING INDEX) or
@@ -163,8 +186,9 @@ REVOKE ALL ON zdm.claim_lock FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('zdm.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('zdm.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('zdm.batches_id_seq', '');
-REVOKE ALL ON zdm.jobs, zdm.batches FROM PUBLIC;
-GRANT SELECT ON zdm.jobs, zdm.batches TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('zdm.backfill_ranges', '');
+REVOKE ALL ON zdm.jobs, zdm.batches, zdm.backfill_ranges FROM PUBLIC;
+GRANT SELECT ON zdm.jobs, zdm.batches, zdm.backfill_ranges TO PUBLIC;
 
 -- One row per migration: where it is, how fast it goes, why it waits.
 CREATE VIEW zdm.status AS
@@ -177,18 +201,18 @@ SELECT m.id,
        coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
        m.phase,
        j.state                                                    AS job_state,
-       m.rows_done,
-       greatest(m.rows_estimate, m.rows_done)                     AS rows_total,
+       p.rows_done,
+       greatest(m.rows_estimate, p.rows_done)                     AS rows_total,
        CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
-            WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * m.cursor_block / m.rel_blocks), 1)
+            WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * p.blocks_done / m.rel_blocks), 1)
             ELSE 0.0 END                                          AS percent,
        CASE WHEN m.backfill_started_at IS NOT NULL
              AND coalesce(m.backfilled_at, clock_timestamp()) > m.backfill_started_at
-            THEN round((m.rows_done / extract(epoch FROM coalesce(m.backfilled_at, clock_timestamp()) - m.backfill_started_at))::numeric, 0)
+            THEN round((p.rows_done / extract(epoch FROM coalesce(m.backfilled_at, clock_timestamp()) - m.backfill_started_at))::numeric, 0)
        END                                                        AS rows_per_sec,
-       CASE WHEN m.phase IN ('expanded', 'backfilling') AND m.cursor_block > 0 AND m.rel_blocks > m.cursor_block
+       CASE WHEN m.phase IN ('expanded', 'backfilling') AND p.blocks_done > 0 AND m.rel_blocks > p.blocks_done
              AND m.backfill_started_at IS NOT NULL
-            THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - m.cursor_block)::float8 / m.cursor_block)
+            THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - p.blocks_done)::float8 / p.blocks_done)
        END                                                        AS eta,
        CASE WHEN j.state = 'paused' THEN 'paused by zdm.pause()'
             WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
@@ -227,6 +251,7 @@ SELECT m.id,
                          AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = a.attrelid)))) b
          WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled')) AS blockers,
        j.worker_pid,
+       j.workers,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,
        m.started_by,
@@ -234,5 +259,9 @@ SELECT m.id,
        m.created_at,
        m.updated_at
   FROM zdm.migrations m
-  LEFT JOIN zdm.jobs j ON j.migration_id = m.id;
+  LEFT JOIN zdm.jobs j ON j.migration_id = m.id
+  -- progress: the migration's cursor, less what its parallel ranges still have to visit
+ CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,
+                            (m.cursor_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
+                       FROM zdm.backfill_ranges r WHERE r.migration_id = m.id) p;
 GRANT SELECT ON zdm.status TO PUBLIC;

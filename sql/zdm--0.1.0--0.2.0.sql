@@ -95,9 +95,39 @@ ALTER TABLE zdm.jobs
     DROP COLUMN run_as,
     DROP COLUMN run_as_name,
     ADD COLUMN depends_on bigint REFERENCES zdm.migrations (id) ON DELETE SET NULL,
-    ADD COLUMN windows text[];
+    ADD COLUMN windows text[],
+    ADD COLUMN workers int NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32);
+
+-- zdm.batches ----------------------------------------------------------------
+
+ALTER TABLE zdm.batches
+    ADD COLUMN first_block bigint,
+    ADD COLUMN worker_pid int;
 
 -- New tables ------------------------------------------------------------------
+
+-- A parallel backfill (job option workers > 1): the heap blocks the
+-- migration's own cursor had left, split into disjoint ranges, each with its
+-- own cursor. A batch locks its range's row, so no two workers ever scan the
+-- same blocks, and advances the cursor in its own transaction (exactly once,
+-- like zdm.migrations.cursor_block). A worker that finds every range taken
+-- gets one when a range holder splits off the unvisited half of its range.
+-- When every range is done the counters are folded into zdm.migrations and
+-- the rows deleted.
+CREATE TABLE zdm.backfill_ranges (
+    migration_id    bigint  NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    start_block     bigint  NOT NULL,         -- where the range began (ranges are disjoint, so this names it)
+    next_block      bigint  NOT NULL,         -- the range's cursor: the next heap block to visit
+    end_block       bigint  NOT NULL,         -- exclusive
+    rows_per_block  float8  NOT NULL DEFAULT 0,
+    rows_done       bigint  NOT NULL DEFAULT 0,
+    batches_done    bigint  NOT NULL DEFAULT 0,
+    PRIMARY KEY (migration_id, start_block),
+    CHECK (start_block <= next_block AND start_block < end_block)
+);
+SELECT pg_catalog.pg_extension_config_dump('zdm.backfill_ranges', '');
+REVOKE ALL ON zdm.backfill_ranges FROM PUBLIC;
+GRANT SELECT ON zdm.backfill_ranges TO PUBLIC;
 
 -- Indexes a rename carries to the new column: built concurrently by the
 -- worker after the backfill, attached (UNIQUE / PRIMARY KEY USING INDEX) or
@@ -139,18 +169,18 @@ SELECT m.id,
        coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
        m.phase,
        j.state                                                    AS job_state,
-       m.rows_done,
-       greatest(m.rows_estimate, m.rows_done)                     AS rows_total,
+       p.rows_done,
+       greatest(m.rows_estimate, p.rows_done)                     AS rows_total,
        CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
-            WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * m.cursor_block / m.rel_blocks), 1)
+            WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * p.blocks_done / m.rel_blocks), 1)
             ELSE 0.0 END                                          AS percent,
        CASE WHEN m.backfill_started_at IS NOT NULL
              AND coalesce(m.backfilled_at, clock_timestamp()) > m.backfill_started_at
-            THEN round((m.rows_done / extract(epoch FROM coalesce(m.backfilled_at, clock_timestamp()) - m.backfill_started_at))::numeric, 0)
+            THEN round((p.rows_done / extract(epoch FROM coalesce(m.backfilled_at, clock_timestamp()) - m.backfill_started_at))::numeric, 0)
        END                                                        AS rows_per_sec,
-       CASE WHEN m.phase IN ('expanded', 'backfilling') AND m.cursor_block > 0 AND m.rel_blocks > m.cursor_block
+       CASE WHEN m.phase IN ('expanded', 'backfilling') AND p.blocks_done > 0 AND m.rel_blocks > p.blocks_done
              AND m.backfill_started_at IS NOT NULL
-            THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - m.cursor_block)::float8 / m.cursor_block)
+            THEN (clock_timestamp() - m.backfill_started_at) * ((m.rel_blocks - p.blocks_done)::float8 / p.blocks_done)
        END                                                        AS eta,
        CASE WHEN j.state = 'paused' THEN 'paused by zdm.pause()'
             WHEN j.state IN ('queued', 'running') THEN j.throttle_reason END AS throttle_reason,
@@ -189,6 +219,7 @@ SELECT m.id,
                          AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = a.attrelid)))) b
          WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled')) AS blockers,
        j.worker_pid,
+       j.workers,
        j.heartbeat_at,
        coalesce(j.last_error, m.last_error)                       AS last_error,
        m.started_by,
@@ -196,10 +227,14 @@ SELECT m.id,
        m.created_at,
        m.updated_at
   FROM zdm.migrations m
-  LEFT JOIN zdm.jobs j ON j.migration_id = m.id;
+  LEFT JOIN zdm.jobs j ON j.migration_id = m.id
+  -- progress: the migration's cursor, less what its parallel ranges still have to visit
+ CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,
+                            (m.cursor_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
+                       FROM zdm.backfill_ranges r WHERE r.migration_id = m.id) p;
 GRANT SELECT ON zdm.status TO PUBLIC;
 
--- Functions: two gained a parameter (windows); the rest are replaced in place.
+-- Functions: two gained parameters (windows, workers); the rest are replaced in place.
 
 DROP FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz);
 DROP FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz);
@@ -306,18 +341,20 @@ COMMENT ON FUNCTION zdm.resume(bigint) IS 'Resume a paused background backfill';
 
 CREATE OR REPLACE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
-    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
+    workers int DEFAULT NULL)
 RETURNS void VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'set_options_wrapper';
-COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
   'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
 
 CREATE OR REPLACE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
-    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
+    workers int DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'start_backfill_wrapper';
-COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
   'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
 
 CREATE OR REPLACE FUNCTION zdm.validate_not_null(tbl regclass, col name) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE

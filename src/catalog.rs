@@ -2,7 +2,9 @@
 //! `zdm.batches` tables (created by sql/catalog.sql).
 //!
 //! The backfill cursor lives in `zdm.migrations.cursor_block` and is written by
-//! `save_progress` in the same transaction as the batch it describes.
+//! `save_progress` in the same transaction as the batch it describes; a
+//! parallel backfill splits what it had left into `zdm.backfill_ranges`, one
+//! cursor per range, written by `save_range_progress` the same way.
 //!
 //! Users cannot write these tables. Catalog reads and writes run as the
 //! extension owner (`as_catalog_owner`), while the DDL and UPDATEs a migration
@@ -232,32 +234,40 @@ const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text,
 /// user go through `load_for`, which checks rights before locking.
 pub fn load(id: i64, lock: bool) -> Option<Migration> {
     let sql = if lock { format!("{SELECT_MIGRATION} FOR UPDATE") } else { SELECT_MIGRATION.to_string() };
-    as_catalog_owner(|| {
-        spi::first_row(&sql, &[id.into()], |row| {
-            let text = |n: usize| row.get::<String>(n);
-            Ok(Migration {
-                id: row.get::<i64>(1)?.unwrap_or_default(),
-                kind: text(2)?.unwrap_or_default(),
-                relid: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-                table_schema: text(4)?.unwrap_or_default(),
-                table_name: text(5)?.unwrap_or_default(),
-                old_column: text(6)?,
-                new_column: text(7)?,
-                phase: Phase::parse(&text(8)?.unwrap_or_default()),
-                trigger_name: text(9)?,
-                not_null_check: text(10)?,
-                carried_checks: row.get::<Vec<String>>(11)?.unwrap_or_default(),
-                cursor_block: row.get::<i64>(12)?.unwrap_or_default(),
-                rows_per_block: row.get::<f64>(13)?.unwrap_or_default(),
-                rows_done: row.get::<i64>(14)?.unwrap_or_default(),
-                rel_blocks: row.get::<i64>(15)?.unwrap_or_default(),
-                relfilenode: row.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
-                owner_name: text(17)?.unwrap_or_default(),
-                carried_from: row.get::<Vec<String>>(18)?.unwrap_or_default(),
-                using_expr: text(19)?,
-            })
-        })
+    as_catalog_owner(|| spi::first_row(&sql, &[id.into()], row_to_migration))
+}
+
+fn row_to_migration(row: &pgrx::spi::SpiTupleTable) -> Result<Migration, pgrx::spi::Error> {
+    let text = |n: usize| row.get::<String>(n);
+    Ok(Migration {
+        id: row.get::<i64>(1)?.unwrap_or_default(),
+        kind: text(2)?.unwrap_or_default(),
+        relid: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+        table_schema: text(4)?.unwrap_or_default(),
+        table_name: text(5)?.unwrap_or_default(),
+        old_column: text(6)?,
+        new_column: text(7)?,
+        phase: Phase::parse(&text(8)?.unwrap_or_default()),
+        trigger_name: text(9)?,
+        not_null_check: text(10)?,
+        carried_checks: row.get::<Vec<String>>(11)?.unwrap_or_default(),
+        cursor_block: row.get::<i64>(12)?.unwrap_or_default(),
+        rows_per_block: row.get::<f64>(13)?.unwrap_or_default(),
+        rows_done: row.get::<i64>(14)?.unwrap_or_default(),
+        rel_blocks: row.get::<i64>(15)?.unwrap_or_default(),
+        relfilenode: row.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
+        owner_name: text(17)?.unwrap_or_default(),
+        carried_from: row.get::<Vec<String>>(18)?.unwrap_or_default(),
+        using_expr: text(19)?,
     })
+}
+
+/// Load a migration under FOR KEY SHARE: the lock a parallel backfill's
+/// batches hold together (contract and abort, which lock FOR UPDATE, wait
+/// for them), while each batch serializes on its own range instead.
+pub fn load_key_share(id: i64) -> Option<Migration> {
+    let sql = format!("{SELECT_MIGRATION} FOR KEY SHARE");
+    as_catalog_owner(|| spi::first_row(&sql, &[id.into()], row_to_migration))
 }
 
 /// Load or fail with 42704 naming the id.
@@ -381,6 +391,107 @@ pub fn restart_scan(id: i64, rel_blocks: i64, relfilenode: pg_sys::Oid) {
         spi::exec_args(
             "UPDATE zdm.migrations SET cursor_block = 0, rel_blocks = $2, relfilenode = $3, updated_at = clock_timestamp() WHERE id = $1",
             &[id.into(), rel_blocks.into(), relfilenode.into()],
+        )
+    });
+}
+
+/// A range of a parallel backfill (`zdm.backfill_ranges`), locked by the
+/// current transaction until it commits.
+pub struct Range {
+    pub start_block: i64,
+    /// the range's cursor
+    pub next_block: i64,
+    pub end_block: i64,
+    pub rows_per_block: f64,
+}
+
+/// How many ranges the migration has, and how many still have blocks to visit.
+pub fn range_counts(id: i64) -> (i64, i64) {
+    as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT count(*), count(*) FILTER (WHERE next_block < end_block) FROM zdm.backfill_ranges WHERE migration_id = $1",
+            &[id.into()],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))),
+        )
+    })
+    .unwrap_or((0, 0))
+}
+
+/// Split the blocks `[from, to)` the migration's cursor has left into `n`
+/// disjoint ranges, and move its cursor to `to`: from now on the ranges'
+/// cursors say what is left. In the caller's (batch) transaction.
+pub fn split_into_ranges(id: i64, from: i64, to: i64, n: i64, rows_per_block: f64) {
+    let n = n.clamp(1, (to - from).max(1));
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.backfill_ranges (migration_id, start_block, next_block, end_block, rows_per_block) \
+             SELECT $1, s, s, CASE WHEN i = $4 - 1 THEN $3 ELSE $2 + (i + 1) * (($3 - $2) / $4) END, $5 \
+               FROM (SELECT i, $2 + i * (($3 - $2) / $4) AS s FROM pg_catalog.generate_series(0::bigint, $4 - 1) i) g",
+            &[id.into(), from.into(), to.into(), n.into(), rows_per_block.into()],
+        );
+        spi::exec_args(
+            "UPDATE zdm.migrations SET cursor_block = $2, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), to.into()],
+        );
+    });
+}
+
+/// Lock a range with blocks left — the one this process worked on last if
+/// it is free — and return it. `wait`: if every such range is locked by
+/// another batch, wait for one (a caller's own loop) instead of returning
+/// None (a worker, which has other things to do).
+pub fn take_range(id: i64, prefer: Option<i64>, wait: bool) -> Option<Range> {
+    let sql = format!(
+        "SELECT start_block, next_block, end_block, rows_per_block FROM zdm.backfill_ranges \
+          WHERE migration_id = $1 AND next_block < end_block \
+          ORDER BY start_block IS NOT DISTINCT FROM $2 DESC, start_block LIMIT 1 FOR UPDATE{}",
+        if wait { "" } else { " SKIP LOCKED" }
+    );
+    as_catalog_owner(|| {
+        spi::first_row(&sql, &[id.into(), prefer.into()], |r| {
+            Ok(Range {
+                start_block: r.get::<i64>(1)?.unwrap_or(0),
+                next_block: r.get::<i64>(2)?.unwrap_or(0),
+                end_block: r.get::<i64>(3)?.unwrap_or(0),
+                rows_per_block: r.get::<f64>(4)?.unwrap_or(0.0),
+            })
+        })
+    })
+}
+
+/// Persist a range's cursor (and its end, when the batch split off the rest
+/// as a new range) in the batch's own transaction, like `save_progress`.
+pub fn save_range_progress(id: i64, r: &Range, rows: i64) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.backfill_ranges SET next_block = $3, end_block = $4, rows_per_block = $5, \
+               rows_done = rows_done + $6, batches_done = batches_done + 1 WHERE migration_id = $1 AND start_block = $2",
+            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into()],
+        )
+    });
+}
+
+/// A new range, split off a locked one (`[start, end)` was that range's,
+/// unvisited: no other range covers it).
+pub fn add_range(id: i64, start: i64, end: i64, rows_per_block: f64) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.backfill_ranges (migration_id, start_block, next_block, end_block, rows_per_block) VALUES ($1, $2, $2, $3, $4)",
+            &[id.into(), start.into(), end.into(), rows_per_block.into()],
+        )
+    });
+}
+
+/// Every range is done (or the scan restarts): fold their counters into the
+/// migration and delete them. The caller holds the migration's row FOR UPDATE.
+pub fn fold_ranges(id: i64) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "WITH d AS (DELETE FROM zdm.backfill_ranges WHERE migration_id = $1 RETURNING rows_done, batches_done) \
+             UPDATE zdm.migrations SET rows_done = rows_done + (SELECT coalesce(sum(rows_done), 0) FROM d), \
+               batches_done = batches_done + (SELECT coalesce(sum(batches_done), 0) FROM d), updated_at = clock_timestamp() \
+             WHERE id = $1",
+            &[id.into()],
         )
     });
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const OPTION_ARGS: &str = "batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, \
     max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, \
-    run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL";
+    run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL, workers int DEFAULT NULL";
 const _: &str = OPTION_ARGS; // documented in README; repeated literally in the SQL below
 
 fn required(migration: Option<i64>) -> i64 {
@@ -43,8 +43,9 @@ fn options(
     statement_timeout: Option<Interval>,
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
+    workers: Option<i32>,
 ) -> Options {
-    let o = Options { batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows };
+    let o = Options { batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers };
     o.validate();
     o
 }
@@ -55,10 +56,11 @@ fn options(
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
-    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
+    workers int DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
   'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
 ")]
 #[allow(clippy::too_many_arguments)]
@@ -72,9 +74,10 @@ fn start_backfill(
     statement_timeout: Option<Interval>,
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
+    workers: Option<i32>,
 ) -> i64 {
     let id = required(migration);
-    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers);
     let m = owned_backfillable(id);
     // A backfilled rename's job may still have index builds or validations
     // to finish (e.g. after a failed unique build and fixed data).
@@ -107,10 +110,11 @@ fn start_backfill(
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
-    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL)
+    statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
+    workers int DEFAULT NULL)
 RETURNS void VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[]) IS
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
   'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
 ")]
 #[allow(clippy::too_many_arguments)]
@@ -124,9 +128,10 @@ fn set_options(
     statement_timeout: Option<Interval>,
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
+    workers: Option<i32>,
 ) {
     let id = required(migration);
-    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers);
     catalog::load_for(id, "change the options of", false);
     if jobs::state(id).is_none() {
         raise(

@@ -10,6 +10,13 @@
 //! fails the job with the reason in `zdm.status`. The cursor itself is the
 //! operation's (persisted in the batch's own transaction, so a batch and its
 //! cursor commit or roll back together).
+//!
+//! A job with `workers => N` runs this loop in N processes: the leader (the
+//! worker that claimed the job) starts N - 1 helpers and starts one again if
+//! it dies while work is left; the operation keeps their batches disjoint.
+//! Helpers stop when the leader is gone (the launcher resumes the job with a
+//! new leader) or the job stops; the leader alone goes on to the builds and
+//! validation once the backfill is complete.
 
 use super::locking::{error_code, error_message, in_subtransaction};
 use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
@@ -17,8 +24,9 @@ use super::{jobs, Operation};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
 use pgrx::prelude::*;
+use pgrx::bgworkers::{BackgroundWorkerStatus, DynamicBackgroundWorker};
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Smallest batch the adaptive sizing steers to (unless asked for less).
 const MIN_ADAPTIVE_BATCH: i32 = 100;
@@ -31,8 +39,24 @@ thread_local! {
     static PENDING_WAIT: RefCell<(f64, Option<String>)> = const { RefCell::new((0.0, None)) };
 }
 
+/// Which process of the job runs the loop.
+#[derive(Clone, Copy)]
+pub enum Role {
+    /// the worker that claimed the job (`zdm.jobs.worker_pid`)
+    Leader,
+    /// helper `slot` (1 ..) of a parallel backfill, started by `leader`
+    Helper { slot: i32, leader: i32 },
+}
+
+/// How long a worker with nothing to take waits before looking again.
+const IDLE_MS: f64 = 100.0;
+/// A helper that stopped is started again at most this often.
+const HELPER_RESTART_EVERY: Duration = Duration::from_secs(2);
+
 enum Next {
-    Continue { pause_ms: i32, reason: Option<String> },
+    Continue { pause_ms: i32, reason: Option<String>, workers: i32 },
+    /// other workers hold the work left
+    Idle { workers: i32 },
     Done,
     Wait { ms: f64, reason: String },
     Stop,
@@ -44,7 +68,7 @@ fn wait(ms: f64, reason: String) -> Next {
 
 /// Run batches until the backfill is complete (true) or the job stopped:
 /// cancelled, failed, or taken over (false).
-pub fn run(migration: i64, op: &dyn Operation, name: &str) -> bool {
+pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     // Whom the work runs as: the owner's name resolved now, checked again
     // before every batch.
     let owner = match transaction(|| {
@@ -59,16 +83,24 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str) -> bool {
         }
     };
     let mut batches: i64 = 0;
+    let mut helpers = Helpers::default();
     loop {
         reload_config_if_asked();
         set_activity(&format!("{name}: batch {}", batches + 1));
-        let next = transaction(|| one_batch(migration, op, &owner)).unwrap_or_else(|e| {
+        let next = transaction(|| one_batch(migration, op, &owner, role)).unwrap_or_else(|e| {
             // An error outside the batch itself (catalog, options): record it.
             let _ = transaction(|| jobs::fail(migration, "backfill failed", &e));
             Next::Stop
         });
+        if let (Role::Leader, Next::Continue { workers, .. } | Next::Idle { workers }) = (role, &next) {
+            helpers.keep(migration, *workers, name);
+        }
         match next {
-            Next::Continue { pause_ms, reason } => {
+            Next::Idle { .. } => {
+                set_activity(&format!("{name}: waiting for a range (the other workers hold the rest)"));
+                sleep_ms(IDLE_MS);
+            }
+            Next::Continue { pause_ms, reason, .. } => {
                 batches += 1;
                 if batches % PRUNE_EVERY == 0 {
                     let _ = transaction(|| prune_history(migration));
@@ -91,11 +123,17 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str) -> bool {
     }
 }
 
-fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) -> Next {
+fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), role: Role) -> Next {
     let Some(job) = jobs::load_row(migration) else { return Next::Stop };
     security::check_owner_unchanged(owner.0, &owner.1, migration);
-    if job.worker_pid != Some(unsafe { pg_sys::MyProcPid }) {
-        return Next::Stop; // another worker took the job over
+    match role {
+        Role::Leader if job.worker_pid != Some(unsafe { pg_sys::MyProcPid }) => {
+            return Next::Stop; // another worker took the job over
+        }
+        Role::Helper { slot, leader } if job.worker_pid != Some(leader) || !job.worker_alive || slot >= job.workers => {
+            return Next::Stop; // the leader is gone (the job is resumed with a new one), or fewer workers are wanted
+        }
+        _ => {}
     }
     match job.state.as_str() {
         "running" | "queued" => {}
@@ -134,13 +172,14 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) 
             // for a caller holding the job row instead of failing the job.
             security::as_owner(owner.0, || {
                 spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
-                with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size))
+                with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size, job.workers))
             })
         });
         let took_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {
+            Ok(out) if out.busy => return Next::Idle { workers: job.workers },
             Ok(out) => {
-                record_batch(migration, out.rows, out.blocks, size, took_ms);
+                record_batch(migration, &out, size, took_ms);
                 let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration));
                 let target = match &load {
                     Some(load) => super::load::target_batch_ms(job.target_batch_ms, load),
@@ -156,10 +195,10 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String)) 
                     return Next::Done;
                 }
                 let Some(load) = load else {
-                    return Next::Continue { pause_ms: job.pause_ms, reason: None };
+                    return Next::Continue { pause_ms: job.pause_ms, reason: None, workers: job.workers };
                 };
                 let (pause_ms, reason) = super::load::pause(job.pause_ms, &load);
-                return Next::Continue { pause_ms, reason };
+                return Next::Continue { pause_ms, reason, workers: job.workers };
             }
             Err(e) if is_retryable(error_code(&e)) => {
                 last_error = error_message(&e);
@@ -221,15 +260,70 @@ fn note_wait(ms: f64, reason: Option<String>) {
     });
 }
 
-fn record_batch(migration: i64, rows: i64, blocks: i64, size: i32, took_ms: f64) {
+fn record_batch(migration: i64, out: &super::Batch, size: i32, took_ms: f64) {
     let (wait_ms, reason) = PENDING_WAIT.with(|w| std::mem::take(&mut *w.borrow_mut()));
     as_catalog_owner(|| {
         spi::exec_args(
-            "INSERT INTO zdm.batches (migration_id, rows, blocks, batch_size, duration_ms, wait_ms, wait_reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[migration.into(), rows.into(), blocks.into(), size.into(), took_ms.into(), wait_ms.into(), reason.into()],
+            "INSERT INTO zdm.batches (migration_id, rows, blocks, batch_size, duration_ms, wait_ms, wait_reason, first_block, worker_pid) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, pg_catalog.pg_backend_pid())",
+            &[
+                migration.into(),
+                out.rows.into(),
+                out.blocks.into(),
+                size.into(),
+                took_ms.into(),
+                wait_ms.into(),
+                reason.into(),
+                out.first_block.into(),
+            ],
         )
     });
+}
+
+/// The leader's helpers, one per slot 1 .. workers - 1.
+#[derive(Default)]
+struct Helpers {
+    slots: Vec<Option<(DynamicBackgroundWorker, Instant)>>,
+    /// when starting one last failed (no free worker slot): retried later
+    failed_at: Option<Instant>,
+}
+
+impl Helpers {
+    /// Start the helpers the job wants and has not got: at first, when the
+    /// job's `workers` option grows, and again when one died (killed, or a
+    /// batch error) — at most every HELPER_RESTART_EVERY per slot. A helper
+    /// that finds the backfill complete ends by itself; one started too
+    /// late sees that at once and ends too.
+    fn keep(&mut self, migration: i64, workers: i32, name: &str) {
+        let wanted = (workers.max(1) - 1) as usize;
+        if self.failed_at.is_some_and(|t| t.elapsed() < HELPER_RESTART_EVERY * 5) {
+            return;
+        }
+        if self.slots.len() < wanted {
+            self.slots.resize_with(wanted, || None);
+        }
+        for slot in 0..wanted {
+            let stale = match &self.slots[slot] {
+                None => true,
+                Some((w, since)) => {
+                    matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)) && since.elapsed() >= HELPER_RESTART_EVERY
+                }
+            };
+            if !stale {
+                continue;
+            }
+            let launched = transaction(|| jobs::launch_helper(migration, slot as i32 + 1));
+            match launched {
+                Ok(Ok(w)) => self.slots[slot] = Some((w, Instant::now())),
+                Ok(Err(e)) | Err(e) => {
+                    if self.failed_at.replace(Instant::now()).is_none() {
+                        pgrx::log!("{name}: could not start worker {} of {workers}: {e}; going on with fewer", slot + 2);
+                    }
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn prune_history(migration: i64) {

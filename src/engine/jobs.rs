@@ -22,6 +22,8 @@ pub struct Options {
     pub run_after: Option<TimestampWithTimeZone>,
     /// maintenance windows; an empty list removes them
     pub windows: Option<Vec<String>>,
+    /// processes sharing the backfill
+    pub workers: Option<i32>,
 }
 
 impl Options {
@@ -41,6 +43,12 @@ impl Options {
         if let Some(w) = &self.windows {
             super::window::validate(w);
         }
+        if matches!(self.workers, Some(n) if !(1..=MAX_JOB_WORKERS).contains(&n)) {
+            bad(
+                &format!("workers must be between 1 and {MAX_JOB_WORKERS}"),
+                "Each worker is a background worker process (max_worker_processes); more than the server's cores rarely helps.",
+            );
+        }
         for (name, v) in [("lock_timeout", &self.lock_timeout), ("statement_timeout", &self.statement_timeout)] {
             if let Some(i) = v {
                 if interval_ms(i) < 1.0 {
@@ -50,6 +58,9 @@ impl Options {
         }
     }
 }
+
+/// The most processes one job may run (the CHECK on zdm.jobs.workers).
+pub const MAX_JOB_WORKERS: i32 = 32;
 
 pub fn interval_ms(i: &Interval) -> f64 {
     spi::one::<f64>("SELECT extract(epoch FROM $1::interval)::float8 * 1000", &[(*i).into()]).unwrap_or(0.0)
@@ -63,7 +74,8 @@ const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
      lock_timeout_ms = coalesce((extract(epoch FROM $6::interval) * 1000)::int, lock_timeout_ms), \
      statement_timeout_ms = coalesce((extract(epoch FROM $7::interval) * 1000)::int, statement_timeout_ms), \
      run_after = coalesce($8, run_after), \
-     windows = CASE WHEN $9::text[] IS NULL THEN windows WHEN cardinality($9::text[]) = 0 THEN NULL ELSE $9::text[] END";
+     windows = CASE WHEN $9::text[] IS NULL THEN windows WHEN cardinality($9::text[]) = 0 THEN NULL ELSE $9::text[] END, \
+     workers = coalesce($10, workers)";
 
 /// Queue (or re-queue) the migration's job in the caller's transaction. The
 /// worker starts its work only once this transaction has committed. Whoever
@@ -96,6 +108,7 @@ fn set_options_row(migration: i64, o: &Options) {
             o.statement_timeout.into(),
             o.run_after.into(),
             o.windows.as_ref().map(|w| super::window::validate(w)).into(),
+            o.workers.into(),
         ],
     );
 }
@@ -165,11 +178,17 @@ fn kind_of(migration: i64) -> String {
 }
 
 /// Register a dynamic background worker for `migration`. `extra` is
-/// "<database oid> <creator xid or 0>[ <dsm handle> <length>]".
+/// "<database oid> <creator xid or 0>[ <kind> <dsm handle> <length>]" or, for
+/// a helper of a parallel backfill, "<database oid> 0 helper <slot> <leader pid>".
 pub fn register_worker(migration: i64, kind: &str, extra: &str, notify: bool) -> Result<DynamicBackgroundWorker, String> {
-    // The process name says what it does: `zdm backfill 12`, `zdm index 13`.
+    // The process name says what it does: `zdm backfill 12`, `zdm index 13`,
+    // `zdm backfill 12 worker 2`.
     let ty = super::find(kind).map(|op| op.worker_type()).unwrap_or("zdm worker");
-    let mut b = BackgroundWorkerBuilder::new(&format!("{ty} {migration}"))
+    let name = match extra.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [_, _, "helper", slot, _] => format!("{ty} {migration} worker {}", slot.parse::<i32>().unwrap_or(0) + 1),
+        _ => format!("{ty} {migration}"),
+    };
+    let mut b = BackgroundWorkerBuilder::new(&name)
         .set_type(ty)
         .set_library("zdm")
         .set_function("zdm_worker_main")
@@ -192,6 +211,20 @@ pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<DynamicBac
     };
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     register_worker(migration, &kind_of(migration), &format!("{db} {xid}"), false)
+}
+
+/// Start helper `slot` (1 ..) of a parallel backfill led by this process (in
+/// a transaction). The handle outlives the transaction: it is allocated in
+/// TopMemoryContext.
+pub fn launch_helper(migration: i64, slot: i32) -> Result<DynamicBackgroundWorker, String> {
+    let (db, leader) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::MyProcPid) };
+    let (kind, extra) = (kind_of(migration), format!("{db} 0 helper {slot} {leader}"));
+    unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let r = register_worker(migration, &kind, &extra, false);
+        pg_sys::MemoryContextSwitchTo(old);
+        r
+    }
 }
 
 pub fn launch_worker_or_raise(migration: i64, wait_for_caller: bool) {
@@ -222,16 +255,21 @@ pub struct JobRow {
     pub max_attempts: i32,
     pub wait_for_run_after_ms: f64,
     pub windows: Vec<String>,
+    /// processes the job runs (the leader, worker_pid, and its helpers)
+    pub workers: i32,
+    /// the leader (worker_pid) is alive
+    pub worker_alive: bool,
 }
 
 pub fn load_row(migration: i64) -> Option<JobRow> {
     as_catalog_owner(|| {
         spi::first_row(
-                "SELECT j.state, j.worker_pid, m.owner_name::text, j.batch_size, coalesce(j.current_batch_size, j.batch_size), \
+                &format!("SELECT j.state, j.worker_pid, m.owner_name::text, j.batch_size, coalesce(j.current_batch_size, j.batch_size), \
                         j.pause_ms, j.target_batch_ms, (extract(epoch FROM j.max_replica_lag) * 1000)::float8, \
                         j.lock_timeout_ms, j.statement_timeout_ms, j.max_attempts, \
-                        greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8, j.windows \
-                   FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1",
+                        greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8, j.windows, \
+                        j.workers, {WORKER_ALIVE} \
+                   FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1"),
             &[migration.into()],
             |r| Ok(JobRow {
                 state: r.get::<String>(1)?.unwrap_or_default(),
@@ -247,6 +285,8 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 max_attempts: r.get::<i32>(11)?.unwrap_or(5),
                 wait_for_run_after_ms: r.get::<f64>(12)?.unwrap_or(0.0),
                 windows: r.get::<Vec<String>>(13)?.unwrap_or_default(),
+                workers: r.get::<i32>(14)?.unwrap_or(1),
+                worker_alive: r.get::<bool>(15)?.unwrap_or(false),
             }),
         )
     })

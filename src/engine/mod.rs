@@ -29,11 +29,22 @@ use pgrx::prelude::*;
 use std::sync::OnceLock;
 
 /// What one batch of a backfill did.
+#[derive(Default)]
 pub struct Batch {
     pub rows: i64,
     pub blocks: i64,
+    /// the first heap block it covered (history, for checking coverage)
+    pub first_block: i64,
     /// the scan reached the end of the table
     pub done: bool,
+    /// nothing to take now: other workers of the job hold all the work left
+    pub busy: bool,
+}
+
+impl Batch {
+    pub fn done() -> Batch {
+        Batch { done: true, ..Batch::default() }
+    }
 }
 
 /// A concurrent index build or drop the worker runs at top level.
@@ -76,8 +87,11 @@ pub trait Operation: Sync {
     }
     /// One batch, inside the worker's batch transaction, already running as
     /// the migration's owner under its lock and statement timeouts.
-    fn backfill_batch(&self, _migration: i64, _batch_size: i32) -> Batch {
-        Batch { rows: 0, blocks: 0, done: true }
+    /// `workers`: how many processes of the job share the backfill (the
+    /// operation splits its work so that they never overlap); a batch with
+    /// nothing to take while they hold the rest returns `busy`.
+    fn backfill_batch(&self, _migration: i64, _batch_size: i32, _workers: i32) -> Batch {
+        Batch::done()
     }
 
     /// Build: the concurrent index builds / drops still to run, in order

@@ -1,4 +1,5 @@
-//! The worker: one dynamic background worker process per running job. It
+//! The worker: one dynamic background worker process per running job (plus
+//! helpers for a parallel backfill, see `batches`). It
 //! connects to the job's database, waits until the transaction that queued
 //! the job has committed (and exits if it rolled back), claims the job, then
 //! drives it through its operation's steps, each optional:
@@ -9,6 +10,7 @@
 //! once and rolls back together with its cursor.
 
 use super::process::{install_signal_handlers, set_activity, set_application_name, sleep_ms, transaction};
+use super::batches::Role;
 use super::{batches, index_build, jobs, BuildState, Operation};
 use crate::catalog::{self, as_catalog_owner};
 use crate::{guc, security, spi};
@@ -18,7 +20,8 @@ use pgrx::prelude::*;
 /// Entry point of every zdm worker process. `extra` is "<database oid>
 /// <creator xid or 0>[ <kind> <dsm handle> <length>]": a creator xid means
 /// "start once that transaction commits"; a DSM segment carries a request
-/// from a caller in autocommit mode, which the worker records itself.
+/// from a caller in autocommit mode, which the worker records itself. A
+/// helper of a parallel backfill gets "<database oid> 0 helper <slot> <leader pid>".
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
@@ -28,10 +31,14 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
     let mut parts = extra.split_whitespace();
     let db: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let creator_xid = parts.next().unwrap_or("0").to_string();
-    let handoff: Option<(String, u32, usize)> = match (parts.next(), parts.next(), parts.next()) {
-        (Some(k), Some(h), Some(l)) => h.parse().ok().zip(l.parse().ok()).map(|(h, l)| (k.to_string(), h, l)),
-        _ => None,
-    };
+    let (mut handoff, mut helper): (Option<(String, u32, usize)>, Option<Role>) = (None, None);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("helper"), Some(slot), Some(leader)) => {
+            helper = slot.parse().ok().zip(leader.parse().ok()).map(|(slot, leader)| Role::Helper { slot, leader })
+        }
+        (Some(k), Some(h), Some(l)) => handoff = h.parse().ok().zip(l.parse().ok()).map(|(h, l)| (k.to_string(), h, l)),
+        _ => {}
+    }
     // Connected as the bootstrap superuser, for zdm's own catalog only: every
     // piece of user-visible work switches to the migration's owner
     // (`security::as_owner`), and zdm's SQL never resolves a name through a
@@ -40,6 +47,16 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
     security::pin_session_search_path();
     let name = BackgroundWorker::get_name().to_string();
     set_application_name(&name);
+
+    if let Some(role) = helper {
+        // A helper of a parallel backfill: no claim (the leader holds the
+        // job), only batches, until the backfill is complete or the job or
+        // its leader stops.
+        if let Ok(Some(op)) = transaction(|| catalog::load(migration, false).map(|m| super::operation(&m.kind))) {
+            batches::run(migration, op, &name, role);
+        }
+        return;
+    }
 
     if let Some((kind, handle, len)) = handoff {
         let Some(payload) = read_handoff(handle, len) else { return };
@@ -78,7 +95,7 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
 /// Backfill, builds, validation, done — each step optional, each stopping
 /// the job quietly when it was cancelled or recorded a failure.
 fn run_steps(migration: i64, op: &dyn Operation, name: &str) {
-    if op.has_backfill() && !batches::run(migration, op, name) {
+    if op.has_backfill() && !batches::run(migration, op, name, Role::Leader) {
         return;
     }
     if !run_builds(migration, op, name) {

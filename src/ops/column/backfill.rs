@@ -1,4 +1,4 @@
-//! Batch planning and execution for a rename backfill.
+//! Batch planning and execution for a rename or type-change backfill.
 //!
 //! The table is walked by heap block ranges (`ctid >= '(a,0)' AND ctid <
 //! '(b,0)'`, a TID range scan): no index is needed, it works without a primary
@@ -8,9 +8,14 @@
 //! sync — which is also why the scan ends at the heap size measured under
 //! expand's lock (`zdm.migrations.rel_blocks`): blocks added later hold only
 //! tuples the trigger wrote. A rewrite of the table (new relfilenode) moves
-//! tuples anywhere, so it restarts the scan. Under READ COMMITTED a row updated concurrently is re-checked against
-//! that condition on its newest version, so the backfill never overwrites a
-//! value the trigger has set.
+//! tuples anywhere, so it restarts the scan. Under READ COMMITTED a row
+//! updated concurrently is re-checked against that condition on its newest
+//! version, so the backfill never overwrites a value the trigger has set.
+//!
+//! With one worker the scan has one cursor. With `workers => N` the blocks
+//! left are split into N disjoint ranges (`zdm.backfill_ranges`), each with
+//! its own cursor, advanced exactly once per batch under the range's row
+//! lock; a worker left without a range gets the unvisited half of another.
 
 use crate::catalog::{self, Migration, Phase, Step};
 use crate::errors::{raise, Code};
@@ -20,35 +25,194 @@ use crate::introspect;
 use crate::spi::{self, ident};
 use crate::trigger;
 use pgrx::pg_sys;
+use std::cell::Cell;
 use std::time::Instant;
 
 
-/// Run one batch of about `batch_size` updated rows and persist the cursor in
-/// the same transaction. The caller holds the migration's row lock.
-pub fn run_batch(m: &Migration, batch_size: i32) -> Batch {
-    let (mut cursor, mut nblocks) = (m.cursor_block, m.rel_blocks);
-    let filenode = spi::one::<pg_sys::Oid>("SELECT pg_catalog.pg_relation_filenode($1)", &[m.relid.into()])
-        .unwrap_or(pg_sys::InvalidOid);
-    if filenode != m.relfilenode {
-        // VACUUM FULL, CLUSTER, a rewriting ALTER: tuples moved, scan again.
-        nblocks = introspect::relation_blocks(m.relid);
-        cursor = 0;
-        catalog::restart_scan(m.id, nblocks, filenode);
-        catalog::log_step(Step {
-            migration: m.id,
-            step: "backfill: table rewritten, scan restarts",
-            duration_ms: 0.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some(format!("new heap of {nblocks} blocks")),
-        });
+/// How a step may share the backfill with other processes.
+#[derive(Clone, Copy)]
+pub struct Parallel {
+    /// Processes the job runs: the blocks left are split into this many
+    /// ranges, and a range is split again while fewer have blocks left.
+    pub workers: i32,
+    /// Wait for a range another batch holds (a caller's own loop) instead
+    /// of returning `busy` (a worker, which tries again shortly).
+    pub wait: bool,
+}
+
+/// Below this many blocks left, a backfill is not split into ranges.
+const MIN_SPLIT_BLOCKS: i64 = 16;
+
+thread_local! {
+    /// The range this process worked on last: it keeps to it while it is free.
+    static LAST_RANGE: Cell<Option<i64>> = const { Cell::new(None) };
+}
+
+/// One step of a rename or type-change backfill in the current transaction:
+/// check the phase, run one block range, persist its cursor, and record
+/// completion when no blocks are left. Shared by `zdm.backfill_batch` and the
+/// background workers, which have checked the caller's rights and run this
+/// as the migration's owner (`security::as_owner`).
+///
+/// Locks: a single cursor (`zdm.migrations.cursor_block`) is advanced under
+/// the migration's row lock FOR UPDATE, so such batches serialize; parallel
+/// ranges are advanced under their own row's lock while the migration's row
+/// is held FOR KEY SHARE by all of them. Splitting, restarting and finishing
+/// take FOR UPDATE, so they never run beside a batch. Contract and abort
+/// lock FOR UPDATE too and wait for running batches.
+pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
+    let started = Instant::now();
+    // A first look without locks, to choose the path; each path checks
+    // again under its lock.
+    let peek = catalog::load_or_raise(migration, false);
+    if peek.phase == Phase::Contracted && matches!(peek.kind.as_str(), "rename" | "change_type") {
+        // A scheduled job or a re-run after contract: nothing left, not an error.
+        return Batch::done();
+    }
+    require_backfillable(&peek);
+    peek.table_sql(); // 42P01 if the table was dropped
+    if peek.phase == Phase::Backfilled {
+        return Batch::done();
+    }
+    let (ranges, open) = catalog::range_counts(migration);
+    let rewritten = filenode(peek.relid) != peek.relfilenode;
+    if ranges > 0 && !rewritten {
+        return if open > 0 { range_batch(migration, batch_size, par) } else { finish(migration, started) };
+    }
+    let m = catalog::load_or_raise(migration, true);
+    if !m.phase.in_flight() || m.phase == Phase::Backfilled {
+        return step(migration, batch_size, par); // contracted, aborted or finished meanwhile: answer as such
+    }
+    lock_for_batch(&m);
+    if catalog::range_counts(migration).0 > 0 && filenode(m.relid) == m.relfilenode {
+        return Batch::default(); // another process split it meanwhile: the next step takes a range
+    }
+    if m.phase == Phase::Expanded {
+        catalog::set_phase(m.id, Phase::Backfilling);
+    }
+    let (cursor, nblocks) = restart_if_rewritten(&m);
+    if par.workers > 1 && nblocks - cursor >= MIN_SPLIT_BLOCKS {
+        catalog::split_into_ranges(m.id, cursor, nblocks, par.workers as i64, m.rows_per_block);
+        return range_batch(migration, batch_size, par);
     }
     if cursor >= nblocks {
-        return Batch { rows: 0, blocks: 0, done: true };
+        return finish(migration, started);
     }
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
     let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, nblocks - cursor);
     let end = cursor + blocks;
+    let rows = update_blocks(&m, cursor, end);
+    catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
+    Batch { rows, blocks, first_block: cursor, ..Batch::default() }
+}
+
+/// One batch on a range of a parallel backfill, under the migration's row
+/// FOR KEY SHARE and the range's row FOR UPDATE.
+fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
+    let Some(m) = catalog::load_key_share(migration) else { return Batch::done() };
+    if !m.phase.in_flight() || m.phase == Phase::Backfilled {
+        return Batch::default(); // the next step answers for the new phase
+    }
+    lock_for_batch(&m);
+    if filenode(m.relid) != m.relfilenode {
+        return Batch::default(); // rewritten: the next step restarts the scan
+    }
+    let Some(mut r) = catalog::take_range(m.id, LAST_RANGE.get(), par.wait) else {
+        let (_, open) = catalog::range_counts(m.id);
+        return Batch { busy: open > 0, ..Batch::default() };
+    };
+    LAST_RANGE.set(Some(r.start_block));
+    let per_block = if r.rows_per_block > 0.0 { r.rows_per_block } else { 1.0 };
+    let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, r.end_block - r.next_block);
+    let first = r.next_block;
+    let rows = update_blocks(&m, first, first + blocks);
+    r.next_block = first + blocks;
+    r.rows_per_block = next_density(per_block, rows, blocks, batch_size);
+    // Fewer ranges with blocks left than workers: one of them has nothing to
+    // do. Give it the unvisited half of this range (a new range, committed
+    // with this batch; nobody else can touch those blocks meanwhile).
+    let left = r.end_block - r.next_block;
+    if catalog::range_counts(m.id).1 < par.workers as i64 && left >= 2 * blocks.max(MIN_SPLIT_BLOCKS / 2) {
+        let mid = r.next_block + left / 2;
+        catalog::add_range(m.id, mid, r.end_block, r.rows_per_block);
+        r.end_block = mid;
+    }
+    catalog::save_range_progress(m.id, &r, rows);
+    Batch { rows, blocks, first_block: first, ..Batch::default() }
+}
+
+/// No blocks left: record completion, under the migration's row FOR UPDATE
+/// (every batch has committed; none can start).
+fn finish(migration: i64, started: Instant) -> Batch {
+    let m = catalog::load_or_raise(migration, true);
+    if m.phase == Phase::Backfilled || !m.phase.in_flight() {
+        return Batch::done();
+    }
+    lock_for_batch(&m);
+    if filenode(m.relid) != m.relfilenode || catalog::range_counts(m.id).1 > 0 || m.cursor_block < m.rel_blocks {
+        return Batch::default(); // rewritten or split meanwhile: not finished
+    }
+    catalog::fold_ranges(m.id);
+    // Fresh statistics on the new column, so that plans are good the
+    // moment contract makes it the only one.
+    spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
+    catalog::set_phase(m.id, Phase::Backfilled);
+    let total = catalog::load_or_raise(migration, false).rows_done;
+    catalog::log_step(Step {
+        migration: m.id,
+        step: "backfill complete",
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some(format!("{total} rows backfilled in total")),
+    });
+    Batch::done()
+}
+
+/// The table's lock for the batch, taken before its heap is looked at: a
+/// rewrite (VACUUM FULL, CLUSTER) cannot slip in between the relfilenode
+/// check and the UPDATE. Also the sync trigger must be there.
+fn lock_for_batch(m: &Migration) {
+    spi::exec(&format!("LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE", m.table_sql()));
+    let tgoid = trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default());
+    if tgoid == pg_sys::InvalidOid {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the sync trigger of zdm migration {} on {} is missing", m.id, m.table_sql()),
+            format!("Writes are no longer kept in sync; call zdm.abort({}) and start again.", m.id),
+        );
+    }
+}
+
+fn filenode(relid: pg_sys::Oid) -> pg_sys::Oid {
+    spi::one::<pg_sys::Oid>("SELECT pg_catalog.pg_relation_filenode($1)", &[relid.into()]).unwrap_or(pg_sys::InvalidOid)
+}
+
+/// (cursor, end of scan), after restarting the scan if the table was
+/// rewritten (VACUUM FULL, CLUSTER, a rewriting ALTER): tuples moved, so
+/// every range is dropped (their counters kept) and the scan starts again
+/// over the new heap. The caller holds the migration's row FOR UPDATE.
+fn restart_if_rewritten(m: &Migration) -> (i64, i64) {
+    let now = filenode(m.relid);
+    if now == m.relfilenode {
+        return (m.cursor_block, m.rel_blocks);
+    }
+    let nblocks = introspect::relation_blocks(m.relid);
+    catalog::fold_ranges(m.id);
+    catalog::restart_scan(m.id, nblocks, now);
+    catalog::log_step(Step {
+        migration: m.id,
+        step: "backfill: table rewritten, scan restarts",
+        duration_ms: 0.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some(format!("new heap of {nblocks} blocks")),
+    });
+    (0, nblocks)
+}
+
+/// The batch's UPDATE over heap blocks `[first, end)`; returns rows updated.
+fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
     // ONLY: inheritance is refused up front, and a child added later must not
     // be half-filled by the parent's block range. Operators are qualified:
@@ -60,65 +224,15 @@ pub fn run_batch(m: &Migration, batch_size: i32) -> Batch {
     } else {
         (format!("{new} = {old}"), format!("{new} IS NULL AND {old} IS NOT NULL"))
     };
-    let sql = format!(
-        "UPDATE ONLY {table} SET {set} WHERE ctid OPERATOR(pg_catalog.>=) '({cursor},0)'::pg_catalog.tid \
-         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {todo}",
-        table = m.table_sql()
-    );
     // The sync trigger fires for these UPDATEs like for any other write (it
     // sees new = old and leaves the row alone), and so do every other
     // migration's and user's triggers: nothing a batch causes — including
     // writes a user trigger makes to other rows — escapes syncing.
-    let tgoid = trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default());
-    if tgoid == pg_sys::InvalidOid {
-        raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("the sync trigger of zdm migration {} on {} is missing", m.id, m.table_sql()),
-            format!("Writes are no longer kept in sync; call zdm.abort({}) and start again.", m.id),
-        );
-    }
-    let rows = spi::exec_count(&sql);
-    catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
-    Batch { rows, blocks, done: false }
-}
-
-/// One step of a rename backfill in the current transaction: lock the
-/// migration row (serializing concurrent callers and workers), check the
-/// phase, run one block range, and record completion when the cursor reached
-/// the end. Shared by `zdm.backfill_batch` and the background worker, which
-/// have checked the caller's rights and run this as the migration's owner
-/// (`security::as_owner`).
-pub fn step(migration: i64, batch_size: i32) -> Batch {
-    let started = Instant::now();
-    let m = catalog::load_or_raise(migration, true);
-    if m.phase == Phase::Contracted && matches!(m.kind.as_str(), "rename" | "change_type") {
-        // A scheduled job or a re-run after contract: nothing left, not an error.
-        return Batch { rows: 0, blocks: 0, done: true };
-    }
-    require_backfillable(&m);
-    m.table_sql(); // 42P01 if the table was dropped
-    if m.phase == Phase::Backfilled {
-        return Batch { rows: 0, blocks: 0, done: true };
-    }
-    if m.phase == Phase::Expanded {
-        catalog::set_phase(m.id, Phase::Backfilling);
-    }
-    let out = run_batch(&m, batch_size);
-    if out.done {
-        // Fresh statistics on the new column, so that plans are good the
-        // moment contract makes it the only one.
-        spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
-        catalog::set_phase(m.id, Phase::Backfilled);
-        catalog::log_step(Step {
-            migration: m.id,
-            step: "backfill complete",
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some(format!("{} rows backfilled in total", m.rows_done)),
-        });
-    }
-    out
+    spi::exec_count(&format!(
+        "UPDATE ONLY {table} SET {set} WHERE ctid OPERATOR(pg_catalog.>=) '({first},0)'::pg_catalog.tid \
+         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {todo}",
+        table = m.table_sql()
+    ))
 }
 
 /// Steps until a range updated rows or the backfill is complete; returns the
@@ -126,7 +240,7 @@ pub fn step(migration: i64, batch_size: i32) -> Batch {
 /// the application already rewrote) does not end the call.
 pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
     loop {
-        let out = step(migration, batch_size);
+        let out = step(migration, batch_size, Parallel { workers: 1, wait: true });
         if out.done {
             return 0;
         }

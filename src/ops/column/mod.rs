@@ -45,8 +45,8 @@ impl Operation for ColumnSteps {
     fn has_backfill(&self) -> bool {
         true
     }
-    fn backfill_batch(&self, migration: i64, batch_size: i32) -> Batch {
-        backfill::step(migration, batch_size)
+    fn backfill_batch(&self, migration: i64, batch_size: i32, workers: i32) -> Batch {
+        backfill::step(migration, batch_size, backfill::Parallel { workers, wait: false })
     }
     fn builds(&self, migration: i64) -> Vec<IndexTask> {
         carry::pending_builds(migration)
@@ -1004,6 +1004,7 @@ fn abort_as_owner(m: &Migration) {
     // since become something zdm would not start on (e.g. FORCE RLS on).
     let t = m.table_sql();
     jobs::finish_for_migration(id, "cancelled");
+    catalog::fold_ranges(id);
     let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
     guard::allow_zdm_ddl(|| {
         if let Some(trigger) = &m.trigger_name {
