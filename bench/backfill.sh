@@ -3,6 +3,8 @@
 # copy of the same table: copy column a into a new column b for every row.
 #   update      a single UPDATE t SET b = a (the physical limit)
 #   zdm-bg      zdm background worker, throttling off
+#   zdm-bg-x2   the same job with workers => 2 (two processes on disjoint block ranges)
+#   zdm-bg-x4   workers => 4
 #   zdm-client  a client loop of zdm.backfill_batch (a procedure that COMMITs per call)
 #   plpgsql     the common hand-written DO loop: 1000-row id ranges, COMMIT, 10 ms sleep
 #   ctid-limit  UPDATE … WHERE ctid IN (SELECT ctid … WHERE b IS NULL LIMIT 1000), COMMIT, repeat
@@ -36,8 +38,9 @@ run() { # method
   wal0=$(lsn); start=$(now_ms)
   case $m in
     update) q -c "UPDATE $t SET b = a" ;;
-    zdm-bg)
-      q -c "SELECT zdm.start_backfill($ID, batch_size => 20000, pause_ms => 0, target_batch_ms => 0, max_replica_lag => '0')" >/dev/null
+    zdm-bg*)
+      local workers=1; [[ $m == zdm-bg-x* ]] && workers=${m#zdm-bg-x}
+      q -c "SELECT zdm.start_backfill($ID, batch_size => 20000, pause_ms => 0, target_batch_ms => 0, max_replica_lag => '0', workers => $workers)" >/dev/null
       q -c "SET client_min_messages = warning" -c "SELECT zdm.wait($ID, '${CAP} seconds')" >/dev/null ;;
     zdm-client)
       q <<SQL
@@ -111,9 +114,12 @@ TOML
 }
 
 declare -A DONE
-methods="update zdm-bg zdm-client plpgsql ctid-limit"
-if command -v reshape >/dev/null 2>&1; then methods="$methods reshape-copy reshape-rename"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2 --locked)"; fi
+methods="${ZDM_BACKFILL_METHODS:-update zdm-bg zdm-bg-x2 zdm-bg-x4 zdm-client plpgsql ctid-limit}"
+if [ -n "${ZDM_BACKFILL_METHODS:-}" ]; then :; elif command -v reshape >/dev/null 2>&1; then methods="$methods reshape-copy reshape-rename"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2 --locked)"; fi
+# Throttling off: no pause, fixed batches, and no adaptive pauses either.
+q -c "ALTER SYSTEM SET zdm.adaptive_throttle = off" -c "SELECT pg_reload_conf()" >/dev/null
 for m in $methods; do run "$m"; done
+q -c "ALTER SYSTEM RESET zdm.adaptive_throttle" -c "SELECT pg_reload_conf()" >/dev/null
 
 echo "### Backfill of $ROWS rows ($(machine))"
 echo
@@ -130,4 +136,5 @@ for m in $methods; do
 done
 [ -n "${NOTE[reshape]:-}" ] && [[ " $methods " != *" reshape "* ]] && echo "| reshape | | | | | | ${NOTE[reshape]} |"
 echo
-echo "backfill $ROWS rows: zdm background = $(ratio "$(rate "${DONE[zdm-bg]}" "${MS[zdm-bg]}")" "$base")× the single UPDATE ($(rate "${DONE[zdm-bg]}" "${MS[zdm-bg]}") vs $base rows/s)"
+x() { ratio "$(rate "${DONE[$1]}" "${MS[$1]}")" "$base"; }
+echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]}" "${MS[zdm-bg]}"), $(rate "${DONE[zdm-bg-x2]}" "${MS[zdm-bg-x2]}"), $(rate "${DONE[zdm-bg-x4]}" "${MS[zdm-bg-x4]}") vs $base rows/s)"
