@@ -262,14 +262,6 @@ fn row_to_migration(row: &pgrx::spi::SpiTupleTable) -> Result<Migration, pgrx::s
     })
 }
 
-/// Load a migration under FOR KEY SHARE: the lock a parallel backfill's
-/// batches hold together (contract and abort, which lock FOR UPDATE, wait
-/// for them), while each batch serializes on its own range instead.
-pub fn load_key_share(id: i64) -> Option<Migration> {
-    let sql = format!("{SELECT_MIGRATION} FOR KEY SHARE");
-    as_catalog_owner(|| spi::first_row(&sql, &[id.into()], row_to_migration))
-}
-
 /// Load or fail with 42704 naming the id.
 pub fn load_or_raise(id: i64, lock: bool) -> Migration {
     load(id, lock).unwrap_or_else(|| {
@@ -441,22 +433,32 @@ pub fn split_into_ranges(id: i64, from: i64, to: i64, n: i64, rows_per_block: f6
 /// another batch, wait for one (a caller's own loop) instead of returning
 /// None (a worker, which has other things to do).
 pub fn take_range(id: i64, prefer: Option<i64>, wait: bool) -> Option<Range> {
-    let sql = format!(
-        "SELECT start_block, next_block, end_block, rows_per_block FROM zdm.backfill_ranges \
-          WHERE migration_id = $1 AND next_block < end_block \
-          ORDER BY start_block IS NOT DISTINCT FROM $2 DESC, start_block LIMIT 1 FOR UPDATE{}",
-        if wait { "" } else { " SKIP LOCKED" }
-    );
-    as_catalog_owner(|| {
-        spi::first_row(&sql, &[id.into(), prefer.into()], |r| {
-            Ok(Range {
-                start_block: r.get::<i64>(1)?.unwrap_or(0),
-                next_block: r.get::<i64>(2)?.unwrap_or(0),
-                end_block: r.get::<i64>(3)?.unwrap_or(0),
-                rows_per_block: r.get::<f64>(4)?.unwrap_or(0.0),
+    let take = |lock: &str| {
+        let sql = format!(
+            "SELECT start_block, next_block, end_block, rows_per_block FROM zdm.backfill_ranges \
+              WHERE migration_id = $1 AND next_block < end_block \
+              ORDER BY start_block IS NOT DISTINCT FROM $2 DESC, start_block LIMIT 1 {lock}"
+        );
+        as_catalog_owner(|| {
+            spi::first_row(&sql, &[id.into(), prefer.into()], |r| {
+                Ok(Range {
+                    start_block: r.get::<i64>(1)?.unwrap_or(0),
+                    next_block: r.get::<i64>(2)?.unwrap_or(0),
+                    end_block: r.get::<i64>(3)?.unwrap_or(0),
+                    rows_per_block: r.get::<f64>(4)?.unwrap_or(0.0),
+                })
             })
         })
-    })
+    };
+    take("FOR UPDATE SKIP LOCKED").or_else(|| if wait { take("FOR UPDATE") } else { None })
+}
+
+/// Lock every range of the migration (waiting for the batches that hold
+/// one): no batch can advance or split a range until this transaction ends.
+pub fn lock_ranges(id: i64) {
+    as_catalog_owner(|| {
+        spi::exec_args("SELECT 1 FROM zdm.backfill_ranges WHERE migration_id = $1 FOR UPDATE", &[id.into()])
+    });
 }
 
 /// Persist a range's cursor (and its end, when the batch split off the rest
@@ -482,8 +484,9 @@ pub fn add_range(id: i64, start: i64, end: i64, rows_per_block: f64) {
     });
 }
 
-/// Every range is done (or the scan restarts): fold their counters into the
-/// migration and delete them. The caller holds the migration's row FOR UPDATE.
+/// Every range is done (or the scan restarts, or the migration is aborted):
+/// fold their counters into the migration and delete them (waiting for
+/// batches that hold one). The caller holds the migration's row FOR UPDATE.
 pub fn fold_ranges(id: i64) {
     as_catalog_owner(|| {
         spi::exec_args(

@@ -176,8 +176,10 @@ fn killed_helper_killed_leader_and_crash_resume_per_range() {
 
 /// A table rewrite (VACUUM FULL) mid-way restarts the split scan; a caller's
 /// own zdm.backfill_batch loop runs beside the workers; the job shrinks to
-/// one worker and grows again; cancel stops every process of the job; bad
-/// `workers` values are refused with 22023.
+/// one worker and grows again; pause sends the helper away and resume brings
+/// it back; zdm.max_workers caps the processes whatever `workers` says;
+/// cancel stops every process of the job; bad `workers` values are refused
+/// with 22023.
 #[test]
 fn rewrite_manual_batches_resize_and_cancel() {
     let cluster = Cluster::start("parmix", &[HISTORY]);
@@ -216,6 +218,21 @@ fn rewrite_manual_batches_resize_and_cancel() {
     }
     println!("{manual} rows by the caller's own batches");
     assert!(manual > 0);
+    // Paused: the helper gives its slot back; resumed: it comes back.
+    c.execute("SELECT zdm.pause($1)", &[&id]).unwrap();
+    wait_for("only the leader while paused", Duration::from_secs(30), || (job_pids(&mut c, id).len() == 1).then_some(()));
+    c.execute("SELECT zdm.resume($1)", &[&id]).unwrap();
+    wait_for("the helper after resume", Duration::from_secs(30), || (job_pids(&mut c, id).len() == 2).then_some(()));
+    // More workers than zdm.max_workers (4 here) allows: it runs 4 processes, no more.
+    c.execute("SELECT zdm.set_options($1, workers => 8, pause_ms => 300)", &[&id]).unwrap();
+    wait_for("4 processes", Duration::from_secs(30), || (job_pids(&mut c, id).len() == 4).then_some(()));
+    for _ in 0..10 {
+        let n = job_pids(&mut c, id).len();
+        assert!(n <= 4, "zdm.max_workers caps the job's processes, found {n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("going on with fewer"), "the server log says why");
     c.execute("SELECT zdm.cancel($1)", &[&id]).unwrap();
     wait_for("every process of the job gone", Duration::from_secs(30), || job_pids(&mut c, id).is_empty().then_some(()));
     let before = rows_done(&mut c, id);

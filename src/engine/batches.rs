@@ -20,7 +20,7 @@
 
 use super::locking::{error_code, error_message, in_subtransaction};
 use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
-use super::{jobs, Operation};
+use super::{jobs, Operation, Share};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
 use pgrx::prelude::*;
@@ -54,16 +54,26 @@ const IDLE_MS: f64 = 100.0;
 const HELPER_RESTART_EVERY: Duration = Duration::from_secs(2);
 
 enum Next {
-    Continue { pause_ms: i32, reason: Option<String>, workers: i32 },
+    Continue { pause_ms: i32, reason: Option<String>, workers: i32, next_size: i32 },
     /// other workers hold the work left
     Idle { workers: i32 },
+    /// the batch failed with a lock or statement timeout: again, smaller
+    Retry { reason: String },
     Done,
+    /// a throttle: wait, then try again
     Wait { ms: f64, reason: String },
+    /// the job is held (paused, pause_all, run_after, outside its windows):
+    /// the leader waits, helpers end and give their slots back
+    Hold { ms: f64, reason: String },
     Stop,
 }
 
 fn wait(ms: f64, reason: String) -> Next {
     Next::Wait { ms, reason }
+}
+
+fn hold(ms: f64, reason: String) -> Next {
+    Next::Hold { ms, reason }
 }
 
 /// Run batches until the backfill is complete (true) or the job stopped:
@@ -82,12 +92,13 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
             return false;
         }
     };
+    let mut loop_state = LoopState::default();
     let mut batches: i64 = 0;
     let mut helpers = Helpers::default();
     loop {
         reload_config_if_asked();
         set_activity(&format!("{name}: batch {}", batches + 1));
-        let next = transaction(|| one_batch(migration, op, &owner, role)).unwrap_or_else(|e| {
+        let next = transaction(|| one_batch(migration, op, &owner, role, &mut loop_state)).unwrap_or_else(|e| {
             // An error outside the batch itself (catalog, options): record it.
             let _ = transaction(|| jobs::fail(migration, "backfill failed", &e));
             Next::Stop
@@ -95,13 +106,17 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
         if let (Role::Leader, Next::Continue { workers, .. } | Next::Idle { workers }) = (role, &next) {
             helpers.keep(migration, *workers, name);
         }
+        // zdm.jobs is written here, after the batch committed, never inside
+        // it: a batch holding the job's row would make the job's other
+        // workers wait for it while they hold their rows' locks.
         match next {
             Next::Idle { .. } => {
                 set_activity(&format!("{name}: waiting for a range (the other workers hold the rest)"));
                 sleep_ms(IDLE_MS);
             }
-            Next::Continue { pause_ms, reason, .. } => {
+            Next::Continue { pause_ms, reason, next_size, .. } => {
                 batches += 1;
+                let _ = transaction(|| batch_done(migration, next_size));
                 if batches % PRUNE_EVERY == 0 {
                     let _ = transaction(|| prune_history(migration));
                 }
@@ -111,43 +126,77 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                     sleep_ms(pause_ms as f64);
                 }
             }
-            Next::Wait { ms, reason } => {
+            Next::Retry { reason } => {
+                let _ = transaction(|| {
+                    jobs::set_throttle_reason(migration, Some(&reason));
+                    jobs::set_current_batch_size(migration, loop_state.retry_size.unwrap_or(1));
+                });
+            }
+            Next::Hold { .. } if matches!(role, Role::Helper { .. }) => {
+                // The leader starts it again when batches go on.
+                return false;
+            }
+            Next::Wait { ms, reason } | Next::Hold { ms, reason } => {
                 set_activity(&format!("{name}: waiting: {reason}"));
                 let _ = transaction(|| jobs::set_throttle_reason(migration, Some(&reason)));
                 note_wait(ms, Some(reason));
                 sleep_ms(ms);
             }
             Next::Stop => return false,
-            Next::Done => return true,
+            Next::Done => {
+                let _ = transaction(|| batch_done(migration, loop_state.last_size));
+                return true;
+            }
         }
     }
 }
 
-fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), role: Role) -> Next {
+/// What the loop carries from one batch transaction to the next.
+#[derive(Default)]
+struct LoopState {
+    /// failed attempts of the batch being retried, and its smaller size
+    attempts: i32,
+    retry_size: Option<i32>,
+    last_error: String,
+    last_size: i32,
+    /// a helper: its leader's backend_start, to tell it from a reused pid
+    leader_started: Option<String>,
+    /// the CPU gate (`load::cpu_gate`): CPU time when the last batch or wait ended, and that batch's duration
+    cpu_mark: Option<super::load::CpuTicks>,
+    last_batch_ms: f64,
+}
+
+/// One attempt at one batch, in its own transaction (with the history row).
+fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), role: Role, st: &mut LoopState) -> Next {
     let Some(job) = jobs::load_row(migration) else { return Next::Stop };
     security::check_owner_unchanged(owner.0, &owner.1, migration);
     match role {
         Role::Leader if job.worker_pid != Some(unsafe { pg_sys::MyProcPid }) => {
             return Next::Stop; // another worker took the job over
         }
-        Role::Helper { slot, leader } if job.worker_pid != Some(leader) || !job.worker_alive || slot >= job.workers => {
-            return Next::Stop; // the leader is gone (the job is resumed with a new one), or fewer workers are wanted
+        Role::Helper { slot, leader } => {
+            let same_leader = job.worker_pid == Some(leader)
+                && job.worker_alive
+                && *st.leader_started.get_or_insert_with(|| job.worker_started_at.clone()) == job.worker_started_at;
+            if !same_leader || slot >= job.workers {
+                return Next::Stop; // the leader is gone (the job resumes with a new one), or fewer workers are wanted
+            }
         }
         _ => {}
     }
     match job.state.as_str() {
         "running" | "queued" => {}
-        "paused" => return wait(1000.0, "paused by zdm.pause()".into()),
+        "paused" => return hold(1000.0, "paused by zdm.pause()".into()),
         _ => return Next::Stop, // cancelled, completed, failed
     }
     if guc::PAUSE_ALL.get() {
-        return wait(1000.0, "zdm.pause_all is on".into());
+        return hold(1000.0, "zdm.pause_all is on".into());
     }
     if job.wait_for_run_after_ms > 0.0 {
-        return wait(job.wait_for_run_after_ms.min(1000.0), "scheduled: waiting for run_after".into());
+        return hold(job.wait_for_run_after_ms.min(1000.0), "scheduled: waiting for run_after".into());
     }
     if let Some(reason) = super::window::outside(&job.windows) {
-        return wait(5000.0, reason);
+        return hold(5000.0, reason);
     }
     if let Some(max_lag) = job.max_replica_lag_ms {
         let lag = spi::one::<f64>(
@@ -162,64 +211,83 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             );
         }
     }
-    let mut size = job.batch_size;
-    let mut last_error = String::new();
-    for attempt in 1..=job.max_attempts {
-        let started = Instant::now();
-        let outcome = in_subtransaction(|| {
-            // lock_timeout applies to the batch only (rolled back with
-            // as_owner's nest level): zdm's own catalog writes after it wait
-            // for a caller holding the job row instead of failing the job.
-            security::as_owner(owner.0, || {
-                spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
-                with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size, job.workers))
-            })
-        });
-        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match outcome {
-            Ok(out) if out.busy => return Next::Idle { workers: job.workers },
-            Ok(out) => {
-                record_batch(migration, &out, size, took_ms);
-                let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration));
-                let target = match &load {
-                    Some(load) => super::load::target_batch_ms(job.target_batch_ms, load),
-                    None => job.target_batch_ms,
-                };
-                let next = next_batch_size(size, job.configured_batch_size, target, took_ms);
-                spi::exec_args(
-                    "UPDATE zdm.jobs SET heartbeat_at = clock_timestamp(), current_batch_size = $2, throttle_reason = NULL \
-                      WHERE migration_id = $1",
-                    &[migration.into(), next.into()],
-                );
-                if out.done {
-                    return Next::Done;
-                }
-                let Some(load) = load else {
-                    return Next::Continue { pause_ms: job.pause_ms, reason: None, workers: job.workers };
-                };
-                let (pause_ms, reason) = super::load::pause(job.pause_ms, &load);
-                return Next::Continue { pause_ms, reason, workers: job.workers };
-            }
-            Err(e) if is_retryable(error_code(&e)) => {
-                last_error = error_message(&e);
-                size = (size / 2).max(1);
-                jobs::set_throttle_reason(
-                    migration,
-                    Some(&format!("batch attempt {attempt} failed ({last_error}); retrying with batch size {size}")),
-                );
-                spi::exec_args(
-                    "UPDATE zdm.jobs SET current_batch_size = $2 WHERE migration_id = $1",
-                    &[migration.into(), size.into()],
-                );
-            }
-            Err(e) => {
-                jobs::fail(migration, "backfill failed", &error_message(&e));
-                return Next::Stop;
-            }
+    if guc::ADAPTIVE_THROTTLE.get() && job.pause_ms > 0 {
+        // (pause_ms = 0 asks for full speed: no gate)
+        let waited = PENDING_WAIT.with(|w| w.borrow().0);
+        if let Some((ms, reason)) = super::load::cpu_gate(&mut st.cpu_mark, st.last_batch_ms, waited) {
+            return wait(ms, reason);
         }
     }
-    jobs::fail(migration, "backfill failed", &format!("gave up after {} attempts: {last_error}", job.max_attempts));
-    Next::Stop
+    let size = st.retry_size.unwrap_or(job.batch_size);
+    let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }) };
+    let started = Instant::now();
+    let outcome = in_subtransaction(|| {
+        // lock_timeout applies to the batch only (rolled back with
+        // as_owner's nest level), not to zdm's own catalog writes.
+        security::as_owner(owner.0, || {
+            spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
+            with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size, share))
+        })
+    });
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    (st.cpu_mark, st.last_batch_ms) = (super::load::cpu_ticks(), took_ms);
+    match outcome {
+        Ok(out) if out.busy => Next::Idle { workers: job.workers },
+        Ok(out) => {
+            (st.attempts, st.retry_size) = (0, None);
+            if out.done && out.blocks == 0 {
+                st.last_size = size;
+                return Next::Done;
+            }
+            record_batch(migration, &out, size, took_ms);
+            let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration));
+            let target = match &load {
+                Some(load) => super::load::target_batch_ms(job.target_batch_ms, load),
+                None => job.target_batch_ms,
+            };
+            let next_size = next_batch_size(size, job.configured_batch_size, target, took_ms);
+            st.last_size = next_size;
+            if out.done {
+                return Next::Done;
+            }
+            let (pause_ms, reason) = match load {
+                Some(load) => super::load::pause(job.pause_ms, &load),
+                None => (job.pause_ms, None),
+            };
+            Next::Continue { pause_ms, reason, workers: job.workers, next_size }
+        }
+        Err(e) if is_retryable(error_code(&e)) => {
+            st.attempts += 1;
+            st.last_error = error_message(&e);
+            let smaller = (size / 2).max(1);
+            if st.attempts >= job.max_attempts {
+                // A restart begins with the smaller size.
+                jobs::set_current_batch_size(migration, smaller);
+                jobs::fail(migration, "backfill failed", &format!("gave up after {} attempts: {}", st.attempts, st.last_error));
+                return Next::Stop;
+            }
+            st.retry_size = Some(smaller);
+            Next::Retry {
+                reason: format!("batch attempt {} failed ({}); retrying with batch size {smaller}", st.attempts, st.last_error),
+            }
+        }
+        Err(e) => {
+            jobs::fail(migration, "backfill failed", &error_message(&e));
+            Next::Stop
+        }
+    }
+}
+
+/// After a batch committed: heartbeat, the size the next batch uses, and no
+/// throttle reason (a wait before the next one sets its own).
+fn batch_done(migration: i64, next_size: i32) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.jobs SET heartbeat_at = clock_timestamp(), current_batch_size = $2, throttle_reason = NULL \
+              WHERE migration_id = $1",
+            &[migration.into(), next_size.max(1).into()],
+        )
+    });
 }
 
 /// Lock and statement timeouts, deadlocks and serialization failures: worth
@@ -290,10 +358,12 @@ struct Helpers {
 
 impl Helpers {
     /// Start the helpers the job wants and has not got: at first, when the
-    /// job's `workers` option grows, and again when one died (killed, or a
-    /// batch error) — at most every HELPER_RESTART_EVERY per slot. A helper
-    /// that finds the backfill complete ends by itself; one started too
-    /// late sees that at once and ends too.
+    /// job's `workers` option grows, and again when one died (killed, a
+    /// batch error, a wait) — at most every HELPER_RESTART_EVERY per slot.
+    /// A helper that finds nothing left ends by itself; one started too
+    /// late sees that at once and ends too. zdm's worker processes, helpers
+    /// included, stay within `zdm.max_workers`: a job never takes the
+    /// server's worker slots beyond that, whatever `workers` says.
     fn keep(&mut self, migration: i64, workers: i32, name: &str) {
         let wanted = (workers.max(1) - 1) as usize;
         if self.failed_at.is_some_and(|t| t.elapsed() < HELPER_RESTART_EVERY * 5) {
@@ -302,27 +372,45 @@ impl Helpers {
         if self.slots.len() < wanted {
             self.slots.resize_with(wanted, || None);
         }
-        for slot in 0..wanted {
-            let stale = match &self.slots[slot] {
+        let stale: Vec<usize> = (0..wanted)
+            .filter(|&slot| match &self.slots[slot] {
                 None => true,
                 Some((w, since)) => {
                     matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)) && since.elapsed() >= HELPER_RESTART_EVERY
                 }
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let starting = self.slots.iter().flatten().filter(|(w, _)| matches!(w.pid(), Err(BackgroundWorkerStatus::NotYetStarted))).count();
+        let running = transaction(|| {
+            spi::one::<i64>(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type LIKE 'zdm %' AND backend_type <> 'zdm launcher'",
+                &[],
+            )
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+        let free = (guc::MAX_WORKERS.get() as i64 - running - starting as i64).max(0) as usize;
+        for (n, &slot) in stale.iter().enumerate() {
+            let launched = if n < free {
+                transaction(|| jobs::launch_helper(migration, slot as i32 + 1)).and_then(|r| r)
+            } else {
+                Err(format!("zdm.max_workers ({}) zdm workers are running", guc::MAX_WORKERS.get()))
             };
-            if !stale {
-                continue;
-            }
-            let launched = transaction(|| jobs::launch_helper(migration, slot as i32 + 1));
             match launched {
-                Ok(Ok(w)) => self.slots[slot] = Some((w, Instant::now())),
-                Ok(Err(e)) | Err(e) => {
-                    if self.failed_at.replace(Instant::now()).is_none() {
-                        pgrx::log!("{name}: could not start worker {} of {workers}: {e}; going on with fewer", slot + 2);
-                    }
+                Ok(w) => self.slots[slot] = Some((w, Instant::now())),
+                Err(e) => {
+                    // Retried later; said in the server log each time.
+                    self.failed_at = Some(Instant::now());
+                    pgrx::log!("{name}: could not start worker {} of {workers}: {e}; going on with fewer", slot + 2);
                     return;
                 }
             }
         }
+        self.failed_at = None;
     }
 }
 

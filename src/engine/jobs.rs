@@ -259,6 +259,8 @@ pub struct JobRow {
     pub workers: i32,
     /// the leader (worker_pid) is alive
     pub worker_alive: bool,
+    /// its backend_start (tells it from a later process with the same pid)
+    pub worker_started_at: String,
 }
 
 pub fn load_row(migration: i64) -> Option<JobRow> {
@@ -268,7 +270,7 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                         j.pause_ms, j.target_batch_ms, (extract(epoch FROM j.max_replica_lag) * 1000)::float8, \
                         j.lock_timeout_ms, j.statement_timeout_ms, j.max_attempts, \
                         greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8, j.windows, \
-                        j.workers, {WORKER_ALIVE} \
+                        j.workers, {WORKER_ALIVE}, j.worker_started_at::text \
                    FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1"),
             &[migration.into()],
             |r| Ok(JobRow {
@@ -287,9 +289,16 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 windows: r.get::<Vec<String>>(13)?.unwrap_or_default(),
                 workers: r.get::<i32>(14)?.unwrap_or(1),
                 worker_alive: r.get::<bool>(15)?.unwrap_or(false),
+                worker_started_at: r.get::<String>(16)?.unwrap_or_default(),
             }),
         )
     })
+}
+
+pub fn set_current_batch_size(migration: i64, size: i32) {
+    as_catalog_owner(|| {
+        spi::exec_args("UPDATE zdm.jobs SET current_batch_size = $2 WHERE migration_id = $1", &[migration.into(), size.into()])
+    });
 }
 
 pub fn set_throttle_reason(migration: i64, reason: Option<&str>) {

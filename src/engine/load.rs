@@ -4,6 +4,12 @@
 //! waits for locks on the migrating table, and hurries while nobody else
 //! works. The configured `pause_ms` is the middle setting; why a pause was
 //! longer or shorter is recorded with the next batch (`zdm.batches`).
+//!
+//! Before each batch the worker also looks at the machine's CPUs during the
+//! wait it just took (Linux `/proc/stat`): if they were saturated while it
+//! slept, the workload alone fills them, and every batch would take CPU
+//! from it — so batches are held to a small share of the time until the
+//! CPUs have room again.
 
 use crate::spi;
 
@@ -63,9 +69,76 @@ pub fn pause(pause_ms: i32, load: &Load) -> (i32, Option<String>) {
     (pause_ms, None)
 }
 
+/// The machine's CPU time so far (Linux `/proc/stat`): (idle, total) ticks.
+#[derive(Clone, Copy)]
+pub struct CpuTicks {
+    idle: u64,
+    total: u64,
+}
+
+pub fn cpu_ticks() -> Option<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    (fields.len() >= 5).then(|| CpuTicks { idle: fields[3] + fields[4], total: fields.iter().take(8).sum() })
+}
+
+/// The share of the machine's CPU time left idle between two readings, if
+/// the interval is long enough to tell (20 ticks: 0.1 s on 2 cores).
+pub fn idle_share(from: CpuTicks, to: CpuTicks) -> Option<f64> {
+    let total = to.total.saturating_sub(from.total);
+    (total >= 20).then(|| to.idle.saturating_sub(from.idle) as f64 / total as f64)
+}
+
+/// Below this idle share the CPUs are saturated.
+pub const SATURATED_IDLE: f64 = 0.10;
+/// While they are, batches take at most this share of the time.
+pub const SATURATED_DUTY: f64 = 0.05;
+
+/// How much longer to wait before the next batch when the CPUs were
+/// saturated while this worker waited (so by the workload alone): batches
+/// are held to SATURATED_DUTY of the time, measured on the last one. None:
+/// go on.
+pub fn saturated_wait(idle: f64, last_batch_ms: f64, waited_ms: f64) -> Option<f64> {
+    if idle >= SATURATED_IDLE {
+        return None;
+    }
+    let needed = last_batch_ms * (1.0 / SATURATED_DUTY - 1.0);
+    (waited_ms < needed).then(|| (needed - waited_ms).clamp(10.0, 1000.0))
+}
+
+/// The CPU gate before a batch: compares the CPU time since `mark` (set
+/// when the last batch or wait ended) and moves the mark to now. Returns
+/// how long to wait, and why.
+pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64) -> Option<(f64, String)> {
+    let now = cpu_ticks()?;
+    let idle = idle_share((*mark)?, now);
+    *mark = Some(now);
+    let idle = idle?;
+    let ms = saturated_wait(idle, last_batch_ms, waited_ms)?;
+    Some((
+        ms,
+        format!(
+            "CPU saturated ({:.0}% idle while the backfill waited): batches held to {:.0}% of the time",
+            idle * 100.0,
+            SATURATED_DUTY * 100.0
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{pause, Load};
+
+    #[test]
+    fn saturated_cpu_holds_batches_to_a_small_share() {
+        use super::saturated_wait;
+        assert_eq!(saturated_wait(0.5, 100.0, 0.0), None, "idle CPU: go on");
+        assert_eq!(saturated_wait(0.02, 100.0, 0.0), Some(1000.0), "19 × 100 ms to wait, in steps of at most 1 s");
+        assert_eq!(saturated_wait(0.02, 100.0, 1500.0), Some(400.0));
+        assert_eq!(saturated_wait(0.02, 100.0, 1900.0), None, "waited enough: one batch");
+        assert!(super::cpu_ticks().is_some() || !std::path::Path::new("/proc/stat").exists());
+    }
 
     #[test]
     fn pause_follows_the_workload() {

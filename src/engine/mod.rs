@@ -47,6 +47,17 @@ impl Batch {
     }
 }
 
+/// Who runs a batch of a job's backfill.
+#[derive(Clone, Copy)]
+pub struct Share {
+    /// processes the job runs: the operation splits its work so that they
+    /// never overlap
+    pub workers: i32,
+    /// a helper, not the job's leader: it leaves recording completion to
+    /// the leader (and answers `done` when nothing is left to take)
+    pub helper: bool,
+}
+
 /// A concurrent index build or drop the worker runs at top level.
 #[derive(Clone, Debug)]
 pub struct IndexTask {
@@ -87,10 +98,9 @@ pub trait Operation: Sync {
     }
     /// One batch, inside the worker's batch transaction, already running as
     /// the migration's owner under its lock and statement timeouts.
-    /// `workers`: how many processes of the job share the backfill (the
-    /// operation splits its work so that they never overlap); a batch with
-    /// nothing to take while they hold the rest returns `busy`.
-    fn backfill_batch(&self, _migration: i64, _batch_size: i32, _workers: i32) -> Batch {
+    /// `share`: the processes of the job sharing the backfill; a batch with
+    /// nothing to take while the others hold the rest returns `busy`.
+    fn backfill_batch(&self, _migration: i64, _batch_size: i32, _share: Share) -> Batch {
         Batch::done()
     }
 

@@ -38,6 +38,9 @@ pub struct Parallel {
     /// Wait for a range another batch holds (a caller's own loop) instead
     /// of returning `busy` (a worker, which tries again shortly).
     pub wait: bool,
+    /// A helper worker: when no blocks are left it answers done and leaves
+    /// recording completion (ANALYZE, the phase) to the job's leader.
+    pub helper: bool,
 }
 
 /// Below this many blocks left, a backfill is not split into ranges.
@@ -55,11 +58,13 @@ thread_local! {
 /// as the migration's owner (`security::as_owner`).
 ///
 /// Locks: a single cursor (`zdm.migrations.cursor_block`) is advanced under
-/// the migration's row lock FOR UPDATE, so such batches serialize; parallel
-/// ranges are advanced under their own row's lock while the migration's row
-/// is held FOR KEY SHARE by all of them. Splitting, restarting and finishing
-/// take FOR UPDATE, so they never run beside a batch. Contract and abort
-/// lock FOR UPDATE too and wait for running batches.
+/// the migration's row lock FOR UPDATE, so such batches serialize, and so do
+/// splitting and restarting the scan. A parallel range is advanced under its
+/// own row's lock only; what must not run beside such batches waits for
+/// them through locks that queue fairly: abort and a table rewrite through
+/// the table's lock (a batch reads the migration again once it holds the
+/// table's ROW EXCLUSIVE lock), finishing and restarting by locking every
+/// range row. Contract needs the phase a finished backfill sets.
 pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
     let started = Instant::now();
     // A first look without locks, to choose the path; each path checks
@@ -77,13 +82,18 @@ pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
     let (ranges, open) = catalog::range_counts(migration);
     let rewritten = filenode(peek.relid) != peek.relfilenode;
     if ranges > 0 && !rewritten {
-        return if open > 0 { range_batch(migration, batch_size, par) } else { finish(migration, started) };
+        return match (open > 0, par.helper) {
+            (true, _) => range_batch(migration, batch_size, par),
+            (false, true) => Batch::done(), // the leader records completion
+            (false, false) => finish(migration, started),
+        };
     }
     let m = catalog::load_or_raise(migration, true);
     if !m.phase.in_flight() || m.phase == Phase::Backfilled {
         return step(migration, batch_size, par); // contracted, aborted or finished meanwhile: answer as such
     }
-    lock_for_batch(&m);
+    lock_table(&m);
+    require_trigger(&m);
     if catalog::range_counts(migration).0 > 0 && filenode(m.relid) == m.relfilenode {
         return Batch::default(); // another process split it meanwhile: the next step takes a range
     }
@@ -96,7 +106,7 @@ pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
         return range_batch(migration, batch_size, par);
     }
     if cursor >= nblocks {
-        return finish(migration, started);
+        return if par.helper { Batch::done() } else { finish(migration, started) };
     }
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
     let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, nblocks - cursor);
@@ -106,17 +116,17 @@ pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
     Batch { rows, blocks, first_block: cursor, ..Batch::default() }
 }
 
-/// One batch on a range of a parallel backfill, under the migration's row
-/// FOR KEY SHARE and the range's row FOR UPDATE.
+/// One batch on a range of a parallel backfill, under the table's ROW
+/// EXCLUSIVE lock and the range's row FOR UPDATE.
 fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
-    let Some(m) = catalog::load_key_share(migration) else { return Batch::done() };
-    if !m.phase.in_flight() || m.phase == Phase::Backfilled {
-        return Batch::default(); // the next step answers for the new phase
+    lock_table(&catalog::load_or_raise(migration, false));
+    // Read again now that no abort or rewrite can be running: one that
+    // committed while this waited for the table shows here.
+    let m = catalog::load_or_raise(migration, false);
+    if !m.phase.in_flight() || m.phase == Phase::Backfilled || filenode(m.relid) != m.relfilenode {
+        return Batch::default(); // the next step answers for the new phase, or restarts the scan
     }
-    lock_for_batch(&m);
-    if filenode(m.relid) != m.relfilenode {
-        return Batch::default(); // rewritten: the next step restarts the scan
-    }
+    require_trigger(&m);
     let Some(mut r) = catalog::take_range(m.id, LAST_RANGE.get(), par.wait) else {
         let (_, open) = catalog::range_counts(m.id);
         return Batch { busy: open > 0, ..Batch::default() };
@@ -131,6 +141,7 @@ fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
     // Fewer ranges with blocks left than workers: one of them has nothing to
     // do. Give it the unvisited half of this range (a new range, committed
     // with this batch; nobody else can touch those blocks meanwhile).
+    // A restart or finish waits for this range's lock, then counts again.
     let left = r.end_block - r.next_block;
     if catalog::range_counts(m.id).1 < par.workers as i64 && left >= 2 * blocks.max(MIN_SPLIT_BLOCKS / 2) {
         let mid = r.next_block + left / 2;
@@ -142,13 +153,15 @@ fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
 }
 
 /// No blocks left: record completion, under the migration's row FOR UPDATE
-/// (every batch has committed; none can start).
+/// and every range's row lock (batches still running end first; a range
+/// one of them split off shows in the count that follows).
 fn finish(migration: i64, started: Instant) -> Batch {
     let m = catalog::load_or_raise(migration, true);
     if m.phase == Phase::Backfilled || !m.phase.in_flight() {
         return Batch::done();
     }
-    lock_for_batch(&m);
+    lock_table(&m);
+    catalog::lock_ranges(m.id);
     if filenode(m.relid) != m.relfilenode || catalog::range_counts(m.id).1 > 0 || m.cursor_block < m.rel_blocks {
         return Batch::default(); // rewritten or split meanwhile: not finished
     }
@@ -171,9 +184,13 @@ fn finish(migration: i64, started: Instant) -> Batch {
 
 /// The table's lock for the batch, taken before its heap is looked at: a
 /// rewrite (VACUUM FULL, CLUSTER) cannot slip in between the relfilenode
-/// check and the UPDATE. Also the sync trigger must be there.
-fn lock_for_batch(m: &Migration) {
+/// check and the UPDATE.
+fn lock_table(m: &Migration) {
     spi::exec(&format!("LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE", m.table_sql()));
+}
+
+/// Without the sync trigger the backfill would race the application.
+fn require_trigger(m: &Migration) {
     let tgoid = trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default());
     if tgoid == pg_sys::InvalidOid {
         raise(
@@ -240,7 +257,7 @@ fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
 /// the application already rewrote) does not end the call.
 pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
     loop {
-        let out = step(migration, batch_size, Parallel { workers: 1, wait: true });
+        let out = step(migration, batch_size, Parallel { workers: 1, wait: true, helper: false });
         if out.done {
             return 0;
         }

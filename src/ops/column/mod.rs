@@ -11,7 +11,7 @@ pub mod carry;
 pub mod validate;
 
 use crate::catalog::{self, Migration, Phase, Step};
-use crate::engine::{jobs, locking, steps, Batch, BuildState, IndexTask, Operation};
+use crate::engine::{jobs, locking, steps, Batch, BuildState, IndexTask, Operation, Share};
 use crate::errors::{raise, raise_with_detail, Code};
 use crate::introspect::{self, DependentKind, Table};
 use crate::ops::constraint;
@@ -45,8 +45,8 @@ impl Operation for ColumnSteps {
     fn has_backfill(&self) -> bool {
         true
     }
-    fn backfill_batch(&self, migration: i64, batch_size: i32, workers: i32) -> Batch {
-        backfill::step(migration, batch_size, backfill::Parallel { workers, wait: false })
+    fn backfill_batch(&self, migration: i64, batch_size: i32, share: Share) -> Batch {
+        backfill::step(migration, batch_size, backfill::Parallel { workers: share.workers, wait: false, helper: share.helper })
     }
     fn builds(&self, migration: i64) -> Vec<IndexTask> {
         carry::pending_builds(migration)
