@@ -12,6 +12,10 @@
 # migration columns last), toast (narrow with ~3 KB incompressible values).
 # Each statement on a vacuumed table after a CHECKPOINT; median of 3 rounds,
 # variants interleaved. Usage: bench/trigger_shapes.sh ROWS
+# ZDM_SHAPES_PROFILE=1 adds a profile (perf, installed if missing) of the
+# floor and zdm statements of the first round: the trigger function's share
+# of the backend's CPU samples, children included — the part of zdm's cost
+# above the floor that wall times on this noisy machine cannot resolve.
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-200000}"
 bench_cluster
@@ -65,6 +69,23 @@ statement() { # kind shape variant
   esac
 }
 timed() { q -c "VACUUM ts" -c CHECKPOINT; local s; s=$(now_ms); q -c "$1"; echo $(( $(now_ms) - s )); }
+# The share (%) of the busiest backend's CPU samples spent in function $2 and
+# what it calls, while statement $1 runs (whole-machine sampling, DWARF stacks).
+profiled() { # statement symbol
+  q -c "VACUUM ts" -c CHECKPOINT
+  local data="$BENCH_DIR/perf.data" pid
+  perf record -q -a -F 1999 --call-graph dwarf,16384 -o "$data" -- \
+    "$BIN/psql" -h "$BENCH_DIR" -p "$PORT" -U postgres -d "$DB" -X -q -c "$1" >/dev/null 2>&1
+  perf report -i "$data" --sort pid --stdio -q 2>/dev/null > "$data.pids" || true
+  pid=$(grep -m1 -oE '[0-9]+:postgres' "$data.pids" | cut -d: -f1 || true)
+  perf report -i "$data" --pid "$pid" --children --percentage relative --sort symbol --stdio -q -g none 2>/dev/null > "$data.txt" || true
+  awk -v s="$2" '$3 == "[.]" && $4 == s { gsub("%", "", $1); print $1; found = 1; exit } END { if (!found) print "0.00" }' "$data.txt"
+}
+PROFILE="${ZDM_SHAPES_PROFILE:-0}"
+if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 || PROFILE=0
+fi
+declare -A P
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 SHAPES="upd-other upd-old upd-new insert copy"
@@ -79,6 +100,10 @@ for kind in $KINDS; do
       for shape in $SHAPES; do
         setup "$kind" "$v"
         T[$kind,$shape,$v]+="$(timed "$(statement "$kind" "$shape" "$v")") "
+        if [ "$PROFILE" = 1 ] && [ "$round" = 1 ] && [ "$v" != none ]; then
+          setup "$kind" "$v"
+          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$([ "$v" = zdm ] && echo zdm_sync_trigger || echo bench_noop_trigger)")
+        fi
       done
     done
   done
@@ -96,3 +121,16 @@ for kind in $KINDS; do
     echo "| $kind | $shape | $a | $f | $z | $(ratio "$z" "$f")× | $(ratio "$f" "$a")× |"
   done
 done
+if [ "$PROFILE" = 1 ]; then
+  echo
+  echo "Profile (perf, first round): the trigger function's share of the backend's CPU samples, what it calls included:"
+  echo
+  echo "| table | shape | floor: noop C trigger % | zdm: sync trigger % | zdm above the floor, % of the statement |"
+  echo "|---|---|---:|---:|---:|"
+  for kind in $KINDS; do
+    for shape in $SHAPES; do
+      f=${P[$kind,$shape,floor]}; z=${P[$kind,$shape,zdm]}
+      echo "| $kind | $shape | $f | $z | $(awk -v z="$z" -v f="$f" 'BEGIN { printf "%.1f", z - f }') |"
+    done
+  done
+fi

@@ -6,10 +6,10 @@
 //! longer or shorter is recorded with the next batch (`zdm.batches`).
 //!
 //! Before each batch the worker also looks at the machine's CPUs during the
-//! wait it just took (Linux `/proc/stat`): if they were saturated while it
-//! slept, the workload alone fills them, and every batch would take CPU
-//! from it — so batches are held to a small share of the time until the
-//! CPUs have room again.
+//! wait it just took (Linux `/proc/stat`): if less than half a core was
+//! idle while it slept, the workload alone fills them, and every batch
+//! would take CPU from it — so batches are held to a small share of the
+//! time until the CPUs have room again.
 
 use crate::spi;
 
@@ -22,8 +22,12 @@ pub struct Load {
     pub cores: i64,
 }
 
+fn cores() -> i64 {
+    std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)
+}
+
 pub fn sample(migration: i64) -> Load {
-    let cores = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2);
+    let cores = cores();
     let (active, waiting) = spi::first_row(
         "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
                   WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_catalog.pg_backend_pid()), \
@@ -90,8 +94,9 @@ pub fn idle_share(from: CpuTicks, to: CpuTicks) -> Option<f64> {
     (total >= 20).then(|| to.idle.saturating_sub(from.idle) as f64 / total as f64)
 }
 
-/// Below this idle share the CPUs are saturated.
-pub const SATURATED_IDLE: f64 = 0.10;
+/// The CPUs are saturated when less than this many cores' worth of time
+/// was idle: a batch (one core) would take most of its CPU from the workload.
+pub const SATURATED_IDLE_CORES: f64 = 0.5;
 /// While they are, batches take at most this share of the time.
 pub const SATURATED_DUTY: f64 = 0.05;
 
@@ -99,8 +104,8 @@ pub const SATURATED_DUTY: f64 = 0.05;
 /// saturated while this worker waited (so by the workload alone): batches
 /// are held to SATURATED_DUTY of the time, measured on the last one. None:
 /// go on.
-pub fn saturated_wait(idle: f64, last_batch_ms: f64, waited_ms: f64) -> Option<f64> {
-    if idle >= SATURATED_IDLE {
+pub fn saturated_wait(idle: f64, cores: i64, last_batch_ms: f64, waited_ms: f64) -> Option<f64> {
+    if idle * cores.max(1) as f64 >= SATURATED_IDLE_CORES {
         return None;
     }
     let needed = last_batch_ms * (1.0 / SATURATED_DUTY - 1.0);
@@ -115,7 +120,7 @@ pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64)
     let idle = idle_share((*mark)?, now);
     *mark = Some(now);
     let idle = idle?;
-    let ms = saturated_wait(idle, last_batch_ms, waited_ms)?;
+    let ms = saturated_wait(idle, cores(), last_batch_ms, waited_ms)?;
     Some((
         ms,
         format!(
@@ -133,10 +138,11 @@ mod tests {
     #[test]
     fn saturated_cpu_holds_batches_to_a_small_share() {
         use super::saturated_wait;
-        assert_eq!(saturated_wait(0.5, 100.0, 0.0), None, "idle CPU: go on");
-        assert_eq!(saturated_wait(0.02, 100.0, 0.0), Some(1000.0), "19 × 100 ms to wait, in steps of at most 1 s");
-        assert_eq!(saturated_wait(0.02, 100.0, 1500.0), Some(400.0));
-        assert_eq!(saturated_wait(0.02, 100.0, 1900.0), None, "waited enough: one batch");
+        assert_eq!(saturated_wait(0.5, 2, 100.0, 0.0), None, "a core idle: go on");
+        assert_eq!(saturated_wait(0.05, 16, 100.0, 0.0), None, "0.8 of a core idle on 16: go on");
+        assert_eq!(saturated_wait(0.02, 2, 100.0, 0.0), Some(1000.0), "19 × 100 ms to wait, in steps of at most 1 s");
+        assert_eq!(saturated_wait(0.2, 2, 100.0, 1500.0), Some(400.0));
+        assert_eq!(saturated_wait(0.02, 2, 100.0, 1900.0), None, "waited enough: one batch");
         assert!(super::cpu_ticks().is_some() || !std::path::Path::new("/proc/stat").exists());
     }
 
