@@ -120,9 +120,13 @@ CREATE TABLE zdm.jobs (
 );
 
 -- Per-batch history, bounded: the worker keeps the newest zdm.batch_history rows per migration.
+-- No foreign key to zdm.migrations here nor in zdm.backfill_ranges: its check
+-- would lock the migration's row (FOR KEY SHARE) at the end of every batch,
+-- after the batch took the table's lock, while abort locks the row first and
+-- the table after — a deadlock. zdm never deletes a migration row.
 CREATE TABLE zdm.batches (
     id              bigserial   PRIMARY KEY,
-    migration_id    bigint      NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    migration_id    bigint      NOT NULL,
     at              timestamptz NOT NULL DEFAULT clock_timestamp(),
     rows            bigint      NOT NULL,
     blocks          bigint      NOT NULL,
@@ -144,7 +148,7 @@ CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
 -- When every range is done the counters are folded into zdm.migrations and
 -- the rows deleted.
 CREATE TABLE zdm.backfill_ranges (
-    migration_id    bigint  NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    migration_id    bigint  NOT NULL,         -- no foreign key: see zdm.batches
     start_block     bigint  NOT NULL,         -- where the range began (ranges are disjoint, so this names it)
     next_block      bigint  NOT NULL,         -- the range's cursor: the next heap block to visit
     end_block       bigint  NOT NULL,         -- exclusive

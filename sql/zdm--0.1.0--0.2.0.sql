@@ -100,7 +100,10 @@ ALTER TABLE zdm.jobs
 
 -- zdm.batches ----------------------------------------------------------------
 
+-- No foreign key any more: its check would lock the migration's row at the
+-- end of every batch, after the table's lock (abort takes them the other way).
 ALTER TABLE zdm.batches
+    DROP CONSTRAINT batches_migration_id_fkey,
     ADD COLUMN first_block bigint,
     ADD COLUMN worker_pid int;
 
@@ -115,7 +118,7 @@ ALTER TABLE zdm.batches
 -- When every range is done the counters are folded into zdm.migrations and
 -- the rows deleted.
 CREATE TABLE zdm.backfill_ranges (
-    migration_id    bigint  NOT NULL REFERENCES zdm.migrations (id) ON DELETE CASCADE,
+    migration_id    bigint  NOT NULL,         -- no foreign key: see zdm.batches
     start_block     bigint  NOT NULL,         -- where the range began (ranges are disjoint, so this names it)
     next_block      bigint  NOT NULL,         -- the range's cursor: the next heap block to visit
     end_block       bigint  NOT NULL,         -- exclusive

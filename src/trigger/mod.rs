@@ -143,11 +143,41 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             Action::OldToNew => (new_att, old_val, old_null),
             Action::NewToOld => (old_att, new_val, new_null),
         };
-        let mut col = target;
-        let mut val = value;
-        let mut null = is_null;
-        let modified = pg_sys::heap_modify_tuple_by_cols(row, tupdesc, 1, &mut col, &mut val, &mut null);
-        pg_sys::Datum::from(modified)
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null))
+    }
+}
+
+/// `row` with attribute `att` set to `value`: a new heap tuple, formed from
+/// the values the executor's slot already holds (heap_modify_tuple_by_cols
+/// would deform the whole row again first — most of the trigger's cost on a
+/// wide row). The identity of the row (ctid, table) is carried over.
+unsafe fn with_value(
+    row: pg_sys::HeapTuple,
+    slot: *mut pg_sys::TupleTableSlot,
+    tupdesc: pg_sys::TupleDesc,
+    att: i32,
+    value: pg_sys::Datum,
+    is_null: bool,
+) -> pg_sys::HeapTuple {
+    unsafe {
+        let natts = (*tupdesc).natts;
+        if i32::from((*slot).tts_nvalid) < natts {
+            pg_sys::slot_getsomeattrs_int(slot, natts);
+        }
+        let n = natts as usize;
+        let values = pg_sys::palloc(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+        let nulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
+        std::ptr::copy_nonoverlapping((*slot).tts_values, values, n);
+        std::ptr::copy_nonoverlapping((*slot).tts_isnull, nulls, n);
+        *values.add((att - 1) as usize) = value;
+        *nulls.add((att - 1) as usize) = is_null;
+        let formed = pg_sys::heap_form_tuple(tupdesc, values, nulls);
+        (*(*formed).t_data).t_ctid = (*(*row).t_data).t_ctid;
+        (*formed).t_self = (*row).t_self;
+        (*formed).t_tableOid = (*row).t_tableOid;
+        pg_sys::pfree(values as *mut std::ffi::c_void);
+        pg_sys::pfree(nulls as *mut std::ffi::c_void);
+        formed
     }
 }
 

@@ -69,7 +69,7 @@ pub fn run(migration: i64) -> bool {
         let started = Instant::now();
         let outcome = transaction(|| {
             let m = catalog::load_or_raise(migration, false);
-            let Some(p) = pending(&m).into_iter().find(|p| p.name == name) else { return Ok(()) };
+            let Some(p) = pending(&m).into_iter().find(|p| p.name == name) else { return Ok(None) };
             let owner = security::resolve_owner(&m.owner_name, migration);
             let t = m.table_sql();
             let validated = in_subtransaction(|| {
@@ -79,23 +79,30 @@ pub fn run(migration: i64) -> bool {
                 })
             });
             match validated {
-                Ok(lock) => {
+                Ok(lock) => Ok(Some(lock)),
+                Err(e) => Err(format!("validating {} on {t} failed: {}", ident(&p.name), error_message(&e))),
+            }
+        });
+        match outcome.and_then(|r| r) {
+            // Logged once the table's lock is gone: the event's foreign key
+            // locks the migration's row, which contract locks before the table.
+            Ok(Some(lock)) => {
+                let _ = transaction(|| {
                     catalog::log_step(Step {
                         migration,
                         step: "validate carried constraint",
                         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                         lock_wait_ms: Some(lock.wait_ms),
                         lock_attempts: Some(lock.attempts),
-                        detail: Some(ident(&p.name)),
-                    });
-                    Ok(())
-                }
-                Err(e) => Err(format!("validating {} on {t} failed: {}", ident(&p.name), error_message(&e))),
+                        detail: Some(ident(&name)),
+                    })
+                });
             }
-        });
-        if let Err(message) = outcome.and_then(|r| r) {
-            let _ = transaction(|| jobs::fail(migration, "validate failed", &message));
-            return false;
+            Ok(None) => {}
+            Err(message) => {
+                let _ = transaction(|| jobs::fail(migration, "validate failed", &message));
+                return false;
+            }
         }
     }
     true
