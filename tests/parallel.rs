@@ -35,6 +35,11 @@ fn job_pids(c: &mut postgres::Client, id: i64) -> Vec<i32> {
     .collect()
 }
 
+/// Rows of zdm.backfill_ranges the migration has now.
+fn ranges_of(c: &mut postgres::Client, id: i64) -> i64 {
+    c.query_one("SELECT count(*) FROM zdm.backfill_ranges WHERE migration_id = $1", &[&id]).unwrap().get(0)
+}
+
 fn helper_pids(c: &mut postgres::Client, id: i64) -> Vec<i32> {
     let leader = worker_pid(c, id);
     job_pids(c, id).into_iter().filter(|p| Some(*p) != leader).collect()
@@ -92,7 +97,7 @@ fn parallel_backfill_under_writers_visits_every_block_once() {
         (pids.len() == 3).then_some(pids)
     });
     println!("job processes: {seen:?}");
-    let ranges: i64 = c.query_one("SELECT count(*) FROM zdm.backfill_ranges WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    let ranges = ranges_of(&mut c, id);
     assert!(ranges >= 3, "expected the scan split into ranges, found {ranges}");
     let percent: f64 = c.query_one("SELECT percent::float8 FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
     assert!(percent < 99.9, "progress counts the ranges' cursors, not the split ({percent}%)");
@@ -106,7 +111,7 @@ fn parallel_backfill_under_writers_visits_every_block_once() {
     let (batches, pids) = assert_blocks_covered_once(&mut c, id);
     println!("{batches} batches by {pids} processes");
     assert!(pids >= 2, "expected batches from more than one process");
-    let left: i64 = c.query_one("SELECT count(*) FROM zdm.backfill_ranges WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    let left = ranges_of(&mut c, id);
     assert_eq!(left, 0, "ranges are folded into the migration when complete");
     let done = rows_done(&mut c, id);
     assert!(done > 0 && done <= ROWS, "rows counted: {done}");
@@ -240,7 +245,7 @@ fn rewrite_manual_batches_resize_and_cancel() {
     assert_eq!(rows_done(&mut c, id), before, "nothing ran after cancel");
     // Finish by hand: ranges left by the cancelled job are taken one by one.
     while c.query_one("SELECT zdm.backfill_batch($1, 5000)", &[&id]).unwrap().get::<_, i64>(0) > 0 {}
-    let left: i64 = c.query_one("SELECT count(*) FROM zdm.backfill_ranges WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    let left = ranges_of(&mut c, id);
     assert_eq!(left, 0);
     assert_eq!(status_row(&mut c, id).0, "backfilled");
     let wrong: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);

@@ -157,7 +157,6 @@ struct LoopState {
     /// failed attempts of the batch being retried, and its smaller size
     attempts: i32,
     retry_size: Option<i32>,
-    last_error: String,
     last_size: i32,
     /// a helper: its leader's backend_start, to tell it from a reused pid
     leader_started: Option<String>,
@@ -258,17 +257,17 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
         }
         Err(e) if is_retryable(error_code(&e)) => {
             st.attempts += 1;
-            st.last_error = error_message(&e);
+            let error = error_message(&e);
             let smaller = (size / 2).max(1);
             if st.attempts >= job.max_attempts {
                 // A restart begins with the smaller size.
                 jobs::set_current_batch_size(migration, smaller);
-                jobs::fail(migration, "backfill failed", &format!("gave up after {} attempts: {}", st.attempts, st.last_error));
+                jobs::fail(migration, "backfill failed", &format!("gave up after {} attempts: {error}", st.attempts));
                 return Next::Stop;
             }
             st.retry_size = Some(smaller);
             Next::Retry {
-                reason: format!("batch attempt {} failed ({}); retrying with batch size {smaller}", st.attempts, st.last_error),
+                reason: format!("batch attempt {} failed ({error}); retrying with batch size {smaller}", st.attempts),
             }
         }
         Err(e) => {
