@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # Impact on a live workload: pgbench's TPC-B-like transactions on its own
-# tables plus single-row reads and writes on the table being migrated — once
-# without a migration, then while zdm renames a column of such a table with
+# tables plus single-row reads and writes on the table being migrated —
+# without a migration, and while zdm renames a column of such a table with
 # a background backfill at DEFAULT settings, once with the fixed throttle
 # (zdm.adaptive_throttle = off) and once with the adaptive one (the
-# default). Reports TPS and p99 latency of the transactions that ended while
-# the backfill ran, the backfill's rate, and a plot (bench/results/live.png).
+# default), in ZDM_LIVE_ROUNDS rounds (3); and, to tell the two costs apart,
+# with the column expanded (sync trigger) but no backfill. Reports TPS and p99 latency of
+# the transactions that ended while the backfill ran, the backfill's rate,
+# their medians, and a plot of round 1 (bench/results/live.png).
 # Bar (issue 12): ≥ 0.95× TPS and p99 ≤ 1.5× at default settings.
-# Usage: bench/live.sh ROWS SECONDS
+# Usage: [ZDM_LIVE_ROUNDS=N] bench/live.sh ROWS SECONDS
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-1000000}"
 SECS="${2:-20}"
 bench_cluster
 
 SCALE=$(( ROWS >= 1000000 ? 10 : 2 ))
+# Rounds: no migration, fixed, adaptive, …, and no migration once more at
+# the end; each run with a migration is compared with the mean of the runs
+# without one just before and just after it, and the summary is the median
+# over the rounds. This machine's disk makes single runs differ by up to 1.8×.
+ROUNDS="${ZDM_LIVE_ROUNDS:-3}"
 "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
-for t in live_base live_fixed live_adaptive; do
+tables="live_base"
+for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r"; done
+for t in $tables; do
   make_bench_table "$t" "$ROWS"
   cat > "$BENCH_DIR/mig-$t.sql" <<SQL
 \set id random(1, $ROWS)
@@ -31,54 +40,76 @@ workload() { # table [log prefix, default the table]; runs pgbench, leaves the p
      -b tpcb-like@1 -f "mig-$1.sql@1" --log --log-prefix="$prefix" "$DB" >/dev/null 2>&1)
 }
 set_adaptive() { q -c "ALTER SYSTEM SET zdm.adaptive_throttle = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 1; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 
 declare -A TPS P99 BUSY RATE STATE ID
 # Each run starts from the same state: pgbench's tables vacuumed (its history
-# table grows and its accounts bloat run after run), a checkpoint. The run
-# without a migration goes first and last, and the runs with one are
-# compared with the mean of the two: what drifts over the runs (bloat, cache,
-# the machine) does not count against the last. `sync` flushes what the last run
-# left dirty in the page cache: its writeback would stall the next run's commits.
+# table grows and its accounts bloat run after run), a checkpoint, and `sync`
+# to flush what the last run left dirty in the page cache (its writeback
+# would stall the next run's commits).
 settle() { q -c "VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history" -c "CHECKPOINT"; sync; sleep 2; }
-settle
-workload live_base
-read -r TPS[base1] P99[base1] < <(window_stats live_base)
-for mode in fixed adaptive; do
-  [ "$mode" = fixed ] && set_adaptive off || set_adaptive on
+base_run() { # round
   settle
-  ID[$mode]=$(val "SELECT zdm.expand_rename('live_$mode', 'a', 'b')")
-  workload "live_$mode"
-  STATE[$mode]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[$mode]}")
-  val "SELECT zdm.wait(${ID[$mode]}, '10 minutes')" >/dev/null 2>&1 || true
-  read -r from to BUSY[$mode] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, clock_timestamp())), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[$mode]}" | tr '|' ' ')
-  read -r TPS[$mode] P99[$mode] < <(window_stats "live_$mode" "$from" "$to")
-  RATE[$mode]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM backfilled_at - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[$mode]}")
+  workload live_base "live_base_$1"
+  read -r TPS[base,$1] P99[base,$1] < <(window_stats "live_base_$1")
+}
+base_run 1
+for r in $(seq 1 "$ROUNDS"); do
+  # "trigger": expanded, no backfill — what the sync trigger alone costs
+  # the workload, which no throttle can take back.
+  settle
+  val "SELECT zdm.expand_rename('live_trigger_$r', 'a', 'b', background => false)" >/dev/null
+  workload "live_trigger_$r"
+  read -r TPS[trigger,$r] P99[trigger,$r] < <(window_stats "live_trigger_$r")
+  for mode in fixed adaptive; do
+    [ "$mode" = fixed ] && set_adaptive off || set_adaptive on
+    settle
+    t="live_${mode}_$r"
+    ID[$mode,$r]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
+    workload "$t"
+    STATE[$mode,$r]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[$mode,$r]}")
+    val "SELECT zdm.wait(${ID[$mode,$r]}, '10 minutes')" >/dev/null 2>&1 || true
+    read -r from to BUSY[$mode,$r] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, clock_timestamp())), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[$mode,$r]}" | tr '|' ' ')
+    read -r TPS[$mode,$r] P99[$mode,$r] < <(window_stats "$t" "$from" "$to")
+    RATE[$mode,$r]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM backfilled_at - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[$mode,$r]}")
+  done
+  set_adaptive on
+  base_run $((r + 1))
 done
-set_adaptive on
-settle
-workload live_base live_base2
-read -r TPS[base2] P99[base2] < <(window_stats live_base2)
-TPS[base]=$(( (TPS[base1] + TPS[base2]) / 2 ))
-P99[base]=$(awk -v a="${P99[base1]}" -v b="${P99[base2]}" 'BEGIN { printf "%.1f", (a + b) / 2 }')
-defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = ${ID[adaptive]}")
-reasons=$(val "SELECT string_agg(r || ' ×' || n, '; ' ORDER BY n DESC) FROM (SELECT regexp_replace(regexp_replace(wait_reason, ': pause [0-9]+ ms', ''), '\(([0-9]+% idle|[0-9]+ active sessions)', '(…', 'g') AS r, count(*) AS n FROM zdm.batches WHERE migration_id = ${ID[adaptive]} AND wait_reason IS NOT NULL GROUP BY 1) x")
+defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = ${ID[adaptive,1]}")
+ids=$(for r in $(seq 1 "$ROUNDS"); do printf '%s,' "${ID[adaptive,$r]}"; done)
+reasons=$(val "SELECT string_agg(r || ' ×' || n, '; ' ORDER BY n DESC) FROM (SELECT regexp_replace(regexp_replace(wait_reason, ': pause [0-9]+ ms', ''), '\(([0-9]+% idle|[0-9]+ active sessions)', '(…', 'g') AS r, count(*) AS n FROM zdm.batches WHERE migration_id IN (${ids%,}) AND wait_reason IS NOT NULL GROUP BY 1) x")
 
 echo "### Live workload during a background backfill of $ROWS rows ($(machine))"
 echo
-echo "pgbench: 4 clients, ${SECS}s per run, TPC-B-like (scale $SCALE) + single-row UPDATE/SELECT on the migrating table. The backfill runs at default settings ($defaults); figures \"during\" count only transactions that ended while it ran."
+echo "pgbench: 4 clients, ${SECS}s per run, TPC-B-like (scale $SCALE) + single-row UPDATE/SELECT on the migrating table. The backfill runs at default settings ($defaults); figures \"during\" count only transactions that ended while it ran. $ROUNDS rounds; each run with a migration is compared with the mean of the runs without one just before and after it."
 echo
-echo "| | TPS | p99 latency ms | vs no migration | backfill | backfill rows/s |"
-echo "|---|---:|---:|---|---|---:|"
-echo "| no migration, first run | ${TPS[base1]} | ${P99[base1]} | | | |"
-echo "| no migration, last run | ${TPS[base2]} | ${P99[base2]} | | | |"
-echo "| no migration, mean (the reference) | ${TPS[base]} | ${P99[base]} | | | |"
-for mode in fixed adaptive; do
-  echo "| during the backfill, $mode throttle | ${TPS[$mode]} | ${P99[$mode]} | $(ratio "${TPS[$mode]}" "${TPS[base]}")× TPS, $(ratio "${P99[$mode]}" "${P99[base]}")× p99 | ${BUSY[$mode]}s (${STATE[$mode]} when pgbench stopped) | ${RATE[$mode]} |"
+echo "| round | run | TPS | p99 latency ms | vs no migration (mean of the runs before and after) | backfill | backfill rows/s |"
+echo "|---|---|---:|---:|---|---|---:|"
+declare -A RT RP
+for r in $(seq 1 "$ROUNDS"); do
+  echo "| $r | no migration | ${TPS[base,$r]} | ${P99[base,$r]} | | | |"
+  ref_tps=$(( (TPS[base,$r] + TPS[base,$((r + 1))]) / 2 ))
+  ref_p99=$(awk -v a="${P99[base,$r]}" -v b="${P99[base,$((r + 1))]}" 'BEGIN { printf "%.1f", (a + b) / 2 }')
+  RT[trigger]+="$(ratio "${TPS[trigger,$r]}" "$ref_tps") "; RP[trigger]+="$(ratio "${P99[trigger,$r]}" "$ref_p99") "
+  echo "| $r | sync trigger only (expanded, no backfill) | ${TPS[trigger,$r]} | ${P99[trigger,$r]} | $(ratio "${TPS[trigger,$r]}" "$ref_tps")× TPS, $(ratio "${P99[trigger,$r]}" "$ref_p99")× p99 | | |"
+  for mode in fixed adaptive; do
+    RT[$mode]+="$(ratio "${TPS[$mode,$r]}" "$ref_tps") "; RP[$mode]+="$(ratio "${P99[$mode,$r]}" "$ref_p99") "
+    echo "| $r | $mode throttle | ${TPS[$mode,$r]} | ${P99[$mode,$r]} | $(ratio "${TPS[$mode,$r]}" "$ref_tps")× TPS, $(ratio "${P99[$mode,$r]}" "$ref_p99")× p99 | ${BUSY[$mode,$r]}s (${STATE[$mode,$r]} when pgbench stopped) | ${RATE[$mode,$r]} |"
+  done
 done
+echo "| $((ROUNDS + 1)) | no migration | ${TPS[base,$((ROUNDS + 1))]} | ${P99[base,$((ROUNDS + 1))]} | | | |"
 echo
 echo "Adaptive throttle, why batches waited: ${reasons:-no adjustment}."
 echo
-echo "live workload during backfill (adaptive, the default): $(ratio "${TPS[adaptive]}" "${TPS[base]}")× TPS, $(ratio "${P99[adaptive]}" "${P99[base]}")× p99; fixed: $(ratio "${TPS[fixed]}" "${TPS[base]}")× TPS, $(ratio "${P99[fixed]}" "${P99[base]}")× p99"
+summary() { # mode
+  local t p; t=$(echo "${RT[$1]}" | tr ' ' '\n' | grep . ); p=$(echo "${RP[$1]}" | tr ' ' '\n' | grep .)
+  echo "$(echo "$t" | median)× TPS ($(echo "$t" | span)), $(echo "$p" | median)× p99 ($(echo "$p" | span))"
+}
+echo "Sync trigger alone (expanded, no backfill), median of $ROUNDS rounds (range): $(summary trigger)."
+echo
+echo "live workload during backfill, median of $ROUNDS rounds (range): adaptive (the default) $(summary adaptive); fixed $(summary fixed)"
 
 # The picture: TPS and p99 per second of the three runs laid end to end, and
 # each backfill's rows/s on a second axis.
@@ -93,14 +124,14 @@ if command -v gnuplot >/dev/null; then
           { if ($1 != cur && k > 0) flush(); cur = $1; v[++k] = $2 } END { if (k) flush() }'
   }
   rows_per_second() { # mode, offset
-    local t0; t0=$(first_t "live_$1")
-    val "SELECT extract(epoch FROM at) - $t0 + $2, rows FROM zdm.batches WHERE migration_id = ${ID[$1]} ORDER BY at" | tr '|' ' ' \
+    local t0; t0=$(first_t "live_$1_1")
+    val "SELECT extract(epoch FROM at) - $t0 + $2, rows FROM zdm.batches WHERE migration_id = ${ID[$1,1]} ORDER BY at" | tr '|' ' ' \
       | awk '{ s = int($1); r[s] += $2; if (s > mx) mx = s; if (mn == "" || s < mn) mn = s } END { if (mn != "") for (s = mn; s <= mx; s++) print s, r[s] + 0 }'
   }
   gap=$((SECS + 2))
-  per_second live_base 0 > "$BENCH_DIR/plot-base.dat"
-  per_second live_fixed "$gap" > "$BENCH_DIR/plot-fixed.dat"
-  per_second live_adaptive "$((2 * gap))" > "$BENCH_DIR/plot-adaptive.dat"
+  per_second live_base_1 0 > "$BENCH_DIR/plot-base.dat"
+  per_second live_fixed_1 "$gap" > "$BENCH_DIR/plot-fixed.dat"
+  per_second live_adaptive_1 "$((2 * gap))" > "$BENCH_DIR/plot-adaptive.dat"
   { rows_per_second fixed "$gap"; echo; echo; rows_per_second adaptive "$((2 * gap))"; } > "$BENCH_DIR/plot-rows.dat"
   mkdir -p "$(dirname "$PLOT")"
   gnuplot <<GP
@@ -128,5 +159,5 @@ plot "$BENCH_DIR/plot-base.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
      "$BENCH_DIR/plot-rows.dat" index 1 using 1:2 axes x1y2 notitle with steps lw 2 lc rgb "#d62728"
 GP
   echo
-  echo "Plot: [results/live.png](results/live.png) — TPS and p99 per second, each backfill's rows/s on the right axis."
+  echo "Plot: [results/live.png](results/live.png) — round 1: TPS and p99 per second, each backfill's rows/s on the right axis."
 fi

@@ -3,8 +3,13 @@
 #   none   no trigger; where zdm would copy a value, the statement writes
 #          both columns itself (the same row bytes the trigger produces)
 #   floor  the same statements with a C BEFORE ROW trigger that returns the
-#          row unchanged (bench/c/noop_trigger.c): what any BEFORE ROW
+#          row unchanged (bench/c/floor_triggers.c): what any BEFORE ROW
 #          trigger pays — old-row refetch and lock, tuple materialisation
+#   set    a C BEFORE ROW trigger that copies one column into the other on
+#          every row, nothing else (bench/c/floor_triggers.c): what any
+#          trigger that sets a value pays on top, forming the new tuple; the
+#          statements write one column only, as for zdm (not for upd-other,
+#          where there is nothing to set)
 #   zdm    zdm's sync trigger; the statements write one column only
 # Shapes: UPDATE of an unrelated column (rows in sync), UPDATE through the
 # old column, UPDATE through the new one, INSERT … SELECT, COPY FROM.
@@ -19,8 +24,9 @@
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-200000}"
 bench_cluster
-gcc -O2 -fPIC -shared -I"$("$PG_CONFIG" --includedir-server)" -o "$BENCH_DIR/noop_trigger.so" "$ROOT/bench/c/noop_trigger.c"
-q -c "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE c AS '$BENCH_DIR/noop_trigger.so', 'bench_noop_trigger'"
+gcc -O2 -fPIC -shared -I"$("$PG_CONFIG" --includedir-server)" -o "$BENCH_DIR/floor_triggers.so" "$ROOT/bench/c/floor_triggers.c"
+q -c "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE c AS '$BENCH_DIR/floor_triggers.so', 'bench_noop_trigger'" \
+  -c "CREATE OR REPLACE FUNCTION public.bench_set() RETURNS trigger LANGUAGE c AS '$BENCH_DIR/floor_triggers.so', 'bench_set_trigger'"
 
 cols() { # table kind → the column list before a (besides id)
   case $1 in
@@ -43,7 +49,7 @@ aval() { # table kind → the value of a for row g
 rows_for() { [ "$1" = toast ] && echo $((ROWS / 10)) || echo "$ROWS"; }
 
 # A table in the state a migration leaves it: b added after a, filled from a.
-setup() { # kind variant
+setup() { # kind variant shape
   local n; n=$(rows_for "$1")
   drop_bench_table ts
   q -c "CREATE TABLE ts (id bigint PRIMARY KEY, $(cols "$1"), a text)"
@@ -54,11 +60,12 @@ setup() { # kind variant
   else
     q -c "ALTER TABLE ts ADD COLUMN b text" -c "UPDATE ts SET b = a"
     [ "$2" = floor ] && q -c "CREATE TRIGGER s BEFORE INSERT OR UPDATE ON ts FOR EACH ROW EXECUTE FUNCTION public.bench_noop()"
+    [ "$2" = set ] && q -c "CREATE TRIGGER s BEFORE INSERT OR UPDATE ON ts FOR EACH ROW EXECUTE FUNCTION public.bench_set($([ "$3" = upd-new ] && echo "'b', 'a'" || echo "'a', 'b'"))"
   fi
   q -c "VACUUM ANALYZE ts"
 }
 statement() { # kind shape variant
-  local both=0 n; [ "$3" != zdm ] && both=1; n=$(rows_for "$1")
+  local both=1 n; case $3 in zdm|set) both=0 ;; esac; n=$(rows_for "$1")
   case $2 in
     upd-other) echo "UPDATE ts SET n = n + 1" ;;
     upd-old)   [ $both = 1 ] && echo "UPDATE ts SET a = a || 'x', b = b || 'x'" || echo "UPDATE ts SET a = a || 'x'" ;;
@@ -86,7 +93,7 @@ if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 || PROFILE=0
 fi
 declare -A P
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)]; else print "-" }'; }
 
 SHAPES="upd-other upd-old upd-new insert copy"
 KINDS="${ZDM_SHAPES_KINDS:-narrow wide toast}"
@@ -96,13 +103,14 @@ for kind in $KINDS; do
   q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-both.csv'"
   q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-one.csv'"
   for round in $(seq 1 "${ZDM_SHAPES_ROUNDS:-3}"); do
-    for v in none floor zdm; do
+    for v in none floor set zdm; do
       for shape in $SHAPES; do
-        setup "$kind" "$v"
+        [ "$v" = set ] && [ "$shape" = upd-other ] && continue
+        setup "$kind" "$v" "$shape"
         T[$kind,$shape,$v]+="$(timed "$(statement "$kind" "$shape" "$v")") "
         if [ "$PROFILE" = 1 ] && [ "$round" = 1 ] && [ "$v" != none ]; then
-          setup "$kind" "$v"
-          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$([ "$v" = zdm ] && echo zdm_sync_trigger || echo bench_noop_trigger)")
+          setup "$kind" "$v" "$shape"
+          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$(case $v in zdm) echo zdm_sync_trigger ;; set) echo bench_set_trigger ;; *) echo bench_noop_trigger ;; esac)")
         fi
       done
     done
@@ -113,24 +121,25 @@ drop_bench_table ts
 echo
 echo "Sync trigger vs the floor, $ROWS rows (toast: $((ROWS / 10))), median of ${ZDM_SHAPES_ROUNDS:-3}, ms ($(machine)):"
 echo
-echo "| table | shape | none | floor (noop C trigger) | zdm | zdm vs floor | floor vs none |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "| table | shape | none | floor (noop C trigger) | set (C trigger copying the value) | zdm | zdm vs floor | zdm vs set | floor vs none |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
 for kind in $KINDS; do
   for shape in $SHAPES; do
     a=$(echo "${T[$kind,$shape,none]}" | median); f=$(echo "${T[$kind,$shape,floor]}" | median); z=$(echo "${T[$kind,$shape,zdm]}" | median)
-    echo "| $kind | $shape | $a | $f | $z | $(ratio "$z" "$f")× | $(ratio "$f" "$a")× |"
+    c=$(echo "${T[$kind,$shape,set]:-}" | median)
+    echo "| $kind | $shape | $a | $f | $c | $z | $(ratio "$z" "$f")× | $([ "$c" = - ] && echo - || echo "$(ratio "$z" "$c")×") | $(ratio "$f" "$a")× |"
   done
 done
 if [ "$PROFILE" = 1 ]; then
   echo
   echo "Profile (perf, first round): the trigger function's share of the backend's CPU samples, what it calls included:"
   echo
-  echo "| table | shape | floor: noop C trigger % | zdm: sync trigger % | zdm above the floor, % of the statement |"
-  echo "|---|---|---:|---:|---:|"
+  echo "| table | shape | floor: noop C trigger % | set: copying C trigger % | zdm: sync trigger % | zdm above the floor, % of the statement | zdm above set |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
   for kind in $KINDS; do
     for shape in $SHAPES; do
-      f=${P[$kind,$shape,floor]}; z=${P[$kind,$shape,zdm]}
-      echo "| $kind | $shape | $f | $z | $(awk -v z="$z" -v f="$f" 'BEGIN { printf "%.1f", z - f }') |"
+      f=${P[$kind,$shape,floor]}; z=${P[$kind,$shape,zdm]}; c=${P[$kind,$shape,set]:--}
+      echo "| $kind | $shape | $f | $c | $z | $(awk -v z="$z" -v f="$f" 'BEGIN { printf "%.1f", z - f }') | $([ "$c" = - ] && echo - || awk -v z="$z" -v c="$c" 'BEGIN { printf "%.1f", z - c }') |"
     done
   done
 fi
