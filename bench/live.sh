@@ -159,5 +159,5 @@ plot "$BENCH_DIR/plot-base.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
      "$BENCH_DIR/plot-rows.dat" index 1 using 1:2 axes x1y2 notitle with steps lw 2 lc rgb "#d62728"
 GP
   echo
-  echo "Plot: [results/live.png](results/live.png) — round 1: TPS and p99 per second, each backfill's rows/s on the right axis."
+  echo "Plot: [live.png](live.png) — round 1: TPS and p99 per second, each backfill's rows/s on the right axis (written to bench/results/live.png; \`bench/run full\` copies it to bench/live.png)."
 fi
