@@ -19,6 +19,9 @@ wal_since() { val "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')"; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
 rate() { awk -v n="$1" -v ms="$2" 'BEGIN { if (ms <= 0) ms = 1; printf "%.0f", n * 1000 / ms }'; }
+# The median of numbers separated by spaces or newlines (the lower middle one
+# of an even count, so always one of the values); "-" when there are none.
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
 
 # TPS and p99 (ms) of the transactions that ended within [from, to] (epoch
 # seconds; empty = the whole run). pgbench log: client tx latency_us script epoch_s us.

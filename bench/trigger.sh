@@ -53,7 +53,6 @@ fresh() { # variant → a new table "trg" with that variant's trigger
 }
 writes_both() { [ "$1" = none ] || [ "$1" = noop-c ]; }
 timed() { q -c CHECKPOINT; local s; s=$(now_ms); q -c "$1"; echo $(( $(now_ms) - s )); }
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A INS UPD TPS_I TPS_U
 for round in 1 2 3; do

@@ -93,7 +93,6 @@ if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 || PROFILE=0
 fi
 declare -A P
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -n | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)]; else print "-" }'; }
 
 SHAPES="upd-other upd-old upd-new insert copy"
 KINDS="${ZDM_SHAPES_KINDS:-narrow wide toast}"
