@@ -403,3 +403,72 @@ fn later_before_triggers_block_contract() {
     c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
     assert_eq!(column_type(&mut c, "t", "n"), "bigint");
 }
+
+/// The convert trigger converts on every write that reaches the old column —
+/// through the SET list (`SET a = a` included) or through an earlier BEFORE
+/// trigger — and skips UPDATEs that reach neither column. A row put out of
+/// sync behind its back (trigger disabled) therefore stays out of sync under
+/// unrelated updates: contract refuses (55000, with the count) and drops
+/// nothing, and the UPDATE its hint names converts it.
+#[test]
+fn convert_trigger_converts_every_write_to_the_old_column() {
+    let cluster = Cluster::start("ctwrites", &[]);
+    let mut c = cluster.create_db("cw");
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a text, n int);
+         INSERT INTO t SELECT g, 'v' || g, 0 FROM generate_series(1, 1000) g;",
+    )
+    .unwrap();
+    let id: i64 = c
+        .query_one("SELECT zdm.expand_change_type('t', 'a', 'varchar(40)', using_expr => 'upper(a)', background => false)", &[])
+        .unwrap()
+        .get(0);
+    while c.query_one("SELECT zdm.backfill_batch($1)", &[&id]).unwrap().get::<_, i64>(0) > 0 {}
+    let wrong = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT count(*) FROM t WHERE a_zdm_new IS DISTINCT FROM upper(a)", &[]).unwrap().get(0)
+    };
+    assert_eq!(wrong(&mut c), 0);
+    c.batch_execute(
+        "UPDATE t SET a = a || '-x' WHERE id <= 10;
+         UPDATE t SET n = n + 1, a = 'both' WHERE id BETWEEN 11 AND 20;
+         UPDATE t SET a = NULL WHERE id = 21;
+         INSERT INTO t VALUES (1001, 'new', 0), (1002, NULL, 0);
+         UPDATE t SET n = n + 1;",
+    )
+    .unwrap();
+    assert_eq!(wrong(&mut c), 0);
+    // An earlier BEFORE trigger changes `a` on an UPDATE that names only n.
+    c.batch_execute(
+        "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.a := NEW.a || '!'; RETURN NEW; END $$;
+         CREATE TRIGGER aaa_touch BEFORE UPDATE ON t FOR EACH ROW WHEN (NEW.n > 1) EXECUTE FUNCTION touch();
+         UPDATE t SET n = n + 1 WHERE id <= 30;
+         DROP TRIGGER aaa_touch ON t;",
+    )
+    .unwrap();
+    let touched: i64 = c.query_one("SELECT count(*) FROM t WHERE a LIKE '%!' AND a_zdm_new LIKE '%!'", &[]).unwrap().get(0);
+    assert_eq!(touched, 29, "rows 1-30 but 21 (NULL) were touched and converted");
+    assert_eq!(wrong(&mut c), 0);
+    // Behind the trigger's back: a superuser disables it.
+    c.batch_execute(&format!(
+        "SET session_replication_role = replica; ALTER TABLE t DISABLE TRIGGER zdm_sync_{id};
+         UPDATE t SET a = 'changed' WHERE id <= 7;
+         ALTER TABLE t ENABLE ALWAYS TRIGGER zdm_sync_{id}; RESET session_replication_role;
+         UPDATE t SET n = n + 1;"
+    ))
+    .unwrap();
+    assert_eq!(wrong(&mut c), 7);
+    let err = c.batch_execute(&format!("SELECT zdm.contract({id})")).unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "55000", "{}", db.message());
+    assert!(db.message().contains("7 row(s)"), "{}", db.message());
+    assert_eq!(column_type(&mut c, "t", "a"), "text");
+    // The hint's UPDATE, as given.
+    let hint = db.hint().unwrap().to_string();
+    let fix = hint.strip_prefix("Rewrite them: ").and_then(|h| h.split("; then").next()).unwrap_or_else(|| panic!("{hint}"));
+    c.batch_execute(fix).unwrap();
+    assert_eq!(wrong(&mut c), 0);
+    c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    assert_eq!(column_type(&mut c, "t", "a"), "character varying(40)");
+    let a: String = c.query_one("SELECT a FROM t WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(a, "CHANGED");
+}

@@ -4,7 +4,10 @@
 //! PostgreSQL computes a stored generated column. The expression arrives as
 //! the node tree expand analysed (and checked immutable), is planned once
 //! per trigger and backend, and is evaluated per row by the executor: no
-//! SPI, no SQL text per row.
+//! SPI, no SQL text per row. It reads the executor's own slot (the row is
+//! deformed once) and forms a changed row from the slot's values; an UPDATE
+//! that reaches neither column (not in its SET list, same stored bytes)
+//! keeps the value an earlier write or the backfill converted.
 //!
 //! The expression tree comes from zdm's catalog (the migration whose
 //! trigger this is), never from the trigger's arguments. The compiled form
@@ -13,7 +16,7 @@
 //! function is never run from a stale plan; a conversion that re-enters
 //! itself is refused. An error converting a row names the row.
 
-use super::same;
+use super::{raw_same, same, slot_value, with_value, RowBuffer};
 use crate::errors::{raise, raise_with_detail, Code};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -30,7 +33,8 @@ struct Compiled {
     context: pg_sys::MemoryContext,
     state: *mut pg_sys::ExprState,
     econtext: *mut pg_sys::ExprContext,
-    slot: *mut pg_sys::TupleTableSlot,
+    /// where a converted row is formed
+    buffer: RowBuffer,
 }
 
 thread_local! {
@@ -120,23 +124,36 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         }
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
+        let row_slot = if is_update { (*td).tg_newslot } else { (*td).tg_trigslot };
         let tupdesc = (*rel).rd_att;
         let _depth = Depth::enter();
         let c = compiled((*td).tg_trigger, rel);
+        let att = &*(*tupdesc).attrs.as_ptr().add((c.new_att - 1) as usize);
+        let last = c.old_att.max(c.new_att);
+        let (current, current_null) = slot_value(row_slot, c.new_att, last);
+        // An UPDATE that wrote neither column keeps a converted value: it
+        // was computed from this old value by an earlier write or by the
+        // backfill. Decided by the statement's SET list and the stored
+        // bytes (a BEFORE trigger running earlier may have changed either
+        // column), without evaluating anything. A shadow column still NULL
+        // is converted: the backfill's own UPDATE sets it to NULL.
+        if is_update && !current_null && unwritten(td, c.old_att, c.new_att, last) {
+            return pg_sys::Datum::from(row);
+        }
         let per_tuple = (*c.econtext).ecxt_per_tuple_memory;
         if !(*per_tuple).isReset {
             pg_sys::MemoryContextReset(per_tuple);
         }
-        // The slot only borrows the row (no copy, nothing to free): the next
-        // store replaces it.
-        pg_sys::ExecStoreHeapTuple(row, c.slot, false);
-        (*c.econtext).ecxt_scantuple = c.slot;
+        // The expression reads the executor's own slot: the row is deformed
+        // once, for the conversion and the executor alike.
+        (*c.econtext).ecxt_scantuple = row_slot;
         let (state, econtext) = (c.state, c.econtext);
         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut is_null = false;
             let value = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
             (value, is_null)
         }));
+        (*c.econtext).ecxt_scantuple = std::ptr::null_mut();
         let (value, is_null) = match evaluated {
             Ok(v) => v,
             Err(payload) => match payload.downcast::<pg_sys::panic::CaughtError>() {
@@ -145,15 +162,30 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             },
         };
         // A write that already carries the converted value needs no copy.
-        let mut current_null = false;
-        let current = pg_sys::heap_getattr(row, c.new_att, tupdesc, &mut current_null);
-        let att = &*(*tupdesc).attrs.as_ptr().add((c.new_att - 1) as usize);
         if same(att, current_null, current, is_null, value) {
             return pg_sys::Datum::from(row);
         }
-        let (mut col, mut val, mut null) = (c.new_att, value, is_null);
-        let modified = pg_sys::heap_modify_tuple_by_cols(row, tupdesc, 1, &mut col, &mut val, &mut null);
-        pg_sys::Datum::from(modified)
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, c.new_att, value, is_null, c.buffer))
+    }
+}
+
+/// Neither column is in the UPDATE's SET list and both hold the bytes the
+/// old row held.
+unsafe fn unwritten(td: *mut pg_sys::TriggerData, old_att: i32, new_att: i32, last: i32) -> bool {
+    unsafe {
+        let set = (*td).tg_updatedcols;
+        let offset = pg_sys::FirstLowInvalidHeapAttributeNumber;
+        if pg_sys::bms_is_member(old_att - offset, set) || pg_sys::bms_is_member(new_att - offset, set) {
+            return false;
+        }
+        let tupdesc = (*(*td).tg_relation).rd_att;
+        let (before, after) = ((*td).tg_trigslot, (*td).tg_newslot);
+        [old_att, new_att].iter().all(|&a| {
+            let attr = &*(*tupdesc).attrs.as_ptr().add((a - 1) as usize);
+            let (was, was_null) = slot_value(before, a, last);
+            let (is, is_null) = slot_value(after, a, last);
+            raw_same(attr, was_null, was, is_null, is)
+        })
     }
 }
 
@@ -225,7 +257,7 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
         let c = COMPILED.with(|m| {
             let m = m.borrow();
             let c = &m[&tgoid];
-            CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, slot: c.slot }
+            CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, buffer: c.buffer }
         });
         LAST.with(|l| l.set(Some((tgoid, tupdesc, c))));
         c
@@ -238,7 +270,7 @@ struct CompiledRef {
     new_att: i32,
     state: *mut pg_sys::ExprState,
     econtext: *mut pg_sys::ExprContext,
-    slot: *mut pg_sys::TupleTableSlot,
+    buffer: RowBuffer,
 }
 
 unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
@@ -342,9 +374,8 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let planned = pg_sys::expression_planner(expr);
         let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
         let econtext = pg_sys::CreateStandaloneExprContext();
-        let own_desc = pg_sys::CreateTupleDescCopy(tupdesc);
-        let slot = pg_sys::MakeSingleTupleTableSlot(own_desc, &pg_sys::TTSOpsHeapTuple);
+        let buffer = RowBuffer::new_in(context, (*tupdesc).natts);
         pg_sys::MemoryContextSwitchTo(previous);
-        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, slot }
+        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, buffer }
     }
 }

@@ -78,7 +78,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
-        let (old_att, new_att) = resolved(fcinfo, (*td).tg_trigger, rel);
+        let (old_att, new_att, buffer) = resolved(fcinfo, (*td).tg_trigger, rel);
         let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
 
         // Values from the executor's slots, deformed at most once per row up
@@ -143,40 +143,63 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             Action::OldToNew => (new_att, old_val, old_null),
             Action::NewToOld => (old_att, new_val, new_null),
         };
-        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null))
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null, buffer))
+    }
+}
+
+/// Room for one row's values and null flags, allocated once per statement
+/// (or per compiled conversion) instead of for every row written.
+#[derive(Clone, Copy)]
+pub(crate) struct RowBuffer {
+    values: *mut pg_sys::Datum,
+    nulls: *mut bool,
+    natts: i32,
+}
+
+impl RowBuffer {
+    pub(crate) unsafe fn new_in(context: pg_sys::MemoryContext, natts: i32) -> RowBuffer {
+        unsafe {
+            let n = natts.max(1) as usize;
+            RowBuffer {
+                values: pg_sys::MemoryContextAlloc(context, n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum,
+                nulls: pg_sys::MemoryContextAlloc(context, n * std::mem::size_of::<bool>()) as *mut bool,
+                natts,
+            }
+        }
     }
 }
 
 /// `row` with attribute `att` set to `value`: a new heap tuple, formed from
 /// the values the executor's slot already holds (heap_modify_tuple_by_cols
 /// would deform the whole row again first — most of the trigger's cost on a
-/// wide row). The identity of the row (ctid, table) is carried over.
-unsafe fn with_value(
+/// wide row), copied into `buffer` so the slot itself is never touched. The
+/// identity of the row (ctid, table) is carried over.
+pub(crate) unsafe fn with_value(
     row: pg_sys::HeapTuple,
     slot: *mut pg_sys::TupleTableSlot,
     tupdesc: pg_sys::TupleDesc,
     att: i32,
     value: pg_sys::Datum,
     is_null: bool,
+    buffer: RowBuffer,
 ) -> pg_sys::HeapTuple {
     unsafe {
         let natts = (*tupdesc).natts;
+        // The caches that own the buffer are keyed by this descriptor, so
+        // this holds; if not, a buffer for this row only.
+        let buffer = if natts == buffer.natts { buffer } else { RowBuffer::new_in(pg_sys::CurrentMemoryContext, natts) };
         if i32::from((*slot).tts_nvalid) < natts {
             pg_sys::slot_getsomeattrs_int(slot, natts);
         }
         let n = natts as usize;
-        let values = pg_sys::palloc(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
-        let nulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
-        std::ptr::copy_nonoverlapping((*slot).tts_values, values, n);
-        std::ptr::copy_nonoverlapping((*slot).tts_isnull, nulls, n);
-        *values.add((att - 1) as usize) = value;
-        *nulls.add((att - 1) as usize) = is_null;
-        let formed = pg_sys::heap_form_tuple(tupdesc, values, nulls);
+        std::ptr::copy_nonoverlapping((*slot).tts_values, buffer.values, n);
+        std::ptr::copy_nonoverlapping((*slot).tts_isnull, buffer.nulls, n);
+        *buffer.values.add((att - 1) as usize) = value;
+        *buffer.nulls.add((att - 1) as usize) = is_null;
+        let formed = pg_sys::heap_form_tuple(tupdesc, buffer.values, buffer.nulls);
         (*(*formed).t_data).t_ctid = (*(*row).t_data).t_ctid;
         (*formed).t_self = (*row).t_self;
         (*formed).t_tableOid = (*row).t_tableOid;
-        pg_sys::pfree(values as *mut std::ffi::c_void);
-        pg_sys::pfree(nulls as *mut std::ffi::c_void);
         formed
     }
 }
@@ -184,7 +207,7 @@ unsafe fn with_value(
 /// Value and null flag of attribute `att` in `slot`, deforming the slot up
 /// to `upto` first if it has not got that far.
 #[inline]
-unsafe fn slot_value(slot: *mut pg_sys::TupleTableSlot, att: i32, upto: i32) -> (pg_sys::Datum, bool) {
+pub(crate) unsafe fn slot_value(slot: *mut pg_sys::TupleTableSlot, att: i32, upto: i32) -> (pg_sys::Datum, bool) {
     unsafe {
         if i32::from((*slot).tts_nvalid) < upto {
             pg_sys::slot_getsomeattrs_int(slot, upto);
@@ -196,7 +219,8 @@ unsafe fn slot_value(slot: *mut pg_sys::TupleTableSlot, att: i32, upto: i32) -> 
 
 /// The two attribute numbers, resolved once per statement: kept in the
 /// trigger call's `fn_extra` (per-query memory) together with the tuple
-/// descriptor and trigger they were checked against. Within a statement the
+/// descriptor and trigger they were checked against, and the buffer a
+/// changed row is formed in. Within a statement the
 /// table is locked against DDL, so the descriptor cannot change under it; a
 /// different one (a new statement, a rebuilt relcache entry) is checked again.
 #[repr(C)]
@@ -206,9 +230,10 @@ struct Resolved {
     tgoid: pg_sys::Oid,
     old_att: i32,
     new_att: i32,
+    buffer: RowBuffer,
 }
 
-unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32) {
+unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32, RowBuffer) {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let tupdesc = (*rel).rd_att;
@@ -218,17 +243,23 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             && (*cached).natts == (*tupdesc).natts
             && (*cached).tgoid == (*trigger).tgoid
         {
-            return ((*cached).old_att, (*cached).new_att);
+            return ((*cached).old_att, (*cached).new_att, (*cached).buffer);
         }
         let (old_att, new_att) = attnums(trigger, rel);
-        let slot = if cached.is_null() {
-            pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, std::mem::size_of::<Resolved>()) as *mut Resolved
+        let natts = (*tupdesc).natts;
+        let (slot, buffer) = if cached.is_null() {
+            let slot = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, std::mem::size_of::<Resolved>()) as *mut Resolved;
+            (slot, RowBuffer::new_in((*flinfo).fn_mcxt, natts))
+        } else if (*cached).buffer.natts == natts {
+            (cached, (*cached).buffer)
         } else {
-            cached
+            // Rare (a descriptor rebuilt with another column count): the old
+            // buffer stays in the per-query context until the query ends.
+            (cached, RowBuffer::new_in((*flinfo).fn_mcxt, natts))
         };
-        slot.write(Resolved { tupdesc, natts: (*tupdesc).natts, tgoid: (*trigger).tgoid, old_att, new_att });
+        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
-        (old_att, new_att)
+        (old_att, new_att, buffer)
     }
 }
 
@@ -302,7 +333,7 @@ pub(crate) unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: 
 /// The same stored bytes (NULLs equal each other): equal values, without
 /// detoasting. A false answer proves nothing (compressed or TOASTed copies
 /// of one value differ); `same` decides then.
-unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
+pub(crate) unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
     unsafe { equal(att, a_null, a, b_null, b, false) }
 }
 
