@@ -11,6 +11,9 @@
 #          statements write one column only, as for zdm (not for upd-other,
 #          where there is nothing to set)
 #   zdm    zdm's sync trigger; the statements write one column only
+#   ct     a type change's convert trigger (a text → varchar, a plain cast
+#          evaluated by the executor) on the same statements; not upd-new
+#          (the application never writes the shadow column)
 # Shapes: UPDATE of an unrelated column (rows in sync), UPDATE through the
 # old column, UPDATE through the new one, INSERT … SELECT, COPY FROM.
 # Tables: narrow (id, a text, pad text, n int), wide (30 columns, the two
@@ -54,8 +57,10 @@ setup() { # kind variant shape
   drop_bench_table ts
   q -c "CREATE TABLE ts (id bigint PRIMARY KEY, $(cols "$1"), a text)"
   q -c "INSERT INTO ts SELECT g, $(vals "$1"), $(aval "$1") FROM generate_series(1, $n) g"
-  if [ "$2" = zdm ]; then
-    local id; id=$(val "SELECT zdm.expand_rename('ts', 'a', 'b', background => false)")
+  if [ "$2" = zdm ] || [ "$2" = ct ]; then
+    local id
+    if [ "$2" = zdm ]; then id=$(val "SELECT zdm.expand_rename('ts', 'a', 'b', background => false)")
+    else id=$(val "SELECT zdm.expand_change_type('ts', 'a', 'varchar', background => false)"); fi
     while [ "$(val "SELECT zdm.backfill_batch($id, 1000000)")" != 0 ]; do :; done
   else
     q -c "ALTER TABLE ts ADD COLUMN b text" -c "UPDATE ts SET b = a"
@@ -65,7 +70,7 @@ setup() { # kind variant shape
   q -c "VACUUM ANALYZE ts"
 }
 statement() { # kind shape variant
-  local both=1 n; case $3 in zdm|set) both=0 ;; esac; n=$(rows_for "$1")
+  local both=1 n; case $3 in zdm|set|ct) both=0 ;; esac; n=$(rows_for "$1")
   case $2 in
     upd-other) echo "UPDATE ts SET n = n + 1" ;;
     upd-old)   [ $both = 1 ] && echo "UPDATE ts SET a = a || 'x', b = b || 'x'" || echo "UPDATE ts SET a = a || 'x'" ;;
@@ -88,6 +93,9 @@ profiled() { # statement symbol
   perf report -i "$data" --pid "$pid" --children --percentage relative --sort symbol --stdio -q -g none 2>/dev/null > "$data.txt" || true
   awk -v s="$2" '$3 == "[.]" && $4 == s { gsub("%", "", $1); print $1; found = 1; exit } END { if (!found) print "0.00" }' "$data.txt"
 }
+# a / b as a ratio, and a − b in percentage points; "-" when either is missing.
+vs() { [ "$1" = - ] || [ "$2" = - ] && echo - || echo "$(ratio "$1" "$2")×"; }
+above() { [ "$1" = - ] || [ "$2" = - ] && echo - || awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a - b }'; }
 PROFILE="${ZDM_SHAPES_PROFILE:-0}"
 if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 || PROFILE=0
@@ -102,14 +110,15 @@ for kind in $KINDS; do
   q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-both.csv'"
   q -c "COPY (SELECT g + 2 * $n, $(vals "$kind"), $(aval "$kind") FROM generate_series(1, $n) g) TO '$BENCH_DIR/copy-$kind-one.csv'"
   for round in $(seq 1 "${ZDM_SHAPES_ROUNDS:-3}"); do
-    for v in none floor set zdm; do
+    for v in ${ZDM_SHAPES_VARIANTS:-none floor set zdm ct}; do
       for shape in $SHAPES; do
         [ "$v" = set ] && [ "$shape" = upd-other ] && continue
+        [ "$v" = ct ] && [ "$shape" = upd-new ] && continue
         setup "$kind" "$v" "$shape"
         T[$kind,$shape,$v]+="$(timed "$(statement "$kind" "$shape" "$v")") "
         if [ "$PROFILE" = 1 ] && [ "$round" = 1 ] && [ "$v" != none ]; then
           setup "$kind" "$v" "$shape"
-          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$(case $v in zdm) echo zdm_sync_trigger ;; set) echo bench_set_trigger ;; *) echo bench_noop_trigger ;; esac)")
+          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$(case $v in zdm) echo zdm_sync_trigger ;; ct) echo zdm_convert_trigger ;; set) echo bench_set_trigger ;; *) echo bench_noop_trigger ;; esac)")
         fi
       done
     done
@@ -120,25 +129,25 @@ drop_bench_table ts
 echo
 echo "Sync trigger vs the floor, $ROWS rows (toast: $((ROWS / 10))), median of ${ZDM_SHAPES_ROUNDS:-3}, ms ($(machine)):"
 echo
-echo "| table | shape | none | floor (noop C trigger) | set (C trigger copying the value) | zdm | zdm vs floor | zdm vs set | floor vs none |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| table | shape | none | floor (noop C trigger) | set (C trigger copying the value) | zdm | ct (type change) | zdm vs floor | zdm vs set | ct vs set | floor vs none |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for kind in $KINDS; do
   for shape in $SHAPES; do
     a=$(echo "${T[$kind,$shape,none]}" | median); f=$(echo "${T[$kind,$shape,floor]}" | median); z=$(echo "${T[$kind,$shape,zdm]}" | median)
-    c=$(echo "${T[$kind,$shape,set]:-}" | median)
-    echo "| $kind | $shape | $a | $f | $c | $z | $(ratio "$z" "$f")× | $([ "$c" = - ] && echo - || echo "$(ratio "$z" "$c")×") | $(ratio "$f" "$a")× |"
+    c=$(echo "${T[$kind,$shape,set]:-}" | median); t=$(echo "${T[$kind,$shape,ct]:-}" | median)
+    echo "| $kind | $shape | $a | $f | $c | $z | $t | $(ratio "$z" "$f")× | $(vs "$z" "$c") | $(vs "$t" "$c") | $(ratio "$f" "$a")× |"
   done
 done
 if [ "$PROFILE" = 1 ]; then
   echo
   echo "Profile (perf, first round): the trigger function's share of the backend's CPU samples, what it calls included:"
   echo
-  echo "| table | shape | floor: noop C trigger % | set: copying C trigger % | zdm: sync trigger % | zdm above the floor, % of the statement | zdm above set |"
-  echo "|---|---|---:|---:|---:|---:|---:|"
+  echo "| table | shape | floor: noop C trigger % | set: copying C trigger % | zdm: sync trigger % | ct: convert trigger % | zdm above the floor, % of the statement | zdm above set | ct above set (upd-other: above the floor) |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
   for kind in $KINDS; do
     for shape in $SHAPES; do
-      f=${P[$kind,$shape,floor]}; z=${P[$kind,$shape,zdm]}; c=${P[$kind,$shape,set]:--}
-      echo "| $kind | $shape | $f | $c | $z | $(awk -v z="$z" -v f="$f" 'BEGIN { printf "%.1f", z - f }') | $([ "$c" = - ] && echo - || awk -v z="$z" -v c="$c" 'BEGIN { printf "%.1f", z - c }') |"
+      f=${P[$kind,$shape,floor]:--}; z=${P[$kind,$shape,zdm]:--}; c=${P[$kind,$shape,set]:--}; t=${P[$kind,$shape,ct]:--}
+      echo "| $kind | $shape | $f | $c | $z | $t | $(above "$z" "$f") | $(above "$z" "$c") | $(above "$t" "$([ "$shape" = upd-other ] && echo "$f" || echo "$c")") |"
     done
   done
 fi
