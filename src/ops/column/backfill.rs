@@ -109,7 +109,7 @@ pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
         return if par.helper { Batch::done() } else { finish(migration, started) };
     }
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
-    let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, nblocks - cursor);
+    let blocks = batch_blocks(batch_size, per_block, table_density(&m), nblocks - cursor);
     let end = cursor + blocks;
     let rows = update_blocks(&m, cursor, end);
     catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
@@ -133,7 +133,7 @@ fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
     };
     LAST_RANGE.set(Some(r.start_block));
     let per_block = if r.rows_per_block > 0.0 { r.rows_per_block } else { 1.0 };
-    let blocks = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, r.end_block - r.next_block);
+    let blocks = batch_blocks(batch_size, per_block, table_density(&m), r.end_block - r.next_block);
     let first = r.next_block;
     let rows = update_blocks(&m, first, first + blocks);
     r.next_block = first + blocks;
@@ -267,6 +267,26 @@ pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
     }
 }
 
+/// How far ranges over rows with nothing to do (the application rewrote
+/// them) may stretch: at most this many times the blocks a batch takes at
+/// the table's average density. Crossing such rows stays fast, and a
+/// stretched range that runs into rows needing work again updates about
+/// this many batches' rows at most, not the rest of the table.
+const MAX_STRETCH: f64 = 8.0;
+
+/// The table's rows per heap block at expand (0 when unknown).
+fn table_density(m: &Migration) -> f64 {
+    if m.rows_estimate > 0 && m.rel_blocks > 0 { m.rows_estimate as f64 / m.rel_blocks as f64 } else { 0.0 }
+}
+
+/// The blocks of the next batch: batch_size rows at the learned density,
+/// no more than MAX_STRETCH times what the table's average density gives,
+/// at least one block and at most the `left` ones.
+fn batch_blocks(batch_size: i32, per_block: f64, table_density: f64, left: i64) -> i64 {
+    let density = per_block.max(table_density / MAX_STRETCH);
+    ((batch_size as f64 / density).ceil() as i64).clamp(1, left.max(1))
+}
+
 /// Rows-needing-work per block, learned from the last batch: batch_size counts
 /// rows updated (the expensive part), so a sparse range earns a wider next
 /// range, at most doubling per batch.
@@ -278,7 +298,21 @@ fn next_density(current: f64, rows: i64, blocks: i64, batch_size: i32) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::next_density;
+    use super::{batch_blocks, next_density};
+
+    #[test]
+    fn sparse_ranges_stretch_at_most_eight_times_the_average() {
+        // Learned density 0.5 (rows already done), table average 50: the
+        // range is 8 × 2000 / 50 = 320 blocks, not 4000.
+        assert_eq!(batch_blocks(2000, 0.5, 50.0, 100_000), 320);
+        // Dense rows: the learned density decides.
+        assert_eq!(batch_blocks(2000, 100.0, 50.0, 100_000), 20);
+        // Average unknown (0): the learned density alone, as before.
+        assert_eq!(batch_blocks(2000, 0.5, 0.0, 100_000), 4000);
+        // Never past the end, never empty.
+        assert_eq!(batch_blocks(2000, 0.5, 50.0, 7), 7);
+        assert_eq!(batch_blocks(1, 1000.0, 50.0, 7), 1);
+    }
 
     #[test]
     fn density_follows_dense_batches_and_halves_on_sparse_ones() {
