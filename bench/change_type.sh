@@ -19,20 +19,11 @@ SQL
   q -c "VACUUM ANALYZE ct" -c "CHECKPOINT"
 }
 printf '\\set id random(1, %s)\nUPDATE ct SET qty = qty + 1 WHERE id = :id;\nINSERT INTO ct (a, qty, pad) VALUES (:id, 1, :id);\n' "$ROWS" > "$BENCH_DIR/ct.sql"
-writers() { # log prefix
-  rm -f "$BENCH_DIR/$1".*
-  (cd "$BENCH_DIR" && exec "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T 3600 -R 500 \
-     -f ct.sql --log --log-prefix="$1" "$DB" >/dev/null 2>&1) &
-  WRITERS=$!
-  sleep 1
-}
-stop_writers() { kill -INT "$WRITERS" 2>/dev/null || true; wait "$WRITERS" 2>/dev/null || true; }
 worst() { cat "$BENCH_DIR/$1".* | awk '$3 > m { m = $3 } END { printf "%.0f", m / 1000 }'; }
-epoch() { date +%s.%N; }
 
 # ALTER TABLE: the whole rewrite holds ACCESS EXCLUSIVE.
 make_table
-writers log_alter
+writers log_alter ct.sql 500
 t0=$(epoch); q -c "ALTER TABLE ct ALTER COLUMN id TYPE bigint"; t1=$(epoch)
 stop_writers
 alter_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
@@ -41,7 +32,7 @@ alter_worst=$(worst log_alter)
 
 # zdm: expand and contract hold ACCESS EXCLUSIVE briefly; the rest runs beside the writers.
 make_table
-writers log_zdm
+writers log_zdm ct.sql 500
 t2=$(epoch)
 ID=$(val "SELECT zdm.expand_change_type('ct', 'id', 'bigint')")
 val "SELECT zdm.wait($ID, '60 minutes')" >/dev/null 2>&1

@@ -14,22 +14,12 @@ make_bench_table ir "$ROWS"
 q -c "ALTER TABLE ir ADD CONSTRAINT ir_a_key UNIQUE (a)" -c "CREATE INDEX ir_a_lower ON ir (lower(a))" -c "VACUUM ANALYZE ir"
 printf '\\set id random(1, %s)\nUPDATE ir SET qty = qty + 1 WHERE id = :id;\n' "$ROWS" > "$BENCH_DIR/ir.sql"
 
-writers() { # log prefix: start 4 writing clients in the background (stopped by stop_writers)
-  rm -f "$BENCH_DIR/$1".*
-  (cd "$BENCH_DIR" && exec "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T 3600 -R 2000 \
-     -f ir.sql --log --log-prefix="$1" "$DB" >/dev/null 2>&1) &
-  WRITERS=$!
-  sleep 1
-}
-stop_writers() { kill -INT "$WRITERS" 2>/dev/null || true; wait "$WRITERS" 2>/dev/null || true; }
-epoch() { date +%s.%N; }
-
 # Reference: writers alone.
-writers log_ref; sleep 3; stop_writers
+writers log_ref ir.sql 2000; sleep 3; stop_writers
 read -r _ ref_p99 < <(window_stats log_ref)
 
 # By hand: the two builds with CREATE INDEX CONCURRENTLY.
-writers log_hand
+writers log_hand ir.sql 2000
 t0=$(epoch)
 q -c "CREATE UNIQUE INDEX CONCURRENTLY ir_hand_u ON ir (a)" -c "CREATE INDEX CONCURRENTLY ir_hand_l ON ir (lower(a))"
 t1=$(epoch)
@@ -39,7 +29,7 @@ hand_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
 q -c "DROP INDEX ir_hand_u" -c "DROP INDEX ir_hand_l"
 
 # zdm: the whole rename; p99 measured while the worker builds the indexes.
-writers log_zdm
+writers log_zdm ir.sql 2000
 t2=$(epoch)
 ID=$(val "SELECT zdm.expand_rename('ir', 'a', 'b')")
 val "SELECT zdm.wait($ID, '30 minutes')" >/dev/null 2>&1

@@ -23,6 +23,19 @@ rate() { awk -v n="$1" -v ms="$2" 'BEGIN { if (ms <= 0) ms = 1; printf "%.0f", n
 # of an even count, so always one of the values); "-" when there are none.
 median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
 
+# Background writers for the lock benchmarks: 4 pgbench clients running
+# script $2 (in $BENCH_DIR) at $3 transactions/s in total, logging each
+# transaction under prefix $1, until stop_writers.
+writers() { # log prefix, script, rate
+  rm -f "$BENCH_DIR/$1".*
+  (cd "$BENCH_DIR" && exec "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T 3600 -R "$3" \
+     -f "$2" --log --log-prefix="$1" "$DB" >/dev/null 2>&1) &
+  WRITERS=$!
+  sleep 1
+}
+stop_writers() { kill -INT "$WRITERS" 2>/dev/null || true; wait "$WRITERS" 2>/dev/null || true; }
+epoch() { date +%s.%N; }
+
 # TPS and p99 (ms) of the transactions that ended within [from, to] (epoch
 # seconds; empty = the whole run). pgbench log: client tx latency_us script epoch_s us.
 window_stats() { # prefix from to
