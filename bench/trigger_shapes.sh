@@ -20,6 +20,7 @@
 # migration columns last), toast (narrow with ~3 KB incompressible values).
 # Each statement on a vacuumed table after a CHECKPOINT; median of 3 rounds,
 # variants interleaved. Usage: bench/trigger_shapes.sh ROWS
+# ZDM_SHAPES_KINDS, ZDM_SHAPES_VARIANTS and ZDM_SHAPES_ROUNDS narrow a run down.
 # ZDM_SHAPES_PROFILE=1 adds a profile (perf, installed if missing) of the
 # floor and zdm statements of the first round: the trigger function's share
 # of the backend's CPU samples, children included — the part of zdm's cost
@@ -133,9 +134,10 @@ echo "| table | shape | none | floor (noop C trigger) | set (C trigger copying t
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for kind in $KINDS; do
   for shape in $SHAPES; do
-    a=$(echo "${T[$kind,$shape,none]}" | median); f=$(echo "${T[$kind,$shape,floor]}" | median); z=$(echo "${T[$kind,$shape,zdm]}" | median)
+    # "-" for a variant left out (ZDM_SHAPES_VARIANTS) or a shape it skips
+    a=$(echo "${T[$kind,$shape,none]:-}" | median); f=$(echo "${T[$kind,$shape,floor]:-}" | median); z=$(echo "${T[$kind,$shape,zdm]:-}" | median)
     c=$(echo "${T[$kind,$shape,set]:-}" | median); t=$(echo "${T[$kind,$shape,ct]:-}" | median)
-    echo "| $kind | $shape | $a | $f | $c | $z | $t | $(ratio "$z" "$f")× | $(vs "$z" "$c") | $(vs "$t" "$c") | $(ratio "$f" "$a")× |"
+    echo "| $kind | $shape | $a | $f | $c | $z | $t | $(vs "$z" "$f") | $(vs "$z" "$c") | $(vs "$t" "$c") | $(vs "$f" "$a") |"
   done
 done
 if [ "$PROFILE" = 1 ]; then

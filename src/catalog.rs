@@ -76,8 +76,6 @@ pub struct Migration {
     pub rel_blocks: i64,
     /// the heap's relfilenode when `rel_blocks` was measured
     pub relfilenode: pg_sys::Oid,
-    /// the table's rows at expand (estimate)
-    pub rows_estimate: i64,
 }
 
 impl Migration {
@@ -229,7 +227,7 @@ pub fn current_user() -> pg_sys::Oid {
 const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text, table_name::text, \
      old_column::text, new_column::text, phase, trigger_name::text, not_null_check::text, \
      carried_checks::text[], cursor_block, rows_per_block, rows_done, rel_blocks, relfilenode, \
-     owner_name::text, carried_from::text[], using_expr, rows_estimate FROM zdm.migrations WHERE id = $1";
+     owner_name::text, carried_from::text[], using_expr FROM zdm.migrations WHERE id = $1";
 
 /// Load a migration; `lock` takes a row lock so that concurrent batches,
 /// contract and abort on the same migration serialize. Callers acting for a
@@ -261,7 +259,6 @@ fn row_to_migration(row: &pgrx::spi::SpiTupleTable) -> Result<Migration, pgrx::s
         owner_name: text(17)?.unwrap_or_default(),
         carried_from: row.get::<Vec<String>>(18)?.unwrap_or_default(),
         using_expr: text(19)?,
-        rows_estimate: row.get::<i64>(20)?.unwrap_or_default(),
     })
 }
 

@@ -75,12 +75,7 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
     }
     // ALTER TABLE recurses to inheritance children, but a block-range
     // backfill and a trigger on the parent would not: rows would be lost.
-    let inheritance = spi::one::<String>(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1) THEN 'an inheritance child' \
-                     WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhparent = $1) THEN 'an inheritance parent' END",
-        &[relid.into()],
-    );
-    if let Some(what) = inheritance {
+    if let Some(what) = inheritance(relid) {
         refuse(
             &what,
             "Tables with inheritance parents or children are not supported: schema changes recurse to them, but zdm's trigger and backfill would cover one table only. Use plain DDL, or detach with ALTER TABLE ... NO INHERIT first.",
@@ -320,6 +315,31 @@ pub fn refuse_blocking_dependents(deps: &[Dependent], code: Code, table: &str, c
 }
 
 /// Heap size in blocks, read now.
+/// "an inheritance child" or "an inheritance parent" when the table is one.
+pub fn inheritance(relid: pg_sys::Oid) -> Option<String> {
+    spi::one::<String>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1) THEN 'an inheritance child' \
+                     WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhparent = $1) THEN 'an inheritance parent' END",
+        &[relid.into()],
+    )
+}
+
+/// The table's live rows per heap block as the planner sees it
+/// (reltuples / relpages from the last VACUUM or ANALYZE: a ratio that
+/// holds while the table grows), at most what a block can hold; 0 when
+/// unknown.
+pub fn rows_per_block(relid: pg_sys::Oid) -> f64 {
+    // (BLCKSZ - page header) / (tuple header + line pointer), MaxHeapTuplesPerPage
+    let most = ((pg_sys::BLCKSZ as usize - 24) / (24 + 4)) as f64;
+    spi::one::<f64>(
+        "SELECT CASE WHEN relpages > 0 AND reltuples > 0 THEN reltuples::float8 / relpages ELSE 0 END \
+           FROM pg_catalog.pg_class WHERE oid = $1",
+        &[relid.into()],
+    )
+    .unwrap_or(0.0)
+    .min(most)
+}
+
 pub fn relation_blocks(relid: pg_sys::Oid) -> i64 {
     spi::one::<i64>(
         "SELECT pg_catalog.pg_relation_size($1) / pg_catalog.current_setting('block_size')::bigint",

@@ -126,6 +126,17 @@ mod tests {
         assert_eq!(get(1), (s("upsert-old"), s("upsert-old")));
         run("INSERT INTO people (id, mail) VALUES (1, 'upsert-new') ON CONFLICT (id) DO UPDATE SET mail = excluded.mail");
         assert_eq!(get(1), (s("upsert-new"), s("upsert-new")));
+        // ... naming neither column, on a row still waiting for its backfill
+        assert_eq!(get(5), (s("u5@x"), None));
+        run("INSERT INTO people (id, name) VALUES (5, 'upsert-other') ON CONFLICT (id) DO UPDATE SET name = excluded.name");
+        assert_eq!(get(5), (s("u5@x"), s("u5@x")));
+        // A BEFORE trigger ahead of zdm's (name order) changes the old column
+        // on an UPDATE whose SET list names neither column.
+        run("CREATE FUNCTION people_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.email := NEW.email || '!'; RETURN NEW; END $$");
+        run("CREATE TRIGGER aaa_touch BEFORE UPDATE ON people FOR EACH ROW EXECUTE FUNCTION people_touch()");
+        run("UPDATE people SET name = 'touched again' WHERE id = 1");
+        assert_eq!(get(1), (s("upsert-new!"), s("upsert-new!")));
+        run("DROP TRIGGER aaa_touch ON people");
     }
 
     #[pg_test]

@@ -453,7 +453,21 @@ fn contract_refuses_to_lose_constraints_or_rows() {
     assert!(msg.contains("7 row(s)"), "{msg}");
     assert_eq!(columns(&mut c, "t"), "id,a,b");
     c.batch_execute("UPDATE t SET b = a WHERE b IS DISTINCT FROM a").unwrap();
+    // An inheritance child attached with the guard bypassed has neither
+    // trigger nor backfill, and dropping the old column would recurse into
+    // it: contract refuses (55000) and drops nothing.
+    c.batch_execute(
+        "SET session_replication_role = replica; CREATE TABLE kid () INHERITS (t);
+         INSERT INTO kid (id, a) VALUES (900001, 'kid'); RESET session_replication_role",
+    )
+    .unwrap();
+    let msg = expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "55000");
+    assert!(msg.contains("inheritance parent"), "{msg}");
+    assert_eq!(columns(&mut c, "kid"), "id,a,b");
+    c.batch_execute("SET session_replication_role = replica; ALTER TABLE kid NO INHERIT t; RESET session_replication_role").unwrap();
     c.execute("SELECT zdm.contract($1)", &[&id]).unwrap();
+    let kid: String = c.query_one("SELECT a FROM kid", &[]).unwrap().get(0);
+    assert_eq!(kid, "kid");
     let name: String = c.query_one("SELECT conname::text FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'c'", &[]).unwrap().get(0);
     assert_eq!(name, long);
 }

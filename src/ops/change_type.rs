@@ -174,7 +174,7 @@ fn analyse(
             raise(
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!("using_expr may reference only column {}", ident(column)),
-                "The conversion is recomputed from that column alone on every write; other columns, system columns and whole-row references could change or go away under it.",
+                "The conversion is recomputed from that column alone whenever it is written; other columns, system columns and whole-row references could change or go away under it.",
             );
         }
         if pg_sys::contain_mutable_functions(coerced) {

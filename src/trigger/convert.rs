@@ -1,13 +1,14 @@
 //! A type change's trigger, `zdm.convert_trigger(old_column, new_column,
-//! expression)`, BEFORE INSERT OR UPDATE FOR EACH ROW: on every write the
-//! new column is set to the conversion of the row's old column — the way
-//! PostgreSQL computes a stored generated column. The expression arrives as
+//! expression)`, BEFORE INSERT OR UPDATE FOR EACH ROW: on every write that
+//! reaches the old column the new column is set to the conversion of the
+//! row's old column — the way PostgreSQL computes a stored generated column. The expression arrives as
 //! the node tree expand analysed (and checked immutable), is planned once
 //! per trigger and backend, and is evaluated per row by the executor: no
 //! SPI, no SQL text per row. It reads the executor's own slot (the row is
-//! deformed once) and forms a changed row from the slot's values; an UPDATE
-//! that reaches neither column (not in its SET list, same stored bytes)
-//! keeps the value an earlier write or the backfill converted.
+//! deformed once) and forms a changed row from the slot's values. An UPDATE
+//! that reaches neither column (not in its SET list, and no BEFORE trigger
+//! ahead changed their stored bytes) keeps the value an earlier write or
+//! the backfill converted.
 //!
 //! The expression tree comes from zdm's catalog (the migration whose
 //! trigger this is), never from the trigger's arguments. The compiled form
@@ -16,11 +17,12 @@
 //! function is never run from a stale plan; a conversion that re-enters
 //! itself is refused. An error converting a row names the row.
 
-use super::{raw_same, same, slot_value, with_value, RowBuffer};
+use super::{first_before_update, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
 use crate::errors::{raise, raise_with_detail, Code};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 
@@ -39,17 +41,22 @@ struct Compiled {
 
 thread_local! {
     static COMPILED: RefCell<HashMap<u32, Compiled>> = RefCell::new(HashMap::new());
-    /// A function definition changed since the cache was filled.
-    static STALE: Cell<bool> = const { Cell::new(false) };
-    static CALLBACK: Cell<bool> = const { Cell::new(false) };
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-    /// The entry used last (trigger, descriptor): one lookup per statement.
-    static LAST: Cell<Option<(u32, pg_sys::TupleDesc, CompiledRef)>> = const { Cell::new(None) };
 }
+// Per-row state as plain statics, not thread_locals (each access to one of
+// those is a call in a shared library): a backend runs one thread.
+/// A function definition or a table with a compiled conversion changed
+/// since the cache was filled.
+static STALE: AtomicBool = AtomicBool::new(false);
+static CALLBACK: AtomicBool = AtomicBool::new(false);
+/// Conversions being evaluated right now.
+static DEPTH: AtomicU32 = AtomicU32::new(0);
+/// Bumped whenever compiled entries are freed: a statement's cached
+/// reference (in fn_extra) from an earlier generation is not used.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 #[pg_guard]
 unsafe extern "C-unwind" fn proc_changed(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
-    STALE.with(|s| s.set(true));
+    STALE.store(true, Relaxed);
 }
 
 /// Any change to a table with a compiled conversion (its descriptor may be
@@ -58,7 +65,7 @@ unsafe extern "C-unwind" fn proc_changed(_arg: pg_sys::Datum, _cacheid: i32, _ha
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = relid == pg_sys::InvalidOid || COMPILED.with(|m| m.try_borrow().map(|m| m.values().any(|c| c.relid == relid)).unwrap_or(true));
     if ours {
-        STALE.with(|s| s.set(true));
+        STALE.store(true, Relaxed);
     }
 }
 
@@ -68,8 +75,8 @@ unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys:
 struct Depth;
 impl Depth {
     fn enter() -> Depth {
-        if DEPTH.with(|d| d.replace(d.get() + 1)) > 0 {
-            DEPTH.with(|d| d.set(d.get() - 1));
+        if DEPTH.fetch_add(1, Relaxed) > 0 {
+            DEPTH.fetch_sub(1, Relaxed);
             raise(
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED,
                 "a zdm type change conversion wrote to a table that is itself under a zdm type change",
@@ -81,7 +88,7 @@ impl Depth {
 }
 impl Drop for Depth {
     fn drop(&mut self) {
-        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        let _ = DEPTH.fetch_update(Relaxed, Relaxed, |d| Some(d.saturating_sub(1)));
     }
 }
 
@@ -127,19 +134,22 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let row_slot = if is_update { (*td).tg_newslot } else { (*td).tg_trigslot };
         let tupdesc = (*rel).rd_att;
         let _depth = Depth::enter();
-        let c = compiled((*td).tg_trigger, rel);
+        let (c, first) = compiled(fcinfo, (*td).tg_trigger, rel);
         let att = &*(*tupdesc).attrs.as_ptr().add((c.new_att - 1) as usize);
         let last = c.old_att.max(c.new_att);
-        let (current, current_null) = slot_value(row_slot, c.new_att, last);
         // An UPDATE that wrote neither column keeps a converted value: it
         // was computed from this old value by an earlier write or by the
-        // backfill. Decided by the statement's SET list and the stored
-        // bytes (a BEFORE trigger running earlier may have changed either
-        // column), without evaluating anything. A shadow column still NULL
-        // is converted: the backfill's own UPDATE sets it to NULL.
-        if is_update && !current_null && unwritten(td, c.old_att, c.new_att, last) {
-            return pg_sys::Datum::from(row);
+        // backfill. Decided by the statement's SET list and, when a BEFORE
+        // trigger runs ahead of this one (it may have changed either
+        // column), the stored bytes; without evaluating anything. A shadow
+        // column still NULL is converted: the backfill's own UPDATE sets it
+        // to NULL.
+        if is_update && outside_set_list(td, c.old_att, c.new_att) && !pg_sys::heap_attisnull(row, c.new_att, tupdesc) {
+            if first || unchanged(td, c.old_att, c.new_att, last) {
+                return pg_sys::Datum::from(row);
+            }
         }
+        let (current, current_null) = slot_value(row_slot, c.new_att, last);
         let per_tuple = (*c.econtext).ecxt_per_tuple_memory;
         if !(*per_tuple).isReset {
             pg_sys::MemoryContextReset(per_tuple);
@@ -169,15 +179,9 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     }
 }
 
-/// Neither column is in the UPDATE's SET list and both hold the bytes the
-/// old row held.
-unsafe fn unwritten(td: *mut pg_sys::TriggerData, old_att: i32, new_att: i32, last: i32) -> bool {
+/// Both columns hold the bytes the old row held.
+unsafe fn unchanged(td: *mut pg_sys::TriggerData, old_att: i32, new_att: i32, last: i32) -> bool {
     unsafe {
-        let set = (*td).tg_updatedcols;
-        let offset = pg_sys::FirstLowInvalidHeapAttributeNumber;
-        if pg_sys::bms_is_member(old_att - offset, set) || pg_sys::bms_is_member(new_att - offset, set) {
-            return false;
-        }
         let tupdesc = (*(*td).tg_relation).rd_att;
         let (before, after) = ((*td).tg_trigslot, (*td).tg_newslot);
         [old_att, new_att].iter().all(|&a| {
@@ -215,21 +219,23 @@ unsafe fn conversion_failed(e: pg_sys::panic::CaughtError, td: *mut pg_sys::Trig
                 crate::spi::ident(&CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy()),
                 crate::spi::ident(&CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy()),
             ),
-            "Every write, and the backfill, converts the old column with the migration's expression.",
+            "Every write to the old column, and the backfill, converts it with the migration's expression.",
             "Fix the value (or the expression: zdm.abort the migration and start it with another using_expr).",
         )
     }
 }
 
-/// The compiled expression for this trigger, built (again) if needed.
-unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> CompiledRef {
+/// The compiled expression for this trigger, built (again) if needed, and
+/// kept for the statement in the trigger call's `fn_extra` (per-query
+/// memory) with the descriptor and generation it belongs to.
+unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (CompiledRef, bool) {
     unsafe {
-        if !CALLBACK.with(|c| c.replace(true)) {
+        if !CALLBACK.swap(true, Relaxed) {
             pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::PROCOID as i32, Some(proc_changed), pg_sys::Datum::from(0));
             pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
         }
-        if STALE.with(|s| s.replace(false)) {
-            LAST.with(|l| l.set(None));
+        if STALE.swap(false, Relaxed) {
+            GENERATION.fetch_add(1, Relaxed);
             COMPILED.with(|m| {
                 for (_, c) in m.borrow_mut().drain() {
                     pg_sys::MemoryContextDelete(c.context);
@@ -238,18 +244,22 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
         }
         let tgoid = (*trigger).tgoid.to_u32();
         let tupdesc = (*rel).rd_att;
-        // The common case: the same trigger as the last row.
-        if let Some((oid, desc, c)) = LAST.with(|l| l.get()) {
-            if oid == tgoid && desc == tupdesc {
-                return c;
-            }
+        let flinfo = (*fcinfo).flinfo;
+        let cached = (*flinfo).fn_extra as *mut StatementCache;
+        // The common case: the same trigger and descriptor as the last row.
+        if !cached.is_null()
+            && (*cached).generation == GENERATION.load(Relaxed)
+            && (*cached).tgoid == tgoid
+            && (*cached).tupdesc == tupdesc
+        {
+            return ((*cached).compiled, (*cached).first);
         }
         let fresh = COMPILED.with(|m| m.borrow().get(&tgoid).map(|c| c.tupdesc == tupdesc).unwrap_or(false));
         if !fresh {
-            LAST.with(|l| l.set(None));
             let built = build(trigger, rel);
             COMPILED.with(|m| {
                 if let Some(old) = m.borrow_mut().insert(tgoid, built) {
+                    GENERATION.fetch_add(1, Relaxed);
                     pg_sys::MemoryContextDelete(old.context);
                 }
             });
@@ -259,9 +269,26 @@ unsafe fn compiled(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Co
             let c = &m[&tgoid];
             CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, buffer: c.buffer }
         });
-        LAST.with(|l| l.set(Some((tgoid, tupdesc, c))));
-        c
+        let slot = if cached.is_null() {
+            pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, std::mem::size_of::<StatementCache>()) as *mut StatementCache
+        } else {
+            cached
+        };
+        let first = first_before_update(rel, (*trigger).tgoid);
+        slot.write(StatementCache { generation: GENERATION.load(Relaxed), tgoid, tupdesc, compiled: c, first });
+        (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
+        (c, first)
     }
+}
+
+/// What `compiled` keeps in `fn_extra`.
+struct StatementCache {
+    generation: u64,
+    tgoid: u32,
+    tupdesc: pg_sys::TupleDesc,
+    compiled: CompiledRef,
+    /// no BEFORE UPDATE trigger fires ahead of this one
+    first: bool,
 }
 
 #[derive(Clone, Copy)]

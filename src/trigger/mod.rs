@@ -78,7 +78,17 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
-        let (old_att, new_att, buffer) = resolved(fcinfo, (*td).tg_trigger, rel);
+        let (old_att, new_att, buffer, first) = resolved(fcinfo, (*td).tg_trigger, rel);
+        // An UPDATE that names neither column, with no BEFORE trigger ahead
+        // of this one: both carry the old row's values unchanged. Nothing to
+        // do unless the row still waits for its backfill — decided from the
+        // null bitmap, without deforming anything.
+        if is_update && first && outside_set_list(td, old_att, new_att) {
+            let waiting = pg_sys::heap_attisnull(row, new_att, tupdesc) && !pg_sys::heap_attisnull(row, old_att, tupdesc);
+            if !waiting {
+                return pg_sys::Datum::from(row);
+            }
+        }
         let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
 
         // Values from the executor's slots, deformed at most once per row up
@@ -204,6 +214,43 @@ pub(crate) unsafe fn with_value(
     }
 }
 
+/// Neither attribute is in the UPDATE's SET list (what the statement
+/// assigns; a BEFORE trigger's changes are not in it).
+pub(crate) unsafe fn outside_set_list(td: *const pg_sys::TriggerData, a: i32, b: i32) -> bool {
+    unsafe {
+        let set = (*td).tg_updatedcols;
+        let offset = pg_sys::FirstLowInvalidHeapAttributeNumber;
+        !pg_sys::bms_is_member(a - offset, set) && !pg_sys::bms_is_member(b - offset, set)
+    }
+}
+
+/// No BEFORE ROW UPDATE trigger on `rel` fires ahead of trigger `tgoid`
+/// (triggers fire in name order), so the row this trigger gets is the row
+/// the statement formed. False when `tgoid` is not in the relation's list.
+/// Read once per statement, when the executor's own copy of the list is
+/// the same; a trigger dropped by code the statement itself runs could
+/// differ — a row that leaves out of sync then is what contract's
+/// verification refuses.
+pub(crate) unsafe fn first_before_update(rel: pg_sys::Relation, tgoid: pg_sys::Oid) -> bool {
+    unsafe {
+        let desc = (*rel).trigdesc;
+        if desc.is_null() {
+            return false;
+        }
+        let before_update = (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_UPDATE) as i16;
+        for i in 0..(*desc).numtriggers as usize {
+            let t = &*(*desc).triggers.add(i);
+            if t.tgoid == tgoid {
+                return true;
+            }
+            if t.tgtype & before_update == before_update {
+                return false;
+            }
+        }
+        false
+    }
+}
+
 /// Value and null flag of attribute `att` in `slot`, deforming the slot up
 /// to `upto` first if it has not got that far.
 #[inline]
@@ -231,9 +278,11 @@ struct Resolved {
     old_att: i32,
     new_att: i32,
     buffer: RowBuffer,
+    /// no BEFORE UPDATE trigger fires ahead of this one
+    first: bool,
 }
 
-unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32, RowBuffer) {
+unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32, RowBuffer, bool) {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let tupdesc = (*rel).rd_att;
@@ -243,7 +292,7 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             && (*cached).natts == (*tupdesc).natts
             && (*cached).tgoid == (*trigger).tgoid
         {
-            return ((*cached).old_att, (*cached).new_att, (*cached).buffer);
+            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).first);
         }
         let (old_att, new_att) = attnums(trigger, rel);
         let natts = (*tupdesc).natts;
@@ -257,9 +306,10 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             // buffer stays in the per-query context until the query ends.
             (cached, RowBuffer::new_in((*flinfo).fn_mcxt, natts))
         };
-        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer });
+        let first = first_before_update(rel, (*trigger).tgoid);
+        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
-        (old_att, new_att, buffer)
+        (old_att, new_att, buffer, first)
     }
 }
 

@@ -235,7 +235,8 @@ fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
     // be half-filled by the parent's block range. Operators are qualified:
     // nothing on a search_path may stand in for them.
     // A rename copies the old value; a type change's trigger computes the
-    // new column from the old one on any UPDATE (it may map NULL to a value).
+    // new column from the old one on an UPDATE that writes either column
+    // (it may map NULL to a value): the batch must name the new column.
     let (set, todo) = if m.using_expr.is_some() {
         (format!("{new} = NULL"), format!("{new} IS NULL"))
     } else {
@@ -274,9 +275,9 @@ pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
 /// this many batches' rows at most, not the rest of the table.
 const MAX_STRETCH: f64 = 8.0;
 
-/// The table's rows per heap block at expand (0 when unknown).
+/// The table's average rows per heap block (0 when unknown).
 fn table_density(m: &Migration) -> f64 {
-    if m.rows_estimate > 0 && m.rel_blocks > 0 { m.rows_estimate as f64 / m.rel_blocks as f64 } else { 0.0 }
+    introspect::rows_per_block(m.relid)
 }
 
 /// The blocks of the next batch: batch_size rows at the learned density,

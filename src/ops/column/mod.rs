@@ -571,6 +571,17 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
     //    Under SHARE UPDATE EXCLUSIVE writers go on; every write goes through
     //    the sync trigger, so a row in sync now stays in sync until the drop.
     let scan_lock = validate_lock.unwrap_or_else(|| locking::lock_table(m.relid, t, "SHARE UPDATE EXCLUSIVE"));
+    // Inheritance is refused at expand and guarded after; a child attached
+    // with the guard bypassed has no trigger and no backfill, and the drop
+    // below would recurse into it. Checked under the lock that keeps new
+    // children out until commit.
+    if let Some(what) = introspect::inheritance(m.relid) {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot contract zdm migration {id}: {t} has become {what}"),
+            format!("Nothing was dropped. Its rows were not kept in sync; detach it (ALTER TABLE … NO INHERIT) and call zdm.contract({id}) again, or undo with zdm.abort({id})."),
+        );
+    }
     let out_of_sync = count_out_of_sync(m, t);
     catalog::log_step(Step {
         migration: id,
@@ -593,7 +604,7 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
             ),
             "Nothing was dropped; the old column still holds every value. Rows get out of sync only when writes bypass the sync trigger (it was disabled, or a later BEFORE trigger changed a column after it).",
             match &m.using_expr {
-                // A type change: any write recomputes the shadow column.
+                // A type change: a write to the old column recomputes the shadow.
                 Some(expected) => format!(
                     "Rewrite them: UPDATE {t} SET {old} = {old} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({new})); then call zdm.contract({id}) again. Or undo with zdm.abort({id}).",
                     new = ident(m.new_col()),
