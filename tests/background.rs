@@ -287,7 +287,7 @@ fn adaptive_throttle_follows_the_workload() {
     std::thread::sleep(Duration::from_millis(300));
     c.query_one("SELECT zdm.start_backfill($1, batch_size => 200, pause_ms => 100, target_batch_ms => 0)", &[&id]).unwrap();
     wait_for("a batch that waited for the busy workload", Duration::from_secs(30), || {
-        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE 'workload busy%' LIMIT 1", &[&id])
+        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE '%workload busy%' LIMIT 1", &[&id])
             .unwrap()
             .map(|r| r.get::<_, String>(0))
     });
@@ -297,7 +297,7 @@ fn adaptive_throttle_follows_the_workload() {
     // Nobody else runs statements now (this session only polls, briefly).
     wait_for("a batch that hurried on the idle database", Duration::from_secs(60), || {
         std::thread::sleep(Duration::from_millis(200));
-        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE 'database idle%' LIMIT 1", &[&id])
+        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE '%database idle%' LIMIT 1", &[&id])
             .unwrap()
             .map(|r| r.get::<_, String>(0))
     });

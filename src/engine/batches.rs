@@ -317,14 +317,51 @@ pub fn next_batch_size(current: i32, configured: i32, target_ms: Option<i32>, to
     }
 }
 
+/// Adds a wait before the next batch. Each kind of reason is recorded once,
+/// in the order they came ("workload busy …; then CPU saturated …"): a
+/// later gate must not hide why the batch waited first.
 fn note_wait(ms: f64, reason: Option<String>) {
     PENDING_WAIT.with(|w| {
         let mut w = w.borrow_mut();
         w.0 += ms;
-        if reason.is_some() {
-            w.1 = reason;
-        }
+        w.1 = joined_reasons(w.1.take(), reason);
     });
+}
+
+const REASON_SEPARATOR: &str = "; then ";
+
+fn joined_reasons(pending: Option<String>, reason: Option<String>) -> Option<String> {
+    // The kind of a reason: its text before the first '(' or ':'.
+    let kind = |r: &str| r.split(['(', ':']).next().unwrap_or(r).trim_end().to_string();
+    match (pending, reason) {
+        (Some(mut prev), Some(r)) => {
+            if !prev.split(REASON_SEPARATOR).any(|p| kind(p) == kind(&r)) {
+                prev.push_str(REASON_SEPARATOR);
+                prev.push_str(&r);
+            }
+            Some(prev)
+        }
+        (prev, r) => prev.or(r),
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::joined_reasons;
+
+    #[test]
+    fn each_kind_of_wait_reason_is_kept_once_in_order() {
+        let s = |v: &str| Some(v.to_string());
+        let busy = joined_reasons(None, s("workload busy (2 active sessions on 2 cores): pause 300 ms"));
+        let both = joined_reasons(busy, s("CPU saturated (3% idle while the backfill waited): batches held to 2% of the time"));
+        let again = joined_reasons(both.clone(), s("CPU saturated (1% idle while the backfill waited): batches held to 2% of the time"));
+        assert_eq!(again, both);
+        assert_eq!(
+            both.as_deref(),
+            Some("workload busy (2 active sessions on 2 cores): pause 300 ms; then CPU saturated (3% idle while the backfill waited): batches held to 2% of the time")
+        );
+        assert_eq!(joined_reasons(s("database idle: pause 25 ms"), None), s("database idle: pause 25 ms"));
+    }
 }
 
 fn record_batch(migration: i64, out: &super::Batch, size: i32, took_ms: f64) {

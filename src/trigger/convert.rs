@@ -274,7 +274,10 @@ unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         } else {
             cached
         };
-        let first = first_before_update(rel, (*trigger).tgoid);
+        // Decided at the statement's first row, and kept: the executor fires
+        // the trigger list it copied at its start, so a later change to the
+        // relation's list (DDL run by the statement itself) must not count.
+        let first = if !cached.is_null() && (*cached).tgoid == tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
         slot.write(StatementCache { generation: GENERATION.load(Relaxed), tgoid, tupdesc, compiled: c, first });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
         (c, first)

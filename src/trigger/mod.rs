@@ -227,10 +227,12 @@ pub(crate) unsafe fn outside_set_list(td: *const pg_sys::TriggerData, a: i32, b:
 /// No BEFORE ROW UPDATE trigger on `rel` fires ahead of trigger `tgoid`
 /// (triggers fire in name order), so the row this trigger gets is the row
 /// the statement formed. False when `tgoid` is not in the relation's list.
-/// Read once per statement, when the executor's own copy of the list is
-/// the same; a trigger dropped by code the statement itself runs could
-/// differ — a row that leaves out of sync then is what contract's
-/// verification refuses.
+/// Read once per statement, at its first row, when the executor's own copy
+/// of the list (taken at its start) is the same; a trigger dropped, renamed
+/// or replaced (DROP TRIGGER, ALTER TRIGGER … RENAME, CREATE OR REPLACE
+/// TRIGGER do not check the table is in use) by code the statement itself
+/// runs before its first row could differ — a row that leaves out of sync
+/// then is what contract's verification refuses.
 pub(crate) unsafe fn first_before_update(rel: pg_sys::Relation, tgoid: pg_sys::Oid) -> bool {
     unsafe {
         let desc = (*rel).trigdesc;
@@ -306,7 +308,8 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             // buffer stays in the per-query context until the query ends.
             (cached, RowBuffer::new_in((*flinfo).fn_mcxt, natts))
         };
-        let first = first_before_update(rel, (*trigger).tgoid);
+        // Kept from the statement's first row (see first_before_update).
+        let first = if !cached.is_null() && (*cached).tgoid == (*trigger).tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
         slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
         (old_att, new_att, buffer, first)
