@@ -1,10 +1,10 @@
 //! A type change's trigger, `zdm.convert_trigger(old_column, new_column,
 //! expression)`, BEFORE INSERT OR UPDATE FOR EACH ROW: on every write that
 //! reaches the old column the new column is set to the conversion of the
-//! row's old column — the way PostgreSQL computes a stored generated column. The expression arrives as
-//! the node tree expand analysed (and checked immutable), is planned once
-//! per trigger and backend, and is evaluated per row by the executor: no
-//! SPI, no SQL text per row. It reads the executor's own slot (the row is
+//! row's old column — the way PostgreSQL computes a stored generated
+//! column. The expression arrives as the node tree expand analysed (and
+//! checked immutable), is planned once per trigger and backend, and is
+//! evaluated per row by the executor: no SPI, no SQL text per row. It reads the executor's own slot (the row is
 //! deformed once) and forms a changed row from the slot's values. An UPDATE
 //! that reaches neither column (not in its SET list, and no BEFORE trigger
 //! ahead changed their stored bytes) keeps the value an earlier write or

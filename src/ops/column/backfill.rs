@@ -109,7 +109,7 @@ pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
         return if par.helper { Batch::done() } else { finish(migration, started) };
     }
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
-    let blocks = batch_blocks(batch_size, per_block, table_density(&m), nblocks - cursor);
+    let blocks = batch_blocks(batch_size, per_block, introspect::rows_per_block(m.relid), nblocks - cursor);
     let end = cursor + blocks;
     let rows = update_blocks(&m, cursor, end);
     catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
@@ -133,7 +133,7 @@ fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
     };
     LAST_RANGE.set(Some(r.start_block));
     let per_block = if r.rows_per_block > 0.0 { r.rows_per_block } else { 1.0 };
-    let blocks = batch_blocks(batch_size, per_block, table_density(&m), r.end_block - r.next_block);
+    let blocks = batch_blocks(batch_size, per_block, introspect::rows_per_block(m.relid), r.end_block - r.next_block);
     let first = r.next_block;
     let rows = update_blocks(&m, first, first + blocks);
     r.next_block = first + blocks;
@@ -274,11 +274,6 @@ pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
 /// stretched range that runs into rows needing work again updates about
 /// this many batches' rows at most, not the rest of the table.
 const MAX_STRETCH: f64 = 8.0;
-
-/// The table's average rows per heap block (0 when unknown).
-fn table_density(m: &Migration) -> f64 {
-    introspect::rows_per_block(m.relid)
-}
 
 /// The blocks of the next batch: batch_size rows at the learned density,
 /// no more than MAX_STRETCH times what the table's average density gives,
