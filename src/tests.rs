@@ -435,4 +435,89 @@ mod tests {
         assert_eq!(one::<String>(&format!("SELECT phase FROM zdm.status WHERE id = {id}")).as_deref(), Some("contracted"));
         assert_eq!(one::<String>("SELECT current_setting('search_path')").as_deref(), Some("evil, pg_catalog, public"), "the caller's setting is back");
     }
+
+    /// The trigger's spliced rows (trigger/splice.rs) are byte for byte what
+    /// heap_form_tuple builds: every column of a table of assorted types,
+    /// storage modes and NULL patterns, set to every other row's value of it
+    /// (NULL, short, 4-byte-header, compressed and TOASTed ones included).
+    #[pg_test]
+    fn spliced_rows_match_heap_form_tuple() {
+        run("CREATE TABLE shapes (id int8, f bool, s int2, ch \"char\", t text, big text, p text, cmp text, ext text,
+             u uuid, nm name, d float8, num numeric, ts timestamptz, ia int4[], la int8[], bp char(3), pt point,
+             iv interval, mac macaddr, i4 int4)");
+        run("ALTER TABLE shapes ALTER COLUMN p SET STORAGE PLAIN");
+        // a row stored before the last column was added: fewer attributes, formed not spliced
+        run("INSERT INTO shapes (id, t) VALUES (0, 'zero')");
+        run("ALTER TABLE shapes ADD COLUMN late text");
+        run("INSERT INTO shapes VALUES
+             (1, true, 2, 'c', 'short', repeat('x', 300), 'plain', repeat('ab', 3000),
+              (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i),
+              gen_random_uuid(), 'a name', 1.5, 12345.678, now(), '{1,2,3}', (SELECT array_agg(i::int8) FROM generate_series(1, 40) i),
+              'abc', '(1,2)', '1 day', '08:00:2b:01:02:03', 7),
+             (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+             (3, false, NULL, 'd', NULL, 'y', NULL, 'z', NULL, gen_random_uuid(), NULL, -0.25, NULL, now(), NULL, '{9}', NULL, '(3,4)', NULL, NULL, -1),
+             (4, NULL, 5, NULL, repeat('q', 126), NULL, repeat('p', 200), NULL, 'e', NULL, 'n', NULL, 0.1, NULL, '{4}', NULL, 'x', NULL, '2 hours', '01:02:03:04:05:06', NULL)");
+        run("INSERT INTO shapes (id, t, late) VALUES (5, 'five', 'late')");
+        unsafe {
+            let relid = one::<pg_sys::Oid>("SELECT 'shapes'::regclass::oid").unwrap();
+            let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            let flags = pg_sys::ScanOptions::SO_TYPE_SEQSCAN | pg_sys::ScanOptions::SO_ALLOW_PAGEMODE;
+            let scan = pg_sys::heap_beginscan(rel, pg_sys::GetLatestSnapshot(), 0, std::ptr::null_mut(), std::ptr::null_mut(), flags);
+            let mut rows = Vec::new();
+            loop {
+                let t = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if t.is_null() {
+                    break;
+                }
+                let copy = pg_sys::heap_copytuple(t);
+                let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsHeapTuple);
+                pg_sys::ExecStoreHeapTuple(copy, slot, false);
+                pg_sys::slot_getsomeattrs_int(slot, natts as i32);
+                rows.push((copy, slot));
+            }
+            pg_sys::heap_endscan(scan);
+            assert_eq!(rows.len(), 6);
+            let external = |v: pg_sys::Datum| pgrx::varlena::varatt_is_1b_e(v.cast_mut_ptr());
+            let (mut compared, mut with_external) = (0, 0);
+            for &(row, slot) in &rows {
+                let full = ((*(*row).t_data).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as usize == natts;
+                for j in 0..natts {
+                    let att = &*(*desc).attrs.as_ptr().add(j);
+                    let mut candidates: Vec<(pg_sys::Datum, bool)> =
+                        rows.iter().map(|&(_, s)| (*(*s).tts_values.add(j), *(*s).tts_isnull.add(j))).collect();
+                    if att.atttypid == pg_sys::TEXTOID {
+                        // freshly made values: 4-byte headers, short enough to pack or not
+                        candidates.push(("fresh".into_datum().unwrap(), false));
+                        candidates.push(("w".repeat(200).into_datum().unwrap(), false));
+                    }
+                    for (value, is_null) in candidates {
+                        let spliced = crate::trigger::splice::spliced(row, slot, desc, j as i32 + 1, value, is_null);
+                        let Some(spliced) = spliced else {
+                            assert!(!full, "row {:?}: no splice for column {}", (*row).t_self, j + 1);
+                            continue;
+                        };
+                        assert!(full, "a row with fewer attributes than the table is formed, not spliced");
+                        let mut values: Vec<_> = std::slice::from_raw_parts((*slot).tts_values, natts).to_vec();
+                        let mut nulls: Vec<_> = std::slice::from_raw_parts((*slot).tts_isnull, natts).to_vec();
+                        (values[j], nulls[j]) = (value, is_null);
+                        let formed = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                        (*(*formed).t_data).t_ctid = (*(*row).t_data).t_ctid;
+                        let (a, b) = (crate::trigger::splice::comparable(spliced), crate::trigger::splice::comparable(formed));
+                        assert_eq!(a, b, "column {} set to {:?} (null {is_null})", j + 1, value);
+                        assert_eq!(format!("{:?}", (*spliced).t_self), format!("{:?}", (*row).t_self));
+                        compared += 1;
+                        with_external += (!is_null && att.attlen == -1 && external(value)) as i32;
+                    }
+                }
+            }
+            assert!(compared > 600, "{compared} rows compared");
+            assert!(with_external > 0, "a TOASTed value was among them");
+            for (_, slot) in rows {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        }
+    }
 }

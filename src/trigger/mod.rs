@@ -17,6 +17,7 @@
 //! search_path cannot influence it; it is installed schema-qualified.
 
 pub mod convert;
+pub(crate) mod splice;
 
 use crate::errors::{raise, Code};
 use pgrx::pg_sys;
@@ -179,11 +180,11 @@ impl RowBuffer {
     }
 }
 
-/// `row` with attribute `att` set to `value`: a new heap tuple, formed from
-/// the values the executor's slot already holds (heap_modify_tuple_by_cols
-/// would deform the whole row again first — most of the trigger's cost on a
-/// wide row), copied into `buffer` so the slot itself is never touched. The
-/// identity of the row (ctid, table) is carried over.
+/// `row` with attribute `att` set to `value`: a new heap tuple, spliced
+/// from the row's bytes (`splice`), or else formed from the values the
+/// executor's slot already holds (heap_modify_tuple_by_cols would deform the
+/// whole row again first), copied into `buffer` so the slot itself is never
+/// touched. The identity of the row (ctid, table) is carried over.
 pub(crate) unsafe fn with_value(
     row: pg_sys::HeapTuple,
     slot: *mut pg_sys::TupleTableSlot,
@@ -200,6 +201,11 @@ pub(crate) unsafe fn with_value(
         let buffer = if natts == buffer.natts { buffer } else { RowBuffer::new_in(pg_sys::CurrentMemoryContext, natts) };
         if i32::from((*slot).tts_nvalid) < natts {
             pg_sys::slot_getsomeattrs_int(slot, natts);
+        }
+        if let Some(tuple) = splice::spliced(row, slot, tupdesc, att, value, is_null) {
+            #[cfg(debug_assertions)]
+            splice::check(tuple, row, slot, tupdesc, att, value, is_null);
+            return tuple;
         }
         let n = natts as usize;
         std::ptr::copy_nonoverlapping((*slot).tts_values, buffer.values, n);
