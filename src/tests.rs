@@ -139,6 +139,19 @@ mod tests {
         run("DROP TRIGGER aaa_touch ON people");
     }
 
+    /// The UPDATE fast path reads NULLs from the row's bitmap in place: a
+    /// column added with a DEFAULT is absent from older rows yet not NULL.
+    #[pg_test]
+    fn trigger_sees_a_missing_attribute_default_as_a_value() {
+        run("CREATE TABLE m (id int PRIMARY KEY, n int)");
+        run("INSERT INTO m SELECT g, 0 FROM generate_series(1, 20) g");
+        run("ALTER TABLE m ADD COLUMN a text DEFAULT 'dflt'");
+        run("SELECT zdm.expand_rename('m', 'a', 'b')");
+        run("UPDATE m SET n = n + 1");
+        assert_eq!(one::<i64>("SELECT count(*) FROM m WHERE b IS DISTINCT FROM a"), Some(0));
+        assert_eq!(one::<i64>("SELECT count(*) FROM m WHERE b = 'dflt'"), Some(20));
+    }
+
     #[pg_test]
     fn trigger_handles_toasted_values() {
         run("CREATE TABLE docs (id int PRIMARY KEY, body text, other int)");

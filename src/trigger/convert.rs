@@ -17,7 +17,7 @@
 //! function is never run from a stale plan; a conversion that re-enters
 //! itself is refused. An error converting a row names the row.
 
-use super::{first_before_update, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
+use super::{first_before_update, is_null, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
 use crate::errors::{raise, raise_with_detail, Code};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -144,7 +144,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // column), the stored bytes; without evaluating anything. A shadow
         // column still NULL is converted: the backfill's own UPDATE sets it
         // to NULL.
-        if is_update && outside_set_list(td, c.old_att, c.new_att) && !pg_sys::heap_attisnull(row, c.new_att, tupdesc) {
+        if is_update && outside_set_list(td, c.old_att, c.new_att) && !is_null(row, c.new_att, tupdesc) {
             if first || unchanged(td, c.old_att, c.new_att, last) {
                 return pg_sys::Datum::from(row);
             }

@@ -85,7 +85,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // do unless the row still waits for its backfill — decided from the
         // null bitmap, without deforming anything.
         if is_update && first && outside_set_list(td, old_att, new_att) {
-            let waiting = pg_sys::heap_attisnull(row, new_att, tupdesc) && !pg_sys::heap_attisnull(row, old_att, tupdesc);
+            let waiting = is_null(row, new_att, tupdesc) && !is_null(row, old_att, tupdesc);
             if !waiting {
                 return pg_sys::Datum::from(row);
             }
@@ -226,7 +226,39 @@ pub(crate) unsafe fn outside_set_list(td: *const pg_sys::TriggerData, a: i32, b:
     unsafe {
         let set = (*td).tg_updatedcols;
         let offset = pg_sys::FirstLowInvalidHeapAttributeNumber;
-        !pg_sys::bms_is_member(a - offset, set) && !pg_sys::bms_is_member(b - offset, set)
+        !in_set(a - offset, set) && !in_set(b - offset, set)
+    }
+}
+
+/// bms_is_member, read in place: two calls per row through pgrx's FFI guard
+/// (a sigsetjmp each) cost more than the bit test itself.
+#[inline]
+unsafe fn in_set(x: i32, set: *const pg_sys::Bitmapset) -> bool {
+    unsafe {
+        if set.is_null() || x < 0 {
+            return false;
+        }
+        let bits = 8 * std::mem::size_of::<pg_sys::bitmapword>() as i32;
+        let word = x / bits;
+        word < (*set).nwords && *(*set).words.as_ptr().add(word as usize) & (1 << (x % bits)) != 0
+    }
+}
+
+/// heap_attisnull for a user attribute, read in place (see `in_set`): an
+/// attribute past the tuple's own count is NULL unless it has a missing
+/// value (ADD COLUMN … DEFAULT).
+#[inline]
+pub(crate) unsafe fn is_null(row: pg_sys::HeapTuple, att: i32, tupdesc: pg_sys::TupleDesc) -> bool {
+    unsafe {
+        let header = (*row).t_data;
+        if att > ((*header).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32 {
+            return !(*(*tupdesc).attrs.as_ptr().add((att - 1) as usize)).atthasmissing;
+        }
+        if (*header).t_infomask as u32 & pg_sys::HEAP_HASNULL == 0 {
+            return false;
+        }
+        let i = (att - 1) as usize;
+        *(*header).t_bits.as_ptr().add(i >> 3) & (1 << (i & 7)) == 0
     }
 }
 
