@@ -213,14 +213,18 @@ pub(crate) unsafe fn spliced(
         let data_len = off;
         // The flags the unchanged attributes contribute; an external value
         // among them only if the row had one at all.
+        // Scanned only as far as it takes to know both.
         let row_external = (*old).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0;
         for j in 0..t {
-            let a = attr(tupdesc, j);
-            if !*nulls.add(j) && a.attlen == -1 {
-                infomask |= pg_sys::HEAP_HASVARWIDTH;
-                if row_external && varatt_is_1b_e((*values.add(j)).cast_mut_ptr::<pg_sys::varlena>()) {
-                    infomask |= pg_sys::HEAP_HASEXTERNAL;
-                }
+            if *nulls.add(j) || attr(tupdesc, j).attlen != -1 {
+                continue;
+            }
+            infomask |= pg_sys::HEAP_HASVARWIDTH;
+            if row_external && varatt_is_1b_e((*values.add(j)).cast_mut_ptr::<pg_sys::varlena>()) {
+                infomask |= pg_sys::HEAP_HASEXTERNAL;
+            }
+            if !row_external || infomask & pg_sys::HEAP_HASEXTERNAL != 0 {
+                break;
             }
         }
         let has_null = (0..natts).any(|j| value_of(j).1);
