@@ -15,7 +15,7 @@
 //! the ordinary way.
 
 use pgrx::pg_sys;
-use pgrx::varlena::{set_varsize_4b, varatt_is_1b, varatt_is_1b_e, varatt_is_4b_u, varsize_1b, varsize_4b, vartag_external};
+use pgrx::varlena::{set_varsize_4b, set_varsize_short, varatt_is_1b, varatt_is_1b_e, varatt_is_4b_u, varsize_1b, varsize_4b, vartag_external};
 
 /// Largest varlena that fits a 1-byte header (VARATT_SHORT_MAX).
 const SHORT_MAX: usize = 0x7F;
@@ -152,8 +152,7 @@ unsafe fn fill(a: &pg_sys::FormData_pg_attribute, how: Stored, value: pg_sys::Da
                 off + len
             }
             Stored::MadeShort(len) => {
-                // SET_VARSIZE_SHORT: the length shifted over the 1-byte-header flag bit
-                *data.add(off) = ((len as u8) << 1) | 0x01;
+                set_varsize_short(data.add(off) as *mut pg_sys::varlena, len as i32);
                 let src = (value.cast_mut_ptr::<u8>() as *const u8).add(pg_sys::VARHDRSZ);
                 std::ptr::copy_nonoverlapping(src, data.add(off + 1), len - 1);
                 off + len
