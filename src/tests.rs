@@ -512,11 +512,7 @@ mod tests {
                             continue;
                         };
                         assert!(full, "a row with fewer attributes than the table is formed, not spliced");
-                        let mut values: Vec<_> = std::slice::from_raw_parts((*slot).tts_values, natts).to_vec();
-                        let mut nulls: Vec<_> = std::slice::from_raw_parts((*slot).tts_isnull, natts).to_vec();
-                        (values[j], nulls[j]) = (value, is_null);
-                        let formed = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-                        (*(*formed).t_data).t_ctid = (*(*row).t_data).t_ctid;
+                        let formed = crate::trigger::splice::formed(row, slot, desc, j as i32 + 1, value, is_null);
                         let (a, b) = (crate::trigger::splice::comparable(spliced), crate::trigger::splice::comparable(formed));
                         assert_eq!(a, b, "column {} set to {:?} (null {is_null})", j + 1, value);
                         assert_eq!(format!("{:?}", (*spliced).t_self), format!("{:?}", (*row).t_self));

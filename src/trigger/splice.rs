@@ -289,9 +289,31 @@ pub(crate) unsafe fn comparable(t: pg_sys::HeapTuple) -> Vec<u8> {
     }
 }
 
+/// The tuple heap_form_tuple builds from the slot's values with attribute
+/// `att` replaced, the row's ctid carried over: what `spliced` must equal.
+#[cfg(any(debug_assertions, feature = "pg_test"))]
+pub(crate) unsafe fn formed(
+    row: pg_sys::HeapTuple,
+    slot: *mut pg_sys::TupleTableSlot,
+    tupdesc: pg_sys::TupleDesc,
+    att: i32,
+    value: pg_sys::Datum,
+    is_null: bool,
+) -> pg_sys::HeapTuple {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        let mut values: Vec<pg_sys::Datum> = std::slice::from_raw_parts((*slot).tts_values, natts).to_vec();
+        let mut nulls: Vec<bool> = std::slice::from_raw_parts((*slot).tts_isnull, natts).to_vec();
+        values[(att - 1) as usize] = value;
+        nulls[(att - 1) as usize] = is_null;
+        let formed = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        (*(*formed).t_data).t_ctid = (*(*row).t_data).t_ctid;
+        formed
+    }
+}
+
 /// Debug builds (every test run): the spliced tuple is the one
-/// heap_form_tuple builds from the same values, with the row's identity
-/// carried over.
+/// heap_form_tuple builds from the same values.
 #[cfg(debug_assertions)]
 pub(crate) unsafe fn check(
     spliced: pg_sys::HeapTuple,
@@ -303,13 +325,7 @@ pub(crate) unsafe fn check(
     is_null: bool,
 ) {
     unsafe {
-        let natts = (*tupdesc).natts as usize;
-        let mut values: Vec<pg_sys::Datum> = std::slice::from_raw_parts((*slot).tts_values, natts).to_vec();
-        let mut nulls: Vec<bool> = std::slice::from_raw_parts((*slot).tts_isnull, natts).to_vec();
-        values[(att - 1) as usize] = value;
-        nulls[(att - 1) as usize] = is_null;
-        let formed = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        (*(*formed).t_data).t_ctid = (*(*row).t_data).t_ctid;
+        let formed = formed(row, slot, tupdesc, att, value, is_null);
         let (a, b) = (comparable(spliced), comparable(formed));
         if a != b {
             crate::errors::raise(
