@@ -583,7 +583,7 @@ mod tests {
             pg_sys::heap_endscan(scan);
             assert_eq!(rows.len(), rows_expected, "rows of {table}");
             let external = |v: pg_sys::Datum| pgrx::varlena::varatt_is_1b_e(v.cast_mut_ptr());
-            let (mut compared, mut with_external) = (0, 0);
+            let (mut compared, mut with_external, mut located) = (0, 0, 0);
             for &(row, slot) in &rows {
                 let full = ((*(*row).t_data).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as usize == natts;
                 for j in 0..natts {
@@ -606,12 +606,14 @@ mod tests {
                         let (a, b) = (crate::trigger::splice::comparable(spliced), crate::trigger::splice::comparable(formed));
                         assert_eq!(a, b, "column {} set to {:?} (null {is_null})", j + 1, value);
                         assert_eq!(format!("{:?}", (*spliced).t_self), format!("{:?}", (*row).t_self));
+                        located += assert_located(row, slot, spliced, desc, j + 1);
                         compared += 1;
                         with_external += (!is_null && att.attlen == -1 && external(value)) as i32;
                     }
                 }
             }
             assert!(compared > at_least, "{compared} rows compared");
+            assert!(located > at_least, "{located} old rows read by their trailing attributes");
             if at_least >= 600 {
                 assert!(with_external > 0, "a TOASTed value was among them");
             }
@@ -619,6 +621,43 @@ mod tests {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
             pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        }
+    }
+
+    /// `new` is `old` with attribute `changed` (1-based) set: reading old's
+    /// trailing attributes from where the two rows stop sharing bytes
+    /// (trigger/locate.rs) must succeed for every tail that holds the
+    /// changed attribute, and give what deforming `old` gives whenever it
+    /// succeeds. Returns how many tails were read.
+    unsafe fn assert_located(
+        old: pg_sys::HeapTuple,
+        old_slot: *mut pg_sys::TupleTableSlot,
+        new: pg_sys::HeapTuple,
+        desc: pg_sys::TupleDesc,
+        changed: usize,
+    ) -> i32 {
+        unsafe {
+            let natts = (*desc).natts as usize;
+            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsHeapTuple);
+            pg_sys::ExecStoreHeapTuple(new, slot, false);
+            pg_sys::slot_getsomeattrs_int(slot, natts as i32);
+            let mut read = 0;
+            for first in natts.saturating_sub(7).max(1)..=natts {
+                let mut tail = [(pg_sys::Datum::from(0usize), false); 8];
+                let found = crate::trigger::locate::trailing_values(old, new, slot, desc, first as i32, natts as i32, &mut tail);
+                assert!(found || changed < first, "attribute {changed} changed: tail from {first} not read");
+                if !found {
+                    continue;
+                }
+                for (k, &(v, null)) in (first..=natts).zip(tail.iter()) {
+                    let att = &*(*desc).attrs.as_ptr().add(k - 1);
+                    let (w, w_null) = (*(*old_slot).tts_values.add(k - 1), *(*old_slot).tts_isnull.add(k - 1));
+                    assert!(crate::trigger::raw_same(att, null, v, w_null, w), "attribute {k} of the tail from {first}");
+                }
+                read += 1;
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            read
         }
     }
 }

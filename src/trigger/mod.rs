@@ -17,6 +17,7 @@
 //! search_path cannot influence it; it is installed schema-qualified.
 
 pub mod convert;
+pub(crate) mod locate;
 pub(crate) mod splice;
 
 use crate::errors::{raise, Code};
@@ -108,39 +109,31 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         if raw_same(att, old_null, old_val, new_null, new_val) {
             return pg_sys::Datum::from(row);
         }
-        // An UPDATE's old row, read once: every path below needs it.
-        let before = if is_update {
-            let slot = (*td).tg_trigslot;
-            Some((slot_value(slot, old_att, last), slot_value(slot, new_att, last)))
-        } else {
-            None
-        };
-        // An UPDATE that wrote neither column carries both stored values
-        // over unchanged (a TOASTed one as the same pointer): nothing to do
-        // unless the row still waits for its backfill. Decided without
-        // detoasting the two copies to compare them.
-        if let Some(((was_old, was_old_null), (was_new, was_new_null))) = before {
-            if !(new_null && !old_null)
-                && raw_same(att, was_old_null, was_old, old_null, old_val)
-                && raw_same(att, was_new_null, was_new, new_null, new_val)
-            {
+        // An UPDATE's old row, read once: every path below needs it. Stored
+        // bytes are compared first: equal bytes settle it without detoasting.
+        let action = if is_update {
+            let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tupdesc, old_att, new_att, last);
+            let old_kept = raw_same(att, was_old_null, was_old, old_null, old_val);
+            let new_kept = raw_same(att, was_new_null, was_new, new_null, new_val);
+            let waiting = new_null && !old_null; // not yet backfilled
+            // An UPDATE that wrote neither column carries both stored values
+            // over unchanged (a TOASTed one as the same pointer): nothing to
+            // do unless the row still waits for its backfill.
+            if old_kept && new_kept && !waiting {
                 return pg_sys::Datum::from(row);
             }
-        }
-        if same(att, old_null, old_val, new_null, new_val) {
-            return pg_sys::Datum::from(row);
-        }
-
-        let action = if let Some(((was_old, was_old_null), (was_new, was_new_null))) = before {
-            let new_changed = !same(att, was_new_null, was_new, new_null, new_val);
-            let old_changed = !same(att, was_old_null, was_old, old_null, old_val);
-            if new_changed {
+            if same(att, old_null, old_val, new_null, new_val) {
+                return pg_sys::Datum::from(row);
+            }
+            if !new_kept && !same(att, was_new_null, was_new, new_null, new_val) {
                 Action::NewToOld // only new changed, or both: the new column wins
-            } else if old_changed || (new_null && !old_null) {
+            } else if waiting || (!old_kept && !same(att, was_old_null, was_old, old_null, old_val)) {
                 Action::OldToNew // only old changed, or not yet backfilled
             } else {
                 Action::Keep
             }
+        } else if same(att, old_null, old_val, new_null, new_val) {
+            return pg_sys::Datum::from(row);
         } else if !new_null {
             Action::NewToOld
         } else if !old_null {
@@ -155,6 +148,32 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             Action::NewToOld => (old_att, new_val, new_null),
         };
         pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null, buffer))
+    }
+}
+
+/// An UPDATE's old row's values of the two columns: walked from where the
+/// old and the new row stop sharing their bytes (`locate`), or else read
+/// from the old row's slot, deformed up to `last`.
+unsafe fn old_values(
+    td: *const pg_sys::TriggerData,
+    new_slot: *mut pg_sys::TupleTableSlot,
+    tupdesc: pg_sys::TupleDesc,
+    old_att: i32,
+    new_att: i32,
+    last: i32,
+) -> ((pg_sys::Datum, bool), (pg_sys::Datum, bool)) {
+    unsafe {
+        let first = old_att.min(new_att);
+        let mut tail = [(pg_sys::Datum::from(0usize), false); 8];
+        let (old, new) = ((*td).tg_trigtuple, (*td).tg_newtuple);
+        if locate::trailing_values(old, new, new_slot, tupdesc, first, last, &mut tail) {
+            let found = (tail[(old_att - first) as usize], tail[(new_att - first) as usize]);
+            #[cfg(debug_assertions)]
+            locate::check(found, (*td).tg_trigslot, tupdesc, old_att, new_att, last);
+            return found;
+        }
+        let slot = (*td).tg_trigslot;
+        (slot_value(slot, old_att, last), slot_value(slot, new_att, last))
     }
 }
 

@@ -33,11 +33,11 @@ enum Stored {
     MadeShort(usize),
 }
 
-unsafe fn attr<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
+pub(crate) unsafe fn attr<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
     unsafe { &*(*tupdesc).attrs.as_ptr().add(i) }
 }
 
-fn align(off: usize, attalign: std::ffi::c_char) -> usize {
+pub(crate) fn align(off: usize, attalign: std::ffi::c_char) -> usize {
     let a = match attalign as u8 {
         b'd' => 8,
         b'i' => 4,
@@ -93,7 +93,7 @@ unsafe fn stored(att: &pg_sys::FormData_pg_attribute, value: pg_sys::Datum) -> O
 /// the last non-NULL attribute before it. A by-reference value points into
 /// the row, which gives its offset; by-value attributes after the last such
 /// one are fixed-width, so their offsets follow from the alignment rules.
-unsafe fn prefix_end(
+pub(crate) unsafe fn prefix_end(
     tupdesc: pg_sys::TupleDesc,
     values: *const pg_sys::Datum,
     nulls: *const bool,
