@@ -583,7 +583,8 @@ mod tests {
             pg_sys::heap_endscan(scan);
             assert_eq!(rows.len(), rows_expected, "rows of {table}");
             let external = |v: pg_sys::Datum| pgrx::varlena::varatt_is_1b_e(v.cast_mut_ptr());
-            let (mut compared, mut with_external, mut located) = (0, 0, 0);
+            let (mut compared, mut with_external, mut located, mut from_tails) = (0, 0, 0, 0);
+            use crate::trigger::locate;
             for &(row, slot) in &rows {
                 let full = ((*(*row).t_data).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as usize == natts;
                 for j in 0..natts {
@@ -602,11 +603,19 @@ mod tests {
                             continue;
                         };
                         assert!(full, "a row with fewer attributes than the table is formed, not spliced");
-                        let formed = crate::trigger::splice::formed(row, slot, desc, j as i32 + 1, value, is_null);
+                        let formed = crate::trigger::splice::formed(row, desc, j as i32 + 1, value, is_null);
                         let (a, b) = (crate::trigger::splice::comparable(spliced), crate::trigger::splice::comparable(formed));
                         assert_eq!(a, b, "column {} set to {:?} (null {is_null})", j + 1, value);
                         assert_eq!(format!("{:?}", (*spliced).t_self), format!("{:?}", (*row).t_self));
                         located += assert_located(row, slot, spliced, desc, j + 1);
+                        // the same row spliced from the tail read off its bytes
+                        let first = natts.saturating_sub(locate::MAX_TAIL - 1).max(1);
+                        if j + 1 >= first {
+                            let tail = locate::read_tail(row, desc, first as i32).expect("a full row's tail");
+                            let from_tail = crate::trigger::splice::spliced_from_tail(row, desc, &tail, j as i32 + 1, value, is_null).unwrap();
+                            assert_eq!(crate::trigger::splice::comparable(from_tail), b, "column {} from the tail", j + 1);
+                            from_tails += 1;
+                        }
                         compared += 1;
                         with_external += (!is_null && att.attlen == -1 && external(value)) as i32;
                     }
@@ -614,6 +623,10 @@ mod tests {
             }
             assert!(compared > at_least, "{compared} rows compared");
             assert!(located > at_least, "{located} old rows read by their trailing attributes");
+            assert!(from_tails > at_least / 4, "{from_tails} rows spliced from their tails");
+            for &(row, slot) in &rows {
+                assert_tails(row, slot, desc);
+            }
             if at_least >= 600 {
                 assert!(with_external > 0, "a TOASTed value was among them");
             }
@@ -644,7 +657,7 @@ mod tests {
             let mut read = 0;
             for first in natts.saturating_sub(7).max(1)..=natts {
                 let mut tail = [(pg_sys::Datum::from(0usize), false); 8];
-                let found = crate::trigger::locate::trailing_values(old, new, slot, desc, first as i32, natts as i32, &mut tail);
+                let found = crate::trigger::locate::trailing_values_by_slot(old, new, slot, desc, first as i32, natts as i32, &mut tail);
                 assert!(found || changed < first, "attribute {changed} changed: tail from {first} not read");
                 if !found {
                     continue;
@@ -658,6 +671,36 @@ mod tests {
             }
             pg_sys::ExecDropSingleTupleTableSlot(slot);
             read
+        }
+    }
+
+    /// Every tail `locate::read_tail` reads off `row` holds what deforming
+    /// it gives: values, and where each attribute is laid out from.
+    unsafe fn assert_tails(row: pg_sys::HeapTuple, slot: *mut pg_sys::TupleTableSlot, desc: pg_sys::TupleDesc) {
+        unsafe {
+            use crate::trigger::locate;
+            let natts = (*desc).natts as usize;
+            let full = ((*(*row).t_data).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as usize == natts;
+            let header = (*row).t_data;
+            let data = (header as *const u8).add((*header).t_hoff as usize);
+            let len = (*row).t_len as usize - (*header).t_hoff as usize;
+            let (values, nulls) = ((*slot).tts_values as *const pg_sys::Datum, (*slot).tts_isnull as *const bool);
+            for first in 1..=natts {
+                let tail = locate::read_tail(row, desc, first as i32);
+                if !full || natts - first + 1 > locate::MAX_TAIL {
+                    assert!(tail.is_none(), "no tail from {first} of {natts}");
+                    continue;
+                }
+                let tail = tail.expect("a full row's tail");
+                assert_eq!((tail.first, tail.count), (first - 1, natts - first + 1));
+                for k in first - 1..natts {
+                    let att = &*(*desc).attrs.as_ptr().add(k);
+                    let (v, null) = tail.value(k);
+                    assert!(crate::trigger::raw_same(att, null, v, *nulls.add(k), *values.add(k)), "attribute {} from {first}", k + 1);
+                    let from = crate::trigger::splice::prefix_end(desc, values, nulls, k, data, len);
+                    assert_eq!(Some(tail.from[k + 1 - first]), from, "attribute {} laid out from", k + 1);
+                }
+            }
         }
     }
 }

@@ -175,7 +175,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         if same(att, current_null, current, is_null, value) {
             return pg_sys::Datum::from(row);
         }
-        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, c.new_att, value, is_null, c.buffer))
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, c.new_att, value, is_null, c.buffer, None))
     }
 }
 

@@ -1,41 +1,175 @@
-//! Reading an UPDATE's old row without deforming it. The sync trigger needs
-//! the old row's values of the two migration columns to tell which one the
-//! statement wrote; they are usually the table's last two, so deforming
-//! reads every attribute before them — on a wide row most of the work.
+//! Reading a row's trailing attributes from its bytes, without deforming
+//! it. The migration columns are usually the table's last two (a new column
+//! is added last), so a trigger that deforms the row to reach them reads
+//! every attribute before them — on a wide row most of its work.
 //!
-//! The old and the new row usually differ only in the columns the statement
-//! set. When their null bitmaps agree on the attributes before the first of
-//! the two columns, and their data areas agree byte for byte up to where
-//! that attribute is laid out from in the new row, then every attribute
-//! before it decodes to the same offsets in both (decoding reads nothing but
-//! those bytes and bits), so the old row's remaining attributes are walked
-//! from that offset on. Otherwise (a column before them was set too) the
-//! caller deforms the old row as before.
+//! * `read_tail`: the new row, walked once from its start; what it finds
+//!   (where each trailing attribute is laid out from, its value, what the
+//!   attributes before contribute to the header) is all `splice` needs.
+//! * `trailing_values`: an UPDATE's old row. The old and the new row usually
+//!   differ only in the columns the statement set. When their null bitmaps
+//!   agree on the attributes before the first trailing one, and their data
+//!   areas agree byte for byte up to where that attribute is laid out from
+//!   in the new row, then every attribute before it decodes to the same
+//!   offsets in both (decoding reads nothing but those bytes and bits), so
+//!   only the old row's trailing attributes are walked. Otherwise (a column
+//!   before them was set too) the caller deforms the old row.
 
 use super::splice::{align, attr, prefix_end};
 use pgrx::pg_sys;
 
-/// Values of attributes `first..=last` (1-based) of `old`, found by
-/// comparing it with `new`, which `new_slot` holds deformed up to `last` at
-/// least. Written to `out[0..=last-first]`. False when the rows do not share
-/// their leading bytes (or are in a shape this does not handle).
+/// Most trailing attributes `read_tail` reads (the tail holds both
+/// migration columns and every attribute after the first of them).
+pub(crate) const MAX_TAIL: usize = 8;
+
+/// A row's attributes from `first` (0-based) to the last, read from its
+/// bytes.
+pub(crate) struct Tail {
+    pub first: usize,
+    pub count: usize,
+    /// where attribute `first + i` is laid out from: the end of the last
+    /// non-NULL attribute before it
+    pub from: [usize; MAX_TAIL],
+    values: [(pg_sys::Datum, bool); MAX_TAIL],
+    /// HEAP_HASVARWIDTH / HEAP_HASEXTERNAL as the attributes before `first` set them
+    pub infomask_before: u32,
+    /// an attribute before `first` is NULL
+    pub null_before: bool,
+}
+
+impl Tail {
+    /// Value and null flag of attribute `j` (0-based, within the tail).
+    #[inline]
+    pub fn value(&self, j: usize) -> (pg_sys::Datum, bool) {
+        self.values[j - self.first]
+    }
+}
+
+/// The attributes of `row` from `first` (1-based) to the last, walked from
+/// the row's start (using the descriptor's cached offsets while only
+/// fixed-width, non-NULL attributes precede, as deforming does). None for a
+/// row with fewer attributes than the descriptor, a tail longer than
+/// MAX_TAIL, or bytes that do not decode within the row.
+pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, first: i32) -> Option<Tail> {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        let header = (*row).t_data;
+        if first < 1 || first as usize > natts || natts - (first as usize - 1) > MAX_TAIL {
+            return None;
+        }
+        if ((*header).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as usize != natts {
+            return None; // a row stored before an ADD COLUMN: missing values
+        }
+        let len = ((*row).t_len as usize).checked_sub((*header).t_hoff as usize)?;
+        let data = (header as *const u8).add((*header).t_hoff as usize);
+        let has_nulls = (*header).t_infomask as u32 & pg_sys::HEAP_HASNULL != 0;
+        let bits = (*header).t_bits.as_ptr();
+        let first = first as usize - 1;
+        let mut tail = Tail {
+            first,
+            count: natts - first,
+            from: [0; MAX_TAIL],
+            values: [(pg_sys::Datum::from(0usize), false); MAX_TAIL],
+            infomask_before: 0,
+            null_before: false,
+        };
+        let (mut off, mut slow) = (0usize, false);
+        for k in 0..natts {
+            if k >= first {
+                tail.from[k - first] = off;
+            }
+            if has_nulls && *bits.add(k >> 3) & (1 << (k & 7)) == 0 {
+                if k >= first {
+                    tail.values[k - first] = (pg_sys::Datum::from(0usize), true);
+                } else {
+                    tail.null_before = true;
+                }
+                slow = true;
+                continue;
+            }
+            let a = attr(tupdesc, k);
+            let (at, size) = if !slow && a.attcacheoff >= 0 {
+                let at = a.attcacheoff as usize;
+                (at, if a.attlen == -1 { varlena_size(data, len, at)? } else { a.attlen as usize })
+            } else {
+                decode(a, data, len, off)?
+            };
+            if at + size > len {
+                return None;
+            }
+            let p = data.add(at);
+            if a.attlen == -1 {
+                slow = true;
+                if k < first {
+                    tail.infomask_before |= pg_sys::HEAP_HASVARWIDTH;
+                    if pgrx::varlena::varatt_is_1b_e(p as *const pg_sys::varlena) {
+                        tail.infomask_before |= pg_sys::HEAP_HASEXTERNAL;
+                    }
+                }
+            }
+            if k >= first {
+                tail.values[k - first] = (if a.attbyval { fetch_byval(p, a.attlen) } else { pg_sys::Datum::from(p) }, false);
+            }
+            off = at + size;
+        }
+        Some(tail)
+    }
+}
+
+/// Where attribute `a`, laid out from `off`, starts in `data`, and its size.
+#[inline]
+unsafe fn decode(a: &pg_sys::FormData_pg_attribute, data: *const u8, len: usize, off: usize) -> Option<(usize, usize)> {
+    unsafe {
+        match a.attlen {
+            -1 => {
+                // a pad byte is zero; a varlena's first byte never is
+                let at = if off < len && *data.add(off) != 0 { off } else { align(off, a.attalign) };
+                Some((at, varlena_size(data, len, at)?))
+            }
+            n if n > 0 && (!a.attbyval || matches!(n, 1 | 2 | 4 | 8)) => Some((align(off, a.attalign), n as usize)),
+            _ => None, // a cstring, or a by-value width PostgreSQL has not got
+        }
+    }
+}
+
+/// The stored size of the varlena at `at`, if its header lies in the row.
+#[inline]
+unsafe fn varlena_size(data: *const u8, len: usize, at: usize) -> Option<usize> {
+    unsafe {
+        // the header's first byte says how many more of it there are
+        let p = data.add(at);
+        let need = if at >= len {
+            1
+        } else if !pgrx::varlena::varatt_is_1b(p as *const pg_sys::varlena) {
+            4
+        } else if pgrx::varlena::varatt_is_1b_e(p as *const pg_sys::varlena) {
+            2 // the tag
+        } else {
+            1
+        };
+        if at + need > len {
+            return None;
+        }
+        Some(pgrx::varlena::varsize_any(p as *const pg_sys::varlena))
+    }
+}
+
+/// Values of attributes `first..=last` (1-based) of `old`, given that they
+/// are laid out from `prefix` in `new` (`Tail::from`, or `prefix_end` over a
+/// deformed slot). Written to `out[0..=last-first]`. False when the rows do
+/// not share their leading bytes (or are in a shape this does not handle).
 pub(crate) unsafe fn trailing_values(
     old: pg_sys::HeapTuple,
     new: pg_sys::HeapTuple,
-    new_slot: *mut pg_sys::TupleTableSlot,
     tupdesc: pg_sys::TupleDesc,
     first: i32,
     last: i32,
+    prefix: usize,
     out: &mut [(pg_sys::Datum, bool)],
 ) -> bool {
     unsafe {
         let natts = (*tupdesc).natts;
         if first < 1 || first > last || last > natts || (last - first + 1) as usize > out.len() {
-            return false;
-        }
-        let ops = (*new_slot).tts_ops;
-        let heap_slot = std::ptr::eq(ops, &raw const pg_sys::TTSOpsBufferHeapTuple) || std::ptr::eq(ops, &raw const pg_sys::TTSOpsHeapTuple);
-        if !heap_slot || (*(new_slot as *mut pg_sys::HeapTupleTableSlot)).tuple != new || i32::from((*new_slot).tts_nvalid) < last {
             return false;
         }
         let (oh, nh) = ((*old).t_data, (*new).t_data);
@@ -55,11 +189,6 @@ pub(crate) unsafe fn trailing_values(
         }
         let new_data = (nh as *const u8).add((*nh).t_hoff as usize);
         let old_data = (oh as *const u8).add((*oh).t_hoff as usize);
-        let values = (*new_slot).tts_values as *const pg_sys::Datum;
-        let nulls = (*new_slot).tts_isnull as *const bool;
-        let Some(prefix) = prefix_end(tupdesc, values, nulls, t, new_data, new_len) else {
-            return false;
-        };
         if prefix > new_len
             || prefix > old_len
             || std::slice::from_raw_parts(old_data, prefix) != std::slice::from_raw_parts(new_data, prefix)
@@ -75,17 +204,8 @@ pub(crate) unsafe fn trailing_values(
                 continue;
             }
             let a = attr(tupdesc, k);
-            let (at, len) = match a.attlen {
-                -1 => {
-                    // a pad byte is zero; a varlena's first byte never is
-                    let at = if off < old_len && *old_data.add(off) != 0 { off } else { align(off, a.attalign) };
-                    if at >= old_len {
-                        return false;
-                    }
-                    (at, pgrx::varlena::varsize_any(old_data.add(at) as *const pg_sys::varlena))
-                }
-                n if n > 0 && (!a.attbyval || matches!(n, 1 | 2 | 4 | 8)) => (align(off, a.attalign), n as usize),
-                _ => return false, // a cstring, or a by-value width PostgreSQL has not got
+            let Some((at, len)) = decode(a, old_data, old_len, off) else {
+                return false;
             };
             if at + len > old_len {
                 return false;
@@ -95,6 +215,37 @@ pub(crate) unsafe fn trailing_values(
             off = at + len;
         }
         true
+    }
+}
+
+/// `trailing_values` with the prefix found from `new_slot`, which holds
+/// `new` deformed up to `last` at least.
+pub(crate) unsafe fn trailing_values_by_slot(
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+    new_slot: *mut pg_sys::TupleTableSlot,
+    tupdesc: pg_sys::TupleDesc,
+    first: i32,
+    last: i32,
+    out: &mut [(pg_sys::Datum, bool)],
+) -> bool {
+    unsafe {
+        let ops = (*new_slot).tts_ops;
+        let heap_slot = std::ptr::eq(ops, &raw const pg_sys::TTSOpsBufferHeapTuple) || std::ptr::eq(ops, &raw const pg_sys::TTSOpsHeapTuple);
+        if first < 1 || !heap_slot || (*(new_slot as *mut pg_sys::HeapTupleTableSlot)).tuple != new || i32::from((*new_slot).tts_nvalid) < last {
+            return false;
+        }
+        let nh = (*new).t_data;
+        let Some(new_len) = ((*new).t_len as usize).checked_sub((*nh).t_hoff as usize) else {
+            return false;
+        };
+        let new_data = (nh as *const u8).add((*nh).t_hoff as usize);
+        let values = (*new_slot).tts_values as *const pg_sys::Datum;
+        let nulls = (*new_slot).tts_isnull as *const bool;
+        match prefix_end(tupdesc, values, nulls, (first - 1) as usize, new_data, new_len) {
+            Some(prefix) => trailing_values(old, new, tupdesc, first, last, prefix, out),
+            None => false,
+        }
     }
 }
 

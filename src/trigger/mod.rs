@@ -98,8 +98,19 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // every value already).
         let last = old_att.max(new_att);
         let row_slot = if is_update { (*td).tg_newslot } else { (*td).tg_trigslot };
-        let (old_val, old_null) = slot_value(row_slot, old_att, last);
-        let (new_val, new_null) = slot_value(row_slot, new_att, last);
+        // The two columns and those after them read from the row's bytes
+        // (locate.rs): a new column is the table's last, so this is usually
+        // all a changed row needs. Else the executor's slot, deformed.
+        let tail = locate::read_tail(row, tupdesc, old_att.min(new_att));
+        let ((old_val, old_null), (new_val, new_null)) = match &tail {
+            Some(tail) => {
+                let found = (tail.value((old_att - 1) as usize), tail.value((new_att - 1) as usize));
+                #[cfg(debug_assertions)]
+                locate::check(found, row_slot, tupdesc, old_att, new_att, last);
+                found
+            }
+            None => (slot_value(row_slot, old_att, last), slot_value(row_slot, new_att, last)),
+        };
         // The row as written already holds the same value in both columns:
         // whatever happened, there is nothing to sync (every action below
         // would copy an equal value). This is the common case — the
@@ -112,7 +123,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // An UPDATE's old row, read once: every path below needs it. Stored
         // bytes are compared first: equal bytes settle it without detoasting.
         let action = if is_update {
-            let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tupdesc, old_att, new_att, last);
+            let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tail.as_ref(), tupdesc, old_att, new_att, last);
             let old_kept = raw_same(att, was_old_null, was_old, old_null, old_val);
             let new_kept = raw_same(att, was_new_null, was_new, new_null, new_val);
             let waiting = new_null && !old_null; // not yet backfilled
@@ -147,7 +158,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             Action::OldToNew => (new_att, old_val, old_null),
             Action::NewToOld => (old_att, new_val, new_null),
         };
-        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null, buffer))
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null, buffer, tail.as_ref()))
     }
 }
 
@@ -157,6 +168,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 unsafe fn old_values(
     td: *const pg_sys::TriggerData,
     new_slot: *mut pg_sys::TupleTableSlot,
+    new_tail: Option<&locate::Tail>,
     tupdesc: pg_sys::TupleDesc,
     old_att: i32,
     new_att: i32,
@@ -166,7 +178,11 @@ unsafe fn old_values(
         let first = old_att.min(new_att);
         let mut tail = [(pg_sys::Datum::from(0usize), false); 8];
         let (old, new) = ((*td).tg_trigtuple, (*td).tg_newtuple);
-        if locate::trailing_values(old, new, new_slot, tupdesc, first, last, &mut tail) {
+        let found = match new_tail {
+            Some(t) => locate::trailing_values(old, new, tupdesc, first, last, t.from[(first - 1) as usize - t.first], &mut tail),
+            None => locate::trailing_values_by_slot(old, new, new_slot, tupdesc, first, last, &mut tail),
+        };
+        if found {
             let found = (tail[(old_att - first) as usize], tail[(new_att - first) as usize]);
             #[cfg(debug_assertions)]
             locate::check(found, (*td).tg_trigslot, tupdesc, old_att, new_att, last);
@@ -200,7 +216,8 @@ impl RowBuffer {
 }
 
 /// `row` with attribute `att` set to `value`: a new heap tuple, spliced
-/// from the row's bytes (`splice`), or else formed from the values the
+/// from the row's bytes (`splice`) and its `tail` when the caller read one
+/// (`locate`) or the executor's slot, or else formed from the values the
 /// executor's slot already holds (heap_modify_tuple_by_cols would deform the
 /// whole row again first), copied into `buffer` so the slot itself is never
 /// touched. The identity of the row (ctid, table) is carried over.
@@ -212,8 +229,14 @@ pub(crate) unsafe fn with_value(
     value: pg_sys::Datum,
     is_null: bool,
     buffer: RowBuffer,
+    tail: Option<&locate::Tail>,
 ) -> pg_sys::HeapTuple {
     unsafe {
+        if let Some(tuple) = tail.and_then(|tail| splice::spliced_from_tail(row, tupdesc, tail, att, value, is_null)) {
+            #[cfg(debug_assertions)]
+            splice::check(tuple, row, tupdesc, att, value, is_null);
+            return tuple;
+        }
         let natts = (*tupdesc).natts;
         // The caches that own the buffer are keyed by this descriptor, so
         // this holds; if not, a buffer for this row only.
@@ -223,7 +246,7 @@ pub(crate) unsafe fn with_value(
         }
         if let Some(tuple) = splice::spliced(row, slot, tupdesc, att, value, is_null) {
             #[cfg(debug_assertions)]
-            splice::check(tuple, row, slot, tupdesc, att, value, is_null);
+            splice::check(tuple, row, tupdesc, att, value, is_null);
             return tuple;
         }
         let n = natts as usize;

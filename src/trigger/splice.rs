@@ -16,6 +16,7 @@
 //! pointer, a cstring column — returns None, and the caller forms the row
 //! the ordinary way.
 
+use super::locate::Tail;
 use pgrx::pg_sys;
 use pgrx::varlena::{set_varsize_4b, set_varsize_short, varatt_is_1b, varatt_is_1b_e, varatt_is_4b_u, varsize_1b, varsize_4b, vartag_external};
 
@@ -189,17 +190,101 @@ pub(crate) unsafe fn spliced(
         let old_data = (old as *const u8).add((*old).t_hoff as usize);
         let (values, nulls) = ((*slot).tts_values as *const pg_sys::Datum, (*slot).tts_isnull as *const bool);
         let t = (att - 1) as usize;
-        let value_of = |j: usize| if j == t { (value, is_null) } else { (*values.add(j), *nulls.add(j)) };
-
         let prefix = prefix_end(tupdesc, values, nulls, t, old_data, old_len)?;
+
+        // The flags the unchanged attributes before `t` contribute; an
+        // external value among them only if the row had one at all.
+        // Scanned only as far as it takes to know both.
+        let mut before = Before { infomask: 0, has_null: false };
+        let row_external = (*old).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0;
+        for j in 0..t {
+            if *nulls.add(j) || attr(tupdesc, j).attlen != -1 {
+                continue;
+            }
+            before.infomask |= pg_sys::HEAP_HASVARWIDTH;
+            if row_external && varatt_is_1b_e((*values.add(j)).cast_mut_ptr::<pg_sys::varlena>()) {
+                before.infomask |= pg_sys::HEAP_HASEXTERNAL;
+            }
+            if !row_external || before.infomask & pg_sys::HEAP_HASEXTERNAL != 0 {
+                break;
+            }
+        }
+        before.has_null = (*old).t_infomask as u32 & pg_sys::HEAP_HASNULL != 0 && (0..t).any(|j| *nulls.add(j));
+        built(row, tupdesc, t, prefix, before, |j| (*values.add(j), *nulls.add(j)), value, is_null)
+    }
+}
+
+/// `row` with attribute `att` set to `value`, spliced from the row's bytes
+/// and `tail`: the row's trailing attributes as `locate::read_tail` found
+/// them (no deformed slot needed). None when `att` is not among them.
+pub(crate) unsafe fn spliced_from_tail(
+    row: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    tail: &Tail,
+    att: i32,
+    value: pg_sys::Datum,
+    is_null: bool,
+) -> Option<pg_sys::HeapTuple> {
+    unsafe {
+        let t = (att - 1) as usize;
+        if att < 1 || t < tail.first || t >= tail.first + tail.count {
+            return None;
+        }
+        let mut before = Before { infomask: tail.infomask_before, has_null: tail.null_before };
+        for j in tail.first..t {
+            let (v, null) = tail.value(j);
+            if null {
+                before.has_null = true;
+            } else if attr(tupdesc, j).attlen == -1 {
+                before.infomask |= pg_sys::HEAP_HASVARWIDTH;
+                if varatt_is_1b_e(v.cast_mut_ptr::<pg_sys::varlena>()) {
+                    before.infomask |= pg_sys::HEAP_HASEXTERNAL;
+                }
+            }
+        }
+        built(row, tupdesc, t, tail.from[t - tail.first], before, |j| tail.value(j), value, is_null)
+    }
+}
+
+/// What the attributes before the changed one contribute to the new
+/// tuple's header.
+struct Before {
+    /// HEAP_HASVARWIDTH / HEAP_HASEXTERNAL
+    infomask: u32,
+    /// one of them is NULL
+    has_null: bool,
+}
+
+/// The new tuple: `row`'s data area up to `prefix` (where attribute `t`,
+/// 0-based, is laid out from), then `value` for `t` and `value_at(j)` for
+/// every attribute after it. A NULL before `t` is read from `row`'s bitmap.
+#[allow(clippy::too_many_arguments)]
+unsafe fn built(
+    row: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    t: usize,
+    prefix: usize,
+    before: Before,
+    value_at: impl Fn(usize) -> (pg_sys::Datum, bool),
+    value: pg_sys::Datum,
+    is_null: bool,
+) -> Option<pg_sys::HeapTuple> {
+    unsafe {
+        let natts = (*tupdesc).natts as usize;
+        let old = (*row).t_data;
+        let old_len = ((*row).t_len as usize).checked_sub((*old).t_hoff as usize)?;
         if prefix > old_len {
             return None; // not this row's layout
         }
-        let mut infomask = 0u32;
+        let old_data = (old as *const u8).add((*old).t_hoff as usize);
+        let value_of = |j: usize| if j == t { (value, is_null) } else { value_at(j) };
+        let mut infomask = before.infomask;
+        let mut has_null = before.has_null;
         let mut off = prefix;
         for j in t..natts {
             let (v, null) = value_of(j);
             if null {
+                has_null = true;
                 continue;
             }
             let a = attr(tupdesc, j);
@@ -215,23 +300,6 @@ pub(crate) unsafe fn spliced(
             }
         }
         let data_len = off;
-        // The flags the unchanged attributes contribute; an external value
-        // among them only if the row had one at all.
-        // Scanned only as far as it takes to know both.
-        let row_external = (*old).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0;
-        for j in 0..t {
-            if *nulls.add(j) || attr(tupdesc, j).attlen != -1 {
-                continue;
-            }
-            infomask |= pg_sys::HEAP_HASVARWIDTH;
-            if row_external && varatt_is_1b_e((*values.add(j)).cast_mut_ptr::<pg_sys::varlena>()) {
-                infomask |= pg_sys::HEAP_HASEXTERNAL;
-            }
-            if !row_external || infomask & pg_sys::HEAP_HASEXTERNAL != 0 {
-                break;
-            }
-        }
-        let has_null = (0..natts).any(|j| value_of(j).1);
         if has_null {
             infomask |= pg_sys::HEAP_HASNULL;
         }
@@ -257,7 +325,8 @@ pub(crate) unsafe fn spliced(
         (*header).t_hoff = hoff as u8;
         if has_null {
             let bits = (header as *mut u8).add(bits_at);
-            for j in (0..natts).filter(|&j| !value_of(j).1) {
+            let present = |j: usize| if j < t { !super::is_null(row, j as i32 + 1, tupdesc) } else { !value_of(j).1 };
+            for j in (0..natts).filter(|&j| present(j)) {
                 *bits.add(j >> 3) |= 1 << (j & 7);
             }
         }
@@ -294,21 +363,14 @@ pub(crate) unsafe fn comparable(t: pg_sys::HeapTuple) -> Vec<u8> {
     }
 }
 
-/// The tuple heap_form_tuple builds from the slot's values with attribute
+/// The tuple heap_form_tuple builds from `row`'s values with attribute
 /// `att` replaced, the row's ctid carried over: what `spliced` must equal.
 #[cfg(any(debug_assertions, feature = "pg_test"))]
-pub(crate) unsafe fn formed(
-    row: pg_sys::HeapTuple,
-    slot: *mut pg_sys::TupleTableSlot,
-    tupdesc: pg_sys::TupleDesc,
-    att: i32,
-    value: pg_sys::Datum,
-    is_null: bool,
-) -> pg_sys::HeapTuple {
+pub(crate) unsafe fn formed(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, att: i32, value: pg_sys::Datum, is_null: bool) -> pg_sys::HeapTuple {
     unsafe {
         let natts = (*tupdesc).natts as usize;
-        let mut values: Vec<pg_sys::Datum> = std::slice::from_raw_parts((*slot).tts_values, natts).to_vec();
-        let mut nulls: Vec<bool> = std::slice::from_raw_parts((*slot).tts_isnull, natts).to_vec();
+        let (mut values, mut nulls) = (vec![pg_sys::Datum::from(0usize); natts], vec![false; natts]);
+        pg_sys::heap_deform_tuple(row, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
         values[(att - 1) as usize] = value;
         nulls[(att - 1) as usize] = is_null;
         let formed = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
@@ -327,14 +389,13 @@ pub(crate) unsafe fn formed(
 pub(crate) unsafe fn check(
     spliced: pg_sys::HeapTuple,
     row: pg_sys::HeapTuple,
-    slot: *mut pg_sys::TupleTableSlot,
     tupdesc: pg_sys::TupleDesc,
     att: i32,
     value: pg_sys::Datum,
     is_null: bool,
 ) {
     unsafe {
-        let formed = formed(row, slot, tupdesc, att, value, is_null);
+        let formed = formed(row, tupdesc, att, value, is_null);
         let (a, b) = (comparable(spliced), comparable(formed));
         if a != b && !same_values(spliced, formed, tupdesc) {
             let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
