@@ -50,6 +50,7 @@ impl Tail {
 /// fixed-width, non-NULL attributes precede, as deforming does). None for a
 /// row with fewer attributes than the descriptor, a tail longer than
 /// MAX_TAIL, or bytes that do not decode within the row.
+#[inline]
 pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, first: i32) -> Option<Tail> {
     unsafe {
         let natts = (*tupdesc).natts as usize;
@@ -64,6 +65,7 @@ pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDes
         let data = (header as *const u8).add((*header).t_hoff as usize);
         let has_nulls = (*header).t_infomask as u32 & pg_sys::HEAP_HASNULL != 0;
         let bits = (*header).t_bits.as_ptr();
+        let is_null = |k: usize| has_nulls && *bits.add(k >> 3) & (1 << (k & 7)) == 0;
         let first = first as usize - 1;
         let mut tail = Tail {
             first,
@@ -73,17 +75,12 @@ pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDes
             infomask_before: 0,
             null_before: false,
         };
+        // The attributes before the tail: only where each ends, and the
+        // header flags they set.
         let (mut off, mut slow) = (0usize, false);
-        for k in 0..natts {
-            if k >= first {
-                tail.from[k - first] = off;
-            }
-            if has_nulls && *bits.add(k >> 3) & (1 << (k & 7)) == 0 {
-                if k >= first {
-                    tail.values[k - first] = (pg_sys::Datum::from(0usize), true);
-                } else {
-                    tail.null_before = true;
-                }
+        for k in 0..first {
+            if is_null(k) {
+                tail.null_before = true;
                 slow = true;
                 continue;
             }
@@ -94,22 +91,31 @@ pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDes
             } else {
                 decode(a, data, len, off)?
             };
+            if a.attlen == -1 {
+                slow = true;
+                tail.infomask_before |= pg_sys::HEAP_HASVARWIDTH;
+                if pgrx::varlena::varatt_is_1b_e(data.add(at) as *const pg_sys::varlena) {
+                    tail.infomask_before |= pg_sys::HEAP_HASEXTERNAL;
+                }
+            }
+            off = at + size;
+        }
+        if off > len {
+            return None;
+        }
+        for k in first..natts {
+            tail.from[k - first] = off;
+            if is_null(k) {
+                tail.values[k - first] = (pg_sys::Datum::from(0usize), true);
+                continue;
+            }
+            let a = attr(tupdesc, k);
+            let (at, size) = decode(a, data, len, off)?;
             if at + size > len {
                 return None;
             }
             let p = data.add(at);
-            if a.attlen == -1 {
-                slow = true;
-                if k < first {
-                    tail.infomask_before |= pg_sys::HEAP_HASVARWIDTH;
-                    if pgrx::varlena::varatt_is_1b_e(p as *const pg_sys::varlena) {
-                        tail.infomask_before |= pg_sys::HEAP_HASEXTERNAL;
-                    }
-                }
-            }
-            if k >= first {
-                tail.values[k - first] = (if a.attbyval { fetch_byval(p, a.attlen) } else { pg_sys::Datum::from(p) }, false);
-            }
+            tail.values[k - first] = (if a.attbyval { fetch_byval(p, a.attlen) } else { pg_sys::Datum::from(p) }, false);
             off = at + size;
         }
         Some(tail)
@@ -117,7 +123,7 @@ pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDes
 }
 
 /// Where attribute `a`, laid out from `off`, starts in `data`, and its size.
-#[inline]
+#[inline(always)]
 unsafe fn decode(a: &pg_sys::FormData_pg_attribute, data: *const u8, len: usize, off: usize) -> Option<(usize, usize)> {
     unsafe {
         match a.attlen {
@@ -132,25 +138,36 @@ unsafe fn decode(a: &pg_sys::FormData_pg_attribute, data: *const u8, len: usize,
     }
 }
 
-/// The stored size of the varlena at `at`, if its header lies in the row.
-#[inline]
+/// The stored size of the varlena at `at` (VARSIZE_ANY), if its header lies
+/// in the row. Spelled out for the little-endian header layout (the hot
+/// path of every changed row); pgrx's functions otherwise.
+#[inline(always)]
 unsafe fn varlena_size(data: *const u8, len: usize, at: usize) -> Option<usize> {
     unsafe {
-        // the header's first byte says how many more of it there are
+        if at >= len {
+            return None;
+        }
         let p = data.add(at);
-        let need = if at >= len {
-            1
-        } else if !pgrx::varlena::varatt_is_1b(p as *const pg_sys::varlena) {
+        #[cfg(target_endian = "little")]
+        {
+            let b = *p;
+            if b & 0x01 == 0 {
+                // 4-byte header: the size in its upper 30 bits
+                return (at + 4 <= len).then(|| ((p as *const u32).read_unaligned() >> 2) as usize);
+            }
+            if b != 0x01 {
+                return Some((b >> 1) as usize); // 1-byte header
+            }
+        }
+        // a TOAST pointer (the tag follows the header byte), or big-endian
+        let need = if !pgrx::varlena::varatt_is_1b(p as *const pg_sys::varlena) {
             4
         } else if pgrx::varlena::varatt_is_1b_e(p as *const pg_sys::varlena) {
-            2 // the tag
+            2
         } else {
             1
         };
-        if at + need > len {
-            return None;
-        }
-        Some(pgrx::varlena::varsize_any(p as *const pg_sys::varlena))
+        (at + need <= len).then(|| pgrx::varlena::varsize_any(p as *const pg_sys::varlena))
     }
 }
 
