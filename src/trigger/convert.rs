@@ -17,7 +17,7 @@
 //! function is never run from a stale plan; a conversion that re-enters
 //! itself is refused. An error converting a row names the row.
 
-use super::{first_before_update, is_null, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
+use super::{first_before_update, is_null, locate, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
 use crate::errors::{raise, raise_with_detail, Code};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -37,6 +37,12 @@ struct Compiled {
     econtext: *mut pg_sys::ExprContext,
     /// where a converted row is formed
     buffer: RowBuffer,
+    /// how the attributes before the two columns are laid out
+    layout: locate::Layout,
+    /// a virtual slot (on a copy of the descriptor, so nothing pins the
+    /// relation's) holding just the old column's value, read off the row's
+    /// bytes: the expression reads nothing else, and the row is not deformed
+    scan: *mut pg_sys::TupleTableSlot,
 }
 
 thread_local! {
@@ -149,14 +155,31 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 return pg_sys::Datum::from(row);
             }
         }
-        let (current, current_null) = slot_value(row_slot, c.new_att, last);
+        // The two columns read off the row's bytes (locate.rs), and the old
+        // one handed to the expression in the private slot; else the
+        // executor's own slot, deformed (once, for the conversion and the
+        // executor alike).
+        let mut tail_read = locate::Tail::EMPTY;
+        let tail = locate::read_tail_with(row, tupdesc, &c.layout, &mut tail_read).then_some(&tail_read);
+        let ((current, current_null), scan) = match tail {
+            Some(tail) => {
+                let (old, old_null) = tail.value((c.old_att - 1) as usize);
+                #[cfg(debug_assertions)]
+                locate::check(((old, old_null), tail.value((c.new_att - 1) as usize)), row_slot, tupdesc, c.old_att, c.new_att, last);
+                let i = (c.old_att - 1) as usize;
+                *(*c.scan).tts_values.add(i) = old;
+                *(*c.scan).tts_isnull.add(i) = old_null;
+                (*c.scan).tts_nvalid = c.old_att as i16;
+                (*c.scan).tts_flags &= !(pg_sys::TTS_FLAG_EMPTY as u16);
+                (tail.value((c.new_att - 1) as usize), c.scan)
+            }
+            None => (slot_value(row_slot, c.new_att, last), row_slot),
+        };
         let per_tuple = (*c.econtext).ecxt_per_tuple_memory;
         if !(*per_tuple).isReset {
             pg_sys::MemoryContextReset(per_tuple);
         }
-        // The expression reads the executor's own slot: the row is deformed
-        // once, for the conversion and the executor alike.
-        (*c.econtext).ecxt_scantuple = row_slot;
+        (*c.econtext).ecxt_scantuple = scan;
         let (state, econtext) = (c.state, c.econtext);
         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut is_null = false;
@@ -175,7 +198,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         if same(att, current_null, current, is_null, value) {
             return pg_sys::Datum::from(row);
         }
-        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, c.new_att, value, is_null, c.buffer, None))
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, c.new_att, value, is_null, c.buffer, tail))
     }
 }
 
@@ -267,7 +290,7 @@ unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         let c = COMPILED.with(|m| {
             let m = m.borrow();
             let c = &m[&tgoid];
-            CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, buffer: c.buffer }
+            CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, buffer: c.buffer, layout: c.layout, scan: c.scan }
         });
         let slot = if cached.is_null() {
             pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, std::mem::size_of::<StatementCache>()) as *mut StatementCache
@@ -301,6 +324,8 @@ struct CompiledRef {
     state: *mut pg_sys::ExprState,
     econtext: *mut pg_sys::ExprContext,
     buffer: RowBuffer,
+    layout: locate::Layout,
+    scan: *mut pg_sys::TupleTableSlot,
 }
 
 unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
@@ -405,7 +430,14 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
         let econtext = pg_sys::CreateStandaloneExprContext();
         let buffer = RowBuffer::new_in(context, (*tupdesc).natts);
+        let layout = locate::Layout::new(tupdesc, old_att.min(new_att), context);
+        // Freed with the context: a copied descriptor is not reference
+        // counted, so the slot pins nothing a resource owner would track.
+        let scan = pg_sys::MakeSingleTupleTableSlot(pg_sys::CreateTupleDescCopy(tupdesc), &raw const pg_sys::TTSOpsVirtual);
+        for i in 0..(*tupdesc).natts as usize {
+            *(*scan).tts_isnull.add(i) = true;
+        }
         pg_sys::MemoryContextSwitchTo(previous);
-        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, buffer }
+        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, buffer, layout, scan }
     }
 }

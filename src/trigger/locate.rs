@@ -45,16 +45,114 @@ impl Tail {
     }
 }
 
+/// How the attributes before a tail are laid out, worked out once per
+/// statement from the descriptor (attribute widths and alignments do not
+/// change while a statement holds its table lock): the walk over a row
+/// with no NULL before its tail then starts after the leading fixed-width
+/// attributes (their offsets follow from the descriptor alone) and reads
+/// the others from a compact array instead of the descriptor's wide
+/// `pg_attribute` entries.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    /// the first tail attribute, 1-based (as `read_tail`'s `first`)
+    first: i32,
+    /// leading attributes that are fixed-width, and where they end when
+    /// none of them is NULL
+    fixed: usize,
+    fixed_end: usize,
+    /// attributes `fixed..first-1` (0-based), in memory that lives as long
+    /// as the layout's user (the statement's, for the trigger)
+    steps: *const Step,
+    /// every attribute before the tail has a width the walk can decode (no
+    /// cstring, no unknown by-value width)
+    decodable: bool,
+    /// a varlena among the attributes before the tail
+    varlena_before: bool,
+}
+
+/// One attribute of a `Layout`: its width (-1 for a varlena) and the mask
+/// of its alignment.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Step {
+    attlen: i16,
+    align_mask: u16,
+}
+
+impl Layout {
+    /// The layout of the attributes before `first` (1-based) in `tupdesc`,
+    /// its array allocated in `context`.
+    pub(crate) unsafe fn new(tupdesc: pg_sys::TupleDesc, first: i32, context: pg_sys::MemoryContext) -> Layout {
+        unsafe {
+            let before = (first.max(1) as usize - 1).min((*tupdesc).natts as usize);
+            let mut layout = Layout { first, fixed: 0, fixed_end: 0, steps: std::ptr::null(), decodable: true, varlena_before: false };
+            let mut off = 0;
+            while layout.fixed < before && attr(tupdesc, layout.fixed).attlen > 0 {
+                let a = attr(tupdesc, layout.fixed);
+                layout.decodable &= !a.attbyval || matches!(a.attlen, 1 | 2 | 4 | 8);
+                off = align(off, a.attalign) + a.attlen as usize;
+                layout.fixed += 1;
+            }
+            layout.fixed_end = off;
+            let count = before - layout.fixed;
+            let steps = pg_sys::MemoryContextAlloc(context, count.max(1) * std::mem::size_of::<Step>()) as *mut Step;
+            for (i, k) in (layout.fixed..before).enumerate() {
+                let a = attr(tupdesc, k);
+                layout.decodable &= a.attlen == -1 || (a.attlen > 0 && (!a.attbyval || matches!(a.attlen, 1 | 2 | 4 | 8)));
+                layout.varlena_before |= a.attlen == -1;
+                steps.add(i).write(Step { attlen: a.attlen, align_mask: (align(1, a.attalign) - 1) as u16 });
+            }
+            layout.steps = steps;
+            layout
+        }
+    }
+
+    fn steps(&self) -> &[Step] {
+        let count = (self.first.max(1) as usize - 1).saturating_sub(self.fixed);
+        if count == 0 { &[] } else { unsafe { std::slice::from_raw_parts(self.steps, count) } }
+    }
+}
+
+impl Tail {
+    pub(crate) const EMPTY: Tail = Tail {
+        first: 0,
+        count: 0,
+        from: [0; MAX_TAIL],
+        values: [(pg_sys::Datum::null(), false); MAX_TAIL],
+        infomask_before: 0,
+        null_before: false,
+    };
+}
+
 /// The attributes of `row` from `first` (1-based) to the last, walked from
-/// the row's start (using the descriptor's cached offsets while only
-/// fixed-width, non-NULL attributes precede, as deforming does). None for a
-/// row with fewer attributes than the descriptor, a tail longer than
-/// MAX_TAIL, or bytes that do not decode within the row.
-#[inline]
+/// the row's start (`read_tail_with`, the layout made for this call).
+#[cfg(any(test, feature = "pg_test"))]
 pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, first: i32) -> Option<Tail> {
+    unsafe {
+        let layout = Layout::new(tupdesc, first, pg_sys::CurrentMemoryContext);
+        let mut tail = Tail::EMPTY;
+        read_tail_with(row, tupdesc, &layout, &mut tail).then_some(tail)
+    }
+}
+
+/// The attributes of `row` from `layout.first` (1-based) to the last, read
+/// into `tail`. A row with no NULL before them is walked by `layout` (the
+/// leading fixed-width attributes skipped); any other by the descriptor,
+/// using its cached offsets while only fixed-width, non-NULL attributes
+/// precede, as deforming does. False for a row with fewer attributes than
+/// the descriptor, a tail longer than MAX_TAIL, or bytes that do not decode
+/// within the row.
+#[inline]
+pub(crate) unsafe fn read_tail_with(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, layout: &Layout, tail: &mut Tail) -> bool {
+    unsafe { fill_tail(row, tupdesc, layout, tail).is_some() }
+}
+
+#[inline(always)]
+unsafe fn fill_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, layout: &Layout, tail: &mut Tail) -> Option<()> {
     unsafe {
         let natts = (*tupdesc).natts as usize;
         let header = (*row).t_data;
+        let first = layout.first;
         if first < 1 || first as usize > natts || natts - (first as usize - 1) > MAX_TAIL {
             return None;
         }
@@ -63,43 +161,63 @@ pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDes
         }
         let len = ((*row).t_len as usize).checked_sub((*header).t_hoff as usize)?;
         let data = (header as *const u8).add((*header).t_hoff as usize);
-        let has_nulls = (*header).t_infomask as u32 & pg_sys::HEAP_HASNULL != 0;
+        let infomask = (*header).t_infomask as u32;
+        let has_nulls = infomask & pg_sys::HEAP_HASNULL != 0;
         let bits = (*header).t_bits.as_ptr();
         let is_null = |k: usize| has_nulls && *bits.add(k >> 3) & (1 << (k & 7)) == 0;
         let first = first as usize - 1;
-        let mut tail = Tail {
-            first,
-            count: natts - first,
-            from: [0; MAX_TAIL],
-            values: [(pg_sys::Datum::from(0usize), false); MAX_TAIL],
-            infomask_before: 0,
-            null_before: false,
-        };
+        tail.first = first;
+        tail.count = natts - first;
+        tail.infomask_before = 0;
+        tail.null_before = has_nulls && !all_set(bits, first);
         // The attributes before the tail: only where each ends, and the
         // header flags they set.
-        let (mut off, mut slow) = (0usize, false);
-        for k in 0..first {
-            if is_null(k) {
-                tail.null_before = true;
-                slow = true;
-                continue;
-            }
-            let a = attr(tupdesc, k);
-            let (at, size) = if !slow && a.attcacheoff >= 0 {
-                let at = a.attcacheoff as usize;
-                (at, if a.attlen == -1 { varlena_size(data, len, at)? } else { a.attlen as usize })
-            } else {
-                decode(a, data, len, off)?
-            };
-            if a.attlen == -1 {
-                slow = true;
-                tail.infomask_before |= pg_sys::HEAP_HASVARWIDTH;
-                if pgrx::varlena::varatt_is_1b_e(data.add(at) as *const pg_sys::varlena) {
-                    tail.infomask_before |= pg_sys::HEAP_HASEXTERNAL;
+        let mut off = if !tail.null_before && layout.decodable {
+            let mut off = layout.fixed_end;
+            let check_external = infomask & pg_sys::HEAP_HASEXTERNAL != 0;
+            for s in layout.steps() {
+                let mask = s.align_mask as usize;
+                if s.attlen == -1 {
+                    // a pad byte is zero; a varlena's first byte never is
+                    let at = if off < len && *data.add(off) != 0 { off } else { (off + mask) & !mask };
+                    let size = varlena_size(data, len, at)?;
+                    if check_external && pgrx::varlena::varatt_is_1b_e(data.add(at) as *const pg_sys::varlena) {
+                        tail.infomask_before |= pg_sys::HEAP_HASEXTERNAL;
+                    }
+                    off = at + size;
+                } else {
+                    off = ((off + mask) & !mask) + s.attlen as usize;
                 }
             }
-            off = at + size;
-        }
+            if layout.varlena_before {
+                tail.infomask_before |= pg_sys::HEAP_HASVARWIDTH;
+            }
+            off
+        } else {
+            let (mut off, mut slow) = (0usize, false);
+            for k in 0..first {
+                if is_null(k) {
+                    slow = true;
+                    continue;
+                }
+                let a = attr(tupdesc, k);
+                let (at, size) = if !slow && a.attcacheoff >= 0 {
+                    let at = a.attcacheoff as usize;
+                    (at, if a.attlen == -1 { varlena_size(data, len, at)? } else { a.attlen as usize })
+                } else {
+                    decode(a, data, len, off)?
+                };
+                if a.attlen == -1 {
+                    slow = true;
+                    tail.infomask_before |= pg_sys::HEAP_HASVARWIDTH;
+                    if pgrx::varlena::varatt_is_1b_e(data.add(at) as *const pg_sys::varlena) {
+                        tail.infomask_before |= pg_sys::HEAP_HASEXTERNAL;
+                    }
+                }
+                off = at + size;
+            }
+            off
+        };
         if off > len {
             return None;
         }
@@ -118,7 +236,22 @@ pub(crate) unsafe fn read_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDes
             tail.values[k - first] = (if a.attbyval { fetch_byval(p, a.attlen) } else { pg_sys::Datum::from(p) }, false);
             off = at + size;
         }
-        Some(tail)
+        Some(())
+    }
+}
+
+/// Null-bitmap bits `0..n` are all set (none of those attributes is NULL).
+#[inline(always)]
+unsafe fn all_set(bits: *const u8, n: usize) -> bool {
+    unsafe {
+        for i in 0..n / 8 {
+            if *bits.add(i) != 0xFF {
+                return false;
+            }
+        }
+        let rest = n % 8;
+        let mask = ((1u16 << rest) - 1) as u8;
+        rest == 0 || *bits.add(n / 8) & mask == mask
     }
 }
 

@@ -16,10 +16,12 @@
 //! rebuilt at most once, replacing a single column. Since it runs no SQL,
 //! search_path cannot influence it; it is installed schema-qualified.
 
+mod compare;
 pub mod convert;
 pub(crate) mod locate;
 pub(crate) mod splice;
 
+pub(crate) use compare::{raw_same, same, value_same};
 use crate::errors::{raise, Code};
 use pgrx::pg_sys;
 use std::ffi::CStr;
@@ -80,7 +82,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
-        let (old_att, new_att, buffer, first) = resolved(fcinfo, (*td).tg_trigger, rel);
+        let (old_att, new_att, buffer, first, layout) = resolved(fcinfo, (*td).tg_trigger, rel);
         // An UPDATE that names neither column, with no BEFORE trigger ahead
         // of this one: both carry the old row's values unchanged. Nothing to
         // do unless the row still waits for its backfill — decided from the
@@ -101,8 +103,9 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // The two columns and those after them read from the row's bytes
         // (locate.rs): a new column is the table's last, so this is usually
         // all a changed row needs. Else the executor's slot, deformed.
-        let tail = locate::read_tail(row, tupdesc, old_att.min(new_att));
-        let ((old_val, old_null), (new_val, new_null)) = match &tail {
+        let mut tail_read = locate::Tail::EMPTY;
+        let tail = locate::read_tail_with(row, tupdesc, &layout, &mut tail_read).then_some(&tail_read);
+        let ((old_val, old_null), (new_val, new_null)) = match tail {
             Some(tail) => {
                 let found = (tail.value((old_att - 1) as usize), tail.value((new_att - 1) as usize));
                 #[cfg(debug_assertions)]
@@ -120,10 +123,13 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         if raw_same(att, old_null, old_val, new_null, new_val) {
             return pg_sys::Datum::from(row);
         }
-        // An UPDATE's old row, read once: every path below needs it. Stored
-        // bytes are compared first: equal bytes settle it without detoasting.
+        // Each pair's bytes are compared once; its values only when the
+        // decision needs them (`value_same`: only for TOASTed, compressed or
+        // differently headed copies can it differ from the bytes).
+        let now_same = || value_same(att, old_null, old_val, new_null, new_val);
+        // An UPDATE's old row, read once: every path below needs it.
         let action = if is_update {
-            let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tail.as_ref(), tupdesc, old_att, new_att, last);
+            let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tail, tupdesc, old_att, new_att, last);
             let old_kept = raw_same(att, was_old_null, was_old, old_null, old_val);
             let new_kept = raw_same(att, was_new_null, was_new, new_null, new_val);
             let waiting = new_null && !old_null; // not yet backfilled
@@ -133,17 +139,17 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             if old_kept && new_kept && !waiting {
                 return pg_sys::Datum::from(row);
             }
-            if same(att, old_null, old_val, new_null, new_val) {
+            if now_same() {
                 return pg_sys::Datum::from(row);
             }
-            if !new_kept && !same(att, was_new_null, was_new, new_null, new_val) {
+            if !new_kept && !value_same(att, was_new_null, was_new, new_null, new_val) {
                 Action::NewToOld // only new changed, or both: the new column wins
-            } else if waiting || (!old_kept && !same(att, was_old_null, was_old, old_null, old_val)) {
+            } else if waiting || (!old_kept && !value_same(att, was_old_null, was_old, old_null, old_val)) {
                 Action::OldToNew // only old changed, or not yet backfilled
             } else {
                 Action::Keep
             }
-        } else if same(att, old_null, old_val, new_null, new_val) {
+        } else if now_same() {
             return pg_sys::Datum::from(row);
         } else if !new_null {
             Action::NewToOld
@@ -158,7 +164,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             Action::OldToNew => (new_att, old_val, old_null),
             Action::NewToOld => (old_att, new_val, new_null),
         };
-        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null, buffer, tail.as_ref()))
+        pg_sys::Datum::from(with_value(row, row_slot, tupdesc, target, value, is_null, buffer, tail))
     }
 }
 
@@ -362,9 +368,11 @@ struct Resolved {
     buffer: RowBuffer,
     /// no BEFORE UPDATE trigger fires ahead of this one
     first: bool,
+    /// how the attributes before the two columns are laid out
+    layout: locate::Layout,
 }
 
-unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32, RowBuffer, bool) {
+unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32, RowBuffer, bool, locate::Layout) {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let tupdesc = (*rel).rd_att;
@@ -374,7 +382,7 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             && (*cached).natts == (*tupdesc).natts
             && (*cached).tgoid == (*trigger).tgoid
         {
-            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).first);
+            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).first, (*cached).layout);
         }
         let (old_att, new_att) = attnums(trigger, rel);
         let natts = (*tupdesc).natts;
@@ -390,9 +398,10 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         };
         // Kept from the statement's first row (see first_before_update).
         let first = if !cached.is_null() && (*cached).tgoid == (*trigger).tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
-        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first });
+        let layout = locate::Layout::new(tupdesc, old_att.min(new_att), (*flinfo).fn_mcxt);
+        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first, layout });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
-        (old_att, new_att, buffer, first)
+        (old_att, new_att, buffer, first, layout)
     }
 }
 
@@ -453,66 +462,5 @@ unsafe fn same_type(tupdesc: pg_sys::TupleDesc, a: i32, b: i32) -> bool {
         let a = &*(*tupdesc).attrs.as_ptr().add((a - 1) as usize);
         let b = &*(*tupdesc).attrs.as_ptr().add((b - 1) as usize);
         a.atttypid == b.atttypid && a.atttypmod == b.atttypmod
-    }
-}
-
-/// Binary-image equality of two values of the column's type (NULLs equal
-/// each other). Differently stored copies of one varlena value (compressed,
-/// toasted, short header) compare equal.
-pub(crate) unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
-    unsafe { equal(att, a_null, a, b_null, b, true) }
-}
-
-/// The same stored bytes (NULLs equal each other): equal values, without
-/// detoasting. A false answer proves nothing (compressed or TOASTed copies
-/// of one value differ); `same` decides then.
-pub(crate) unsafe fn raw_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
-    unsafe { equal(att, a_null, a, b_null, b, false) }
-}
-
-unsafe fn equal(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum, detoast: bool) -> bool {
-    unsafe {
-        if a_null || b_null {
-            return a_null && b_null;
-        }
-        if att.attbyval {
-            return a == b;
-        }
-        match att.attlen {
-            -1 => varlena_same(a.cast_mut_ptr(), b.cast_mut_ptr(), detoast),
-            -2 => CStr::from_ptr(a.cast_mut_ptr()) == CStr::from_ptr(b.cast_mut_ptr()),
-            n => {
-                std::slice::from_raw_parts(a.cast_mut_ptr::<u8>(), n as usize)
-                    == std::slice::from_raw_parts(b.cast_mut_ptr::<u8>(), n as usize)
-            }
-        }
-    }
-}
-
-/// Stored bytes first; with `detoast`, then the detoasted contents.
-unsafe fn varlena_same(a: *mut pg_sys::varlena, b: *mut pg_sys::varlena, detoast: bool) -> bool {
-    use pgrx::varlena::{vardata_any, varatt_is_1b_e, varatt_is_4b_c, varsize_any, varsize_any_exhdr};
-    unsafe {
-        if a == b {
-            return true;
-        }
-        let (sa, sb) = (varsize_any(a), varsize_any(b));
-        if sa == sb
-            && std::slice::from_raw_parts(a as *const u8, sa) == std::slice::from_raw_parts(b as *const u8, sb)
-        {
-            return true;
-        }
-        if !detoast {
-            return false;
-        }
-        let (a, b) = if varatt_is_1b_e(a) || varatt_is_4b_c(a) || varatt_is_1b_e(b) || varatt_is_4b_c(b) {
-            (pg_sys::pg_detoast_datum_packed(a), pg_sys::pg_detoast_datum_packed(b))
-        } else {
-            (a, b)
-        };
-        let (la, lb) = (varsize_any_exhdr(a), varsize_any_exhdr(b));
-        la == lb
-            && std::slice::from_raw_parts(vardata_any(a) as *const u8, la)
-                == std::slice::from_raw_parts(vardata_any(b) as *const u8, lb)
     }
 }

@@ -255,6 +255,28 @@ struct Before {
     has_null: bool,
 }
 
+unsafe extern "C" {
+    /// PostgreSQL's own, declared here to be called without pgrx's error
+    /// guard (a sigsetjmp per call, on every changed row).
+    #[link_name = "palloc_extended"]
+    fn palloc_extended_unguarded(size: usize, flags: std::ffi::c_int) -> *mut std::ffi::c_void;
+}
+
+/// `size` bytes in the current memory context, or None when there is no
+/// memory (the caller then forms the row the guarded way, which raises the
+/// error). With MCXT_ALLOC_NO_OOM, and a size far below MaxAllocSize (a heap
+/// tuple's), palloc_extended cannot raise an ERROR, so nothing can longjmp
+/// over this call: it needs no guard.
+#[inline(always)]
+unsafe fn allocated(size: usize) -> Option<*mut std::ffi::c_void> {
+    const MAX_ALLOC_SIZE: usize = 0x3fff_ffff; // MaxAllocSize, memutils.h
+    if size > MAX_ALLOC_SIZE {
+        return None;
+    }
+    let p = unsafe { palloc_extended_unguarded(size, pg_sys::MCXT_ALLOC_NO_OOM as std::ffi::c_int) };
+    (!p.is_null()).then_some(p)
+}
+
 /// The new tuple: `row`'s data area up to `prefix` (where attribute `t`,
 /// 0-based, is laid out from), then `value` for `t` and `value_at(j)` for
 /// every attribute after it. A NULL before `t` is read from `row`'s bitmap.
@@ -310,8 +332,13 @@ unsafe fn built(
         let hoff = pg_sys::MAXALIGN(bits_at + if has_null { natts.div_ceil(8) } else { 0 });
         let len = hoff + data_len;
         let tuple_size = pg_sys::MAXALIGN(std::mem::size_of::<pg_sys::HeapTupleData>());
-        let tuple = pg_sys::palloc0(tuple_size + len) as pg_sys::HeapTuple;
+        // Zeroed where heap_form_tuple's palloc0 matters: the header with
+        // its bitmap, and the spliced part's alignment padding (the prefix
+        // is copied over whole).
+        let tuple = allocated(tuple_size + len)? as pg_sys::HeapTuple;
         let header = (tuple as *mut u8).add(tuple_size) as pg_sys::HeapTupleHeader;
+        std::ptr::write_bytes(header as *mut u8, 0, hoff);
+        std::ptr::write_bytes((header as *mut u8).add(hoff + prefix), 0, data_len - prefix);
         (*tuple).t_len = len as u32;
         (*tuple).t_self = (*row).t_self;
         (*tuple).t_tableOid = (*row).t_tableOid;
@@ -324,9 +351,19 @@ unsafe fn built(
         (*header).t_infomask = infomask as u16;
         (*header).t_hoff = hoff as u8;
         if has_null {
+            // The bits of the attributes before `t` are the row's own (all
+            // set when it has no bitmap: it has every attribute, checked by
+            // the callers); the rest follow the new values.
             let bits = (header as *mut u8).add(bits_at);
-            let present = |j: usize| if j < t { !super::is_null(row, j as i32 + 1, tupdesc) } else { !value_of(j).1 };
-            for j in (0..natts).filter(|&j| present(j)) {
+            let old_bits = ((*old).t_infomask as u32 & pg_sys::HEAP_HASNULL != 0).then(|| (*old).t_bits.as_ptr());
+            let byte_before = |i: usize| old_bits.map_or(0xFF, |b| *b.add(i));
+            for i in 0..t / 8 {
+                *bits.add(i) = byte_before(i);
+            }
+            if t % 8 != 0 {
+                *bits.add(t / 8) = byte_before(t / 8) & ((1u16 << (t % 8)) - 1) as u8;
+            }
+            for j in (t..natts).filter(|&j| !value_of(j).1) {
                 *bits.add(j >> 3) |= 1 << (j & 7);
             }
         }
