@@ -195,7 +195,9 @@ fn rewrite_manual_batches_resize_and_cancel() {
         let msg = expect_err(&mut c, &format!("SELECT zdm.start_backfill({id}, workers => {bad})"), "22023");
         assert!(msg.contains("workers must be between 1 and 32"), "{msg}");
     }
-    c.query_one("SELECT zdm.start_backfill($1, workers => 2, batch_size => 1000, target_batch_ms => 0, pause_ms => 50)", &[&id])
+    // Throttled so that the job is still running at the cancel below (a
+    // faster trigger once let it finish first).
+    c.query_one("SELECT zdm.start_backfill($1, workers => 2, batch_size => 1000, target_batch_ms => 0, pause_ms => 200)", &[&id])
         .unwrap();
     wait_for("two processes", Duration::from_secs(30), || (job_pids(&mut c, id).len() == 2).then_some(()));
     wait_for("progress", Duration::from_secs(30), || (rows_done(&mut c, id) >= 5_000).then_some(()));
@@ -229,7 +231,7 @@ fn rewrite_manual_batches_resize_and_cancel() {
     c.execute("SELECT zdm.resume($1)", &[&id]).unwrap();
     wait_for("the helper after resume", Duration::from_secs(30), || (job_pids(&mut c, id).len() == 2).then_some(()));
     // More workers than zdm.max_workers (4 here) allows: it runs 4 processes, no more.
-    c.execute("SELECT zdm.set_options($1, workers => 8, pause_ms => 300)", &[&id]).unwrap();
+    c.execute("SELECT zdm.set_options($1, workers => 8, pause_ms => 2000)", &[&id]).unwrap();
     wait_for("4 processes", Duration::from_secs(30), || (job_pids(&mut c, id).len() == 4).then_some(()));
     for _ in 0..10 {
         let n = job_pids(&mut c, id).len();
