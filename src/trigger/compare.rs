@@ -52,6 +52,7 @@ pub(crate) unsafe fn same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: 
 #[inline]
 pub(crate) unsafe fn value_same(att: &pg_sys::FormData_pg_attribute, a_null: bool, a: pg_sys::Datum, b_null: bool, b: pg_sys::Datum) -> bool {
     unsafe {
+        debug_assert!(!raw_same(att, a_null, a, b_null, b), "value_same is for pairs whose bytes differ");
         if a_null || b_null || att.attbyval || att.attlen != -1 {
             return false; // fixed-width or NULL: the bytes decided
         }
@@ -115,11 +116,16 @@ unsafe fn bytes<'a>(p: *const u8, n: usize) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(p, n) }
 }
 
-/// The detoasted contents are the same.
+/// The detoasted contents are the same. Values of different lengths are
+/// told apart from their headers and TOAST pointers alone, as texteq does:
+/// a changed TOASTed value is not fetched just to learn that it changed.
 #[cold]
 unsafe fn detoasted_same(a: *mut pg_sys::varlena, b: *mut pg_sys::varlena) -> bool {
     use pgrx::varlena::{vardata_any, varatt_is_1b_e, varatt_is_4b_c, varsize_any_exhdr};
     unsafe {
+        if pg_sys::toast_raw_datum_size(pg_sys::Datum::from(a)) != pg_sys::toast_raw_datum_size(pg_sys::Datum::from(b)) {
+            return false;
+        }
         let (a, b) = if varatt_is_1b_e(a) || varatt_is_4b_c(a) || varatt_is_1b_e(b) || varatt_is_4b_c(b) {
             (pg_sys::pg_detoast_datum_packed(a), pg_sys::pg_detoast_datum_packed(b))
         } else {
