@@ -28,71 +28,22 @@
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-200000}"
 bench_cluster
-gcc -O2 -fPIC -shared -I"$("$PG_CONFIG" --includedir-server)" -o "$BENCH_DIR/floor_triggers.so" "$ROOT/bench/c/floor_triggers.c"
-q -c "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE c AS '$BENCH_DIR/floor_triggers.so', 'bench_noop_trigger'" \
-  -c "CREATE OR REPLACE FUNCTION public.bench_set() RETURNS trigger LANGUAGE c AS '$BENCH_DIR/floor_triggers.so', 'bench_set_trigger'"
-
-cols() { # table kind → the column list before a (besides id)
-  case $1 in
-    wide) for i in $(seq -w 1 14); do printf 'c%s int, ' "$i"; done; for i in $(seq 15 28); do printf 'c%s text, ' "$i"; done; echo "n int" ;;
-    *)    echo "pad text, n int" ;;
-  esac
-}
-vals() { # table kind → SELECT list for row g (without id and a)
-  case $1 in
-    wide) for i in $(seq 1 14); do printf 'g + %s, ' "$i"; done; for i in $(seq 15 28); do printf "'v%s-' || g, " "$i"; done; echo "g % 100" ;;
-    *)    echo "repeat('x', 40), g % 100" ;;
-  esac
-}
-aval() { # table kind → the value of a for row g
-  case $1 in
-    toast) echo "(SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 100) i)" ;;
-    *)     echo "'customer-' || lpad(g::text, 9, '0') || '@example.com'" ;;
-  esac
-}
-rows_for() { [ "$1" = toast ] && echo $((ROWS / 10)) || echo "$ROWS"; }
-
-# A table in the state a migration leaves it: b added after a, filled from a.
-setup() { # kind variant shape
-  local n; n=$(rows_for "$1")
-  drop_bench_table ts
-  q -c "CREATE TABLE ts (id bigint PRIMARY KEY, $(cols "$1"), a text)"
-  q -c "INSERT INTO ts SELECT g, $(vals "$1"), $(aval "$1") FROM generate_series(1, $n) g"
-  if [ "$2" = zdm ] || [ "$2" = ct ]; then
-    local id
-    if [ "$2" = zdm ]; then id=$(val "SELECT zdm.expand_rename('ts', 'a', 'b', background => false)")
-    else id=$(val "SELECT zdm.expand_change_type('ts', 'a', 'varchar', background => false)"); fi
-    while [ "$(val "SELECT zdm.backfill_batch($id, 1000000)")" != 0 ]; do :; done
-  else
-    q -c "ALTER TABLE ts ADD COLUMN b text" -c "UPDATE ts SET b = a"
-    [ "$2" = floor ] && q -c "CREATE TRIGGER s BEFORE INSERT OR UPDATE ON ts FOR EACH ROW EXECUTE FUNCTION public.bench_noop()"
-    [ "$2" = set ] && q -c "CREATE TRIGGER s BEFORE INSERT OR UPDATE ON ts FOR EACH ROW EXECUTE FUNCTION public.bench_set($([ "$3" = upd-new ] && echo "'b', 'a'" || echo "'a', 'b'"))"
-  fi
-  q -c "VACUUM ANALYZE ts"
-}
-statement() { # kind shape variant
-  local both=1 n; case $3 in zdm|set|ct) both=0 ;; esac; n=$(rows_for "$1")
-  case $2 in
-    upd-other) echo "UPDATE ts SET n = n + 1" ;;
-    upd-old)   [ $both = 1 ] && echo "UPDATE ts SET a = a || 'x', b = b || 'x'" || echo "UPDATE ts SET a = a || 'x'" ;;
-    upd-new)   [ $both = 1 ] && echo "UPDATE ts SET a = b || 'y', b = b || 'y'" || echo "UPDATE ts SET b = b || 'y'" ;;
-    insert)    [ $both = 1 ] && echo "INSERT INTO ts SELECT g + $n, $(vals "$1"), $(aval "$1"), $(aval "$1") FROM generate_series(1, $n) g" \
-                             || echo "INSERT INTO ts SELECT g + $n, $(vals "$1"), $(aval "$1") FROM generate_series(1, $n) g" ;;
-    copy)      [ $both = 1 ] && echo "COPY ts FROM '$BENCH_DIR/copy-$1-both.csv'" || echo "COPY ts (id, $(cols "$1" | sed -E 's/ (int|text)//g'), a) FROM '$BENCH_DIR/copy-$1-one.csv'" ;;
-  esac
-}
+source "$(dirname "$0")/shapes.sh"
+floor_functions
 timed() { q -c "VACUUM ts" -c CHECKPOINT; local s; s=$(now_ms); q -c "$1"; echo $(( $(now_ms) - s )); }
 # The share (%) of the busiest backend's CPU samples spent in function $2 and
 # what it calls, while statement $1 runs (whole-machine sampling, DWARF stacks).
 profiled() { # statement symbol
   q -c "VACUUM ts" -c CHECKPOINT
   local data="$BENCH_DIR/perf.data" pid
-  perf record -q -a -F 1999 --call-graph dwarf,16384 -o "$data" -- \
+  perf record -q -a -F 3999 --call-graph dwarf,16384 -o "$data" -- \
     "$BIN/psql" -h "$BENCH_DIR" -p "$PORT" -U postgres -d "$DB" -X -q -c "$1" >/dev/null 2>&1
   perf report -i "$data" --sort pid --stdio -q 2>/dev/null > "$data.pids" || true
   pid=$(grep -m1 -oE '[0-9]+:postgres' "$data.pids" | cut -d: -f1 || true)
-  perf report -i "$data" --pid "$pid" --children --percentage relative --sort symbol --stdio -q -g none 2>/dev/null > "$data.txt" || true
-  awk -v s="$2" '$3 == "[.]" && $4 == s { gsub("%", "", $1); print $1; found = 1; exit } END { if (!found) print "0.00" }' "$data.txt"
+  # sorted by object and symbol: by symbol alone perf lists one function
+  # in several entries (the first of them undercounted zdm by ~2 points)
+  perf report -i "$data" --pid "$pid" --children --percentage relative --sort dso,symbol --stdio -q -g none 2>/dev/null > "$data.txt" || true
+  awk -v s="$2" '$4 == "[.]" && $5 == s { gsub("%", "", $1); t += $1; found = 1 } END { printf "%.2f\n", found ? t : 0 }' "$data.txt"
 }
 # a / b as a ratio, and a − b in percentage points; "-" when either is missing.
 vs() { [ "$1" = - ] || [ "$2" = - ] && echo - || echo "$(ratio "$1" "$2")×"; }
@@ -113,13 +64,12 @@ for kind in $KINDS; do
   for round in $(seq 1 "${ZDM_SHAPES_ROUNDS:-3}"); do
     for v in ${ZDM_SHAPES_VARIANTS:-none floor set zdm ct}; do
       for shape in $SHAPES; do
-        [ "$v" = set ] && [ "$shape" = upd-other ] && continue
-        [ "$v" = ct ] && [ "$shape" = upd-new ] && continue
+        skipped "$v" "$shape" && continue
         setup "$kind" "$v" "$shape"
         T[$kind,$shape,$v]+="$(timed "$(statement "$kind" "$shape" "$v")") "
         if [ "$PROFILE" = 1 ] && [ "$round" = 1 ] && [ "$v" != none ]; then
           setup "$kind" "$v" "$shape"
-          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$(case $v in zdm) echo zdm_sync_trigger ;; ct) echo zdm_convert_trigger ;; set) echo bench_set_trigger ;; *) echo bench_noop_trigger ;; esac)")
+          P[$kind,$shape,$v]=$(profiled "$(statement "$kind" "$shape" "$v")" "$(trigger_symbol "$v")")
         fi
       done
     done
