@@ -520,6 +520,22 @@ fn wait_fails_fast_when_nothing_will_resume_the_job() {
     let msg = expect_err(&mut c, &format!("SELECT zdm.wait({id}, '5 minutes')"), "55000");
     assert!(msg.contains("no zdm launcher"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(60));
+    // A worker that dies while `wait` already runs: the same, not the
+    // timeout (pg_stat_activity is read once per transaction unless wait
+    // drops its copy between polls).
+    c.query_one("SELECT zdm.start_backfill($1, batch_size => 500, pause_ms => 200, target_batch_ms => 0)", &[&id]).unwrap();
+    let pid = wait_for("a new worker", Duration::from_secs(30), || worker_pid(&mut c, id).filter(|p| *p != pid));
+    let mut waiter = cluster.connect("nl");
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || {
+        let msg = expect_err(&mut waiter, &format!("SELECT zdm.wait({id}, '5 minutes')"), "55000");
+        (msg, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    let (msg, took) = waiting.join().unwrap();
+    assert!(msg.contains("no zdm launcher"), "{msg}");
+    assert!(took < Duration::from_secs(60), "wait noticed the worker's end after {took:?}");
     c.query_one("SELECT zdm.start_backfill($1, pause_ms => 0)", &[&id]).unwrap();
     backfilled(&mut c, id);
 }

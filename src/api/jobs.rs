@@ -404,7 +404,7 @@ fn wait(migration: i64, timeout: Interval) -> String {
                 format!("Call zdm.wait({id}) again, or watch SELECT * FROM zdm.status WHERE id = {id}."),
             );
         }
-        release_xmin();
+        release_snapshots();
         locking::interruptible_sleep(Duration::from_millis(200));
     }
 }
@@ -414,8 +414,14 @@ fn wait(migration: i64, timeout: Interval) -> String {
 /// between statements. Otherwise a long wait would hold back VACUUM, and a
 /// concurrent index build — which waits for every older snapshot — would
 /// wait for the very `zdm.wait` that waits for it.
-fn release_xmin() {
+///
+/// It also drops the transaction's copy of the activity statistics: within
+/// one transaction pg_stat_activity is read once and kept, so a worker that
+/// ended after the first poll would look alive for the whole wait (what
+/// `raise_if_abandoned` must not miss).
+fn release_snapshots() {
     unsafe {
+        pg_sys::pgstat_clear_snapshot();
         pg_sys::InvalidateCatalogSnapshot();
         if !pg_sys::MyProc.is_null() {
             (*pg_sys::MyProc).xmin = pg_sys::InvalidTransactionId;
