@@ -93,7 +93,8 @@ unsafe fn form(p: *const u8) -> Form {
 }
 
 /// VARSIZE_ANY: spelled out for the little-endian header layout (both
-/// inline forms), pgrx's function otherwise.
+/// inline forms), pgrx's function otherwise. `locate::varlena_size` is the
+/// same with a row's bounds checked.
 #[inline(always)]
 pub(crate) unsafe fn stored_size(p: *const u8) -> usize {
     unsafe {
