@@ -194,6 +194,17 @@ SELECT pg_catalog.pg_extension_config_dump('zdm.backfill_ranges', '');
 REVOKE ALL ON zdm.jobs, zdm.batches, zdm.backfill_ranges FROM PUBLIC;
 GRANT SELECT ON zdm.jobs, zdm.batches, zdm.backfill_ranges TO PUBLIC;
 
+-- The full text of a migration's last error from user code or data (a
+-- failed batch, build, validation or conversion): it may quote row values,
+-- so only zdm reads it; zdm.status shows it to members of the owning role.
+CREATE TABLE zdm.error_texts (
+    migration_id    bigint      PRIMARY KEY,              -- no foreign key: see zdm.batches
+    message         text        NOT NULL,
+    at              timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+SELECT pg_catalog.pg_extension_config_dump('zdm.error_texts', '');
+REVOKE ALL ON zdm.error_texts FROM PUBLIC;
+
 -- One row per migration: where it is, how fast it goes, why it waits.
 CREATE VIEW zdm.status AS
 SELECT m.id,
@@ -226,7 +237,7 @@ SELECT m.id,
        -- NULL check): added NOT VALID at expand, validated after the backfill.
        (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', c.conname,
                  CASE WHEN c.convalidated THEN 'valid'
-                      WHEN j.state = 'failed' AND pg_catalog.strpos(j.last_error,
+                      WHEN j.state = 'failed' AND pg_catalog.strpos((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id),
                            'validating ' || pg_catalog.quote_ident(c.conname::text) || ' ') = 1 THEN 'failed'
                       ELSE 'pending' END), ', ' ORDER BY c.conname)
           FROM pg_catalog.pg_constraint c
@@ -257,7 +268,13 @@ SELECT m.id,
        j.worker_pid,
        j.workers,
        j.heartbeat_at,
-       coalesce(j.last_error, m.last_error)                       AS last_error,
+       -- Error texts may quote row values: only members of the owning
+       -- role read them; others see what failed and its SQLSTATE.
+       CASE WHEN coalesce(j.last_error, m.last_error) IS NOT NULL
+             AND EXISTS (SELECT FROM pg_catalog.pg_roles r
+                          WHERE r.rolname = m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER'))
+            THEN coalesce((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id), j.last_error, m.last_error)
+            ELSE coalesce(j.last_error, m.last_error) END         AS last_error,
        m.started_by,
        m.owner_name                                               AS owner,
        m.created_at,

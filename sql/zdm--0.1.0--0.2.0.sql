@@ -160,6 +160,17 @@ CREATE TABLE zdm.claim_lock (one boolean PRIMARY KEY DEFAULT true CHECK (one));
 INSERT INTO zdm.claim_lock VALUES (true);
 REVOKE ALL ON zdm.claim_lock FROM PUBLIC;
 
+-- The full text of a migration's last error from user code or data (a
+-- failed batch, build, validation or conversion): it may quote row values,
+-- so only zdm reads it; zdm.status shows it to members of the owning role.
+CREATE TABLE zdm.error_texts (
+    migration_id    bigint      PRIMARY KEY,              -- no foreign key: see zdm.batches
+    message         text        NOT NULL,
+    at              timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+SELECT pg_catalog.pg_extension_config_dump('zdm.error_texts', '');
+REVOKE ALL ON zdm.error_texts FROM PUBLIC;
+
 -- zdm.status ------------------------------------------------------------------
 
 CREATE VIEW zdm.status AS
@@ -193,7 +204,7 @@ SELECT m.id,
        -- NULL check): added NOT VALID at expand, validated after the backfill.
        (SELECT pg_catalog.string_agg(pg_catalog.format('%I: %s', c.conname,
                  CASE WHEN c.convalidated THEN 'valid'
-                      WHEN j.state = 'failed' AND pg_catalog.strpos(j.last_error,
+                      WHEN j.state = 'failed' AND pg_catalog.strpos((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id),
                            'validating ' || pg_catalog.quote_ident(c.conname::text) || ' ') = 1 THEN 'failed'
                       ELSE 'pending' END), ', ' ORDER BY c.conname)
           FROM pg_catalog.pg_constraint c
@@ -224,7 +235,13 @@ SELECT m.id,
        j.worker_pid,
        j.workers,
        j.heartbeat_at,
-       coalesce(j.last_error, m.last_error)                       AS last_error,
+       -- Error texts may quote row values: only members of the owning
+       -- role read them; others see what failed and its SQLSTATE.
+       CASE WHEN coalesce(j.last_error, m.last_error) IS NOT NULL
+             AND EXISTS (SELECT FROM pg_catalog.pg_roles r
+                          WHERE r.rolname = m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER'))
+            THEN coalesce((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id), j.last_error, m.last_error)
+            ELSE coalesce(j.last_error, m.last_error) END         AS last_error,
        m.started_by,
        m.owner_name                                               AS owner,
        m.created_at,
@@ -256,6 +273,11 @@ CREATE OR REPLACE FUNCTION zdm.sync_trigger() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_sync_trigger';
 COMMENT ON FUNCTION zdm.sync_trigger() IS
   'zdm sync trigger: keeps the old and new column of a rename equal on every write (installed by expand_rename)';
+
+CREATE FUNCTION zdm.unwritten(migration bigint, value anyelement) RETURNS anyelement
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'zdm_unwritten';
+COMMENT ON FUNCTION zdm.unwritten(bigint, anyelement) IS
+  'zdm: a rename''s new column default during the migration; tells the sync trigger that an INSERT left the column out, and returns value';
 
 CREATE OR REPLACE FUNCTION zdm._add_foreign_key(tbl regclass, columns text[], ref_tbl regclass, ref_columns text[], on_delete text, constraint_name text)
 RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '_add_foreign_key_wrapper';

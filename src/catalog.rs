@@ -499,6 +499,39 @@ pub fn fold_ranges(id: i64) {
     });
 }
 
+/// An error text from user code or user data (a failed batch, build,
+/// validation or conversion) may quote row values — a duplicate key, a
+/// failing row, an unconvertible value. Every role reads zdm's catalog, so
+/// the text itself goes to `zdm.error_texts`, which only zdm reads, and the
+/// catalog gets this public form; `zdm.status` shows the text to members of
+/// the migration's owning role only.
+pub fn hide_values(id: i64, what: &str, text: &str, code: Option<i32>) -> String {
+    let owner = as_catalog_owner(|| {
+        spi::exec_args(
+            "INSERT INTO zdm.error_texts (migration_id, message) VALUES ($1, $2) \
+             ON CONFLICT (migration_id) DO UPDATE SET message = excluded.message, at = pg_catalog.clock_timestamp()",
+            &[id.into(), text.into()],
+        );
+        spi::one::<String>("SELECT owner_name::text FROM zdm.migrations WHERE id = $1", &[id.into()])
+    })
+    .unwrap_or_default();
+    let code = code.map(|c| format!(" (SQLSTATE {})", crate::errors::unpack_sqlstate(c))).unwrap_or_default();
+    format!("{what}{code}: its message may quote row values and is shown to members of role {} only (zdm.status.last_error)", spi::ident(&owner))
+}
+
+/// The full error text behind `hide_values`, when the calling role is a
+/// member of the migration's owning role.
+pub fn error_text_for_caller(id: i64) -> Option<String> {
+    let member = spi::one::<bool>(
+        "SELECT pg_catalog.pg_has_role(r.oid, 'MEMBER') FROM zdm.migrations m JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) m.owner_name WHERE m.id OPERATOR(pg_catalog.=) $1",
+        &[id.into()],
+    );
+    if member != Some(true) {
+        return None;
+    }
+    as_catalog_owner(|| spi::one::<String>("SELECT message FROM zdm.error_texts WHERE migration_id = $1", &[id.into()]))
+}
+
 pub fn set_last_error(id: i64, error: Option<&str>) {
     as_catalog_owner(|| {
         spi::exec_args(
@@ -623,6 +656,8 @@ pub fn log_step(s: Step) {
 /// migration, the job failed; `aborted`: nothing was left behind, the
 /// migration is over (otherwise it stays where it stands and can resume).
 pub fn fail_migration(id: i64, code: pgrx::PgSqlErrorCode, message: &str, aborted: bool) {
+    let shown = hide_values(id, "failed", message, Some(code as i32));
+    let message = shown.as_str();
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.migrations SET last_error = $2, last_errcode = $3, updated_at = clock_timestamp(), \

@@ -5,10 +5,13 @@
 //!   renaming or changing the type of a column under migration, adding or
 //!   removing inheritance on the table (either side), and creating a table
 //!   that inherits from it.
-//!   Disabling or renaming a zdm sync trigger (or disabling all triggers),
+//!   Disabling, re-enabling (ENABLE turns ALWAYS into ORIGIN), replacing
+//!   (CREATE OR REPLACE TRIGGER) or renaming a zdm sync trigger, or changing
+//!   how all triggers fire,
 //!   changing the table's owner (whom the migration runs as), a default or
-//!   identity on a rename's new column (it would win over old-version
-//!   inserts), and attaching the table as a partition, too.
+//!   identity on a rename's new column (its default is zdm's mark of an
+//!   INSERT that left it out), the default of a rename's old column (the
+//!   mark carries its value), and attaching the table as a partition, too.
 //! * `sql_drop`: dropping the table, a column under migration or a sync
 //!   trigger by any path
 //!   (DROP TABLE, DROP COLUMN, DROP SCHEMA … CASCADE, DROP OWNED …). The
@@ -156,20 +159,34 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                                 protect_column(relid, &col, "drop");
                             }
                         }
-                        // A sync trigger that does not fire loses writes.
-                        pg_sys::AlterTableType::AT_DisableTrig | pg_sys::AlterTableType::AT_EnableReplicaTrig => {
+                        // A sync trigger that does not fire loses writes, and
+                        // one enabled ORIGIN (ENABLE TRIGGER turns ALWAYS into
+                        // that) misses what replication applies.
+                        pg_sys::AlterTableType::AT_DisableTrig
+                        | pg_sys::AlterTableType::AT_EnableReplicaTrig
+                        | pg_sys::AlterTableType::AT_EnableTrig => {
                             if str_of((*cmd).name).is_some_and(|n| n.starts_with("zdm_sync_")) {
-                                protect_table(relid, "disable the zdm sync trigger of");
+                                protect_table(relid, "change how the zdm sync trigger fires on");
                             }
                         }
-                        pg_sys::AlterTableType::AT_DisableTrigAll | pg_sys::AlterTableType::AT_DisableTrigUser => {
-                            protect_table(relid, "disable the triggers of");
+                        pg_sys::AlterTableType::AT_DisableTrigAll
+                        | pg_sys::AlterTableType::AT_DisableTrigUser
+                        | pg_sys::AlterTableType::AT_EnableTrigAll
+                        | pg_sys::AlterTableType::AT_EnableTrigUser => {
+                            protect_table(relid, "change how all triggers fire (the zdm sync trigger's too) on");
                         }
                         // A default or identity on the new column makes every
                         // old-version INSERT arrive with a non-NULL new value,
                         // which wins over what was written to the old one.
-                        pg_sys::AlterTableType::AT_ColumnDefault
-                        | pg_sys::AlterTableType::AT_AddIdentity
+                        pg_sys::AlterTableType::AT_ColumnDefault => {
+                            if let Some(col) = str_of((*cmd).name) {
+                                protect_new_column(relid, &col, "change the default or identity of");
+                                // The new column's default carries the old
+                                // one's value for SET DEFAULT (trigger/written.rs).
+                                protect_renamed_column(relid, &col, "change the default of");
+                            }
+                        }
+                        pg_sys::AlterTableType::AT_AddIdentity
                         | pg_sys::AlterTableType::AT_SetIdentity
                         | pg_sys::AlterTableType::AT_DropIdentity => {
                             if let Some(col) = str_of((*cmd).name) {
@@ -190,6 +207,14 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         }
                         _ => {}
                     }
+                }
+            }
+            // CREATE OR REPLACE TRIGGER on a sync trigger's name would swap
+            // its function, timing or condition.
+            pg_sys::NodeTag::T_CreateTrigStmt => {
+                let s = node as *mut pg_sys::CreateTrigStmt;
+                if (*s).replace && str_of((*s).trigname).is_some_and(|n| n.starts_with("zdm_sync_")) {
+                    protect_table(relid_of((*s).relation), "replace the zdm sync trigger of");
                 }
             }
             pg_sys::NodeTag::T_CreateStmt => {
@@ -259,6 +284,25 @@ fn protect_new_column(relid: pg_sys::Oid, column: &str, action: &str) {
         spi::first_row(
             "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind IN ('rename', 'change_type') \
                AND phase IN ('expanded', 'backfilling', 'backfilled') AND new_column::text = $2 ORDER BY id LIMIT 1",
+            &[relid.into(), column.into()],
+            |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
+    });
+    if let Some((id, kind)) = hit {
+        let t = table_sql(relid);
+        refuse(format!("{action} column {} of table {t}", ident(column)), id, &kind);
+    }
+}
+
+/// Only the old column of a rename.
+fn protect_renamed_column(relid: pg_sys::Oid, column: &str, action: &str) {
+    if relid == pg_sys::InvalidOid {
+        return;
+    }
+    let hit = as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = 'rename' \
+               AND phase IN ('expanded', 'backfilling', 'backfilled') AND old_column::text = $2 ORDER BY id LIMIT 1",
             &[relid.into(), column.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
         )

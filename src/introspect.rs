@@ -380,3 +380,22 @@ pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
     let estimate = if reltuples > 0.0 { reltuples as i64 } else { (per_block * blocks as f64) as i64 };
     (estimate, per_block)
 }
+
+/// Column `attnum`'s default as SQL (deparsed under the caller's pinned
+/// search_path) — its own, or else its domain's — when it has one that is
+/// not volatile: what `SET col = DEFAULT` may evaluate in another column's
+/// place without side effects.
+pub fn stable_default(relid: pg_sys::Oid, attnum: i16) -> Option<String> {
+    let (sql, tree) = spi::first_row(
+        "SELECT coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), pg_catalog.pg_get_expr(ty.typdefaultbin, 0)), \
+                coalesce(d.adbin, ty.typdefaultbin)::text \
+           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid \
+           LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid AND d.adnum OPERATOR(pg_catalog.=) a.attnum \
+          WHERE a.attrelid = $1 AND a.attnum = $2",
+        &[relid.into(), attnum.into()],
+        |r| Ok((r.get::<String>(1)?, r.get::<String>(2)?)),
+    )?;
+    let (sql, tree) = (sql?, std::ffi::CString::new(tree?).ok()?);
+    let volatile = unsafe { pg_sys::contain_volatile_functions(pg_sys::stringToNode(tree.as_ptr()) as *mut pg_sys::Node) };
+    (!volatile).then_some(sql)
+}

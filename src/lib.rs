@@ -41,6 +41,16 @@ COMMENT ON FUNCTION zdm.sync_trigger() IS
 
 pgrx::extension_sql!(
     r#"
+CREATE FUNCTION zdm.unwritten(migration bigint, value anyelement) RETURNS anyelement
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'zdm_unwritten';
+COMMENT ON FUNCTION zdm.unwritten(bigint, anyelement) IS
+  'zdm: a rename''s new column default during the migration; tells the sync trigger that an INSERT left the column out, and returns value';
+"#,
+    name = "unwritten_function",
+);
+
+pgrx::extension_sql!(
+    r#"
 CREATE FUNCTION zdm.convert_trigger() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_convert_trigger';
 COMMENT ON FUNCTION zdm.convert_trigger() IS

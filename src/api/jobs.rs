@@ -419,11 +419,16 @@ fn wait(migration: i64, timeout: Interval) -> String {
 /// one transaction pg_stat_activity is read once and kept, so a worker that
 /// ended after the first poll would look alive for the whole wait (what
 /// `raise_if_abandoned` must not miss).
+///
+/// Only when the statement's own snapshot is the only one registered: a
+/// cursor the caller opened earlier in the transaction (or an outer query
+/// calling `wait` from a function, or a large object open for reading) keeps
+/// its snapshot registered, and VACUUM must keep the rows it can still see.
 fn release_snapshots() {
     unsafe {
         pg_sys::pgstat_clear_snapshot();
         pg_sys::InvalidateCatalogSnapshot();
-        if !pg_sys::MyProc.is_null() {
+        if !pg_sys::MyProc.is_null() && pg_sys::ThereAreNoPriorRegisteredSnapshots() {
             (*pg_sys::MyProc).xmin = pg_sys::InvalidTransactionId;
         }
     }

@@ -110,7 +110,11 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
             Err(e) => {
                 let code = error_code(&e);
                 last_error = error_message_with_detail(&e);
-                log(id, "attempt failed", started, format!("{}: attempt {attempt}: {last_error}", index_sql(t)));
+                let shown = transaction(|| {
+                    catalog::hide_values(id, &format!("index {} attempt {attempt} failed", ident(&t.index)), &last_error, Some(code as i32))
+                })
+                .unwrap_or_default();
+                log(id, "attempt failed", started, format!("{}: {shown}", index_sql(t)));
                 if !t.drop {
                     // Never leave an INVALID index behind.
                     let _ = drop_concurrently(t, owner);
@@ -118,7 +122,7 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
                 if !retryable(code) {
                     return Outcome::Failed(code, format!("{verb} {} failed: {last_error}", ident(&t.index)));
                 }
-                let reason = format!("index {}: attempt {attempt} failed ({last_error}); retrying", t.index);
+                let reason = format!("{shown}; retrying");
                 let _ = transaction(|| jobs::set_throttle_reason(id, Some(&reason)));
                 sleep_ms(500.0 * 2f64.powi(attempt as i32));
             }

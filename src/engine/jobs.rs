@@ -313,6 +313,8 @@ pub fn set_throttle_reason(migration: i64, reason: Option<&str>) {
 /// The job failed with `error`; the migration keeps its phase (resumable)
 /// and shows the error; the event log gets `step`.
 pub fn fail(migration: i64, step: &str, error: &str) {
+    let shown = crate::catalog::hide_values(migration, step, error, None);
+    let error = shown.as_str();
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.jobs SET state = 'failed', last_error = $2, finished_at = clock_timestamp(), throttle_reason = NULL \

@@ -447,6 +447,7 @@ pub fn raise_if_failed(id: i64) {
                 Code::ERRCODE_CHECK_VIOLATION | Code::ERRCODE_FOREIGN_KEY_VIOLATION => "Fix or delete the violating rows, then call it again.".to_string(),
                 _ => format!("Call it again to resume from the step it reached, or zdm.abort({id}) to remove what it added."),
             };
+            let message = catalog::error_text_for_caller(id).unwrap_or(message);
             raise_with_detail(code, message, format!("zdm migration {id}"), hint);
         }
     }

@@ -4,35 +4,49 @@
 //! run side by side. `convert`: a type change's trigger, which computes the
 //! new column from the old one with the conversion expression.
 //!
-//! Semantics (DESIGN.md, "Rename a column"):
-//! * INSERT: a non-NULL new column wins (old := new), else new := old.
-//! * UPDATE: only old changed → new := old; only new changed → old := new;
-//!   both changed → the new column wins; neither changed and the row is not
-//!   yet backfilled (new IS NULL, old IS NOT NULL) → new := old.
+//! Which column wins is decided from what the statement wrote — the UPDATE's
+//! SET list, whether an INSERT left the new column out — never from values
+//! alone: `written` holds that decision table. Values only settle that a row
+//! already holds the same value in both columns (nothing to do).
 //!
-//! It is a plain C-ABI trigger function: no SPI, no name lookups per row.
-//! Attribute numbers are cached per trigger and re-validated against the
-//! tuple descriptor on every call (two name compares), and the tuple is
-//! rebuilt at most once, replacing a single column. Since it runs no SQL,
-//! search_path cannot influence it; it is installed schema-qualified.
+//! Attribute numbers, the row layout and the buffer a changed row is formed
+//! in are resolved once per statement (`resolved`, kept in fn_extra); the
+//! two columns are read off the row's bytes (`locate`) and a changed row is
+//! spliced from them (`splice`). Since it runs no SQL, search_path cannot
+//! influence it; it is installed schema-qualified.
 
 mod compare;
 pub mod convert;
 pub(crate) mod locate;
 pub(crate) mod splice;
+pub(crate) mod written;
 
 pub(crate) use compare::{raw_same, same, value_same};
 use crate::errors::{raise, Code};
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
-/// The OID of trigger `name` on `relid` (InvalidOid if it is gone).
-pub fn trigger_oid(relid: pg_sys::Oid, name: &str) -> pg_sys::Oid {
-    crate::spi::one::<pg_sys::Oid>(
-        "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+/// What is wrong with a migration's sync trigger, if anything: it must be
+/// there under its name, run zdm's own function, BEFORE INSERT OR UPDATE
+/// FOR EACH ROW with no WHEN condition or column list, enabled ALWAYS (so
+/// that replication apply fires it too). The guard refuses the DDL that
+/// would change any of that; this is the check before trusting it.
+pub fn sync_trigger_fault(relid: pg_sys::Oid, name: &str) -> Option<&'static str> {
+    let row = crate::spi::first_row(
+        "SELECT t.tgfoid IN ('zdm.sync_trigger()'::pg_catalog.regprocedure, 'zdm.convert_trigger()'::pg_catalog.regprocedure), \
+                t.tgenabled = 'A', \
+                t.tgtype::int = 23 AND t.tgqual IS NULL AND pg_catalog.cardinality(t.tgattr::int2[]) = 0 \
+           FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
         &[relid.into(), name.into()],
-    )
-    .unwrap_or(pg_sys::InvalidOid)
+        |r| Ok((r.get::<bool>(1)?.unwrap_or(false), r.get::<bool>(2)?.unwrap_or(false), r.get::<bool>(3)?.unwrap_or(false))),
+    );
+    match row {
+        None => Some("is missing"),
+        Some((false, _, _)) => Some("no longer runs zdm's function"),
+        Some((_, _, false)) => Some("no longer fires BEFORE INSERT OR UPDATE FOR EACH ROW on every row"),
+        Some((_, false, _)) => Some("is no longer enabled ALWAYS"),
+        Some(_) => None,
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -49,11 +63,7 @@ pub unsafe extern "C-unwind" fn zdm_sync_trigger(fcinfo: pg_sys::FunctionCallInf
     unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || sync_row(fcinfo)) }
 }
 
-enum Action {
-    Keep,
-    OldToNew,
-    NewToOld,
-}
+use written::Action;
 
 unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
@@ -82,7 +92,11 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
-        let (old_att, new_att, buffer, first, layout) = resolved(fcinfo, (*td).tg_trigger, rel);
+        let (old_att, new_att, buffer, first, layout, marked) = resolved(fcinfo, (*td).tg_trigger, rel);
+        // The mark an INSERT leaving the new column out left (an UPDATE
+        // setting it to DEFAULT leaves one too): taken for every row, so
+        // none is left over for a later row.
+        let left_out = marked.map(|migration| written::take_mark(migration));
         // An UPDATE that names neither column, with no BEFORE trigger ahead
         // of this one: both carry the old row's values unchanged. Nothing to
         // do unless the row still waits for its backfill — decided from the
@@ -136,27 +150,26 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             // An UPDATE that wrote neither column carries both stored values
             // over unchanged (a TOASTed one as the same pointer): nothing to
             // do unless the row still waits for its backfill.
-            if old_kept && new_kept && !waiting {
+            if first && old_kept && new_kept && !waiting && outside_set_list(td, old_att, new_att) {
                 return pg_sys::Datum::from(row);
             }
             if now_same() {
                 return pg_sys::Datum::from(row);
             }
-            if !new_kept && !value_same(att, was_new_null, was_new, new_null, new_val) {
-                Action::NewToOld // only new changed, or both: the new column wins
-            } else if waiting || (!old_kept && !value_same(att, was_old_null, was_old, old_null, old_val)) {
-                Action::OldToNew // only old changed, or not yet backfilled
-            } else {
-                Action::Keep
-            }
+            let old_changed = !old_kept && !value_same(att, was_old_null, was_old, old_null, old_val);
+            let new_changed = !new_kept && !value_same(att, was_new_null, was_new, new_null, new_val);
+            // Behind an earlier BEFORE trigger, what it changed counts as written.
+            written::on_update(written::Update {
+                old_written: in_set_list(td, old_att) || (!first && old_changed),
+                new_written: in_set_list(td, new_att) || (!first && new_changed),
+                old_changed,
+                new_changed,
+                waiting,
+            })
         } else if now_same() {
             return pg_sys::Datum::from(row);
-        } else if !new_null {
-            Action::NewToOld
-        } else if !old_null {
-            Action::OldToNew
         } else {
-            Action::Keep
+            written::on_insert(left_out, old_null, new_null)
         };
 
         let (target, value, is_null) = match action {
@@ -268,6 +281,12 @@ pub(crate) unsafe fn with_value(
     }
 }
 
+/// Attribute `a` is in the UPDATE's SET list.
+#[inline]
+pub(crate) unsafe fn in_set_list(td: *const pg_sys::TriggerData, a: i32) -> bool {
+    unsafe { in_set(a - pg_sys::FirstLowInvalidHeapAttributeNumber, (*td).tg_updatedcols) }
+}
+
 /// Neither attribute is in the UPDATE's SET list (what the statement
 /// assigns; a BEFORE trigger's changes are not in it).
 pub(crate) unsafe fn outside_set_list(td: *const pg_sys::TriggerData, a: i32, b: i32) -> bool {
@@ -370,9 +389,14 @@ struct Resolved {
     first: bool,
     /// how the attributes before the two columns are laid out
     layout: locate::Layout,
+    /// the migration whose mark tells an INSERT that left the new column
+    /// out (`written`); None: the new column has no default, so no mark
+    marked: Option<i64>,
 }
 
-unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i32, i32, RowBuffer, bool, locate::Layout) {
+type ResolvedParts = (i32, i32, RowBuffer, bool, locate::Layout, Option<i64>);
+
+unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> ResolvedParts {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let tupdesc = (*rel).rd_att;
@@ -382,7 +406,7 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             && (*cached).natts == (*tupdesc).natts
             && (*cached).tgoid == (*trigger).tgoid
         {
-            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).first, (*cached).layout);
+            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).first, (*cached).layout, (*cached).marked);
         }
         let (old_att, new_att) = attnums(trigger, rel);
         let natts = (*tupdesc).natts;
@@ -399,9 +423,12 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         // Kept from the statement's first row (see first_before_update).
         let first = if !cached.is_null() && (*cached).tgoid == (*trigger).tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
         let layout = locate::Layout::new(tupdesc, old_att.min(new_att), (*flinfo).fn_mcxt);
-        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first, layout });
+        // The guard lets nobody else give the new column a default.
+        let has_default = (*(*tupdesc).attrs.as_ptr().add((new_att - 1) as usize)).atthasdef;
+        let marked = has_default.then(|| written::migration_of(trigger)).filter(|&id| id > 0);
+        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first, layout, marked });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
-        (old_att, new_att, buffer, first, layout)
+        (old_att, new_att, buffer, first, layout, marked)
     }
 }
 

@@ -191,11 +191,10 @@ fn lock_table(m: &Migration) {
 
 /// Without the sync trigger the backfill would race the application.
 fn require_trigger(m: &Migration) {
-    let tgoid = trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default());
-    if tgoid == pg_sys::InvalidOid {
+    if let Some(fault) = trigger::sync_trigger_fault(m.relid, m.trigger_name.as_deref().unwrap_or_default()) {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("the sync trigger of zdm migration {} on {} is missing", m.id, m.table_sql()),
+            format!("the sync trigger of zdm migration {} on {} {fault}", m.id, m.table_sql()),
             format!("Writes are no longer kept in sync; call zdm.abort({}) and start again.", m.id),
         );
     }

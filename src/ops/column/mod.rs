@@ -55,8 +55,9 @@ impl Operation for ColumnSteps {
         match state {
             BuildState::Building => carry::set_state(migration, &task.key, "building", None),
             BuildState::Valid => carry::set_state(migration, &task.key, "valid", None),
-            BuildState::Failed { message, .. } => {
-                carry::set_state(migration, &task.key, "failed", Some(message));
+            BuildState::Failed { code, message } => {
+                let shown = crate::catalog::hide_values(migration, "index build failed", message, Some(code as i32));
+                carry::set_state(migration, &task.key, "failed", Some(&shown));
                 jobs::fail(migration, "index build failed", message);
             }
         }
@@ -144,7 +145,17 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             None => (col.type_sql.clone(), true),
         };
         let collate = col.collation_sql.as_deref().filter(|_| collatable).map(|c| format!(" COLLATE {c}")).unwrap_or_default();
-        spi::exec(&format!("ALTER TABLE ONLY {t} ADD COLUMN {new} {type_sql}{collate}"));
+        // DEFAULT NULL: a domain's default must not fill the existing rows
+        // (they would look backfilled) nor, for a rename, new ones.
+        spi::exec(&format!("ALTER TABLE ONLY {t} ADD COLUMN {new} {type_sql}{collate} DEFAULT NULL"));
+        if spec.kind == "rename" {
+            // The mark that tells the sync trigger an INSERT left the new
+            // column out (trigger/written.rs); its value is the old column's
+            // default, for `SET new = DEFAULT` and carried ON … SET DEFAULT.
+            let value = introspect::stable_default(relid, col.attnum);
+            let default = crate::trigger::written::default_sql(id, value.as_deref(), &type_sql);
+            spi::exec(&format!("ALTER TABLE ONLY {t} ALTER COLUMN {new} SET DEFAULT {default}"));
+        }
         if let Some(comment) = &col.comment {
             spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
         }
@@ -549,10 +560,10 @@ fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: b
     carry::require_built(m);
     // The sync trigger must still be there (under its name): without it the
     // columns drift apart, and a renamed copy would outlive the old column.
-    if crate::trigger::trigger_oid(m.relid, m.trigger_name.as_deref().unwrap_or_default()) == pg_sys::InvalidOid {
+    if let Some(fault) = crate::trigger::sync_trigger_fault(m.relid, m.trigger_name.as_deref().unwrap_or_default()) {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot contract zdm migration {id}: its sync trigger {} on {t} is missing", ident(m.trigger_name.as_deref().unwrap_or_default())),
+            format!("cannot contract zdm migration {id}: its sync trigger {} on {t} {fault}", ident(m.trigger_name.as_deref().unwrap_or_default())),
             format!("Writes were not kept in sync; call zdm.abort({id}) and start again."),
         );
     }
@@ -680,6 +691,9 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         &[m.relid.into(), old_attnum.into()],
     ) {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET DEFAULT {default}"));
+    } else {
+        // A rename's mark (or a domain's explicit NULL) goes with the migration.
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} DROP DEFAULT"));
     }
     if let Some(nn) = &m.not_null_check {
         // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
