@@ -30,3 +30,12 @@ fi
 
 # initdb refuses to run as root: test clusters run as the OS user postgres.
 id postgres >/dev/null 2>&1 || { echo "user postgres is missing (it comes with postgresql-15)"; exit 1; }
+
+# Citus, for the test that zdm refuses distributed tables: built from the
+# tarball vendored beside this repository (no registry here ships Citus).
+CITUS_BUILD="$(cd "$(dirname "$0")/.." && pwd)/../shared/vendor/build-citus.sh"
+if [ ! -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ] && [ -f "$CITUS_BUILD" ]; then
+  echo "==> building Citus (a few minutes)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO env PG_CONFIG="$PG_CONFIG" bash "$CITUS_BUILD"
+fi

@@ -109,6 +109,7 @@ CREATE TABLE zdm.jobs (
     run_after           timestamptz,
     windows             text[],                -- maintenance windows ('01:00-05:00 Europe/Berlin'); NULL/empty: any time
     workers             int         NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32),   -- processes sharing the backfill
+    parked              boolean     NOT NULL DEFAULT false,    -- held (paused, run_after, windows, pause_all): no share of zdm.max_workers
     queued_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
     worker_pid          int,
     worker_started_at   timestamptz,                           -- backend_start of worker_pid: tells a live worker from a reused pid
@@ -275,6 +276,21 @@ SELECT m.id,
                           WHERE r.rolname = m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER'))
             THEN coalesce((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id), j.last_error, m.last_error)
             ELSE coalesce(j.last_error, m.last_error) END         AS last_error,
+       -- What to do next. A rename is ready for code that uses the new
+       -- column only when the backfill, its carried indexes and checks are
+       -- done: read before that, a NULL is saved back over the value.
+       CASE WHEN m.phase = 'contracted' THEN 'done'
+            WHEN m.phase = 'aborted' THEN 'aborted: nothing left to do'
+            WHEN j.state = 'failed' THEN pg_catalog.format('failed: fix the cause (last_error), then zdm.start_backfill(%s), or zdm.abort(%s)', m.id, m.id)
+            WHEN m.kind IN ('rename', 'change_type') AND (m.phase <> 'backfilled' OR j.state IN ('queued', 'running', 'paused'))
+            THEN pg_catalog.format('wait: SELECT zdm.wait(%s); application code must not use %I yet', m.id, m.new_column)
+            WHEN m.kind = 'rename'
+            THEN pg_catalog.format('ready for new code: deploy the version that uses %I; once no version uses %I, SELECT zdm.contract(%s)',
+                                   m.new_column, m.old_column, m.id)
+            WHEN m.kind = 'change_type'
+            THEN pg_catalog.format('ready: SELECT zdm.contract(%s) swaps in the new type (the column keeps its name)', m.id)
+            WHEN j.state IN ('queued', 'running', 'paused') THEN pg_catalog.format('wait: SELECT zdm.wait(%s)', m.id)
+            ELSE 'in flight' END                                   AS next_step,
        m.started_by,
        m.owner_name                                               AS owner,
        m.created_at,

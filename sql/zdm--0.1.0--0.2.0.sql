@@ -96,7 +96,8 @@ ALTER TABLE zdm.jobs
     DROP COLUMN run_as_name,
     ADD COLUMN depends_on bigint REFERENCES zdm.migrations (id) ON DELETE SET NULL,
     ADD COLUMN windows text[],
-    ADD COLUMN workers int NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32);
+    ADD COLUMN workers int NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32),
+    ADD COLUMN parked boolean NOT NULL DEFAULT false;
 
 -- zdm.batches ----------------------------------------------------------------
 
@@ -242,6 +243,21 @@ SELECT m.id,
                           WHERE r.rolname = m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER'))
             THEN coalesce((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id), j.last_error, m.last_error)
             ELSE coalesce(j.last_error, m.last_error) END         AS last_error,
+       -- What to do next. A rename is ready for code that uses the new
+       -- column only when the backfill, its carried indexes and checks are
+       -- done: read before that, a NULL is saved back over the value.
+       CASE WHEN m.phase = 'contracted' THEN 'done'
+            WHEN m.phase = 'aborted' THEN 'aborted: nothing left to do'
+            WHEN j.state = 'failed' THEN pg_catalog.format('failed: fix the cause (last_error), then zdm.start_backfill(%s), or zdm.abort(%s)', m.id, m.id)
+            WHEN m.kind IN ('rename', 'change_type') AND (m.phase <> 'backfilled' OR j.state IN ('queued', 'running', 'paused'))
+            THEN pg_catalog.format('wait: SELECT zdm.wait(%s); application code must not use %I yet', m.id, m.new_column)
+            WHEN m.kind = 'rename'
+            THEN pg_catalog.format('ready for new code: deploy the version that uses %I; once no version uses %I, SELECT zdm.contract(%s)',
+                                   m.new_column, m.old_column, m.id)
+            WHEN m.kind = 'change_type'
+            THEN pg_catalog.format('ready: SELECT zdm.contract(%s) swaps in the new type (the column keeps its name)', m.id)
+            WHEN j.state IN ('queued', 'running', 'paused') THEN pg_catalog.format('wait: SELECT zdm.wait(%s)', m.id)
+            ELSE 'in flight' END                                   AS next_step,
        m.started_by,
        m.owner_name                                               AS owner,
        m.created_at,
@@ -354,7 +370,7 @@ CREATE OR REPLACE FUNCTION zdm.migration_id(tbl regclass, col name, kind text DE
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'migration_id_wrapper';
 COMMENT ON FUNCTION zdm.migration_id(regclass, name, text) IS
-  'The id of the migration in flight on tbl.col (old or new column name, or a constraint name), else the latest one; 42P08 if several are in flight (pass kind), 42704 if none';
+  'The id of the migration in flight on tbl.col (old or new column name, or the name of a constraint or an index it builds or drops), else the latest one; 42P08 if several are in flight (pass kind), 42704 if none';
 
 CREATE OR REPLACE FUNCTION zdm.pause(migration bigint) RETURNS void STRICT VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'pause_wrapper';

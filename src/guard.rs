@@ -209,6 +209,7 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                     }
                 }
             }
+            pg_sys::NodeTag::T_GrantStmt => mirror_column_privileges(node as *mut pg_sys::GrantStmt),
             // CREATE OR REPLACE TRIGGER on a sync trigger's name would swap
             // its function, timing or condition.
             pg_sys::NodeTag::T_CreateTrigStmt => {
@@ -226,6 +227,94 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
             _ => {}
         }
     }
+}
+
+/// A column privilege granted or revoked on either column of an in-flight
+/// rename applies to both: the same statement runs for the other column,
+/// as the same role (so the same grantor, and the same refusal if it may
+/// not). Without it a REVOKE on the old column would leave the privilege on
+/// the new one — and the sync trigger writes the old column on a writer's
+/// behalf.
+unsafe fn mirror_column_privileges(s: *mut pg_sys::GrantStmt) {
+    unsafe {
+        if (*s).targtype != pg_sys::GrantTargetType::ACL_TARGET_OBJECT || (*s).objtype != pg_sys::ObjectType::OBJECT_TABLE {
+            return;
+        }
+        let privileges: Vec<(Option<String>, Vec<String>)> = list_items((*s).privileges)
+            .into_iter()
+            .map(|p| {
+                let p = p as *mut pg_sys::AccessPriv;
+                let cols = list_items((*p).cols).into_iter().filter_map(|c| str_of((*(c as *mut pg_sys::String)).sval)).collect();
+                (str_of((*p).priv_name), cols)
+            })
+            .filter(|(_, cols): &(Option<String>, Vec<String>)| !cols.is_empty())
+            .collect();
+        if privileges.is_empty() {
+            return; // table-wide privileges cover both columns already
+        }
+        let grantees: Vec<String> = list_items((*s).grantees).into_iter().map(|g| role_sql(g as *mut pg_sys::RoleSpec)).collect();
+        for rv in list_items((*s).objects) {
+            let relid = relid_of(rv as *mut pg_sys::RangeVar);
+            if relid == pg_sys::InvalidOid {
+                continue;
+            }
+            let pairs = rename_pairs(relid);
+            let mirrored: Vec<String> = privileges
+                .iter()
+                .filter_map(|(privilege, cols)| {
+                    let other: Vec<String> = cols
+                        .iter()
+                        .filter_map(|c| pairs.iter().find_map(|(o, n)| if c == o { Some(n) } else if c == n { Some(o) } else { None }))
+                        .filter(|c| !cols.contains(c))
+                        .map(|c| ident(c))
+                        .collect();
+                    (!other.is_empty()).then(|| format!("{} ({})", privilege.as_deref().unwrap_or("ALL PRIVILEGES"), other.join(", ")))
+                })
+                .collect();
+            if mirrored.is_empty() {
+                continue;
+            }
+            let grant = (*s).is_grant;
+            let sql = format!(
+                "{}{} {} ON TABLE {} {} {}{}{}{}",
+                if grant { "GRANT" } else { "REVOKE" },
+                if !grant && (*s).grant_option { " GRANT OPTION FOR" } else { "" },
+                mirrored.join(", "),
+                table_sql(relid),
+                if grant { "TO" } else { "FROM" },
+                grantees.join(", "),
+                if grant && (*s).grant_option { " WITH GRANT OPTION" } else { "" },
+                if (*s).grantor.is_null() { String::new() } else { format!(" GRANTED BY {}", role_sql((*s).grantor)) },
+                if (*s).behavior == pg_sys::DropBehavior::DROP_CASCADE { " CASCADE" } else { "" },
+            );
+            // As the role running the statement, with zdm's pinned search_path.
+            crate::security::pinned_search_path(|| allow_zdm_ddl(|| spi::exec(&sql)));
+        }
+    }
+}
+
+unsafe fn role_sql(r: *mut pg_sys::RoleSpec) -> String {
+    unsafe {
+        match (*r).roletype {
+            pg_sys::RoleSpecType::ROLESPEC_PUBLIC => "PUBLIC".into(),
+            pg_sys::RoleSpecType::ROLESPEC_CURRENT_USER => "CURRENT_USER".into(),
+            pg_sys::RoleSpecType::ROLESPEC_CURRENT_ROLE => "CURRENT_ROLE".into(),
+            pg_sys::RoleSpecType::ROLESPEC_SESSION_USER => "SESSION_USER".into(),
+            _ => ident(&str_of((*r).rolename).unwrap_or_default()),
+        }
+    }
+}
+
+/// (old, new) columns of the renames in flight on `relid`.
+fn rename_pairs(relid: pg_sys::Oid) -> Vec<(String, String)> {
+    as_catalog_owner(|| {
+        spi::rows(
+            "SELECT old_column::text, new_column::text FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = 'rename' \
+               AND phase IN ('expanded', 'backfilling', 'backfilled')",
+            &[relid.into()],
+            |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
+    })
 }
 
 /// The first in-flight migration on `relid` (touching `column`, if given).

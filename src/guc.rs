@@ -11,6 +11,8 @@ pub static LOCK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// How many backfill workers the launcher runs at once.
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// How many working jobs one role may have (0: zdm.max_workers - 1, at least 1).
+pub static MAX_WORKERS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Global kill switch: every background backfill waits while this is on.
 pub static PAUSE_ALL: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Whether the pause between batches follows the workload (engine::load).
@@ -53,6 +55,16 @@ pub fn register() {
         c"",
         &MAX_WORKERS,
         1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"zdm.max_workers_per_role",
+        c"Maximum number of zdm jobs of one owning role that work at once.",
+        c"0 (the default) means zdm.max_workers - 1 (at least 1), so that another role always finds a worker. Paused or scheduled jobs do not count.",
+        &MAX_WORKERS_PER_ROLE,
+        0,
         64,
         GucContext::Sighup,
         GucFlags::default(),

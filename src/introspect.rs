@@ -73,6 +73,14 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
     if is_partition {
         refuse("a partition", "Partitions are not supported yet.");
     }
+    // Citus keeps a distributed or reference table's rows in shards: the
+    // table zdm sees is an empty shell, whose backfill would find nothing.
+    if let Some(what) = citus_table(relid) {
+        refuse(
+            &what,
+            "Citus distributed, reference and Citus-managed local tables are not supported yet: their rows live in shards that zdm's backfill and trigger do not reach. Use Citus's own DDL propagation in a maintenance window.",
+        );
+    }
     // ALTER TABLE recurses to inheritance children, but a block-range
     // backfill and a trigger on the parent would not: rows would be lost.
     if let Some(what) = inheritance(relid) {
@@ -398,4 +406,19 @@ pub fn stable_default(relid: pg_sys::Oid, attnum: i16) -> Option<String> {
     let (sql, tree) = (sql?, std::ffi::CString::new(tree?).ok()?);
     let volatile = unsafe { pg_sys::contain_volatile_functions(pg_sys::stringToNode(tree.as_ptr()) as *mut pg_sys::Node) };
     (!volatile).then_some(sql)
+}
+
+/// What Citus makes of `relid`, when Citus is installed and the table is in
+/// its metadata (pg_dist_partition): read from Citus's catalog by name, so
+/// zdm does not depend on Citus.
+pub fn citus_table(relid: pg_sys::Oid) -> Option<String> {
+    spi::one::<bool>("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL", &[]).filter(|&b| b)?;
+    let method = spi::one::<String>(
+        "SELECT partmethod::text FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+        &[relid.into()],
+    )?;
+    Some(match method.as_str() {
+        "n" => "a Citus reference or Citus-managed local table".to_string(),
+        _ => "a Citus distributed table".to_string(),
+    })
 }

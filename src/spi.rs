@@ -77,3 +77,12 @@ pub fn first_row<T>(
     })
     .or_raise(sql)
 }
+
+/// Every row of a query, each mapped by `f`.
+pub fn rows<T>(
+    sql: &str,
+    args: &[DatumWithOid],
+    mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Vec<T> {
+    Spi::connect_mut(|c| c.update(sql, None, args)?.map(|r| f(&r)).collect::<Result<Vec<T>, _>>()).or_raise(sql)
+}

@@ -36,10 +36,6 @@ fn queue(id: i64, background: bool) {
     if background {
         // Queued in this transaction; the worker starts its work after commit.
         jobs::queue(id, &jobs::Options::default());
-        if let Err(e) = jobs::launch_worker(id, true) {
-            pgrx::warning!(
-                "zdm migration {id}: backfill queued but not started ({e}); the zdm launcher will start it, or call zdm.start_backfill({id})"
-            );
-        }
+        jobs::launch_after_commit(id);
     }
 }

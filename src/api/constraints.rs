@@ -80,9 +80,7 @@ fn start(req: Request) -> i64 {
     let id = req.id;
     if must_schedule() {
         constraints::record(&req, false);
-        if let Err(e) = jobs::launch_worker(id, true) {
-            pgrx::warning!("zdm migration {id}: queued but no worker started ({e}); the zdm launcher will start it");
-        }
+        jobs::launch_after_commit(id);
         pgrx::notice!(
             "zdm migration {id}: runs in the background once this transaction commits; follow it with SELECT zdm.wait({id}) or zdm.status"
         );

@@ -102,7 +102,7 @@ fn start_backfill(
         }
     }
     jobs::queue(id, &opts);
-    jobs::launch_worker_or_raise(id, true);
+    jobs::launch_worker_or_raise(id);
     id
 }
 
@@ -179,7 +179,7 @@ fn resume(migration: i64) {
         change_state(migration, &["paused"], "running", "resume");
     } else {
         change_state(migration, &["paused"], "queued", "resume");
-        jobs::launch_worker_or_raise(migration, true);
+        jobs::launch_worker_or_raise(migration);
     }
 }
 

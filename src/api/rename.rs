@@ -20,11 +20,7 @@ fn expand_rename(tbl: pg_sys::Oid, old_column: &CStr, new_column: &CStr, backgro
     if background && created {
         // Queued in this transaction; the worker starts its work after commit.
         jobs::queue(id, &jobs::Options::default());
-        if let Err(e) = jobs::launch_worker(id, true) {
-            pgrx::warning!(
-                "zdm migration {id}: backfill queued but not started ({e}); the zdm launcher will start it, or call zdm.start_backfill({id})"
-            );
-        }
+        jobs::launch_after_commit(id);
     }
     id
 }
@@ -56,13 +52,14 @@ fn abort(migration: i64) {
 
 /// The migration that changes a column, for a later migration that knows
 /// the table and column but not the id: the one in flight on it (by old or
-/// new column name, or a constraint's name), else the latest.
+/// new column name, or the name of a constraint or of an index that
+/// create_index / drop_index builds or drops), else the latest.
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.migration_id(tbl regclass, col name, kind text DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.migration_id(regclass, name, text) IS
-  'The id of the migration in flight on tbl.col (old or new column name, or a constraint name), else the latest one; 42P08 if several are in flight (pass kind), 42704 if none';
+  'The id of the migration in flight on tbl.col (old or new column name, or the name of a constraint or an index it builds or drops), else the latest one; 42P08 if several are in flight (pass kind), 42704 if none';
 ")]
 fn migration_id(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, kind: Option<&str>) -> Option<i64> {
     let (tbl, col) = (tbl?, col?);

@@ -20,7 +20,7 @@
 
 use super::locking::{error_code, error_message, in_subtransaction};
 use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
-use super::{jobs, Operation, Share};
+use super::{capacity, jobs, Operation, Share};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
 use pgrx::prelude::*;
@@ -64,7 +64,7 @@ enum Next {
     Wait { ms: f64, reason: String },
     /// the job is held (paused, pause_all, run_after, outside its windows):
     /// the leader waits, helpers end and give their slots back
-    Hold { ms: f64, reason: String },
+    Hold { reason: String },
     Stop,
 }
 
@@ -72,8 +72,8 @@ fn wait(ms: f64, reason: String) -> Next {
     Next::Wait { ms, reason }
 }
 
-fn hold(ms: f64, reason: String) -> Next {
-    Next::Hold { ms, reason }
+fn hold(reason: String) -> Next {
+    Next::Hold { reason }
 }
 
 /// Run batches until the backfill is complete (true) or the job stopped:
@@ -95,8 +95,26 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     let mut loop_state = LoopState::default();
     let mut batches: i64 = 0;
     let mut helpers = Helpers::default();
+    // Held (paused, scheduled, outside a window): parked, no share of
+    // zdm.max_workers; batches go on once the hold ends and a share is free.
+    let mut held = false;
     loop {
         reload_config_if_asked();
+        if held {
+            match transaction(|| still_held(migration)) {
+                Ok(Held::Yes(reason)) | Ok(Held::NoCapacity(reason)) => {
+                    if transaction(capacity::launcher_serves_here).unwrap_or(false) {
+                        pgrx::log!("{name}: {reason}; the zdm launcher starts it again when it can run");
+                        return false;
+                    }
+                    set_activity(&format!("{name}: waiting: {reason}"));
+                    sleep_ms(1000.0);
+                    continue;
+                }
+                Ok(Held::No) => held = false,
+                Err(_) => return false,
+            }
+        }
         set_activity(&format!("{name}: batch {}", batches + 1));
         let next = transaction(|| one_batch(migration, op, &owner, role, &mut loop_state)).unwrap_or_else(|e| {
             // An error outside the batch itself (catalog, options): record it.
@@ -136,7 +154,12 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                 // The leader starts it again when batches go on.
                 return false;
             }
-            Next::Wait { ms, reason } | Next::Hold { ms, reason } => {
+            Next::Hold { reason, .. } => {
+                let _ = transaction(|| capacity::park(migration, &reason));
+                note_wait(0.0, Some(reason));
+                held = true;
+            }
+            Next::Wait { ms, reason } => {
                 set_activity(&format!("{name}: waiting: {reason}"));
                 let _ = transaction(|| jobs::set_throttle_reason(migration, Some(&reason)));
                 note_wait(ms, Some(reason));
@@ -148,6 +171,28 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                 return true;
             }
         }
+    }
+}
+
+enum Held {
+    Yes(String),
+    NoCapacity(String),
+    No,
+}
+
+/// A parked leader: still held, or back to work with a share taken.
+fn still_held(migration: i64) -> Held {
+    let Some(job) = jobs::load_row(migration) else { return Held::No };
+    if !matches!(job.state.as_str(), "running" | "queued" | "paused") {
+        return Held::No; // cancelled or over: the next batch says so
+    }
+    if let Some(reason) = capacity::parked_reason(&job) {
+        capacity::park(migration, &reason);
+        return Held::Yes(reason);
+    }
+    match capacity::take(migration) {
+        Some(reason) => Held::NoCapacity(reason),
+        None => Held::No,
     }
 }
 
@@ -185,17 +230,17 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     }
     match job.state.as_str() {
         "running" | "queued" => {}
-        "paused" => return hold(1000.0, "paused by zdm.pause()".into()),
+        "paused" => return hold("paused by zdm.pause()".into()),
         _ => return Next::Stop, // cancelled, completed, failed
     }
     if guc::PAUSE_ALL.get() {
-        return hold(1000.0, "zdm.pause_all is on".into());
+        return hold("zdm.pause_all is on".into());
     }
     if job.wait_for_run_after_ms > 0.0 {
-        return hold(job.wait_for_run_after_ms.min(1000.0), "scheduled: waiting for run_after".into());
+        return hold("scheduled: waiting for run_after".into());
     }
     if let Some(reason) = super::window::outside(&job.windows) {
-        return hold(5000.0, reason);
+        return hold(reason);
     }
     if let Some(max_lag) = job.max_replica_lag_ms {
         let lag = spi::one::<f64>(

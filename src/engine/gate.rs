@@ -1,15 +1,18 @@
-//! The gate between a job's steps: wait while the job is paused or the
-//! migration it depends on (a rename still filling the column a constraint
-//! reads) has not finished its backfill; stop when it was cancelled.
+//! The gate between a job's steps: wait while the job is paused, outside its
+//! windows, or the migration it depends on (a rename still filling the
+//! column a constraint reads) has not finished its backfill — parked,
+//! holding no share of zdm.max_workers (`capacity`); stop when it was
+//! cancelled.
 
-use super::jobs;
-use super::process::{set_activity, sleep_ms, transaction};
+use super::{capacity, jobs};
+use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction};
 use crate::catalog::as_catalog_owner;
 use crate::spi;
 
 /// True: go on. False: the job was cancelled, failed or completed meanwhile.
 pub fn open(id: i64) -> bool {
     loop {
+        reload_config_if_asked();
         let row = transaction(|| {
             as_catalog_owner(|| {
                 spi::first_row(
@@ -29,11 +32,24 @@ pub fn open(id: i64) -> bool {
             ("queued" | "running", _) => transaction(|| jobs::load_row(id).and_then(|j| super::window::outside(&j.windows))).ok().flatten(),
             _ => return false, // cancelled, failed, completed
         };
-        let Some(reason) = reason else {
-            let _ = transaction(|| jobs::set_throttle_reason(id, None));
-            return true;
+        // Open: take a share of zdm.max_workers back if the job was parked.
+        let reason = match reason {
+            None => match transaction(|| capacity::take(id)) {
+                Ok(None) => return true,
+                Ok(Some(reason)) => reason,
+                Err(_) => return false,
+            },
+            Some(reason) => {
+                let _ = transaction(|| capacity::park(id, &reason));
+                reason
+            }
         };
-        let _ = transaction(|| jobs::set_throttle_reason(id, Some(&reason)));
+        // Parked: where a launcher serves this database, give the slot back;
+        // it starts the job again (the steps resume where they stood).
+        if transaction(capacity::launcher_serves_here).unwrap_or(false) {
+            pgrx::log!("zdm migration {id}: {reason}; the zdm launcher starts it again when it can run");
+            return false;
+        }
         set_activity(&format!("zdm migration {id}: {reason}"));
         sleep_ms(1000.0);
     }

@@ -201,16 +201,17 @@ pub fn register_worker(migration: i64, kind: &str, extra: &str, notify: bool) ->
     b.load_dynamic().map_err(|_| "no free background worker slot".to_string())
 }
 
-/// Start a worker for the job. `wait_for_caller`: it first waits for the
-/// current transaction to end, and exits if it rolled back.
-pub fn launch_worker(migration: i64, wait_for_caller: bool) -> Result<DynamicBackgroundWorker, String> {
-    let xid = if wait_for_caller {
-        spi::one::<String>("SELECT pg_catalog.pg_current_xact_id()::text", &[]).unwrap_or_else(|| "0".into())
-    } else {
-        "0".into()
-    };
+/// Start a worker for the job now (the launcher resuming it).
+pub fn launch_worker(migration: i64) -> Result<DynamicBackgroundWorker, String> {
     let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    register_worker(migration, &kind_of(migration), &format!("{db} {xid}"), false)
+    register_worker(migration, &kind_of(migration), &format!("{db} 0"), false)
+}
+
+/// Start the job's worker when this transaction commits — never while it
+/// is open (see `capacity`). Without a free slot then: a WARNING, and the
+/// launcher starts it later.
+pub fn launch_after_commit(migration: i64) {
+    super::capacity::launch_at_commit(migration, &kind_of(migration), false);
 }
 
 /// Start helper `slot` (1 ..) of a parallel backfill led by this process (in
@@ -227,14 +228,11 @@ pub fn launch_helper(migration: i64, slot: i32) -> Result<DynamicBackgroundWorke
     }
 }
 
-pub fn launch_worker_or_raise(migration: i64, wait_for_caller: bool) {
-    if let Err(e) = launch_worker(migration, wait_for_caller) {
-        raise(
-            Code::ERRCODE_INSUFFICIENT_RESOURCES,
-            format!("could not start a background worker for zdm migration {migration}: {e}"),
-            "Raise max_worker_processes (needs a restart) or wait for other background workers to finish, then call zdm.start_backfill again.",
-        );
-    }
+/// Like `launch_after_commit`, for calls whose whole point is starting it
+/// (start_backfill, resume): without a free slot at commit, the commit fails
+/// with 53000.
+pub fn launch_worker_or_raise(migration: i64) {
+    super::capacity::launch_at_commit(migration, &kind_of(migration), true);
 }
 
 /// Everything the worker needs before a batch, read fresh each time.

@@ -12,7 +12,7 @@
 //! postmaster starts it again (5 s later) connected to the new database.
 
 use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
-use super::jobs;
+use super::{capacity, jobs};
 use crate::{catalog, guc, security, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::prelude::*;
@@ -86,9 +86,13 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
         }
         Some(_) => VERSION_WARNED.store(false, std::sync::atomic::Ordering::Relaxed),
     }
+    if guc::PAUSE_ALL.get() {
+        return;
+    }
     let alive = jobs::WORKER_ALIVE;
+    let working = capacity::WORKING;
     let busy = spi::one::<i64>(
-        &format!("SELECT count(*) FROM zdm.jobs j WHERE j.state IN ('running', 'paused') AND {alive}"),
+        &format!("SELECT count(*) FROM zdm.jobs j WHERE {working} AND {alive}"),
         &[],
     )
     .unwrap_or(0);
@@ -96,17 +100,31 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
     if free == 0 {
         return;
     }
-    let orphans: Vec<i64> = spi::one::<Vec<i64>>(
+    // Jobs that can run now (not before run_after, not behind a backfill
+    // they depend on), whose owner is under zdm.max_workers_per_role; the
+    // owner with the fewest working jobs first, so one role's queue cannot
+    // keep another's waiting.
+    let candidates: Vec<(i64, Vec<String>)> = spi::rows(
         &format!(
-            "SELECT coalesce(array_agg(migration_id ORDER BY migration_id), '{{}}') FROM ( \
-               SELECT j.migration_id FROM zdm.jobs j \
-                WHERE j.state IN ('queued', 'running') AND NOT {alive} \
-                  AND coalesce(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '{ORPHAN_GRACE}' \
-                ORDER BY j.migration_id LIMIT $1) o"
+            "WITH owners AS (SELECT m.owner_name, count(*) AS working FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id \
+                              WHERE {working} AND {alive} GROUP BY m.owner_name) \
+             SELECT j.migration_id, coalesce(j.windows, '{{}}') FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id \
+               LEFT JOIN owners o ON o.owner_name = m.owner_name \
+              WHERE j.state IN ('queued', 'running') AND NOT {alive} \
+                AND coalesce(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '{ORPHAN_GRACE}' \
+                AND (j.run_after IS NULL OR j.run_after <= clock_timestamp()) \
+                AND NOT EXISTS (SELECT 1 FROM zdm.migrations d WHERE d.id = j.depends_on AND d.phase IN ('expanded', 'backfilling')) \
+                AND coalesce(o.working, 0) < $1 \
+              ORDER BY coalesce(o.working, 0), j.migration_id LIMIT $2"
         ),
-        &[free.into()],
-    )
-    .unwrap_or_default();
+        &[capacity::per_role_limit().into(), free.into()],
+        |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<Vec<String>>(2)?.unwrap_or_default())),
+    );
+    let orphans: Vec<i64> = candidates
+        .into_iter()
+        .filter(|(_, windows)| super::window::outside(windows).is_none())
+        .map(|(id, _)| id)
+        .collect();
     for id in orphans {
         if started.contains_key(&id) {
             continue; // the worker we started for it is still starting or running
@@ -114,7 +132,7 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
         // The handle must outlive this transaction: allocate it in TopMemoryContext.
         let launched = unsafe {
             let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            let r = jobs::launch_worker(id, false);
+            let r = jobs::launch_worker(id);
             pg_sys::MemoryContextSwitchTo(old);
             r
         };

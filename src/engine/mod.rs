@@ -10,6 +10,7 @@
 //! an operation does not touch this directory.
 
 pub mod batches;
+pub mod capacity;
 pub mod gate;
 pub mod index_build;
 pub mod jobs;

@@ -9,11 +9,11 @@
 //! SIGTERM uses Postgres' own `die` handler, so even a running batch stops at
 //! once and rolls back together with its cursor.
 
-use super::process::{install_signal_handlers, set_activity, set_application_name, sleep_ms, transaction};
+use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
 use super::batches::Role;
-use super::{batches, index_build, jobs, BuildState, Operation};
+use super::{batches, capacity, index_build, jobs, BuildState, Operation};
 use crate::catalog::{self, as_catalog_owner};
-use crate::{guc, security, spi};
+use crate::{security, spi};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
@@ -70,11 +70,22 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
         return; // the transaction that queued the job rolled back: nothing to do
     }
     loop {
+        reload_config_if_asked(); // zdm.pause_all, zdm.max_workers
         set_activity(&format!("{name}: claiming job"));
         match transaction(|| claim(migration)) {
             Ok(Claim::Mine) => break,
             Ok(Claim::Gone) => return,
-            Ok(Claim::Wait) => sleep_ms(1000.0),
+            Ok(Claim::Busy) => sleep_ms(1000.0),
+            // Held, or no capacity: where a launcher serves this database it
+            // starts the job when it can run; give the slot back meanwhile.
+            Ok(Claim::Wait(reason)) => {
+                if transaction(capacity::launcher_serves_here).unwrap_or(false) {
+                    pgrx::log!("{name}: {reason}; the zdm launcher starts it when it can run");
+                    return;
+                }
+                set_activity(&format!("{name}: {reason}"));
+                sleep_ms(1000.0);
+            }
             Err(e) => {
                 pgrx::log!("{name}: could not claim job: {e}");
                 return;
@@ -173,7 +184,10 @@ fn wait_for_creator(name: &str, xid: &str) -> bool {
 
 enum Claim {
     Mine,
-    Wait,
+    /// held or no capacity, and why
+    Wait(String),
+    /// another session holds the job's row for a moment
+    Busy,
     Gone,
 }
 
@@ -190,7 +204,7 @@ fn claim(migration: i64) -> Claim {
         );
         if mine.is_none() {
             let exists = spi::one::<i64>("SELECT migration_id FROM zdm.jobs WHERE migration_id = $1", &[migration.into()]);
-            return if exists.is_some() { Claim::Wait } else { Claim::Gone };
+            return if exists.is_some() { Claim::Busy } else { Claim::Gone };
         }
         spi::exec("SELECT one FROM zdm.claim_lock FOR UPDATE");
         let row = spi::first_row(
@@ -220,18 +234,15 @@ fn claim(migration: i64) -> Claim {
                heartbeat_at = clock_timestamp() WHERE migration_id = $1",
             &[migration.into()],
         );
-        let busy = spi::one::<i64>(
-            &format!(
-                "SELECT count(*) FROM zdm.jobs j WHERE j.migration_id <> $1 AND j.state IN ('running', 'paused') AND {}",
-                jobs::WORKER_ALIVE
-            ),
-            &[migration.into()],
-        )
-        .unwrap_or(0);
-        let max = guc::MAX_WORKERS.get() as i64;
-        if busy >= max {
-            jobs::set_throttle_reason(migration, Some(&format!("waiting for a free zdm worker (zdm.max_workers = {max})")));
-            return Claim::Wait;
+        // Held (paused, scheduled, outside its windows): parked, holding no
+        // share of zdm.max_workers.
+        if let Some(reason) = jobs::load_row(migration).and_then(|job| capacity::parked_reason(&job)) {
+            capacity::park(migration, &reason);
+            return Claim::Wait(reason);
+        }
+        if let Some(reason) = capacity::refusal(migration) {
+            capacity::park(migration, &reason);
+            return Claim::Wait(reason);
         }
         // One backfill per table (other jobs do not count: a constraint
         // may be waiting for this very backfill).
@@ -246,11 +257,12 @@ fn claim(migration: i64) -> Claim {
             &[migration.into(), relid.into(), super::backfilling_kinds().into()],
         );
         if let Some(other) = same_table {
-            jobs::set_throttle_reason(migration, Some(&format!("waiting for the backfill of migration {other} on the same table")));
-            return Claim::Wait;
+            let reason = format!("waiting for the backfill of migration {other} on the same table");
+            capacity::park(migration, &reason);
+            return Claim::Wait(reason);
         }
         spi::exec_args(
-            "UPDATE zdm.jobs SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
+            "UPDATE zdm.jobs SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, parked = false, \
                started_at = coalesce(started_at, clock_timestamp()), throttle_reason = NULL, \
                current_batch_size = coalesce(current_batch_size, batch_size) WHERE migration_id = $1",
             &[migration.into()],

@@ -109,9 +109,7 @@ pub fn queue(id: i64, kind: &str, relid: pg_sys::Oid, index: &str, definition: O
         )
     });
     jobs::queue(id, &jobs::Options::default());
-    if let Err(e) = jobs::launch_worker(id, true) {
-        pgrx::warning!("zdm migration {id}: queued but no worker started ({e}); the zdm launcher will start it, or call zdm.start_backfill({id})");
-    }
+    jobs::launch_after_commit(id);
     let verb = if kind == "create_index" { "builds" } else { "drops" };
     pgrx::notice!(
         "zdm migration {id}: {verb} index {} concurrently once this transaction commits; follow it with SELECT zdm.wait({id}) or zdm.status",

@@ -166,6 +166,23 @@ fn finish(migration: i64, started: Instant) -> Batch {
         return Batch::default(); // rewritten or split meanwhile: not finished
     }
     catalog::fold_ranges(m.id);
+    // A backfill that updated nothing on a table that has rows is suspect (a
+    // table whose rows live elsewhere, as a Citus shell's do): it is done
+    // only if no row still waits — one look, not ONLY this heap.
+    if catalog::load_or_raise(migration, false).rows_done == 0 {
+        let (old, new) = (ident(m.old_col()), ident(m.new_col()));
+        let waiting = spi::one::<bool>(
+            &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE {new} IS NULL AND {old} IS NOT NULL)", m.table_sql()),
+            &[],
+        );
+        if waiting == Some(true) {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("the backfill of zdm migration {} visited every block of {} and updated no row, yet rows still wait for it", m.id, m.table_sql()),
+                format!("The table's rows are not in its own heap (a Citus shell table?). Call zdm.abort({}).", m.id),
+            );
+        }
+    }
     // Fresh statistics on the new column, so that plans are good the
     // moment contract makes it the only one.
     spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
@@ -227,20 +244,25 @@ fn restart_if_rewritten(m: &Migration) -> (i64, i64) {
     (0, nblocks)
 }
 
+/// Which rows still wait for the backfill, and the SET that fills them.
+fn pending_condition(m: &Migration) -> (String, String) {
+    let (old, new) = (ident(m.old_col()), ident(m.new_col()));
+    if m.using_expr.is_some() {
+        (format!("{new} IS NULL"), format!("{new} = NULL"))
+    } else {
+        (format!("{new} IS NULL AND {old} IS NOT NULL"), format!("{new} = {old}"))
+    }
+}
+
 /// The batch's UPDATE over heap blocks `[first, end)`; returns rows updated.
 fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
-    let (old, new) = (ident(m.old_col()), ident(m.new_col()));
     // ONLY: inheritance is refused up front, and a child added later must not
     // be half-filled by the parent's block range. Operators are qualified:
     // nothing on a search_path may stand in for them.
     // A rename copies the old value; a type change's trigger computes the
     // new column from the old one on an UPDATE that writes either column
     // (it may map NULL to a value): the batch must name the new column.
-    let (set, todo) = if m.using_expr.is_some() {
-        (format!("{new} = NULL"), format!("{new} IS NULL"))
-    } else {
-        (format!("{new} = {old}"), format!("{new} IS NULL AND {old} IS NOT NULL"))
-    };
+    let (todo, set) = pending_condition(m);
     // The sync trigger fires for these UPDATEs like for any other write (it
     // sees new = old and leaves the row alone), and so do every other
     // migration's and user's triggers: nothing a batch causes — including

@@ -328,7 +328,12 @@ fn carry_column_attributes(t: &str, old_attnum: i16, new_attnum: i16, relid: pg_
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET ({})", list.join(", ")));
         carried.push(format!("options {}", list.join(", ")));
     }
-    if varlena && storage != type_storage {
+    // PLAIN waits for contract: while both columns hold the value, a row
+    // that fitted with one uncompressed, inline copy may not fit with two
+    // (54000 "row is too big" for writes that worked before expand).
+    if varlena && storage == "p" {
+        carried.push("storage PLAIN at contract".into());
+    } else if varlena && storage != type_storage {
         let mode = match storage.as_str() {
             "p" => "PLAIN",
             "e" => "EXTERNAL",
@@ -695,6 +700,15 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         // A rename's mark (or a domain's explicit NULL) goes with the migration.
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} DROP DEFAULT"));
     }
+    // PLAIN storage, kept off the new column while both columns held values.
+    let plain = spi::one::<bool>(
+        "SELECT o.attstorage = 'p' AND n.attstorage <> 'p' FROM pg_catalog.pg_attribute o, pg_catalog.pg_attribute n \
+          WHERE o.attrelid = $1 AND o.attnum = $2 AND n.attrelid = $1 AND n.attname = $3",
+        &[m.relid.into(), old_attnum.into(), m.new_col().into()],
+    );
+    if plain == Some(true) {
+        spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET STORAGE PLAIN"));
+    }
     if let Some(nn) = &m.not_null_check {
         // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
         steps::set_not_null(m.relid, t, m.new_col(), nn);
@@ -852,9 +866,7 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>, column: &str) {
             },
             false,
         );
-        if let Err(e) = jobs::launch_worker(id, true) {
-            pgrx::warning!("zdm migration {id}: validation of {} queued but not started ({e}); the launcher will start it", ident(&k.name));
-        }
+        jobs::launch_after_commit(id);
         pgrx::notice!(
             "zdm migration {}: foreign key {} on {} now references {}; zdm migration {id} validates it after commit",
             m.id,
