@@ -273,7 +273,8 @@ SELECT m.id,
        -- role read them; others see what failed and its SQLSTATE.
        CASE WHEN coalesce(j.last_error, m.last_error) IS NOT NULL
              AND EXISTS (SELECT FROM pg_catalog.pg_roles r
-                          WHERE r.rolname = m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER'))
+                          WHERE (r.rolname = m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER'))
+                             OR (r.rolname = CURRENT_USER AND r.rolsuper))
             THEN coalesce((SELECT e.message FROM zdm.error_texts e WHERE e.migration_id = m.id), j.last_error, m.last_error)
             ELSE coalesce(j.last_error, m.last_error) END         AS last_error,
        -- What to do next. A rename is ready for code that uses the new

@@ -523,7 +523,9 @@ pub fn hide_values(id: i64, what: &str, text: &str, code: Option<i32>) -> String
 /// member of the migration's owning role.
 pub fn error_text_for_caller(id: i64) -> Option<String> {
     let member = spi::one::<bool>(
-        "SELECT pg_catalog.pg_has_role(r.oid, 'MEMBER') FROM zdm.migrations m JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) m.owner_name WHERE m.id OPERATOR(pg_catalog.=) $1",
+        "SELECT EXISTS (SELECT FROM zdm.migrations m, pg_catalog.pg_roles r WHERE m.id OPERATOR(pg_catalog.=) $1 \
+            AND ((r.rolname OPERATOR(pg_catalog.=) m.owner_name AND pg_catalog.pg_has_role(r.oid, 'MEMBER')) \
+                 OR (r.rolname OPERATOR(pg_catalog.=) CURRENT_USER AND r.rolsuper)))",
         &[id.into()],
     );
     if member != Some(true) {

@@ -252,6 +252,13 @@ unsafe fn mirror_column_privileges(s: *mut pg_sys::GrantStmt) {
         if privileges.is_empty() {
             return; // table-wide privileges cover both columns already
         }
+        // Only the column privileges PostgreSQL knows go into the statement
+        // zdm runs (a quoted identifier could hold any text); PostgreSQL
+        // refuses the others itself.
+        let known = |p: &Option<String>| p.as_deref().is_none_or(|p| matches!(p, "select" | "insert" | "update" | "references"));
+        if !privileges.iter().all(|(p, _)| known(p)) {
+            return;
+        }
         let grantees: Vec<String> = list_items((*s).grantees).into_iter().map(|g| role_sql(g as *mut pg_sys::RoleSpec)).collect();
         for rv in list_items((*s).objects) {
             let relid = relid_of(rv as *mut pg_sys::RangeVar);

@@ -420,16 +420,47 @@ fn wait(migration: i64, timeout: Interval) -> String {
 /// ended after the first poll would look alive for the whole wait (what
 /// `raise_if_abandoned` must not miss).
 ///
-/// Only when the statement's own snapshot is the only one registered: a
-/// cursor the caller opened earlier in the transaction (or an outer query
-/// calling `wait` from a function, or a large object open for reading) keeps
-/// its snapshot registered, and VACUUM must keep the rows it can still see.
+/// Only when nothing still reads with a snapshot: the statement's own must
+/// be the only one registered (a cursor the caller opened earlier in the
+/// transaction, an outer query calling `wait` from a function, a large
+/// object open for reading each keep theirs), and that statement must read
+/// no table after `wait` returns (`SELECT zdm.wait(1)`, not `SELECT
+/// zdm.wait(id) FROM t`). VACUUM must keep the rows those can still see.
 fn release_snapshots() {
     unsafe {
         pg_sys::pgstat_clear_snapshot();
         pg_sys::InvalidateCatalogSnapshot();
-        if !pg_sys::MyProc.is_null() && pg_sys::ThereAreNoPriorRegisteredSnapshots() {
+        if !pg_sys::MyProc.is_null() && pg_sys::ThereAreNoPriorRegisteredSnapshots() && !statement_reads_tables() {
             (*pg_sys::MyProc).xmin = pg_sys::InvalidTransactionId;
         }
+    }
+}
+
+/// The running top-level statement scans a table (its plan's range table
+/// holds a relation); true when that cannot be told.
+unsafe fn statement_reads_tables() -> bool {
+    unsafe {
+        let portal = pg_sys::ActivePortal;
+        if portal.is_null() {
+            return true;
+        }
+        let items = |list: *mut pg_sys::List| -> Vec<*mut std::ffi::c_void> {
+            if list.is_null() {
+                return Vec::new();
+            }
+            (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
+        };
+        for stmt in items((*portal).stmts) {
+            let stmt = stmt as *mut pg_sys::Node;
+            if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_PlannedStmt {
+                return true;
+            }
+            for rte in items((*(stmt as *mut pg_sys::PlannedStmt)).rtable) {
+                if (*(rte as *mut pg_sys::RangeTblEntry)).rtekind == pg_sys::RTEKind::RTE_RELATION {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }

@@ -112,7 +112,11 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                     continue;
                 }
                 Ok(Held::No) => held = false,
-                Err(_) => return false,
+                // (a deadlock with a second claimant, say): try again
+                Err(_) => {
+                    sleep_ms(1000.0);
+                    continue;
+                }
             }
         }
         set_activity(&format!("{name}: batch {}", batches + 1));

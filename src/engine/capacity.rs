@@ -144,6 +144,8 @@ pub fn park(migration: i64, reason: &str) {
 /// (the job counts as working), else why it must wait.
 pub fn take(migration: i64) -> Option<String> {
     as_catalog_owner(|| {
+        // The job's row, then zdm.claim_lock: the order claim takes them in.
+        spi::exec_args("SELECT 1 FROM zdm.jobs WHERE migration_id = $1 FOR UPDATE", &[migration.into()]);
         spi::exec("SELECT one FROM zdm.claim_lock FOR UPDATE");
         if let Some(reason) = refusal(migration) {
             spi::exec_args(

@@ -37,7 +37,8 @@ pub fn open(id: i64) -> bool {
             None => match transaction(|| capacity::take(id)) {
                 Ok(None) => return true,
                 Ok(Some(reason)) => reason,
-                Err(_) => return false,
+                // (a deadlock with a second claimant, say): try again
+                Err(e) => format!("taking a zdm worker share failed ({e}); retrying"),
             },
             Some(reason) => {
                 let _ = transaction(|| capacity::park(id, &reason));

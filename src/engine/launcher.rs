@@ -114,10 +114,15 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
                 AND coalesce(j.heartbeat_at, j.queued_at) < clock_timestamp() - interval '{ORPHAN_GRACE}' \
                 AND (j.run_after IS NULL OR j.run_after <= clock_timestamp()) \
                 AND NOT EXISTS (SELECT 1 FROM zdm.migrations d WHERE d.id = j.depends_on AND d.phase IN ('expanded', 'backfilling')) \
+                AND NOT (m.kind = ANY($3) AND EXISTS ( \
+                     SELECT 1 FROM zdm.jobs j2 JOIN zdm.migrations m2 ON m2.id = j2.migration_id \
+                      WHERE m2.relid = m.relid AND m2.kind = ANY($3) AND j2.migration_id <> j.migration_id \
+                        AND j2.state IN ('running', 'paused') AND NOT j2.parked \
+                        AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j2.worker_pid AND a.backend_start = j2.worker_started_at))) \
                 AND coalesce(o.working, 0) < $1 \
               ORDER BY coalesce(o.working, 0), j.migration_id LIMIT $2"
         ),
-        &[capacity::per_role_limit().into(), free.into()],
+        &[capacity::per_role_limit().into(), free.into(), super::backfilling_kinds().into()],
         |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<Vec<String>>(2)?.unwrap_or_default())),
     );
     let orphans: Vec<i64> = candidates

@@ -43,6 +43,8 @@ struct Compiled {
     /// relation's) holding just the old column's value, read off the row's
     /// bytes: the expression reads nothing else, and the row is not deformed
     scan: *mut pg_sys::TupleTableSlot,
+    /// the conversion's output depends on a setting (`pinned_settings`)
+    pinned: bool,
 }
 
 thread_local! {
@@ -181,11 +183,14 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         }
         (*c.econtext).ecxt_scantuple = scan;
         let (state, econtext) = (c.state, c.econtext);
-        let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut is_null = false;
-            let value = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
-            (value, is_null)
-        }));
+        let evaluate = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut is_null = false;
+                let value = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut is_null);
+                (value, is_null)
+            }))
+        };
+        let evaluated = if c.pinned { crate::security::with_guc_nest_level(&PINNED_SETTINGS, evaluate) } else { evaluate() };
         (*c.econtext).ecxt_scantuple = std::ptr::null_mut();
         let (value, is_null) = match evaluated {
             Ok(v) => v,
@@ -290,7 +295,16 @@ unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         let c = COMPILED.with(|m| {
             let m = m.borrow();
             let c = &m[&tgoid];
-            CompiledRef { old_att: c.old_att, new_att: c.new_att, state: c.state, econtext: c.econtext, buffer: c.buffer, layout: c.layout, scan: c.scan }
+            CompiledRef {
+                old_att: c.old_att,
+                new_att: c.new_att,
+                state: c.state,
+                econtext: c.econtext,
+                buffer: c.buffer,
+                layout: c.layout,
+                scan: c.scan,
+                pinned: c.pinned,
+            }
         });
         let slot = if cached.is_null() {
             pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, std::mem::size_of::<StatementCache>()) as *mut StatementCache
@@ -305,6 +319,20 @@ unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
         (c, first)
     }
+}
+
+/// Types whose text form depends on a session setting although their output
+/// functions are marked immutable: float4/float8 (`extra_float_digits`) and
+/// bytea (`bytea_output`). A conversion from one of them runs with
+/// `PINNED_SETTINGS`, in every writer's session and the backfill alike, so
+/// each row converts the same way whoever writes it (contract's verify uses
+/// the same settings).
+const PINNED_SOURCES: [pg_sys::Oid; 3] = [pg_sys::FLOAT4OID, pg_sys::FLOAT8OID, pg_sys::BYTEAOID];
+pub const PINNED_SETTINGS: [(&CStr, &CStr); 2] = [(c"extra_float_digits", c"1"), (c"bytea_output", c"hex")];
+
+/// Whether a conversion from `source` runs with `PINNED_SETTINGS`.
+pub fn pins_settings(source: pg_sys::Oid) -> bool {
+    PINNED_SOURCES.contains(&unsafe { pg_sys::getBaseType(source) })
 }
 
 /// What `compiled` keeps in `fn_extra`.
@@ -326,6 +354,7 @@ struct CompiledRef {
     buffer: RowBuffer,
     layout: locate::Layout,
     scan: *mut pg_sys::TupleTableSlot,
+    pinned: bool,
 }
 
 unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compiled {
@@ -438,6 +467,8 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
             *(*scan).tts_isnull.add(i) = true;
         }
         pg_sys::MemoryContextSwitchTo(previous);
-        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, buffer, layout, scan }
+        let source = pg_sys::getBaseType((*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize)).atttypid);
+        let pinned = PINNED_SOURCES.contains(&source);
+        Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, buffer, layout, scan, pinned }
     }
 }

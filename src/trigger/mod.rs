@@ -96,7 +96,10 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // The mark an INSERT leaving the new column out left (an UPDATE
         // setting it to DEFAULT leaves one too): taken for every row, so
         // none is left over for a later row.
-        let left_out = marked.map(|migration| written::take_mark(migration));
+        let (new_left_out, old_left_out) = match marked {
+            Some((migration, old_marked)) => (Some(written::take_mark(migration)), old_marked.then(|| written::take_mark(-migration))),
+            None => (None, None),
+        };
         // An UPDATE that names neither column, with no BEFORE trigger ahead
         // of this one: both carry the old row's values unchanged. Nothing to
         // do unless the row still waits for its backfill — decided from the
@@ -169,7 +172,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         } else if now_same() {
             return pg_sys::Datum::from(row);
         } else {
-            written::on_insert(left_out, old_null, new_null)
+            written::on_insert(new_left_out, old_left_out, old_null, new_null)
         };
 
         let (target, value, is_null) = match action {
@@ -390,11 +393,12 @@ struct Resolved {
     /// how the attributes before the two columns are laid out
     layout: locate::Layout,
     /// the migration whose mark tells an INSERT that left the new column
-    /// out (`written`); None: the new column has no default, so no mark
-    marked: Option<i64>,
+    /// out (`written`), and whether the old column's default carries a mark
+    /// too; None: the new column's default carries no mark
+    marked: Option<(i64, bool)>,
 }
 
-type ResolvedParts = (i32, i32, RowBuffer, bool, locate::Layout, Option<i64>);
+type ResolvedParts = (i32, i32, RowBuffer, bool, locate::Layout, Option<(i64, bool)>);
 
 unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> ResolvedParts {
     unsafe {
@@ -423,9 +427,10 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         // Kept from the statement's first row (see first_before_update).
         let first = if !cached.is_null() && (*cached).tgoid == (*trigger).tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
         let layout = locate::Layout::new(tupdesc, old_att.min(new_att), (*flinfo).fn_mcxt);
-        // The guard lets nobody else give the new column a default.
-        let has_default = (*(*tupdesc).attrs.as_ptr().add((new_att - 1) as usize)).atthasdef;
-        let marked = has_default.then(|| written::migration_of(trigger)).filter(|&id| id > 0);
+        // The guard lets nobody change either column's default.
+        let migration = written::migration_of(trigger);
+        let marked = (migration > 0 && written::marked_default(tupdesc, new_att) == Some(migration))
+            .then(|| (migration, written::marked_default(tupdesc, old_att) == Some(-migration)));
         slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first, layout, marked });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
         (old_att, new_att, buffer, first, layout, marked)

@@ -15,7 +15,14 @@
 //!   a volatile function the executor evaluates for exactly the rows that
 //!   leave the column out, just before their BEFORE ROW triggers fire; it
 //!   leaves a mark this trigger takes. No column, domain or type default can
-//!   reach the new column otherwise (the guard refuses setting one).
+//!   reach the new column otherwise (the guard refuses setting one). The
+//!   old column's default carries a mark too (`zdm.unwritten(-<id>, <its
+//!   default>)`), so a statement naming both columns — a copy of whole rows
+//!   — is told from one naming only the new column. An identity, or a
+//!   domain's default, on the old column carries none (a column default
+//!   would no longer follow ALTER DOMAIN): there, naming the new column
+//!   decides, and a whole-row copy of a row the backfill had not reached
+//!   loses its old value.
 //!
 //! The table (`w` = written, `waiting` = new IS NULL and old IS NOT NULL,
 //! the row the backfill has not reached; rows already equal are left as they
@@ -24,7 +31,9 @@
 //! | statement | old column     | new column        | action                         |
 //! |-----------|----------------|-------------------|--------------------------------|
 //! | INSERT    | any            | left out          | new := old                     |
-//! | INSERT    | any            | named (NULL too)  | old := new                     |
+//! | INSERT    | left out       | named (NULL too)  | old := new                     |
+//! | INSERT    | named          | named, NULL       | new := old (a copy of a row the backfill had not reached) |
+//! | INSERT    | named          | named, not NULL   | old := new                     |
 //! | UPDATE    | not w          | not w             | waiting: new := old; else keep |
 //! | UPDATE    | not w          | w (NULL too)      | old := new                     |
 //! | UPDATE    | w              | not w             | new := old                     |
@@ -40,7 +49,8 @@
 //! wins, else new := old).
 
 use pgrx::pg_sys;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::Relaxed};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -74,55 +84,86 @@ pub(crate) fn on_update(u: Update) -> Action {
     }
 }
 
-/// An INSERT: `left_out` is Some(whether the new column was left out) when
-/// the migration marks it, None for a migration without the mark (decided
-/// by value, as before the mark existed).
-pub(crate) fn on_insert(left_out: Option<bool>, old_null: bool, new_null: bool) -> Action {
-    match left_out {
-        Some(true) => Action::OldToNew,
-        Some(false) => Action::NewToOld,
-        None if !new_null => Action::NewToOld,
-        None if !old_null => Action::OldToNew,
-        None => Action::Keep,
+/// An INSERT. `new_left_out`: Some(whether the new column was left out)
+/// when the migration marks it, None for a migration without the mark
+/// (decided by value, as before the mark existed). `old_left_out`: the same
+/// for the old column, whose default carries a mark too unless it is an
+/// identity or a domain's default.
+pub(crate) fn on_insert(new_left_out: Option<bool>, old_left_out: Option<bool>, old_null: bool, new_null: bool) -> Action {
+    match (new_left_out, old_left_out) {
+        (Some(true), _) => Action::OldToNew,
+        // Both columns named, the new one NULL: a copy of a row the backfill
+        // had not reached (INSERT … SELECT *, a COPY of every column).
+        (Some(false), Some(false)) if new_null && !old_null => Action::OldToNew,
+        (Some(false), _) => Action::NewToOld,
+        (None, _) if !new_null => Action::NewToOld,
+        (None, _) if !old_null => Action::OldToNew,
+        (None, _) => Action::Keep,
     }
 }
 
-// The marks: which migrations' new columns the current statement's current
-// row left out. Keyed by the transaction (its start time) and the
-// statement (its active snapshot's command id, which nested statements run
-// by earlier triggers do not change for the outer one). Plain statics: a
+// The marks: which migrations' new columns the rows being inserted left
+// out. Each is keyed by the transaction (its local id), the statement (its
+// active snapshot and that snapshot's command id: nested statements that
+// earlier triggers run have their own, and take their own marks before the
+// outer row's trigger fires) and the migration. A mark is taken by exactly
+// that key; marks of earlier transactions are dropped. Plain statics: a
 // backend runs one thread, and these are touched once per row.
 const SLOTS: usize = 8;
-static MARK_XACT: AtomicI64 = AtomicI64::new(0);
-static MARK_CID: AtomicU32 = AtomicU32::new(u32::MAX);
-static MARKS: [AtomicI64; SLOTS] = [const { AtomicI64::new(0) }; SLOTS];
+static USED: AtomicUsize = AtomicUsize::new(0);
+static MARK_XACT_CID: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+static MARK_SNAPSHOT: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static MARK_MIGRATION: [AtomicI64; SLOTS] = [const { AtomicI64::new(0) }; SLOTS];
+static NEXT_VICTIM: AtomicUsize = AtomicUsize::new(0);
 
-unsafe fn statement_key() -> Option<(i64, u32)> {
+/// (local transaction id << 32 | command id, active snapshot address).
+unsafe fn statement_key() -> Option<(u64, usize)> {
     unsafe {
-        if !pg_sys::ActiveSnapshotSet() {
+        if !pg_sys::ActiveSnapshotSet() || pg_sys::MyProc.is_null() {
             return None;
         }
-        Some((pg_sys::GetCurrentTransactionStartTimestamp(), (*pg_sys::GetActiveSnapshot()).curcid))
+        let snapshot = pg_sys::GetActiveSnapshot();
+        Some(((u64::from(local_xid()) << 32) | u64::from((*snapshot).curcid), snapshot as usize))
     }
+}
+
+#[cfg(any(feature = "pg15", feature = "pg16"))]
+unsafe fn local_xid() -> u32 {
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+#[cfg(not(any(feature = "pg15", feature = "pg16")))]
+unsafe fn local_xid() -> u32 {
+    unsafe { (*pg_sys::MyProc).vxid.lxid }
 }
 
 /// Leave a mark for `migration` (the default was evaluated for this row).
 unsafe fn mark(migration: i64) {
     unsafe {
-        let Some((xact, cid)) = statement_key() else { return };
-        if MARK_XACT.load(Relaxed) != xact || MARK_CID.load(Relaxed) != cid {
-            // Nested statements' marks are taken before the outer row's
-            // trigger fires; anything else left here is stale.
-            MARK_XACT.store(xact, Relaxed);
-            MARK_CID.store(cid, Relaxed);
-            for m in &MARKS {
-                m.store(0, Relaxed);
+        let Some((xact_cid, snapshot)) = statement_key() else { return };
+        let xact = xact_cid >> 32;
+        let mut free = None;
+        for i in 0..SLOTS {
+            let m = MARK_MIGRATION[i].load(Relaxed);
+            if m != 0 && MARK_XACT_CID[i].load(Relaxed) >> 32 != xact {
+                MARK_MIGRATION[i].store(0, Relaxed); // an earlier transaction's
+                USED.fetch_sub(1, Relaxed);
+            } else if m == migration && MARK_XACT_CID[i].load(Relaxed) == xact_cid && MARK_SNAPSHOT[i].load(Relaxed) == snapshot {
+                return; // already marked (a row whose trigger never fired)
+            }
+            if free.is_none() && MARK_MIGRATION[i].load(Relaxed) == 0 {
+                free = Some(i);
             }
         }
-        if MARKS.iter().any(|m| m.load(Relaxed) == migration) {
-            return;
-        }
-        MARKS.iter().find(|m| m.load(Relaxed) == 0).unwrap_or(&MARKS[0]).store(migration, Relaxed);
+        let slot = free.unwrap_or_else(|| {
+            // Full (more nested statements than slots): reuse one.
+            USED.fetch_sub(1, Relaxed);
+            NEXT_VICTIM.fetch_add(1, Relaxed) % SLOTS
+        });
+        MARK_XACT_CID[slot].store(xact_cid, Relaxed);
+        MARK_SNAPSHOT[slot].store(snapshot, Relaxed);
+        MARK_MIGRATION[slot].store(migration, Relaxed);
+        USED.fetch_add(1, Relaxed);
     }
 }
 
@@ -130,31 +171,35 @@ unsafe fn mark(migration: i64) {
 /// row left the new column out.
 pub(crate) unsafe fn take_mark(migration: i64) -> bool {
     unsafe {
-        if MARKS.iter().all(|m| m.load(Relaxed) == 0) {
+        if USED.load(Relaxed) == 0 {
             return false;
         }
-        let Some((xact, cid)) = statement_key() else { return false };
-        if MARK_XACT.load(Relaxed) != xact || MARK_CID.load(Relaxed) != cid {
-            return false;
-        }
-        match MARKS.iter().find(|m| m.load(Relaxed) == migration) {
-            Some(m) => {
-                m.store(0, Relaxed);
-                true
+        let Some((xact_cid, snapshot)) = statement_key() else { return false };
+        for i in 0..SLOTS {
+            if MARK_MIGRATION[i].load(Relaxed) == migration
+                && MARK_XACT_CID[i].load(Relaxed) == xact_cid
+                && MARK_SNAPSHOT[i].load(Relaxed) == snapshot
+            {
+                MARK_MIGRATION[i].store(0, Relaxed);
+                USED.fetch_sub(1, Relaxed);
+                return true;
             }
-            None => false,
         }
+        false
     }
 }
 
-/// The default the new column carries during the migration: the mark, and
-/// as its value `value` (the old column's default when that is not
-/// volatile, so `SET new = DEFAULT` and a carried foreign key's ON DELETE
-/// SET DEFAULT give what the old column would; else NULL).
-pub(crate) fn default_sql(migration: i64, value: Option<&str>, type_sql: &str) -> String {
+/// A marked default: on the new column the mark is the migration id and
+/// the value the old column's default when that is not volatile (so `SET
+/// new = DEFAULT` and a carried foreign key's ON DELETE SET DEFAULT give
+/// what the old column would; else NULL); on the old column the mark is
+/// minus the id and the value its own default, evaluated once as before.
+pub(crate) fn default_sql(mark: i64, value: Option<&str>, type_sql: &str) -> String {
+    // A quoted literal becomes a bigint constant when parsed (a bare number
+    // would be an int4 under a cast, not a constant `marked_default` reads).
     match value {
-        Some(v) => format!("zdm.unwritten({migration}, ({v})::{type_sql})"),
-        None => format!("zdm.unwritten({migration}, NULL::{type_sql})"),
+        Some(v) => format!("zdm.unwritten('{mark}'::bigint, ({v})::{type_sql})"),
+        None => format!("zdm.unwritten('{mark}'::bigint, NULL::{type_sql})"),
     }
 }
 
@@ -181,6 +226,67 @@ pub unsafe extern "C-unwind" fn zdm_unwritten(fcinfo: pg_sys::FunctionCallInfo) 
             (*fcinfo).isnull = value.isnull;
             value.value
         })
+    }
+}
+
+/// The mark in attribute `att`'s default, if that default is
+/// `zdm.unwritten(<mark>, …)`: read from the relation's descriptor, once per
+/// statement.
+pub(crate) unsafe fn marked_default(tupdesc: pg_sys::TupleDesc, att: i32) -> Option<i64> {
+    unsafe {
+        let constr = (*tupdesc).constr;
+        if constr.is_null() {
+            return None;
+        }
+        let defaults = std::slice::from_raw_parts((*constr).defval, (*constr).num_defval as usize);
+        let adbin = defaults.iter().find(|d| i32::from(d.adnum) == att)?.adbin;
+        mark_of(pg_sys::stringToNode(adbin) as *mut pg_sys::Node).map(|(mark, _)| mark)
+    }
+}
+
+/// (mark, value expression) of a `zdm.unwritten(<mark>, value)` call.
+unsafe fn mark_of(node: *mut pg_sys::Node) -> Option<(i64, *mut pg_sys::Node)> {
+    unsafe {
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_FuncExpr {
+            return None;
+        }
+        let f = node as *mut pg_sys::FuncExpr;
+        let name = pg_sys::get_func_name((*f).funcid);
+        let schema = pg_sys::get_namespace_name(pg_sys::get_func_namespace((*f).funcid));
+        if name.is_null() || schema.is_null() || CStr::from_ptr(name) != c"unwritten" || CStr::from_ptr(schema) != c"zdm" {
+            return None;
+        }
+        let args = (*f).args;
+        if args.is_null() || (*args).length != 2 {
+            return None;
+        }
+        let (mark, value) = ((*(*args).elements).ptr_value as *mut pg_sys::Node, (*(*args).elements.add(1)).ptr_value as *mut pg_sys::Node);
+        if (*mark).type_ != pg_sys::NodeTag::T_Const || (*(mark as *mut pg_sys::Const)).constisnull {
+            return None;
+        }
+        Some(((*(mark as *mut pg_sys::Const)).constvalue.value() as i64, value))
+    }
+}
+
+/// The default a marked column had before the mark, as SQL to give it back
+/// (contract, abort): Some(None) when it had none, None when the column's
+/// default carries no mark.
+pub(crate) fn unmarked_default(relid: pg_sys::Oid, attnum: i16) -> Option<Option<String>> {
+    let (adbin, relname) = crate::spi::first_row(
+        "SELECT d.adbin::text, c.relname::text FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.adrelid \
+          WHERE d.adrelid OPERATOR(pg_catalog.=) $1 AND d.adnum OPERATOR(pg_catalog.=) $2",
+        &[relid.into(), attnum.into()],
+        |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+    )?;
+    unsafe {
+        let tree = std::ffi::CString::new(adbin).ok()?;
+        let (_, value) = mark_of(pg_sys::stringToNode(tree.as_ptr()) as *mut pg_sys::Node)?;
+        if (*value).type_ == pg_sys::NodeTag::T_Const && (*(value as *mut pg_sys::Const)).constisnull {
+            return Some(None);
+        }
+        let relname = std::ffi::CString::new(relname).ok()?;
+        let context = pg_sys::deparse_context_for(relname.as_ptr(), relid);
+        Some(Some(CStr::from_ptr(pg_sys::deparse_expression(value, context, false, false)).to_string_lossy().into_owned()))
     }
 }
 
@@ -216,8 +322,11 @@ mod tests {
                 assert_eq!(a, if u.waiting { Action::OldToNew } else { Action::Keep }, "{u:?}");
             }
         }
-        assert_eq!(on_insert(Some(false), false, true), Action::NewToOld);
-        assert_eq!(on_insert(Some(true), false, true), Action::OldToNew);
-        assert_eq!(on_insert(None, false, true), Action::OldToNew);
+        assert_eq!(on_insert(Some(false), Some(true), false, true), Action::NewToOld);
+        assert_eq!(on_insert(Some(false), None, false, true), Action::NewToOld);
+        assert_eq!(on_insert(Some(false), Some(false), false, true), Action::OldToNew);
+        assert_eq!(on_insert(Some(false), Some(false), false, false), Action::NewToOld);
+        assert_eq!(on_insert(Some(true), Some(false), false, false), Action::OldToNew);
+        assert_eq!(on_insert(None, None, false, true), Action::OldToNew);
     }
 }

@@ -155,6 +155,25 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             let value = introspect::stable_default(relid, col.attnum);
             let default = crate::trigger::written::default_sql(id, value.as_deref(), &type_sql);
             spi::exec(&format!("ALTER TABLE ONLY {t} ALTER COLUMN {new} SET DEFAULT {default}"));
+            // The old column's default carries a mark too, so that an INSERT
+            // naming both columns (a copy of whole rows) is told from one
+            // naming the new column only. Not on an identity, nor where a
+            // domain's default applies (a column default would stop
+            // following ALTER DOMAIN).
+            let own = spi::one::<String>(
+                "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef WHERE adrelid = $1 AND adnum = $2",
+                &[relid.into(), col.attnum.into()],
+            );
+            let domain_default = spi::one::<bool>(
+                "SELECT ty.typdefaultbin IS NOT NULL FROM pg_catalog.pg_attribute a \
+                   JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid WHERE a.attrelid = $1 AND a.attnum = $2",
+                &[relid.into(), col.attnum.into()],
+            )
+            .unwrap_or(false);
+            if !col.identity && (own.is_some() || !domain_default) {
+                let default = crate::trigger::written::default_sql(-id, own.as_deref(), &type_sql);
+                spi::exec(&format!("ALTER TABLE ONLY {t} ALTER COLUMN {} SET DEFAULT {default}", ident(old_column)));
+            }
         }
         if let Some(comment) = &col.comment {
             spi::exec(&format!("COMMENT ON COLUMN {t}.{new} IS {}", literal(comment)));
@@ -691,10 +710,14 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
             }
         }
     }
-    if let Some(default) = spi::one::<String>(
-        "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef WHERE adrelid = $1 AND adnum = $2",
-        &[m.relid.into(), old_attnum.into()],
-    ) {
+    // The old column's own default (under a rename's mark, if it has one).
+    let old_default = crate::trigger::written::unmarked_default(m.relid, old_attnum).unwrap_or_else(|| {
+        spi::one::<String>(
+            "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef WHERE adrelid = $1 AND adnum = $2",
+            &[m.relid.into(), old_attnum.into()],
+        )
+    });
+    if let Some(default) = old_default {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET DEFAULT {default}"));
     } else {
         // A rename's mark (or a domain's explicit NULL) goes with the migration.
@@ -933,16 +956,25 @@ fn identity_of(relid: pg_sys::Oid, attnum: i16, new_type: Option<pg_sys::Oid>) -
 /// through). Called as a function: `ROW(a) op ROW(b)` would compare
 /// column by column with the type's own operator.
 fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
-    // A type change compares with the conversion of the old value.
+    // A type change compares with the conversion of the old value, under
+    // the settings the convert trigger pins for it.
     let expected = m.using_expr.clone().unwrap_or_else(|| ident(m.old_col()));
-    spi::one::<i64>(
-        &format!(
-            "SELECT pg_catalog.count(*) FROM ONLY {t} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({}))",
-            ident(m.new_col())
-        ),
-        &[],
-    )
-    .unwrap_or(0)
+    let source = spi::one::<pg_sys::Oid>(
+        "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2",
+        &[m.relid.into(), m.old_col().into()],
+    );
+    let pinned = m.using_expr.is_some() && source.is_some_and(crate::trigger::convert::pins_settings);
+    let count = || {
+        spi::one::<i64>(
+            &format!(
+                "SELECT pg_catalog.count(*) FROM ONLY {t} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({}))",
+                ident(m.new_col())
+            ),
+            &[],
+        )
+        .unwrap_or(0)
+    };
+    if pinned { crate::security::with_guc_nest_level(&crate::trigger::convert::PINNED_SETTINGS, count) } else { count() }
 }
 
 /// A user's BEFORE ROW trigger that fires after zdm's (triggers fire in
@@ -1046,6 +1078,14 @@ fn abort_as_owner(m: &Migration) {
     guard::allow_zdm_ddl(|| {
         if let Some(trigger) = &m.trigger_name {
             spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
+        }
+        // The old column's default as it was before the mark.
+        if let Some(old) = introspect::column(m.relid, m.old_col()) {
+            match crate::trigger::written::unmarked_default(m.relid, old.attnum) {
+                Some(Some(default)) => spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {} SET DEFAULT {default}", ident(m.old_col()))),
+                Some(None) => spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {} DROP DEFAULT", ident(m.old_col()))),
+                None => {}
+            }
         }
         if introspect::column(m.relid, m.new_col()).is_some() {
             // RESTRICT: objects a user built on the new column are never dropped silently.
