@@ -721,3 +721,73 @@ fn setting_dependent_conversions_agree_across_sessions() {
     let third: String = c.query_one("SELECT f FROM m WHERE id = 5000", &[]).unwrap().get(0);
     assert_eq!(third, "0.3333333333333333", "extra_float_digits = 1: the shortest text that reads back exactly");
 }
+
+/// An earlier BEFORE INSERT trigger that itself inserts (an audit log, here
+/// into a table under a rename too) does not take or wipe the outer row's
+/// mark: both rows keep what their statements wrote.
+#[test]
+fn a_nested_insert_keeps_each_rows_mark() {
+    let cluster = Cluster::start("nested", &[]);
+    let mut c = cluster.create_db("nest");
+    c.batch_execute(
+        "CREATE TABLE log (id serial PRIMARY KEY, v text DEFAULT 'logged');
+         CREATE TABLE t (id int PRIMARY KEY, a text DEFAULT 'dflt');
+         INSERT INTO t SELECT g, 'orig-' || g FROM generate_series(1, 100) g;
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO log (v) VALUES ('row ' || NEW.id); INSERT INTO log DEFAULT VALUES; RETURN NEW; END $$;
+         CREATE TRIGGER a_audit BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION audit();",
+    )
+    .unwrap();
+    one_i64(&mut c, "SELECT zdm.expand_rename('log', 'v', 'w', background => false)");
+    one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b', background => false)");
+    c.batch_execute(
+        "INSERT INTO t (id, a) VALUES (1001, 'old-app');
+         INSERT INTO t (id, b) VALUES (1002, NULL);
+         INSERT INTO t (id, b) VALUES (1003, 'new-app');
+         INSERT INTO t (id) VALUES (1004);
+         INSERT INTO t (id, a) SELECT 2000 + g, 'multi-' || g FROM generate_series(1, 5) g;",
+    )
+    .unwrap();
+    let rows: Vec<(i32, Option<String>, Option<String>)> =
+        c.query("SELECT id, a, b FROM t WHERE id > 1000 ORDER BY id", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let s = |v: &str| Some(v.to_string());
+    let mut want = vec![(1001, s("old-app"), s("old-app")), (1002, None, None), (1003, s("new-app"), s("new-app")), (1004, s("dflt"), s("dflt"))];
+    want.extend((1..=5).map(|g| (2000 + g, s(&format!("multi-{g}")), s(&format!("multi-{g}")))));
+    assert_eq!(rows, want);
+    assert_eq!(one_i64(&mut c, "SELECT count(*) FROM log WHERE v IS DISTINCT FROM w"), 0);
+    assert_eq!(one_i64(&mut c, "SELECT count(*) FROM log WHERE v = 'logged'"), 9);
+}
+
+/// `SELECT … FROM t WHERE … zdm.wait(…)`: the statement goes on reading
+/// after the wait, so the wait keeps its xmin and a VACUUM during it
+/// removes nothing the statement still sees.
+#[test]
+fn wait_inside_a_scan_keeps_the_scans_rows() {
+    let cluster = Cluster::start("waitscan", &[]);
+    let mut c = cluster.create_db("ws");
+    make_table(&mut c, "t", 2000);
+    c.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+         CREATE TRIGGER a_slow BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION slow();
+         CREATE TABLE seen (id int); INSERT INTO seen SELECT generate_series(1, 1000);",
+    )
+    .unwrap();
+    c.batch_execute("VACUUM seen").unwrap();
+    let id = one_i64(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b')");
+    let other = {
+        let mut v = cluster.connect("ws");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            v.batch_execute("DELETE FROM seen WHERE id > 500").unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            v.batch_execute("VACUUM seen").unwrap();
+        })
+    };
+    let mut reader = cluster.connect("ws");
+    let seen: i64 = reader
+        .query_one("SELECT count(*) FROM seen WHERE id <> 1 OR zdm.wait($1, '2 minutes') IS NOT NULL", &[&id])
+        .unwrap()
+        .get(0);
+    other.join().unwrap();
+    assert_eq!(seen, 1000, "the scan lost rows a VACUUM removed during zdm.wait");
+}
