@@ -63,7 +63,8 @@ fn launch_pending() {
     let (db, xid) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetTopFullTransactionIdIfAny().value) };
     for (id, kind, required) in pending {
         if let Err(e) = jobs::register_worker(id, &kind, &format!("{db} {xid}"), false) {
-            if required {
+            // (a start_backfill in a subtransaction rolled back queued nothing)
+            if required && jobs::state(id).is_some_and(|s| s == "queued") {
                 raise(
                     Code::ERRCODE_INSUFFICIENT_RESOURCES,
                     format!("could not start a background worker for zdm migration {id}: {e}"),

@@ -1,4 +1,5 @@
-"""wait for the background backfill (its own transaction, after 0001 committed)"""
+"""wait for the background backfill (release 1 still; its own transaction, after
+0001 committed). Code that reads orders.email ships in the next release."""
 from alembic import op
 
 revision = "0002"

@@ -1,4 +1,4 @@
-"""contract (release 2, once no application version reads customer_email)"""
+"""contract (release 3, once no application version reads customer_email)"""
 from alembic import op
 
 revision = "0003"
