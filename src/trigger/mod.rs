@@ -97,7 +97,10 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // setting it to DEFAULT leaves one too): taken for every row, so
         // none is left over for a later row.
         let (new_left_out, old_left_out) = match marked {
-            Some((migration, old_marked)) => (Some(written::take_mark(migration)), old_marked.then(|| written::take_mark(-migration))),
+            Some((migration, old_marked)) => {
+                let (new, old) = written::take_marks(migration, old_marked);
+                (Some(new), old)
+            }
             None => (None, None),
         };
         // An UPDATE that names neither column, with no BEFORE trigger ahead
@@ -146,29 +149,32 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let now_same = || value_same(att, old_null, old_val, new_null, new_val);
         // An UPDATE's old row, read once: every path below needs it.
         let action = if is_update {
-            let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tail, tupdesc, old_att, new_att, last);
-            let old_kept = raw_same(att, was_old_null, was_old, old_null, old_val);
-            let new_kept = raw_same(att, was_new_null, was_new, new_null, new_val);
-            let waiting = new_null && !old_null; // not yet backfilled
-            // An UPDATE that wrote neither column carries both stored values
-            // over unchanged (a TOASTed one as the same pointer): nothing to
-            // do unless the row still waits for its backfill.
-            if first && old_kept && new_kept && !waiting && outside_set_list(td, old_att, new_att) {
-                return pg_sys::Datum::from(row);
-            }
             if now_same() {
                 return pg_sys::Datum::from(row);
             }
-            let old_changed = !old_kept && !value_same(att, was_old_null, was_old, old_null, old_val);
-            let new_changed = !new_kept && !value_same(att, was_new_null, was_new, new_null, new_val);
-            // Behind an earlier BEFORE trigger, what it changed counts as written.
-            written::on_update(written::Update {
-                old_written: in_set_list(td, old_att) || (!first && old_changed),
-                new_written: in_set_list(td, new_att) || (!first && new_changed),
-                old_changed,
-                new_changed,
-                waiting,
-            })
+            let waiting = new_null && !old_null; // not yet backfilled
+            let (in_old, in_new) = (in_set_list(td, old_att), in_set_list(td, new_att));
+            if first && in_old != in_new {
+                // One column in the SET list and no earlier trigger: the
+                // statement alone decides; the old row need not be read.
+                written::on_update(written::Update { old_written: in_old, new_written: in_new, old_changed: false, new_changed: false, waiting })
+            } else {
+                let ((was_old, was_old_null), (was_new, was_new_null)) = old_values(td, row_slot, tail, tupdesc, old_att, new_att, last);
+                // Each pair's bytes first; values only where bytes differ.
+                let old_changed = || !raw_same(att, was_old_null, was_old, old_null, old_val) && !value_same(att, was_old_null, was_old, old_null, old_val);
+                let new_changed = || !raw_same(att, was_new_null, was_new, new_null, new_val) && !value_same(att, was_new_null, was_new, new_null, new_val);
+                // Behind an earlier BEFORE trigger, what it changed counts as written.
+                let old_written = in_old || (!first && old_changed());
+                let new_written = in_new || (!first && new_changed());
+                let both = old_written && new_written;
+                written::on_update(written::Update {
+                    old_written,
+                    new_written,
+                    old_changed: both && old_changed(),
+                    new_changed: both && new_changed(),
+                    waiting,
+                })
+            }
         } else if now_same() {
             return pg_sys::Datum::from(row);
         } else {

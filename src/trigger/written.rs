@@ -116,13 +116,23 @@ static MARK_SNAPSHOT: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLO
 static MARK_MIGRATION: [AtomicI64; SLOTS] = [const { AtomicI64::new(0) }; SLOTS];
 static NEXT_VICTIM: AtomicUsize = AtomicUsize::new(0);
 
+unsafe extern "C" {
+    // PostgreSQL's own, declared here to be called without pgrx's error
+    // guard (a sigsetjmp per call, on every row): neither can raise.
+    #[link_name = "ActiveSnapshotSet"]
+    fn active_snapshot_set() -> bool;
+    #[link_name = "GetActiveSnapshot"]
+    fn active_snapshot() -> pg_sys::Snapshot;
+}
+
 /// (local transaction id << 32 | command id, active snapshot address).
+#[inline]
 unsafe fn statement_key() -> Option<(u64, usize)> {
     unsafe {
-        if !pg_sys::ActiveSnapshotSet() || pg_sys::MyProc.is_null() {
+        if pg_sys::MyProc.is_null() || !active_snapshot_set() {
             return None;
         }
-        let snapshot = pg_sys::GetActiveSnapshot();
+        let snapshot = active_snapshot();
         Some(((u64::from(local_xid()) << 32) | u64::from((*snapshot).curcid), snapshot as usize))
     }
 }
@@ -167,26 +177,30 @@ unsafe fn mark(migration: i64) {
     }
 }
 
-/// Take `migration`'s mark for this statement's current row: whether the
-/// row left the new column out.
-pub(crate) unsafe fn take_mark(migration: i64) -> bool {
+/// Take migration `id`'s marks for this statement's current row: whether
+/// the row left the new column out, and (when `old_marked`) the old one.
+pub(crate) unsafe fn take_marks(id: i64, old_marked: bool) -> (bool, Option<bool>) {
     unsafe {
         if USED.load(Relaxed) == 0 {
-            return false;
+            return (false, old_marked.then_some(false));
         }
-        let Some((xact_cid, snapshot)) = statement_key() else { return false };
-        for i in 0..SLOTS {
-            if MARK_MIGRATION[i].load(Relaxed) == migration
-                && MARK_XACT_CID[i].load(Relaxed) == xact_cid
-                && MARK_SNAPSHOT[i].load(Relaxed) == snapshot
-            {
-                MARK_MIGRATION[i].store(0, Relaxed);
-                USED.fetch_sub(1, Relaxed);
-                return true;
-            }
-        }
-        false
+        let Some(key) = statement_key() else { return (false, old_marked.then_some(false)) };
+        (take_mark(id, key), old_marked.then(|| take_mark(-id, key)))
     }
+}
+
+fn take_mark(migration: i64, (xact_cid, snapshot): (u64, usize)) -> bool {
+    for i in 0..SLOTS {
+        if MARK_MIGRATION[i].load(Relaxed) == migration
+            && MARK_XACT_CID[i].load(Relaxed) == xact_cid
+            && MARK_SNAPSHOT[i].load(Relaxed) == snapshot
+        {
+            MARK_MIGRATION[i].store(0, Relaxed);
+            USED.fetch_sub(1, Relaxed);
+            return true;
+        }
+    }
+    false
 }
 
 /// A marked default: on the new column the mark is the migration id and
