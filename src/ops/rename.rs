@@ -1,5 +1,5 @@
 //! Rename a column: a new column beside the old one, kept equal to it by the
-//! sync trigger (`trigger::sync`) while old and new application versions run
+//! sync trigger (`trigger`, deciding in `trigger::written`) while old and new application versions run
 //! side by side; contract drops the old one. The steps are the shared
 //! column steps (`column`).
 
