@@ -81,7 +81,7 @@ pub enum BuildState<'a> {
     Failed { code: PgSqlErrorCode, message: &'a str },
 }
 
-/// One migration kind's steps (DESIGN.md, "Operations share one shape").
+/// One migration kind's steps: every operation has the same shape.
 /// The worker drives a job through them in order — backfill, build,
 /// validate — each optional; `contract` and `abort` are called by the SQL
 /// surface on an in-flight migration whose owner the caller was checked to
