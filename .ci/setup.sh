@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config sudo"
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config sudo make gcc"
 
 missing=""
 for p in $PACKAGES; do

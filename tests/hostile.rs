@@ -131,6 +131,16 @@ fn a_null_written_through_the_new_column_is_kept() {
         5
     );
     assert_eq!(one_i64(&mut c, "SELECT count(*) FROM users WHERE id < 1990 AND email_address IS DISTINCT FROM 'user' || id || '@example.com'"), 0);
+    // Contract moved the old column's own default (not zdm's mark) to the new one.
+    let default: String = c
+        .query_one(
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+              WHERE d.adrelid = 'users'::regclass AND a.attname = 'email_address'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(default, "'none@example.invalid'::text");
 }
 
 /// The decision table (trigger/written.rs), exhaustively: every statement
@@ -396,6 +406,12 @@ fn the_sync_trigger_cannot_be_replaced_or_reenabled() {
     let msg = expect_err(&mut owner, &format!("SELECT zdm.contract({id})"), "55000");
     assert!(msg.contains("zdm's function"), "{msg}");
     owner.execute("SELECT zdm.abort($1)", &[&id]).unwrap();
+    // Abort gives the old column its own default back (the mark goes).
+    let default: String = owner
+        .query_one("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 't'::regclass AND adnum = 2", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(default, "'d'::text");
 }
 
 /// Row values in error texts are not for everyone: a failed unique build
