@@ -220,6 +220,9 @@ fn no_worker_slot_and_wait_in_own_transaction() {
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "53000");
     assert!(db.hint().unwrap_or_default().contains("max_worker_processes"));
+    // Rolled back with its subtransaction, a start_backfill queued nothing:
+    // the commit goes through.
+    c.batch_execute(&format!("BEGIN; SAVEPOINT s; SELECT zdm.start_backfill({id}); ROLLBACK TO s; COMMIT;")).unwrap();
 
     let mut tx = c.transaction().unwrap();
     tx.batch_execute("CREATE TABLE u (id int PRIMARY KEY, a text)").unwrap();

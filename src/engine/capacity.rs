@@ -63,8 +63,16 @@ fn launch_pending() {
     let (db, xid) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetTopFullTransactionIdIfAny().value) };
     for (id, kind, required) in pending {
         if let Err(e) = jobs::register_worker(id, &kind, &format!("{db} {xid}"), false) {
-            // (a start_backfill in a subtransaction rolled back queued nothing)
-            if required && jobs::state(id).is_some_and(|s| s == "queued") {
+            // (a start_backfill in a subtransaction rolled back queued
+            // nothing). Before commit no statement's snapshot is active: the
+            // look-up takes the transaction's, as deferred triggers do here.
+            let queued = required && unsafe {
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+                let mine = jobs::queued_by_this_transaction(id);
+                pg_sys::PopActiveSnapshot();
+                mine
+            };
+            if queued {
                 raise(
                     Code::ERRCODE_INSUFFICIENT_RESOURCES,
                     format!("could not start a background worker for zdm migration {id}: {e}"),

@@ -162,6 +162,18 @@ pub fn start_pending(migration: i64) -> bool {
     .unwrap_or(false)
 }
 
+/// The job's row was (re)queued by this transaction, in a part of it that
+/// was not rolled back.
+pub fn queued_by_this_transaction(migration: i64) -> bool {
+    as_catalog_owner(|| {
+        spi::one::<bool>(
+            "SELECT created_xid OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id_if_assigned() FROM zdm.jobs WHERE migration_id = $1",
+            &[migration.into()],
+        )
+    })
+    .unwrap_or(false)
+}
+
 pub fn worker_alive(migration: i64) -> bool {
     as_catalog_owner(|| {
         spi::one::<bool>(
