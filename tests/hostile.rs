@@ -156,7 +156,7 @@ fn the_sync_trigger_decides_from_what_the_statement_wrote() {
     let cluster = Cluster::start("decisions", &[]);
     let mut c = cluster.create_db("decide");
     c.batch_execute("CREATE DOMAIN dom_t AS text DEFAULT 'domain-default'").unwrap();
-    let shapes = [("coldef", "text DEFAULT 'column-default'"), ("domdef", "dom_t"), ("nodef", "text")];
+    let shapes = [("coldef", "text DEFAULT 'column-default'"), ("domdef", "dom_t"), ("nodef", "text"), ("typmod", "varchar(20) DEFAULT 'column-default'")];
     let prestates = ["synced", "waiting", "nulls", "absent"];
     let values = [Some("written"), None];
     let mut cases = Vec::new();
@@ -772,6 +772,22 @@ fn a_nested_insert_keeps_each_rows_mark() {
     assert_eq!(rows, want);
     assert_eq!(one_i64(&mut c, "SELECT count(*) FROM log WHERE v IS DISTINCT FROM w"), 0);
     assert_eq!(one_i64(&mut c, "SELECT count(*) FROM log WHERE v = 'logged'"), 9);
+    // A statement that failed after its default left a mark, rolled back to
+    // a savepoint (psql's ON_ERROR_ROLLBACK, a driver's autosave): the next
+    // statement does not take that mark.
+    c.batch_execute(
+        "CREATE FUNCTION no_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF NEW.a = 'bad' THEN RAISE EXCEPTION 'bad row'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER b_no_bad BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION no_bad();",
+    )
+    .unwrap();
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("SAVEPOINT s").unwrap();
+    assert!(tx.batch_execute("INSERT INTO t (id, a) VALUES (3001, 'bad')").is_err());
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s; INSERT INTO t (id, b) VALUES (3002, 'new-app')").unwrap();
+    tx.commit().unwrap();
+    let r = c.query_one("SELECT a, b FROM t WHERE id = 3002", &[]).unwrap();
+    assert_eq!((r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)), (s("new-app"), s("new-app")));
 }
 
 /// `SELECT … FROM t WHERE … zdm.wait(…)`: the statement goes on reading

@@ -423,44 +423,49 @@ fn wait(migration: i64, timeout: Interval) -> String {
 /// Only when nothing still reads with a snapshot: the statement's own must
 /// be the only one registered (a cursor the caller opened earlier in the
 /// transaction, an outer query calling `wait` from a function, a large
-/// object open for reading each keep theirs), and that statement must read
-/// no table after `wait` returns (`SELECT zdm.wait(1)`, not `SELECT
-/// zdm.wait(id) FROM t`). VACUUM must keep the rows those can still see.
+/// object open for reading each keep theirs), and the statement must be
+/// `SELECT zdm.wait(…)` alone — nothing evaluated after `wait` returns (a
+/// scan in `SELECT zdm.wait(id) FROM t`, a function in `SELECT zdm.wait(1),
+/// f()`) may still read with its snapshot. VACUUM must keep what those see.
 fn release_snapshots() {
     unsafe {
         pg_sys::pgstat_clear_snapshot();
         pg_sys::InvalidateCatalogSnapshot();
-        if !pg_sys::MyProc.is_null() && pg_sys::ThereAreNoPriorRegisteredSnapshots() && !statement_reads_tables() {
+        if !pg_sys::MyProc.is_null() && pg_sys::ThereAreNoPriorRegisteredSnapshots() && statement_is_wait_alone() {
             (*pg_sys::MyProc).xmin = pg_sys::InvalidTransactionId;
         }
     }
 }
 
-/// The running top-level statement scans a table (its plan's range table
-/// holds a relation); true when that cannot be told.
-unsafe fn statement_reads_tables() -> bool {
+/// The running top-level statement is `SELECT zdm.wait(…)` and nothing
+/// else: one plan, a Result node with no input and no condition, whose one
+/// output is the call (its arguments are evaluated before it).
+unsafe fn statement_is_wait_alone() -> bool {
     unsafe {
         let portal = pg_sys::ActivePortal;
-        if portal.is_null() {
-            return true;
+        if portal.is_null() || (*portal).stmts.is_null() || (*(*portal).stmts).length != 1 {
+            return false;
         }
-        let items = |list: *mut pg_sys::List| -> Vec<*mut std::ffi::c_void> {
-            if list.is_null() {
-                return Vec::new();
-            }
-            (0..(*list).length as usize).map(|i| (*(*list).elements.add(i)).ptr_value).collect()
+        let first = |list: *mut pg_sys::List| -> *mut std::ffi::c_void {
+            if list.is_null() || (*list).length != 1 { std::ptr::null_mut() } else { (*(*list).elements).ptr_value }
         };
-        for stmt in items((*portal).stmts) {
-            let stmt = stmt as *mut pg_sys::Node;
-            if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_PlannedStmt {
-                return true;
-            }
-            for rte in items((*(stmt as *mut pg_sys::PlannedStmt)).rtable) {
-                if (*(rte as *mut pg_sys::RangeTblEntry)).rtekind == pg_sys::RTEKind::RTE_RELATION {
-                    return true;
-                }
-            }
+        let stmt = first((*portal).stmts) as *mut pg_sys::Node;
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_PlannedStmt {
+            return false;
         }
-        false
+        let plan = (*(stmt as *mut pg_sys::PlannedStmt)).planTree;
+        if plan.is_null() || (*plan).type_ != pg_sys::NodeTag::T_Result || !(*plan).lefttree.is_null() || !(*plan).qual.is_null() {
+            return false;
+        }
+        if !(*(plan as *mut pg_sys::Result)).resconstantqual.is_null() {
+            return false;
+        }
+        let tle = first((*plan).targetlist) as *mut pg_sys::TargetEntry;
+        if tle.is_null() || (*tle).expr.is_null() || (*((*tle).expr as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_FuncExpr {
+            return false;
+        }
+        let funcid = (*((*tle).expr as *mut pg_sys::FuncExpr)).funcid;
+        let (name, schema) = (pg_sys::get_func_name(funcid), pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid)));
+        !name.is_null() && !schema.is_null() && std::ffi::CStr::from_ptr(name) == c"wait" && std::ffi::CStr::from_ptr(schema) == c"zdm"
     }
 }

@@ -50,7 +50,7 @@
 
 use pgrx::pg_sys;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -114,6 +114,7 @@ static USED: AtomicUsize = AtomicUsize::new(0);
 static MARK_XACT_CID: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 static MARK_SNAPSHOT: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static MARK_MIGRATION: [AtomicI64; SLOTS] = [const { AtomicI64::new(0) }; SLOTS];
+static MARK_SUBXACT: [AtomicU32; SLOTS] = [const { AtomicU32::new(0) }; SLOTS];
 static NEXT_VICTIM: AtomicUsize = AtomicUsize::new(0);
 
 unsafe extern "C" {
@@ -123,17 +124,22 @@ unsafe extern "C" {
     fn active_snapshot_set() -> bool;
     #[link_name = "GetActiveSnapshot"]
     fn active_snapshot() -> pg_sys::Snapshot;
+    #[link_name = "GetCurrentSubTransactionId"]
+    fn current_subxact() -> pg_sys::SubTransactionId;
 }
 
-/// (local transaction id << 32 | command id, active snapshot address).
+/// (local transaction id << 32 | command id, active snapshot address,
+/// subtransaction): a statement after ROLLBACK TO SAVEPOINT may get the same
+/// command id and snapshot address as the failed one, never its
+/// subtransaction.
 #[inline]
-unsafe fn statement_key() -> Option<(u64, usize)> {
+unsafe fn statement_key() -> Option<(u64, usize, u32)> {
     unsafe {
         if pg_sys::MyProc.is_null() || !active_snapshot_set() {
             return None;
         }
         let snapshot = active_snapshot();
-        Some(((u64::from(local_xid()) << 32) | u64::from((*snapshot).curcid), snapshot as usize))
+        Some(((u64::from(local_xid()) << 32) | u64::from((*snapshot).curcid), snapshot as usize, current_subxact()))
     }
 }
 
@@ -150,7 +156,7 @@ unsafe fn local_xid() -> u32 {
 /// Leave a mark for `migration` (the default was evaluated for this row).
 unsafe fn mark(migration: i64) {
     unsafe {
-        let Some((xact_cid, snapshot)) = statement_key() else { return };
+        let Some((xact_cid, snapshot, subxact)) = statement_key() else { return };
         let xact = xact_cid >> 32;
         let mut free = None;
         for i in 0..SLOTS {
@@ -158,7 +164,11 @@ unsafe fn mark(migration: i64) {
             if m != 0 && MARK_XACT_CID[i].load(Relaxed) >> 32 != xact {
                 MARK_MIGRATION[i].store(0, Relaxed); // an earlier transaction's
                 USED.fetch_sub(1, Relaxed);
-            } else if m == migration && MARK_XACT_CID[i].load(Relaxed) == xact_cid && MARK_SNAPSHOT[i].load(Relaxed) == snapshot {
+            } else if m == migration
+                && MARK_XACT_CID[i].load(Relaxed) == xact_cid
+                && MARK_SNAPSHOT[i].load(Relaxed) == snapshot
+                && MARK_SUBXACT[i].load(Relaxed) == subxact
+            {
                 return; // already marked (a row whose trigger never fired)
             }
             if free.is_none() && MARK_MIGRATION[i].load(Relaxed) == 0 {
@@ -172,6 +182,7 @@ unsafe fn mark(migration: i64) {
         });
         MARK_XACT_CID[slot].store(xact_cid, Relaxed);
         MARK_SNAPSHOT[slot].store(snapshot, Relaxed);
+        MARK_SUBXACT[slot].store(subxact, Relaxed);
         MARK_MIGRATION[slot].store(migration, Relaxed);
         USED.fetch_add(1, Relaxed);
     }
@@ -189,11 +200,12 @@ pub(crate) unsafe fn take_marks(id: i64, old_marked: bool) -> (bool, Option<bool
     }
 }
 
-fn take_mark(migration: i64, (xact_cid, snapshot): (u64, usize)) -> bool {
+fn take_mark(migration: i64, (xact_cid, snapshot, subxact): (u64, usize, u32)) -> bool {
     for i in 0..SLOTS {
         if MARK_MIGRATION[i].load(Relaxed) == migration
             && MARK_XACT_CID[i].load(Relaxed) == xact_cid
             && MARK_SNAPSHOT[i].load(Relaxed) == snapshot
+            && MARK_SUBXACT[i].load(Relaxed) == subxact
         {
             MARK_MIGRATION[i].store(0, Relaxed);
             USED.fetch_sub(1, Relaxed);
@@ -261,6 +273,10 @@ pub(crate) unsafe fn marked_default(tupdesc: pg_sys::TupleDesc, att: i32) -> Opt
 /// (mark, value expression) of a `zdm.unwritten(<mark>, value)` call.
 unsafe fn mark_of(node: *mut pg_sys::Node) -> Option<(i64, *mut pg_sys::Node)> {
     unsafe {
+        // A column with a type modifier (varchar(20), numeric(10,2)) or a
+        // domain type stores its default under an implicit length coercion
+        // or domain check: the call is beneath it.
+        let node = if node.is_null() { node } else { pg_sys::strip_implicit_coercions(node) };
         if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_FuncExpr {
             return None;
         }
@@ -295,12 +311,30 @@ pub(crate) fn unmarked_default(relid: pg_sys::Oid, attnum: i16) -> Option<Option
     unsafe {
         let tree = std::ffi::CString::new(adbin).ok()?;
         let (_, value) = mark_of(pg_sys::stringToNode(tree.as_ptr()) as *mut pg_sys::Node)?;
-        if (*value).type_ == pg_sys::NodeTag::T_Const && (*(value as *mut pg_sys::Const)).constisnull {
+        if is_null_constant(value) {
             return Some(None);
         }
         let relname = std::ffi::CString::new(relname).ok()?;
         let context = pg_sys::deparse_context_for(relname.as_ptr(), relid);
         Some(Some(CStr::from_ptr(pg_sys::deparse_expression(value, context, false, false)).to_string_lossy().into_owned()))
+    }
+}
+
+/// `NULL::type`, through the casts and domain checks around it.
+unsafe fn is_null_constant(mut node: *mut pg_sys::Node) -> bool {
+    unsafe {
+        loop {
+            if node.is_null() {
+                return false;
+            }
+            node = match (*node).type_ {
+                pg_sys::NodeTag::T_Const => return (*(node as *mut pg_sys::Const)).constisnull,
+                pg_sys::NodeTag::T_RelabelType => (*(node as *mut pg_sys::RelabelType)).arg as *mut pg_sys::Node,
+                pg_sys::NodeTag::T_CoerceToDomain => (*(node as *mut pg_sys::CoerceToDomain)).arg as *mut pg_sys::Node,
+                pg_sys::NodeTag::T_CoerceViaIO => (*(node as *mut pg_sys::CoerceViaIO)).arg as *mut pg_sys::Node,
+                _ => return false,
+            };
+        }
     }
 }
 

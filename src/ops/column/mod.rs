@@ -153,7 +153,15 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             // column out (trigger/written.rs); its value is the old column's
             // default, for `SET new = DEFAULT` and carried ON … SET DEFAULT.
             let value = introspect::stable_default(relid, col.attnum);
-            let default = crate::trigger::written::default_sql(id, value.as_deref(), &type_sql);
+            // The value's cast leaves out the type modifier: the column's own
+            // assignment coercion applies it (a too-long default still fails
+            // as before, rather than being cut by an explicit cast).
+            let mark_type = spi::one::<String>(
+                "SELECT pg_catalog.format_type(atttypid, NULL) FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = $2",
+                &[relid.into(), col.attnum.into()],
+            )
+            .unwrap_or_else(|| type_sql.clone());
+            let default = crate::trigger::written::default_sql(id, value.as_deref(), &mark_type);
             spi::exec(&format!("ALTER TABLE ONLY {t} ALTER COLUMN {new} SET DEFAULT {default}"));
             // The old column's default carries a mark too, so that an INSERT
             // naming both columns (a copy of whole rows) is told from one
@@ -171,7 +179,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             )
             .unwrap_or(false);
             if !col.identity && (own.is_some() || !domain_default) {
-                let default = crate::trigger::written::default_sql(-id, own.as_deref(), &type_sql);
+                let default = crate::trigger::written::default_sql(-id, own.as_deref(), &mark_type);
                 spi::exec(&format!("ALTER TABLE ONLY {t} ALTER COLUMN {} SET DEFAULT {default}", ident(old_column)));
             }
         }
