@@ -180,17 +180,17 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         // which wins over what was written to the old one.
                         pg_sys::AlterTableType::AT_ColumnDefault => {
                             if let Some(col) = str_of((*cmd).name) {
-                                protect_new_column(relid, &col, "change the default or identity of");
+                                protect_migration_column(relid, &col, Side::New, "change the default or identity of");
                                 // The new column's default carries the old
                                 // one's value for SET DEFAULT (trigger/written.rs).
-                                protect_renamed_column(relid, &col, "change the default of");
+                                protect_migration_column(relid, &col, Side::RenamedOld, "change the default of");
                             }
                         }
                         pg_sys::AlterTableType::AT_AddIdentity
                         | pg_sys::AlterTableType::AT_SetIdentity
                         | pg_sys::AlterTableType::AT_DropIdentity => {
                             if let Some(col) = str_of((*cmd).name) {
-                                protect_new_column(relid, &col, "change the default or identity of");
+                                protect_migration_column(relid, &col, Side::New, "change the default or identity of");
                             }
                         }
                         pg_sys::AlterTableType::AT_AttachPartition => {
@@ -371,34 +371,30 @@ fn protect_column(relid: pg_sys::Oid, column: &str, action: &str) {
     }
 }
 
-/// Only the column a rename fills (its new column).
-fn protect_new_column(relid: pg_sys::Oid, column: &str, action: &str) {
-    if relid == pg_sys::InvalidOid {
-        return;
-    }
-    let hit = as_catalog_owner(|| {
-        spi::first_row(
-            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind IN ('rename', 'change_type') \
-               AND phase IN ('expanded', 'backfilling', 'backfilled') AND new_column::text = $2 ORDER BY id LIMIT 1",
-            &[relid.into(), column.into()],
-            |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
-        )
-    });
-    if let Some((id, kind)) = hit {
-        let t = table_sql(relid);
-        refuse(format!("{action} column {} of table {t}", ident(column)), id, &kind);
-    }
+/// Which column of a migration `protect_migration_column` guards.
+#[derive(Clone, Copy)]
+enum Side {
+    /// the column a rename or type change fills
+    New,
+    /// the column a rename takes its values from
+    RenamedOld,
 }
 
-/// Only the old column of a rename.
-fn protect_renamed_column(relid: pg_sys::Oid, column: &str, action: &str) {
+/// `column` as one side of an in-flight rename or type change.
+fn protect_migration_column(relid: pg_sys::Oid, column: &str, side: Side, action: &str) {
     if relid == pg_sys::InvalidOid {
         return;
     }
+    let (kinds, which) = match side {
+        Side::New => ("'rename', 'change_type'", "new_column"),
+        Side::RenamedOld => ("'rename'", "old_column"),
+    };
     let hit = as_catalog_owner(|| {
         spi::first_row(
-            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = 'rename' \
-               AND phase IN ('expanded', 'backfilling', 'backfilled') AND old_column::text = $2 ORDER BY id LIMIT 1",
+            &format!(
+                "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind IN ({kinds}) \
+                   AND phase IN ('expanded', 'backfilling', 'backfilled') AND {which}::text = $2 ORDER BY id LIMIT 1"
+            ),
             &[relid.into(), column.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
         )

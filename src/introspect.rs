@@ -389,6 +389,16 @@ pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
     (estimate, per_block)
 }
 
+/// Column `attnum`'s own default as SQL (deparsed under the caller's
+/// search_path), if it has one.
+pub fn column_default(relid: pg_sys::Oid, attnum: i16) -> Option<String> {
+    spi::one::<String>(
+        "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef \
+          WHERE adrelid OPERATOR(pg_catalog.=) $1 AND adnum OPERATOR(pg_catalog.=) $2",
+        &[relid.into(), attnum.into()],
+    )
+}
+
 /// Column `attnum`'s default as SQL (deparsed under the caller's pinned
 /// search_path) — its own, or else its domain's — when it has one that is
 /// not volatile: what `SET col = DEFAULT` may evaluate in another column's
@@ -421,4 +431,13 @@ pub fn citus_table(relid: pg_sys::Oid) -> Option<String> {
         "n" => "a Citus reference or Citus-managed local table".to_string(),
         _ => "a Citus distributed table".to_string(),
     })
+}
+
+/// Function `funcid` is zdm's own `zdm.<name>` (a function of that name in
+/// another schema is not).
+pub fn is_zdm_function(funcid: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
+    unsafe {
+        let (own, schema) = (pg_sys::get_func_name(funcid), pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid)));
+        !own.is_null() && !schema.is_null() && std::ffi::CStr::from_ptr(own) == name && std::ffi::CStr::from_ptr(schema) == c"zdm"
+    }
 }

@@ -464,8 +464,6 @@ unsafe fn statement_is_wait_alone() -> bool {
         if tle.is_null() || (*tle).expr.is_null() || (*((*tle).expr as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_FuncExpr {
             return false;
         }
-        let funcid = (*((*tle).expr as *mut pg_sys::FuncExpr)).funcid;
-        let (name, schema) = (pg_sys::get_func_name(funcid), pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid)));
-        !name.is_null() && !schema.is_null() && std::ffi::CStr::from_ptr(name) == c"wait" && std::ffi::CStr::from_ptr(schema) == c"zdm"
+        crate::introspect::is_zdm_function((*((*tle).expr as *mut pg_sys::FuncExpr)).funcid, c"wait")
     }
 }

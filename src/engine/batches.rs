@@ -232,18 +232,12 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
         }
         _ => {}
     }
-    match job.state.as_str() {
-        "running" | "queued" => {}
-        "paused" => return hold("paused by zdm.pause()".into()),
-        _ => return Next::Stop, // cancelled, completed, failed
+    if !matches!(job.state.as_str(), "running" | "queued" | "paused") {
+        return Next::Stop; // cancelled, completed, failed
     }
-    if guc::PAUSE_ALL.get() {
-        return hold("zdm.pause_all is on".into());
-    }
-    if job.wait_for_run_after_ms > 0.0 {
-        return hold("scheduled: waiting for run_after".into());
-    }
-    if let Some(reason) = super::window::outside(&job.windows) {
+    // Paused, pause_all, run_after, outside its windows: the same holds a
+    // claim parks on.
+    if let Some(reason) = capacity::parked_reason(&job) {
         return hold(reason);
     }
     if let Some(max_lag) = job.max_replica_lag_ms {

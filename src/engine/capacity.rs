@@ -157,10 +157,7 @@ pub fn take(migration: i64) -> Option<String> {
         spi::exec_args("SELECT 1 FROM zdm.jobs WHERE migration_id = $1 FOR UPDATE", &[migration.into()]);
         spi::exec("SELECT one FROM zdm.claim_lock FOR UPDATE");
         if let Some(reason) = refusal(migration) {
-            spi::exec_args(
-                "UPDATE zdm.jobs SET parked = true, throttle_reason = $2, heartbeat_at = clock_timestamp() WHERE migration_id = $1",
-                &[migration.into(), reason.as_str().into()],
-            );
+            park(migration, &reason);
             return Some(reason);
         }
         spi::exec_args("UPDATE zdm.jobs SET parked = false, throttle_reason = NULL WHERE migration_id = $1", &[migration.into()]);

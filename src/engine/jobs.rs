@@ -150,6 +150,11 @@ pub fn finish_for_migration(id: i64, state: &str) {
 pub const WORKER_ALIVE: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a \
      WHERE a.pid = j.worker_pid AND a.backend_start = j.worker_started_at)";
 
+/// `WORKER_ALIVE` for the job row under another alias.
+pub fn worker_alive_of(alias: &str) -> String {
+    WORKER_ALIVE.replace("j.worker_", &format!("{alias}.worker_"))
+}
+
 /// The job was (re)queued by a transaction that is still in progress: its
 /// worker is registered and waits for that transaction to end.
 pub fn start_pending(migration: i64) -> bool {

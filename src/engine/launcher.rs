@@ -91,6 +91,7 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
     }
     let alive = jobs::WORKER_ALIVE;
     let working = capacity::WORKING;
+    let alive_j2 = jobs::worker_alive_of("j2");
     let busy = spi::one::<i64>(
         &format!("SELECT count(*) FROM zdm.jobs j WHERE {working} AND {alive}"),
         &[],
@@ -117,8 +118,7 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
                 AND NOT (m.kind = ANY($3) AND EXISTS ( \
                      SELECT 1 FROM zdm.jobs j2 JOIN zdm.migrations m2 ON m2.id = j2.migration_id \
                       WHERE m2.relid = m.relid AND m2.kind = ANY($3) AND j2.migration_id <> j.migration_id \
-                        AND j2.state IN ('running', 'paused') AND NOT j2.parked \
-                        AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = j2.worker_pid AND a.backend_start = j2.worker_started_at))) \
+                        AND j2.state IN ('running', 'paused') AND NOT j2.parked AND {alive_j2})) \
                 AND coalesce(o.working, 0) < $1 \
               ORDER BY coalesce(o.working, 0), j.migration_id LIMIT $2"
         ),

@@ -281,9 +281,7 @@ unsafe fn mark_of(node: *mut pg_sys::Node) -> Option<(i64, *mut pg_sys::Node)> {
             return None;
         }
         let f = node as *mut pg_sys::FuncExpr;
-        let name = pg_sys::get_func_name((*f).funcid);
-        let schema = pg_sys::get_namespace_name(pg_sys::get_func_namespace((*f).funcid));
-        if name.is_null() || schema.is_null() || CStr::from_ptr(name) != c"unwritten" || CStr::from_ptr(schema) != c"zdm" {
+        if !crate::introspect::is_zdm_function((*f).funcid, c"unwritten") {
             return None;
         }
         let args = (*f).args;

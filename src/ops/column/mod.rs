@@ -168,10 +168,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             // naming the new column only. Not on an identity, nor where a
             // domain's default applies (a column default would stop
             // following ALTER DOMAIN).
-            let own = spi::one::<String>(
-                "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef WHERE adrelid = $1 AND adnum = $2",
-                &[relid.into(), col.attnum.into()],
-            );
+            let own = introspect::column_default(relid, col.attnum);
             let domain_default = spi::one::<bool>(
                 "SELECT ty.typdefaultbin IS NOT NULL FROM pg_catalog.pg_attribute a \
                    JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) a.atttypid WHERE a.attrelid = $1 AND a.attnum = $2",
@@ -719,12 +716,8 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         }
     }
     // The old column's own default (under a rename's mark, if it has one).
-    let old_default = crate::trigger::written::unmarked_default(m.relid, old_attnum).unwrap_or_else(|| {
-        spi::one::<String>(
-            "SELECT pg_catalog.pg_get_expr(adbin, adrelid) FROM pg_catalog.pg_attrdef WHERE adrelid = $1 AND adnum = $2",
-            &[m.relid.into(), old_attnum.into()],
-        )
-    });
+    let old_default = crate::trigger::written::unmarked_default(m.relid, old_attnum)
+        .unwrap_or_else(|| introspect::column_default(m.relid, old_attnum));
     if let Some(default) = old_default {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET DEFAULT {default}"));
     } else {
