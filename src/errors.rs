@@ -2,7 +2,7 @@
 //! message naming the object and a hint saying what to do. Nothing here may
 //! panic: a panic would surface as XX000 with Rust debug text.
 
-use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
 pub use pgrx::PgSqlErrorCode as Code;
 
@@ -124,4 +124,33 @@ pub fn keep_user_sqlstate<R>(f: impl FnOnce() -> R) -> R {
             }
         })
         .execute()
+}
+
+/// The SQLSTATE of an error caught by `subxact` or a worker's transaction.
+pub fn code_of(e: &CaughtError) -> Code {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code(),
+        CaughtError::RustPanic { ereport, .. } => ereport.sql_error_code(),
+    }
+}
+
+/// Its message.
+pub fn message_of(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// Its message, with PostgreSQL's detail line when there is one (e.g. which
+/// key is duplicated).
+pub fn message_with_detail(e: &CaughtError) -> String {
+    let detail = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.detail().map(str::to_string),
+        CaughtError::RustPanic { ereport, .. } => ereport.detail().map(str::to_string),
+    };
+    match detail {
+        Some(d) => format!("{} ({d})", message_of(e)),
+        None => message_of(e),
+    }
 }

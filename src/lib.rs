@@ -23,6 +23,7 @@ mod ops;
 mod parse;
 mod security;
 mod spi;
+mod subxact;
 mod trigger;
 
 ::pgrx::pg_module_magic!(name, version);

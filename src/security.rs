@@ -58,41 +58,62 @@ pub fn pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     with_guc_nest_level(&[(c"search_path", PINNED_SEARCH_PATH)], f)
 }
 
+/// Who runs now: the user id and security context, to go back to after a
+/// switch. The one place zdm changes the current user.
+pub struct Identity {
+    user: pg_sys::Oid,
+    context: i32,
+}
+
+impl Identity {
+    pub fn current() -> Identity {
+        let mut id = Identity { user: pg_sys::InvalidOid, context: 0 };
+        unsafe { pg_sys::GetUserIdAndSecContext(&mut id.user, &mut id.context) };
+        id
+    }
+
+    /// Act as `role` (`restricted`: with SECURITY_RESTRICTED_OPERATION too).
+    /// Returns who ran before, for `restore`.
+    pub fn switch_to(role: pg_sys::Oid, restricted: bool) -> Identity {
+        let was = Identity::current();
+        let mut context = was.context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
+        if restricted {
+            context |= pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+        }
+        unsafe { pg_sys::SetUserIdAndSecContext(role, context) };
+        was
+    }
+
+    pub fn restore(&self) {
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+    }
+}
+
 /// Run `f` as `role`, security-restricted, with pinned settings that are
 /// rolled back afterwards. All user-visible work goes through here.
 pub fn as_owner<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx) };
-    let r = with_guc_nest_level(&[(c"search_path", PINNED_SEARCH_PATH), (c"row_security", c"off")], || {
-        unsafe {
-            pg_sys::SetUserIdAndSecContext(
-                role,
-                saved_ctx
-                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-            )
-        };
+    with_guc_nest_level(&[(c"search_path", PINNED_SEARCH_PATH), (c"row_security", c"off")], || {
+        let was = Identity::switch_to(role, true);
         let r = crate::errors::keep_user_sqlstate(f);
-        unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+        was.restore();
         r
-    });
-    r
+    })
 }
 
 /// Run `f` as `role` (not security-restricted): zdm's own catalog access as
 /// the extension owner, which `catalog::as_catalog_owner` wraps in the pinned
 /// search_path. An error aborts the (sub)transaction, which restores the user.
 pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
+    let was = Identity::switch_to(role, false);
     let r = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    was.restore();
     r
+}
+
+/// Set a setting for the rest of the session (a worker's: `toplevel`).
+pub fn set_session_guc(name: &std::ffi::CStr, value: &str) {
+    let value = std::ffi::CString::new(value).unwrap_or_default();
+    set_guc(name, &value, pg_sys::GucAction::GUC_ACTION_SET);
 }
 
 /// For a background process's whole session: zdm's own SQL never resolves

@@ -4,7 +4,6 @@ use crate::errors::{raise, Code};
 use crate::introspect;
 use crate::spi::{self, ident, literal};
 use crate::engine::{jobs, locking};
-use crate::guc;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
@@ -61,8 +60,7 @@ fn new_request(id: i64, kind: &str, relid: pg_sys::Oid, column: Option<String>, 
         started_by: spi::one::<String>("SELECT current_user::text", &[]).unwrap_or_default(),
         search_path: spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default(),
         depends_on,
-        lock_timeout_ms: guc::LOCK_TIMEOUT_MS.get(),
-        lock_retries: guc::LOCK_RETRIES.get(),
+        lock: crate::engine::locking::LockPolicy::current(),
     }
 }
 
@@ -227,7 +225,7 @@ fn add_check(tbl: pg_sys::Oid, constraint_name: &CStr, expression: &str) -> i64 
         // worker needs one).
         let probe = format!("SELECT FROM ONLY {} WHERE false AND NOT ({expression}\n)", table.sql());
         crate::security::as_owner(introspect::table_owner(tbl), || {
-            let outcome = locking::rolled_back(|| {
+            let outcome = crate::subxact::rolled_back(|| {
                 spi::exec_args("SELECT pg_catalog.set_config('search_path', $1, true)", &[caller_path.as_str().into()]);
                 spi::exec(&probe);
             });
@@ -271,7 +269,7 @@ fn require_single_expression(expression: &str) {
     // The newline ends a trailing `--` comment before the closing parenthesis.
     let sql = std::ffi::CString::new(format!("SELECT ({expression}\n)")).unwrap_or_else(|_| refuse());
     // A parse error is a refusal too (in a subtransaction, rolled back).
-    let single = locking::rolled_back(|| {
+    let single = crate::subxact::rolled_back(|| {
         if crate::parse::sole_expression(&sql, pg_sys::RawParseMode::RAW_PARSE_DEFAULT).is_none() {
             refuse();
         }

@@ -1,7 +1,6 @@
 use crate::catalog;
 use crate::errors::{raise, Code};
 use crate::spi::{self, ident, literal};
-use crate::engine::locking;
 use crate::ops::index;
 use crate::{introspect, security};
 use pgrx::prelude::*;
@@ -28,7 +27,7 @@ fn parse_definition(definition: &str) -> (pg_sys::Oid, String) {
     let sql = CString::new(definition).unwrap_or_else(|_| refuse());
     let relid = Cell::new(pg_sys::InvalidOid);
     let name: Cell<Option<String>> = Cell::new(None);
-    let parsed = locking::rolled_back(|| unsafe {
+    let parsed = crate::subxact::rolled_back(|| unsafe {
         let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         if list.is_null() || (*list).length != 1 {
             refuse();
@@ -75,7 +74,7 @@ fn parse_definition(definition: &str) -> (pg_sys::Oid, String) {
 fn analyse(definition: &str, relid: pg_sys::Oid, caller_path: &str) {
     let sql = CString::new(definition).unwrap_or_default();
     security::as_owner(introspect::table_owner(relid), || {
-        let outcome = locking::rolled_back(|| unsafe {
+        let outcome = crate::subxact::rolled_back(|| unsafe {
             spi::exec_args("SELECT pg_catalog.set_config('search_path', $1, true)", &[caller_path.into()]);
             pg_sys::LockRelationOid(relid, pg_sys::AccessShareLock as i32);
             let list = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);

@@ -5,8 +5,10 @@
 //!   per-batch lock_timeout and statement_timeout → heartbeat, history.
 //!
 //! The pause after a batch follows the workload (`load`, unless
-//! `zdm.adaptive_throttle` is off). A timed-out batch is retried with half the size, a bounded number of
-//! times; the size then adapts toward `target_batch_ms`. Any other error
+//! `zdm.adaptive_throttle` is off). A batch that fails with a retryable
+//! error is tried again after a backoff with half the size, up to the job's
+//! `max_attempts` (`locking`: the one retry policy); the size then adapts
+//! toward `target_batch_ms`. Any other error
 //! fails the job with the reason in `zdm.status`. The cursor itself is the
 //! operation's (persisted in the batch's own transaction, so a batch and its
 //! cursor commit or roll back together).
@@ -18,9 +20,11 @@
 //! new leader) or the job stops; the leader alone goes on to the builds and
 //! validation once the backfill is complete.
 
-use super::locking::{error_code, error_message, in_subtransaction};
+use super::locking;
+use crate::errors::{code_of, message_of};
+use crate::subxact;
 use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
-use super::{capacity, jobs, Operation, Share};
+use super::{capacity, gate, jobs, Operation, Share};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
 use pgrx::prelude::*;
@@ -57,8 +61,8 @@ enum Next {
     Continue { pause_ms: i32, reason: Option<String>, workers: i32, next_size: i32 },
     /// other workers hold the work left
     Idle { workers: i32 },
-    /// the batch failed with a lock or statement timeout: again, smaller
-    Retry { reason: String },
+    /// the batch failed with a retryable error: again after `ms`, smaller
+    Retry { reason: String, ms: f64 },
     Done,
     /// a throttle: wait, then try again
     Wait { ms: f64, reason: String },
@@ -101,23 +105,12 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     loop {
         reload_config_if_asked();
         if held {
-            match transaction(|| still_held(migration)) {
-                Ok(Held::Yes(reason)) | Ok(Held::NoCapacity(reason)) => {
-                    if transaction(capacity::launcher_serves_here).unwrap_or(false) {
-                        pgrx::log!("{name}: {reason}; the zdm launcher starts it again when it can run");
-                        return false;
-                    }
-                    set_activity(&format!("{name}: waiting: {reason}"));
-                    sleep_ms(1000.0);
-                    continue;
-                }
-                Ok(Held::No) => held = false,
-                // (a deadlock with a second claimant, say): try again
-                Err(_) => {
-                    sleep_ms(1000.0);
-                    continue;
-                }
+            // The gate parks the job until it may work and has a share again
+            // (false: stopped, or the launcher starts it again later).
+            if !gate::open(migration) {
+                return false;
             }
+            held = false;
         }
         set_activity(&format!("{name}: batch {}", batches + 1));
         let next = transaction(|| one_batch(migration, op, &owner, role, &mut loop_state)).unwrap_or_else(|e| {
@@ -148,11 +141,13 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                     sleep_ms(pause_ms as f64);
                 }
             }
-            Next::Retry { reason } => {
+            Next::Retry { reason, ms } => {
                 let _ = transaction(|| {
                     jobs::set_throttle_reason(migration, Some(&reason));
                     jobs::set_current_batch_size(migration, loop_state.retry_size.unwrap_or(1));
                 });
+                set_activity(&format!("{name}: waiting: {reason}"));
+                sleep_ms(ms);
             }
             Next::Hold { .. } if matches!(role, Role::Helper { .. }) => {
                 // The leader starts it again when batches go on.
@@ -175,28 +170,6 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                 return true;
             }
         }
-    }
-}
-
-enum Held {
-    Yes(String),
-    NoCapacity(String),
-    No,
-}
-
-/// A parked leader: still held, or back to work with a share taken.
-fn still_held(migration: i64) -> Held {
-    let Some(job) = jobs::load_row(migration) else { return Held::No };
-    if !matches!(job.state.as_str(), "running" | "queued" | "paused") {
-        return Held::No; // cancelled or over: the next batch says so
-    }
-    if let Some(reason) = capacity::parked_reason(&job) {
-        capacity::park(migration, &reason);
-        return Held::Yes(reason);
-    }
-    match capacity::take(migration) {
-        Some(reason) => Held::NoCapacity(reason),
-        None => Held::No,
     }
 }
 
@@ -232,12 +205,12 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
         }
         _ => {}
     }
-    if !matches!(job.state.as_str(), "running" | "queued" | "paused") {
+    if !job.active() {
         return Next::Stop; // cancelled, completed, failed
     }
     // Paused, pause_all, run_after, outside its windows: the same holds a
     // claim parks on.
-    if let Some(reason) = capacity::parked_reason(&job) {
+    if let Some(reason) = job.held() {
         return hold(reason);
     }
     if let Some(max_lag) = job.max_replica_lag_ms {
@@ -263,7 +236,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     let size = st.retry_size.unwrap_or(job.batch_size);
     let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }) };
     let started = Instant::now();
-    let outcome = in_subtransaction(|| {
+    let outcome = subxact::attempt(|| {
         // lock_timeout applies to the batch only (rolled back with
         // as_owner's nest level), not to zdm's own catalog writes.
         security::as_owner(owner.0, || {
@@ -298,9 +271,9 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             };
             Next::Continue { pause_ms, reason, workers: job.workers, next_size }
         }
-        Err(e) if is_retryable(error_code(&e)) => {
+        Err(e) if locking::retryable(code_of(&e)) => {
             st.attempts += 1;
-            let error = error_message(&e);
+            let error = message_of(&e);
             let smaller = (size / 2).max(1);
             if st.attempts >= job.max_attempts {
                 // A restart begins with the smaller size.
@@ -311,10 +284,11 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             st.retry_size = Some(smaller);
             Next::Retry {
                 reason: format!("batch attempt {} failed ({error}); retrying with batch size {smaller}", st.attempts),
+                ms: locking::backoff(st.attempts).as_secs_f64() * 1000.0,
             }
         }
         Err(e) => {
-            jobs::fail(migration, "backfill failed", &error_message(&e));
+            jobs::fail(migration, "backfill failed", &message_of(&e));
             Next::Stop
         }
     }
@@ -330,18 +304,6 @@ fn batch_done(migration: i64, next_size: i32) {
             &[migration.into(), next_size.max(1).into()],
         )
     });
-}
-
-/// Lock and statement timeouts, deadlocks and serialization failures: worth
-/// another try with a smaller batch.
-fn is_retryable(code: PgSqlErrorCode) -> bool {
-    matches!(
-        code,
-        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-            | PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
-            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
-    )
 }
 
 /// Adaptive sizing toward `target_batch_ms`: grow at most ×1.2 per batch,

@@ -124,21 +124,6 @@ pub fn refusal(migration: i64) -> Option<String> {
     None
 }
 
-/// Why a job is held right now, if it is: paused, pause_all, before its
-/// run_after, outside its windows.
-pub fn parked_reason(job: &jobs::JobRow) -> Option<String> {
-    if job.state == "paused" {
-        return Some("paused by zdm.pause()".into());
-    }
-    if guc::PAUSE_ALL.get() {
-        return Some("zdm.pause_all is on".into());
-    }
-    if job.wait_for_run_after_ms > 0.0 {
-        return Some("scheduled: waiting for run_after".into());
-    }
-    super::window::outside(&job.windows)
-}
-
 /// Mark the job parked (it holds no share of zdm.max_workers) with `reason`.
 pub fn park(migration: i64, reason: &str) {
     as_catalog_owner(|| {

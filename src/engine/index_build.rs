@@ -3,12 +3,14 @@
 //!
 //! A build that fails leaves an INVALID index behind; it is dropped
 //! (concurrently) before the next attempt and after the last one, so none
-//! stays. Lock and statement timeouts, deadlocks and serialization failures
-//! are retried with backoff, a bounded number of times; an error of the data
-//! (a duplicate key for a unique index) or of the definition is final.
+//! stays. A retryable error (`locking::retryable`) is tried again after
+//! `locking::backoff`, up to the job's `max_attempts`; an error of the data
+//! (a duplicate key for a unique index) or of the definition is final. Each
+//! lock wait of a build is bounded by the job's lock timeout.
 //! Pause and cancel take effect between attempts.
 
-use super::locking::{error_code, error_message_with_detail};
+use super::locking::{self, LockPolicy};
+use crate::errors::{code_of, message_with_detail};
 use super::process::{sleep_ms, transaction};
 use super::{gate, jobs, toplevel, IndexTask};
 use crate::catalog::{self, Step};
@@ -16,9 +18,6 @@ use crate::spi::{self, ident};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::time::Instant;
-
-/// How many times a build is attempted before it fails for good.
-const MAX_ATTEMPTS: u32 = 5;
 
 /// How an index task ended.
 pub enum Outcome {
@@ -42,25 +41,16 @@ fn index_sql(t: &IndexTask) -> String {
 }
 
 fn drop_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
-    toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index_sql(t)), owner, &t.search_path, t.lock_timeout_ms, |_| {})
+    let timeout = LockPolicy::current().timeout_ms;
+    toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index_sql(t)), owner, &t.search_path, timeout, |_| {})
 }
 
 fn build_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
-    toplevel::run(&t.definition, owner, &t.search_path, t.lock_timeout_ms, |node| unsafe {
+    toplevel::run(&t.definition, owner, &t.search_path, LockPolicy::current().timeout_ms, |node| unsafe {
         if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_IndexStmt {
             (*(node as *mut pg_sys::IndexStmt)).concurrent = true;
         }
     })
-}
-
-fn retryable(code: PgSqlErrorCode) -> bool {
-    matches!(
-        code,
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
-            | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
-    )
 }
 
 fn log(id: i64, step: &str, started: Instant, detail: String) {
@@ -81,7 +71,8 @@ fn log(id: i64, step: &str, started: Instant, detail: String) {
 pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
     let mut last_error = String::new();
     let verb = if t.drop { "drop index" } else { "create index" };
-    for attempt in 1..=MAX_ATTEMPTS {
+    let attempts = LockPolicy::current().attempts.max(1);
+    for attempt in 1..=attempts {
         if !gate::open(id) {
             return Outcome::Stopped;
         }
@@ -108,8 +99,8 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
                 return Outcome::Done;
             }
             Err(e) => {
-                let code = error_code(&e);
-                last_error = error_message_with_detail(&e);
+                let code = code_of(&e);
+                last_error = message_with_detail(&e);
                 let shown = transaction(|| {
                     catalog::hide_values(id, &format!("index {} attempt {attempt} failed", ident(&t.index)), &last_error, Some(code as i32))
                 })
@@ -119,17 +110,17 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
                     // Never leave an INVALID index behind.
                     let _ = drop_concurrently(t, owner);
                 }
-                if !retryable(code) {
+                if !locking::retryable(code) {
                     return Outcome::Failed(code, format!("{verb} {} failed: {last_error}", ident(&t.index)));
                 }
                 let reason = format!("{shown}; retrying");
                 let _ = transaction(|| jobs::set_throttle_reason(id, Some(&reason)));
-                sleep_ms(500.0 * 2f64.powi(attempt as i32));
+                sleep_ms(locking::backoff(attempt).as_secs_f64() * 1000.0);
             }
         }
     }
     Outcome::Failed(
         PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-        format!("{verb} {} gave up after {MAX_ATTEMPTS} attempts: {last_error}", ident(&t.index)),
+        format!("{verb} {} gave up after {attempts} attempts: {last_error}", ident(&t.index)),
     )
 }

@@ -82,14 +82,17 @@ const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
 /// queues it, the work runs as the migration's owner.
 pub fn queue(migration: i64, o: &Options) {
     let db = unsafe { pg_sys::MyDatabaseId };
+    // The job's lock policy is the caller's settings when it is first queued
+    // (the lock_timeout option overrides it).
+    let policy = super::locking::LockPolicy::current();
     as_catalog_owner(|| {
         spi::exec_args(
-            "INSERT INTO zdm.jobs (migration_id, database, created_xid) \
-             VALUES ($1, $2, pg_catalog.pg_current_xact_id()) \
+            "INSERT INTO zdm.jobs (migration_id, database, created_xid, lock_timeout_ms, lock_retries) \
+             VALUES ($1, $2, pg_catalog.pg_current_xact_id(), $3, $4) \
              ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', \
                created_xid = excluded.created_xid, queued_at = clock_timestamp(), \
                worker_pid = NULL, worker_started_at = NULL, heartbeat_at = NULL, finished_at = NULL, last_error = NULL, throttle_reason = NULL",
-            &[migration.into(), db.into()],
+            &[migration.into(), db.into(), policy.timeout_ms.into(), policy.retries.into()],
         );
         set_options_row(migration, o);
     });
@@ -266,6 +269,7 @@ pub struct JobRow {
     pub target_batch_ms: Option<i32>,
     pub max_replica_lag_ms: Option<f64>,
     pub lock_timeout_ms: i32,
+    pub lock_retries: i32,
     pub statement_timeout_ms: i32,
     pub max_attempts: i32,
     pub wait_for_run_after_ms: f64,
@@ -276,6 +280,42 @@ pub struct JobRow {
     pub worker_alive: bool,
     /// its backend_start (tells it from a later process with the same pid)
     pub worker_started_at: String,
+    /// the migration it depends on (`depends_on`), while that one's
+    /// backfill has not finished
+    pub waits_for: Option<i64>,
+}
+
+impl JobRow {
+    /// Not cancelled, failed or completed.
+    /// The lock policy its steps run under (`locking::for_job`).
+    pub fn lock_policy(&self) -> super::locking::LockPolicy {
+        super::locking::LockPolicy { timeout_ms: self.lock_timeout_ms, retries: self.lock_retries, attempts: self.max_attempts }
+    }
+
+    pub fn active(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "queued" | "paused")
+    }
+
+    /// Why the job may not work now, if it may not: the one gate every step
+    /// of every job passes (a claim, each batch, between build and
+    /// validation steps). Paused, `zdm.pause_all`, before `run_after`,
+    /// outside its windows, or waiting for the backfill of the migration it
+    /// depends on (a rename still filling the column a constraint reads).
+    pub fn held(&self) -> Option<String> {
+        if self.state == "paused" {
+            return Some("paused by zdm.pause()".into());
+        }
+        if crate::guc::PAUSE_ALL.get() {
+            return Some("zdm.pause_all is on".into());
+        }
+        if self.wait_for_run_after_ms > 0.0 {
+            return Some("scheduled: waiting for run_after".into());
+        }
+        if let Some(dep) = self.waits_for {
+            return Some(format!("waiting for the backfill of zdm migration {dep} to complete"));
+        }
+        super::window::outside(&self.windows)
+    }
 }
 
 pub fn load_row(migration: i64) -> Option<JobRow> {
@@ -285,7 +325,9 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                         j.pause_ms, j.target_batch_ms, (extract(epoch FROM j.max_replica_lag) * 1000)::float8, \
                         j.lock_timeout_ms, j.statement_timeout_ms, j.max_attempts, \
                         greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8, j.windows, \
-                        j.workers, {WORKER_ALIVE}, j.worker_started_at::text \
+                        j.workers, {WORKER_ALIVE}, j.worker_started_at::text, \
+                        (SELECT d.id FROM zdm.migrations d WHERE d.id = j.depends_on AND d.phase IN ('expanded', 'backfilling')), \
+                        j.lock_retries \
                    FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1"),
             &[migration.into()],
             |r| Ok(JobRow {
@@ -305,6 +347,8 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 workers: r.get::<i32>(14)?.unwrap_or(1),
                 worker_alive: r.get::<bool>(15)?.unwrap_or(false),
                 worker_started_at: r.get::<String>(16)?.unwrap_or_default(),
+                waits_for: r.get::<i64>(17)?,
+                lock_retries: r.get::<i32>(18)?.unwrap_or(10),
             }),
         )
     })

@@ -1,99 +1,105 @@
-//! Taking table locks without stalling everyone behind us.
+//! Lock waits and retries: the one policy every step of every operation
+//! uses — expand, contract, abort, batches, index builds, constraint steps.
 //!
 //! A plain `ALTER TABLE` queued behind a long transaction blocks every query
-//! that arrives after it. zdm instead asks for the lock with a short
-//! `lock_timeout` (`zdm.lock_timeout`), and on timeout rolls back a
-//! subtransaction, sleeps with jittered exponential backoff and tries again,
-//! up to `zdm.lock_retries` times. Once a lock is held, the DDL that follows
-//! in the same transaction does not wait.
+//! that arrives after it. zdm instead bounds every lock wait by the **lock
+//! timeout** (`zdm.lock_timeout`, or the job's `lock_timeout`, which is a
+//! copy of it taken when the job is queued unless the caller chose one):
+//!
+//! * a table lock (`lock_table`) is asked for in a subtransaction under that
+//!   timeout; on timeout the subtransaction is rolled back (leaving the lock
+//!   queue to others), zdm sleeps `backoff(n)` and asks again, up to
+//!   **lock retries** (`zdm.lock_retries`, or the job's copy) times, then
+//!   fails with 55P03 naming the sessions that hold the table. Once a lock is
+//!   held, the DDL that follows in the same transaction does not wait.
+//! * a unit of a job's work — one batch, one concurrent index build — runs
+//!   with the lock timeout for all its lock waits. If it fails with a
+//!   `retryable` error it is tried again after `backoff(n)` (a batch with
+//!   half its size), up to the job's `max_attempts` attempts in all.
+//!
+//! Retryable: lock timeout (55P03), statement timeout or cancel (57014),
+//! deadlock (40P01), serialization failure (40001). Anything else is final.
 
-use crate::errors::{raise_with_detail, Code};
-use crate::guc;
-use crate::spi;
-use pgrx::pg_sys::panic::CaughtError;
+use crate::errors::{code_of, raise_with_detail, Code};
+use crate::{guc, security, spi, subxact};
 use pgrx::prelude::*;
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+/// What a lock cost, for the event log.
 pub struct LockStats {
     pub wait_ms: f64,
     pub attempts: i32,
 }
 
-/// Run `f` in a subtransaction. On error the subtransaction is rolled back
-/// and the error returned; the outer transaction stays usable.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
-    unsafe {
-        let old_cxt = pg_sys::CurrentMemoryContext;
-        let old_owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-        let body = std::panic::AssertUnwindSafe(move || Ok(f()));
-        let result = PgTryBuilder::new(body).catch_others(Err).execute();
-        match result {
-            Ok(v) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(old_cxt);
-                pg_sys::CurrentResourceOwner = old_owner;
-                Ok(v)
-            }
-            Err(e) => {
-                pg_sys::MemoryContextSwitchTo(old_cxt);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(old_cxt);
-                pg_sys::CurrentResourceOwner = old_owner;
-                Err(e)
-            }
+/// How long one lock wait may last, how many times a table lock is asked
+/// for again, and how many attempts a unit of work gets.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LockPolicy {
+    pub timeout_ms: i32,
+    pub retries: i32,
+    pub attempts: i32,
+}
+
+/// A job's attempts when it has no row to say (the zdm.jobs default).
+const DEFAULT_ATTEMPTS: i32 = 5;
+
+thread_local! {
+    /// The policy of the job whose steps run now (`for_job`), if any.
+    static JOB_POLICY: Cell<Option<LockPolicy>> = const { Cell::new(None) };
+}
+
+impl LockPolicy {
+    /// The settings' policy, or the running job's.
+    pub fn current() -> LockPolicy {
+        JOB_POLICY.with(|p| p.get()).unwrap_or(LockPolicy {
+            timeout_ms: guc::LOCK_TIMEOUT_MS.get(),
+            retries: guc::LOCK_RETRIES.get(),
+            attempts: DEFAULT_ATTEMPTS,
+        })
+    }
+}
+
+/// Run a job's steps under the job's policy (restored afterwards, also on
+/// error).
+pub fn for_job<R>(policy: LockPolicy, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<LockPolicy>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            JOB_POLICY.with(|p| p.set(self.0));
         }
     }
+    let _restore = Restore(JOB_POLICY.with(|p| p.replace(Some(policy))));
+    f()
 }
 
-/// Run `f` in a subtransaction that is always rolled back, so that whatever
-/// it did — and every lock it took — is gone afterwards. For checks that
-/// must not leave the caller holding a lock a worker will need.
-pub fn rolled_back(f: impl FnOnce()) -> Result<(), CaughtError> {
-    unsafe {
-        let old_cxt = pg_sys::CurrentMemoryContext;
-        let old_owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-        let body = std::panic::AssertUnwindSafe(move || {
-            f();
-            Ok(())
-        });
-        let result = PgTryBuilder::new(body).catch_others(Err).execute();
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-        pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-        pg_sys::CurrentResourceOwner = old_owner;
-        result
-    }
+/// Errors worth another attempt (see the module comment).
+pub fn retryable(code: PgSqlErrorCode) -> bool {
+    matches!(
+        code,
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+            | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+    )
 }
 
-pub fn error_code(e: &CaughtError) -> PgSqlErrorCode {
-    match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code(),
-        CaughtError::RustPanic { ereport, .. } => ereport.sql_error_code(),
-    }
+fn jitter_fraction() -> f64 {
+    // Cheap per-backend pseudo-randomness: good enough to de-synchronise retries.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let pid = unsafe { pg_sys::MyProcPid } as u32;
+    let x = nanos.wrapping_mul(2654435761).wrapping_add(pid.wrapping_mul(40503));
+    (x % 1000) as f64 / 1000.0
 }
 
-/// The message, with PostgreSQL's detail line when there is one (e.g. which
-/// key is duplicated).
-pub fn error_message_with_detail(e: &CaughtError) -> String {
-    let detail = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.detail().map(str::to_string),
-        CaughtError::RustPanic { ereport, .. } => ereport.detail().map(str::to_string),
-    };
-    match detail {
-        Some(d) => format!("{} ({d})", error_message(e)),
-        None => error_message(e),
-    }
-}
-
-pub fn error_message(e: &CaughtError) -> String {
-    match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
-        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    }
+/// The pause before retry `attempt` (1-based): 50 ms doubling, capped at
+/// 2 s, with 50–100 % jitter.
+pub fn backoff(attempt: i32) -> Duration {
+    let base = (50.0 * 2f64.powi(attempt.saturating_sub(1).min(10))).min(2000.0);
+    Duration::from_millis((base * (0.5 + 0.5 * jitter_fraction())) as u64)
 }
 
 /// Sleep in a way that query cancel and termination still interrupt.
@@ -110,24 +116,6 @@ pub fn interruptible_sleep(d: Duration) {
     }
 }
 
-fn jitter_fraction() -> f64 {
-    // Cheap per-backend pseudo-randomness: good enough to de-synchronise retries.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let pid = unsafe { pg_sys::MyProcPid } as u32;
-    let x = nanos.wrapping_mul(2654435761).wrapping_add(pid.wrapping_mul(40503));
-    (x % 1000) as f64 / 1000.0
-}
-
-/// Backoff before attempt `n` (1-based): 50 ms doubling, capped at 2 s, with
-/// 50–100 % jitter.
-fn backoff(attempt: i32) -> Duration {
-    let base = (50.0 * 2f64.powi(attempt.saturating_sub(1).min(10))).min(2000.0);
-    Duration::from_millis((base * (0.5 + 0.5 * jitter_fraction())) as u64)
-}
-
 fn blocking_pids(relid: pg_sys::Oid) -> Vec<i32> {
     spi::one::<Vec<i32>>(
         "SELECT coalesce(array_agg(DISTINCT pid ORDER BY pid), '{}') FROM pg_catalog.pg_locks \
@@ -137,25 +125,22 @@ fn blocking_pids(relid: pg_sys::Oid) -> Vec<i32> {
     .unwrap_or_default()
 }
 
-/// `LOCK TABLE table IN mode MODE` with timeout, backoff and retries.
+/// `LOCK TABLE table IN mode MODE` under the current policy.
 pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats {
-    let timeout_ms = guc::LOCK_TIMEOUT_MS.get();
-    let retries = guc::LOCK_RETRIES.get();
+    let LockPolicy { timeout_ms, retries, .. } = LockPolicy::current();
     let started = Instant::now();
     let statement = format!("LOCK TABLE {table_sql} IN {mode} MODE");
-    let previous = spi::one::<String>("SELECT pg_catalog.current_setting('lock_timeout')", &[]).unwrap_or_default();
+    let timeout = std::ffi::CString::new(format!("{timeout_ms}ms")).unwrap_or_default();
     let mut blockers: Vec<i32> = Vec::new();
     for attempt in 1..=retries + 1 {
-        let outcome = in_subtransaction(|| {
-            spi::exec(&format!("SET LOCAL lock_timeout = '{timeout_ms}ms'"));
-            spi::exec(&statement);
+        // The timeout in a GUC nest level: the caller's lock_timeout is back
+        // once the lock is held.
+        let outcome = subxact::attempt(|| {
+            security::with_guc_nest_level(&[(c"lock_timeout", timeout.as_c_str())], || spi::exec(&statement))
         });
         match outcome {
-            Ok(()) => {
-                spi::exec_args("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[previous.as_str().into()]);
-                return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt };
-            }
-            Err(e) if error_code(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+            Ok(()) => return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt },
+            Err(e) if code_of(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
                 blockers = blocking_pids(relid);
                 if attempt <= retries {
                     interruptible_sleep(backoff(attempt));

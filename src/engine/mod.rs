@@ -71,7 +71,6 @@ pub struct IndexTask {
     pub definition: String,
     /// search_path the definition's names resolve with
     pub search_path: String,
-    pub lock_timeout_ms: i32,
 }
 
 /// How a build ended, for the operation to record.

@@ -1,7 +1,7 @@
 //! The worker process's own plumbing: signals, configuration reloads, one
 //! transaction at a time, sleeping on the latch, what pg_stat_activity shows.
 
-use super::locking::error_message;
+use crate::errors::message_of;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::ffi::CString;
@@ -45,7 +45,7 @@ pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let body = std::panic::AssertUnwindSafe(move || Ok(f()));
-    match PgTryBuilder::new(body).catch_others(|e: CaughtError| Err(error_message(&e))).execute() {
+    match PgTryBuilder::new(body).catch_others(|e: CaughtError| Err(message_of(&e))).execute() {
         Ok(v) => {
             unsafe {
                 pg_sys::PopActiveSnapshot();

@@ -11,25 +11,10 @@
 //! expressions as the table owner, security-restricted. On error the
 //! transaction is aborted and the worker's identity restored.
 
+use crate::security::{set_session_guc, Identity};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::ffi::CString;
-
-fn set_session(name: &std::ffi::CStr, value: &str) {
-    let v = CString::new(value).unwrap_or_default();
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            v.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
-            true,
-            0,
-            false,
-        );
-    }
-}
 
 /// Run `sql` (one statement) at top level as `role`. `edit` may adjust the
 /// raw parse tree first (e.g. force `concurrent`). Starts and ends its own
@@ -42,9 +27,7 @@ pub fn run(
     edit: impl FnOnce(*mut pg_sys::Node),
 ) -> Result<(), CaughtError> {
     let query = CString::new(sql).unwrap_or_default();
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx) };
+    let worker = Identity::current();
     // Parse trees must survive the commits the command makes itself.
     let context = unsafe {
         pg_sys::AllocSetContextCreateExtended(
@@ -58,9 +41,9 @@ pub fn run(
     let body = std::panic::AssertUnwindSafe(|| unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
-        set_session(c"search_path", search_path);
-        set_session(c"lock_timeout", &format!("{lock_timeout_ms}ms"));
-        pg_sys::SetUserIdAndSecContext(role, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        set_session_guc(c"search_path", search_path);
+        set_session_guc(c"lock_timeout", &format!("{lock_timeout_ms}ms"));
+        Identity::switch_to(role, false);
         // Stay in `context` through ProcessUtility: the transaction contexts
         // the command commits are gone when it returns or fails (pgrx copies
         // an error into the context current at the call).
@@ -95,12 +78,12 @@ pub fn run(
         }
         // The command's own transactions started while we acted as `role`:
         // restore the worker's identity and settings explicitly.
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        worker.restore();
         pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         pg_sys::MemoryContextDelete(context);
         pg_sys::StartTransactionCommand();
-        set_session(c"search_path", "pg_catalog, pg_temp");
-        set_session(c"lock_timeout", "0");
+        set_session_guc(c"search_path", "pg_catalog, pg_temp");
+        set_session_guc(c"lock_timeout", "0");
         pg_sys::CommitTransactionCommand();
     }
     result

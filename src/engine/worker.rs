@@ -106,6 +106,12 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
 /// Backfill, builds, validation, done — each step optional, each stopping
 /// the job quietly when it was cancelled or recorded a failure.
 fn run_steps(migration: i64, op: &dyn Operation, name: &str) {
+    // Every lock its steps take waits and retries as the job says.
+    let Ok(Some(policy)) = transaction(|| jobs::load_row(migration).map(|j| j.lock_policy())) else { return };
+    super::locking::for_job(policy, || steps(migration, op, name))
+}
+
+fn steps(migration: i64, op: &dyn Operation, name: &str) {
     if op.has_backfill() && !batches::run(migration, op, name, Role::Leader) {
         return;
     }
@@ -234,9 +240,10 @@ fn claim(migration: i64) -> Claim {
                heartbeat_at = clock_timestamp() WHERE migration_id = $1",
             &[migration.into()],
         );
-        // Held (paused, scheduled, outside its windows): parked, holding no
+        // Held (paused, scheduled, outside its windows, waiting for another
+        // migration): parked, holding no
         // share of zdm.max_workers.
-        if let Some(reason) = jobs::load_row(migration).and_then(|job| capacity::parked_reason(&job)) {
+        if let Some(reason) = jobs::load_row(migration).and_then(|job| job.held()) {
             capacity::park(migration, &reason);
             return Claim::Wait(reason);
         }

@@ -13,7 +13,9 @@
 //! the number of violating rows; nothing half-added stays behind.
 
 use crate::catalog::{self, as_catalog_owner, Migration, Phase, Step};
-use crate::engine::locking::{error_code, error_message, in_subtransaction, LockStats};
+use crate::engine::locking::{LockPolicy, LockStats};
+use crate::errors::{code_of, message_of};
+use crate::subxact;
 use crate::engine::process::{set_activity, transaction};
 use crate::engine::{gate, jobs, steps, Operation};
 use crate::errors::{raise_with_detail, Code};
@@ -43,8 +45,9 @@ pub struct Request {
     /// an in-flight rename filling a column this constraint reads: the steps
     /// start once its backfill is complete
     pub depends_on: Option<i64>,
-    pub lock_timeout_ms: i32,
-    pub lock_retries: i32,
+    /// the caller's lock policy, which the job's steps run under (the
+    /// request may be recorded by the worker, whose settings are its own)
+    pub lock: LockPolicy,
 }
 
 impl Request {
@@ -96,8 +99,8 @@ pub fn record(req: &Request, worker_owned: bool) {
             &[
                 req.id.into(),
                 req.depends_on.into(),
-                req.lock_timeout_ms.into(),
-                req.lock_retries.into(),
+                req.lock.timeout_ms.into(),
+                req.lock.retries.into(),
                 worker_owned.into(),
             ],
         );
@@ -129,13 +132,12 @@ struct Plan {
 
 fn load_plan(id: i64) -> Option<Plan> {
     let m = catalog::load(id, true)?;
-    let (constraint, definition, reference, search_path, timeout, retries) = as_catalog_owner(|| {
+    let (constraint, definition, reference, search_path) = as_catalog_owner(|| {
         spi::first_row(
             "SELECT m.constraint_name::text, m.constraint_def, m.ref_relid::oid, \
                     (SELECT format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
                        JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = m.ref_relid), \
-                    m.expr_search_path, j.lock_timeout_ms, j.lock_retries \
-               FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+                    m.expr_search_path FROM zdm.migrations m WHERE m.id = $1",
             &[id.into()],
             |r| {
                 let reference = match (r.get::<pg_sys::Oid>(3)?, r.get::<String>(4)?) {
@@ -147,15 +149,10 @@ fn load_plan(id: i64) -> Option<Plan> {
                     r.get::<String>(2)?.unwrap_or_default(),
                     reference,
                     r.get::<String>(5)?,
-                    r.get::<i32>(6)?.unwrap_or(2000),
-                    r.get::<i32>(7)?.unwrap_or(10),
                 ))
             },
         )
     })?;
-    // The caller's lock settings apply to the worker's steps too.
-    spi::exec(&format!("SET zdm.lock_timeout = '{timeout}ms'"));
-    spi::exec(&format!("SET zdm.lock_retries = {retries}"));
     let owner = security::resolve_owner(&m.owner_name, id);
     Some(Plan {
         id,
@@ -192,7 +189,7 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
     let outcome = transaction(|| {
         let Some(plan) = load_plan(id) else { return Ok(None) };
         set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
-        let r = in_subtransaction(|| security::as_owner(plan.owner, || f(&plan)));
+        let r = subxact::attempt(|| security::as_owner(plan.owner, || f(&plan)));
         match r {
             Ok(v) => {
                 let lock = v.lock();
@@ -206,7 +203,7 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Resul
                 });
                 Ok(Some(v))
             }
-            Err(e) => Err(Failure { code: error_code(&e), message: error_message(&e), recorded: false }),
+            Err(e) => Err(Failure { code: code_of(&e), message: message_of(&e), recorded: false }),
         }
     });
     match outcome {

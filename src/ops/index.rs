@@ -21,24 +21,23 @@ impl Operation for Index {
     }
     fn builds(&self, migration: i64) -> Vec<IndexTask> {
         let Some(m) = catalog::load(migration, false) else { return Vec::new() };
-        let (index, definition, search_path, lock_timeout_ms) = as_catalog_owner(|| {
+        let (index, definition, search_path) = as_catalog_owner(|| {
             spi::first_row(
-                "SELECT m.constraint_name::text, coalesce(m.constraint_def, ''), coalesce(m.expr_search_path, 'pg_catalog, pg_temp'), \
-                        j.lock_timeout_ms FROM zdm.migrations m JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+                "SELECT m.constraint_name::text, coalesce(m.constraint_def, ''), coalesce(m.expr_search_path, 'pg_catalog, pg_temp') \
+                   FROM zdm.migrations m WHERE m.id = $1",
                 &[migration.into()],
                 |r| {
                     Ok((
                         r.get::<String>(1)?.unwrap_or_default(),
                         r.get::<String>(2)?.unwrap_or_default(),
                         r.get::<String>(3)?.unwrap_or_default(),
-                        r.get::<i32>(4)?.unwrap_or(2000),
                     ))
                 },
             )
         })
         .unwrap_or_default();
         let schema = catalog::current_schema_of(m.relid).unwrap_or_else(|| m.table_schema.clone());
-        vec![IndexTask { key: index.clone(), drop: m.kind == "drop_index", schema, index, definition, search_path, lock_timeout_ms }]
+        vec![IndexTask { key: index.clone(), drop: m.kind == "drop_index", schema, index, definition, search_path }]
     }
     fn build_state(&self, migration: i64, task: &IndexTask, state: BuildState) {
         match state {

@@ -225,11 +225,7 @@ unsafe fn unchanged(td: *mut pg_sys::TriggerData, old_att: i32, new_att: i32, la
 /// up in zdm.status with it), keeping its SQLSTATE.
 unsafe fn conversion_failed(e: pg_sys::panic::CaughtError, td: *mut pg_sys::TriggerData, rel: pg_sys::Relation, old_att: i32, is_update: bool) -> ! {
     unsafe {
-        let (code, message) = match &e {
-            pg_sys::panic::CaughtError::PostgresError(r)
-            | pg_sys::panic::CaughtError::ErrorReport(r)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
-        };
+        let (code, message) = (crate::errors::code_of(&e), crate::errors::message_of(&e));
         let which = if is_update {
             let tid = (*(*td).tg_trigtuple).t_self;
             let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;

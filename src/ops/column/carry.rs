@@ -15,7 +15,7 @@
 //!   instant), and replica identity and CLUSTER ON follow.
 
 use crate::catalog::{as_catalog_owner, Migration};
-use crate::engine::{jobs, IndexTask};
+use crate::engine::IndexTask;
 use crate::errors::{raise_with_detail, Code, OrRaise};
 use crate::introspect::Table;
 use crate::spi::{self, ident};
@@ -278,7 +278,6 @@ pub fn set_state(migration: i64, old_index: &str, state: &str, error: Option<&st
 pub fn pending_builds(migration: i64) -> Vec<IndexTask> {
     let Some(m) = crate::catalog::load(migration, false) else { return Vec::new() };
     let schema = crate::catalog::current_schema_of(m.relid).unwrap_or_default();
-    let job_timeout = jobs::load_row(migration).map(|j| j.lock_timeout_ms).unwrap_or(2000);
     list(migration)
         .into_iter()
         .filter(|(_, state)| state != "valid")
@@ -289,7 +288,6 @@ pub fn pending_builds(migration: i64) -> Vec<IndexTask> {
             index: c.new_index,
             definition: c.definition,
             search_path: "pg_catalog, pg_temp".into(),
-            lock_timeout_ms: job_timeout.max(crate::guc::LOCK_TIMEOUT_MS.get()),
         })
         .collect()
 }

@@ -198,12 +198,16 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             }
         }
         // Foreign keys from the old column to other tables: copied NOT VALID
-        // onto the new column (the referenced table is locked SHARE ROW
-        // EXCLUSIVE by ADD CONSTRAINT itself, within zdm.lock_timeout), then
+        // onto the new column (ADD CONSTRAINT locks the referenced table
+        // SHARE ROW EXCLUSIVE: taken first, the way every lock is), then
         // validated and renamed at contract like the carried checks.
-        spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", crate::guc::LOCK_TIMEOUT_MS.get()));
         for dep in &deps {
             if let DependentKind::ForeignKey { oid, name } = &dep.kind {
+                let referenced = spi::one::<pg_sys::Oid>("SELECT confrelid FROM pg_catalog.pg_constraint WHERE oid = $1", &[(*oid).into()]);
+                if let Some(r) = referenced.filter(|r| *r != relid) {
+                    let r_sql = catalog::current_table_sql(r).unwrap_or_default();
+                    locking::lock_table(r, &r_sql, "SHARE ROW EXCLUSIVE");
+                }
                 let definition = foreign_key_definition(*oid, col.attnum, new_attnum, relid);
                 let copy = spi::with_suffix(name, &format!("_zdm{id}"));
                 spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
@@ -885,8 +889,7 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>, column: &str) {
                 started_by,
                 search_path: "pg_catalog, pg_temp".into(),
                 depends_on: None,
-                lock_timeout_ms: crate::guc::LOCK_TIMEOUT_MS.get(),
-                lock_retries: crate::guc::LOCK_RETRIES.get(),
+                lock: locking::LockPolicy::current(),
             },
             false,
         );

@@ -9,7 +9,8 @@
 //! original was.
 
 use crate::catalog::{self, Migration, Step};
-use crate::engine::locking::{error_message, in_subtransaction};
+use crate::errors::message_of;
+use crate::subxact;
 use crate::engine::process::{set_activity, transaction};
 use crate::engine::{gate, jobs, steps};
 use crate::security;
@@ -72,7 +73,7 @@ pub fn run(migration: i64) -> bool {
             let Some(p) = pending(&m).into_iter().find(|p| p.name == name) else { return Ok(None) };
             let owner = security::resolve_owner(&m.owner_name, migration);
             let t = m.table_sql();
-            let validated = in_subtransaction(|| {
+            let validated = subxact::attempt(|| {
                 security::as_owner(owner, || {
                     let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
                     steps::validate(m.relid, &t, &p.name, reference)
@@ -80,7 +81,7 @@ pub fn run(migration: i64) -> bool {
             });
             match validated {
                 Ok(lock) => Ok(Some(lock)),
-                Err(e) => Err(format!("validating {} on {t} failed: {}", ident(&p.name), error_message(&e))),
+                Err(e) => Err(format!("validating {} on {t} failed: {}", ident(&p.name), message_of(&e))),
             }
         });
         match outcome.and_then(|r| r) {
