@@ -8,9 +8,26 @@
 -- checks the caller's rights on the migration or table itself.
 GRANT USAGE ON SCHEMA zdm TO PUBLIC;
 
+-- The kinds of migration, one row each, written by the SQL of the operation
+-- that implements the kind (its file in src/api/); zdm.status reads what it
+-- shows per kind from here.
+CREATE TABLE zdm.kinds (
+    kind            text        PRIMARY KEY,
+    -- a new column beside an existing one, backfilled, then contracted:
+    -- zdm.status lists its carried constraints and what still uses the old
+    -- column, and application code must not use the new column before the
+    -- backfill is done
+    adds_column     boolean     NOT NULL DEFAULT false,
+    -- zdm.status.next_step once it waits only for zdm.contract: a format()
+    -- string, %1$s the id, %2$I the new column, %3$I the old one (NULL: the
+    -- kind has no contract step)
+    ready_step      text
+);
+GRANT SELECT ON zdm.kinds TO PUBLIC;
+
 CREATE TABLE zdm.migrations (
     id              bigserial PRIMARY KEY,
-    kind            text        NOT NULL CHECK (kind IN ('rename', 'change_type', 'not_null', 'check', 'foreign_key', 'create_index', 'drop_index')),
+    kind            text        NOT NULL REFERENCES zdm.kinds (kind),
     relid           regclass    NOT NULL,                 -- the table, by OID: every step resolves it from here
     table_schema    name        NOT NULL,                 -- for display: the name at expand
     table_name      name        NOT NULL,
@@ -242,7 +259,7 @@ SELECT m.id,
                            'validating ' || pg_catalog.quote_ident(c.conname::text) || ' ') = 1 THEN 'failed'
                       ELSE 'pending' END), ', ' ORDER BY c.conname)
           FROM pg_catalog.pg_constraint c
-         WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND c.conrelid = m.relid
+         WHERE k.adds_column AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND c.conrelid = m.relid
            AND (c.conname = ANY (m.carried_checks) OR c.conname = m.not_null_check)) AS constraints,
        -- Objects still using the old column that contract will not carry:
        -- recreate them on the new column before contract.
@@ -265,7 +282,7 @@ SELECT m.id,
                    AND ((d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = a.attrelid AND d.objsubid = ga.attnum)
                      OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
                          AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = a.attrelid)))) b
-         WHERE m.kind IN ('rename', 'change_type') AND m.phase IN ('expanded', 'backfilling', 'backfilled')) AS blockers,
+         WHERE k.adds_column AND m.phase IN ('expanded', 'backfilling', 'backfilled')) AS blockers,
        j.worker_pid,
        j.workers,
        j.heartbeat_at,
@@ -283,13 +300,10 @@ SELECT m.id,
        CASE WHEN m.phase = 'contracted' THEN 'done'
             WHEN m.phase = 'aborted' THEN 'aborted: nothing left to do'
             WHEN j.state = 'failed' THEN pg_catalog.format('failed: fix the cause (last_error), then zdm.start_backfill(%s), or zdm.abort(%s)', m.id, m.id)
-            WHEN m.kind IN ('rename', 'change_type') AND (m.phase <> 'backfilled' OR j.state IN ('queued', 'running', 'paused'))
+            WHEN k.adds_column AND (m.phase <> 'backfilled' OR j.state IN ('queued', 'running', 'paused'))
             THEN pg_catalog.format('wait: SELECT zdm.wait(%s); application code must not use %I yet', m.id, m.new_column)
-            WHEN m.kind = 'rename'
-            THEN pg_catalog.format('ready for new code: deploy the version that uses %I; once no version uses %I, SELECT zdm.contract(%s)',
-                                   m.new_column, m.old_column, m.id)
-            WHEN m.kind = 'change_type'
-            THEN pg_catalog.format('ready: SELECT zdm.contract(%s) swaps in the new type (the column keeps its name)', m.id)
+            WHEN k.ready_step IS NOT NULL
+            THEN pg_catalog.format(k.ready_step, m.id, m.new_column, m.old_column)
             WHEN j.state IN ('queued', 'running', 'paused') THEN pg_catalog.format('wait: SELECT zdm.wait(%s)', m.id)
             ELSE 'in flight' END                                   AS next_step,
        m.started_by,
@@ -297,6 +311,7 @@ SELECT m.id,
        m.created_at,
        m.updated_at
   FROM zdm.migrations m
+  LEFT JOIN zdm.kinds k ON k.kind = m.kind
   LEFT JOIN zdm.jobs j ON j.migration_id = m.id
   -- progress: the migration's cursor, less what its parallel ranges still have to visit
  CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,

@@ -445,6 +445,19 @@ mod tests {
     // DROP EXTENSION with a migration in flight: tests/misuse.rs (it locks
     // zdm's catalog tables, which concurrent #[pg_test]s write: a deadlock here).
 
+    /// Each operation's SQL registers its kinds in zdm.kinds, which
+    /// zdm.status reads: the rows match what the operations implement.
+    #[pg_test]
+    fn every_kind_has_its_row() {
+        let rows = one::<Vec<String>>("SELECT array_agg(kind || ':' || adds_column || ':' || (ready_step IS NOT NULL) ORDER BY kind) FROM zdm.kinds").unwrap_or_default();
+        let mut expected: Vec<String> = crate::ops::ALL
+            .iter()
+            .flat_map(|op| op.kinds().iter().map(move |k| format!("{k}:{}:{}", op.has_backfill(), op.has_contract())))
+            .collect();
+        expected.sort();
+        assert_eq!(rows, expected);
+    }
+
     #[pg_test]
     fn lock_timeout_settings_exist() {
         assert_eq!(one::<String>("SELECT current_setting('zdm.lock_timeout')").as_deref(), Some("2s"));

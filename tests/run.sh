@@ -5,6 +5,7 @@ set -euo pipefail
 # (pipefail: a failing cargo in `cargo ... | tee` still fails the script)
 cd "$(dirname "$0")/.."
 bash .ci/setup.sh
+bash .ci/check-docs.sh
 
 PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 PGDATA_DIR="${ZDM_TEST_PGDATA:-/tmp/zdm-pgrx-test}"

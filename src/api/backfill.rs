@@ -1,16 +1,14 @@
-use crate::ops::column::backfill;
-use crate::{catalog, security};
+use crate::engine::lifecycle;
 use crate::errors::{raise, Code};
-use pgrx::prelude::*;
 
-/// One batch in the caller's transaction; returns the rows it updated, 0 when
-/// the backfill is complete.
-#[pg_extern(sql = "
+/// Batches in the caller's transaction until one updates rows; returns the
+/// rows updated, 0 when the backfill is complete.
+#[pgrx::pg_extern(sql = "
 CREATE FUNCTION zdm.backfill_batch(migration bigint, batch_size int DEFAULT 1000)
 RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 COMMENT ON FUNCTION zdm.backfill_batch(bigint, int) IS
-  'Backfill one batch in the caller''s transaction; returns rows updated, 0 when complete';
+  'Backfill in the caller''s transaction until a batch updates rows; returns rows updated, 0 when complete';
 ")]
 fn backfill_batch(migration: i64, batch_size: i32) -> i64 {
     if batch_size < 1 {
@@ -20,9 +18,5 @@ fn backfill_batch(migration: i64, batch_size: i32) -> i64 {
             "A batch of 1000 to 10000 rows keeps each transaction short.",
         );
     }
-    // Rights first (no lock taken for anyone else); then the batch runs as
-    // the migration's owner, security-restricted, like the worker's.
-    let m = catalog::load_for(migration, "backfill", false);
-    let owner = security::resolve_owner(&m.owner_name, migration);
-    security::as_owner(owner, || backfill::batch_until_rows(migration, batch_size))
+    lifecycle::backfill_batch(migration, batch_size)
 }

@@ -3,6 +3,14 @@ use crate::ops::change_type;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
+// This kind, for zdm.status (sql/catalog.sql: zdm.kinds).
+pgrx::extension_sql!(
+    r#"INSERT INTO zdm.kinds (kind, adds_column, ready_step) VALUES
+    ('change_type', true, 'ready: SELECT zdm.contract(%1$s) swaps in the new type (the column keeps its name)');"#,
+    name = "kind_change_type",
+    requires = ["catalog"],
+);
+
 /// Start changing `col` to `new_type`: adds the shadow column and the
 /// convert trigger in the caller's transaction. Returns the migration id.
 #[pg_extern(sql = "

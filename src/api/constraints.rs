@@ -8,6 +8,13 @@ use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
 
+// This kind, for zdm.status (sql/catalog.sql: zdm.kinds).
+pgrx::extension_sql!(
+    r#"INSERT INTO zdm.kinds (kind, adds_column, ready_step) VALUES ('not_null', false, NULL), ('check', false, NULL), ('foreign_key', false, NULL);"#,
+    name = "kind_constraints",
+    requires = ["catalog"],
+);
+
 /// An in-flight migration of this kind on this table for `key` (the column
 /// for not_null, the constraint name otherwise): calling again resumes it.
 fn in_flight(relid: pg_sys::Oid, kind: &str, key: &str) -> Option<(i64, String)> {

@@ -7,6 +7,13 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CString;
 
+// This kind, for zdm.status (sql/catalog.sql: zdm.kinds).
+pgrx::extension_sql!(
+    r#"INSERT INTO zdm.kinds (kind, adds_column, ready_step) VALUES ('create_index', false, NULL), ('drop_index', false, NULL);"#,
+    name = "kind_index",
+    requires = ["catalog"],
+);
+
 unsafe extern "C-unwind" {
     // parser/parse_utilcmd.h (not in pgrx's bindings): the parse analysis
     // CREATE INDEX itself runs, without building anything.

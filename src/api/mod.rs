@@ -7,6 +7,7 @@ mod change_type;
 mod constraints;
 mod index;
 mod jobs;
+mod lifecycle;
 mod rename;
 
 use crate::errors::{raise, Code};

@@ -234,7 +234,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
         }
     }
     let size = st.retry_size.unwrap_or(job.batch_size);
-    let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }) };
+    let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }), wait: false };
     let started = Instant::now();
     let outcome = subxact::attempt(|| {
         // lock_timeout applies to the batch only (rolled back with

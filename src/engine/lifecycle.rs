@@ -1,12 +1,41 @@
-//! `zdm.contract` and `zdm.abort` for any kind: rights, phase rules and the
-//! row lock here, the kind's own work in its `Operation`, run as the
+//! What the SQL surface does to an existing migration of any kind —
+//! `zdm.backfill_batch`, `zdm.contract`, `zdm.abort`: rights, phase rules and
+//! the row lock here, the kind's own work in its `Operation`, run as the
 //! migration's owner.
 
-use super::{jobs, operation};
+use super::{jobs, operation, Share};
 use crate::catalog::{self, Phase};
-use crate::errors::{raise, Code};
+use crate::errors::{raise, raise_with_detail, Code};
 use crate::security;
 use std::time::Instant;
+
+/// Batches in the caller's transaction until one updates rows or the
+/// backfill is complete; returns the rows updated, 0 meaning complete. (A
+/// range whose rows the application already rewrote does not end the call.)
+pub fn backfill_batch(id: i64, batch_size: i32) -> i64 {
+    // Rights first (no lock taken for anyone else); then the batch runs as
+    // the migration's owner, security-restricted, like the worker's.
+    let m = catalog::load_for(id, "backfill", false);
+    let op = operation(&m.kind);
+    if !op.has_backfill() {
+        raise_with_detail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("zdm migration {id} is a {} migration and has no backfill", m.kind),
+            "Only migrations that add a column (rename, change_type) copy data.",
+            "Use zdm.status to see what it is waiting for.",
+        );
+    }
+    let owner = security::resolve_owner(&m.owner_name, id);
+    security::as_owner(owner, || loop {
+        let out = op.backfill_batch(id, batch_size, Share::CALLER);
+        if out.done {
+            return 0;
+        }
+        if out.rows > 0 {
+            return out.rows;
+        }
+    })
+}
 
 pub fn contract(id: i64) {
     let m = catalog::load_for(id, "contract", true);

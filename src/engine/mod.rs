@@ -57,6 +57,14 @@ pub struct Share {
     /// a helper, not the job's leader: it leaves recording completion to
     /// the leader (and answers `done` when nothing is left to take)
     pub helper: bool,
+    /// wait for work another process holds instead of answering `busy`
+    /// (a caller's own `zdm.backfill_batch`; a worker tries again shortly)
+    pub wait: bool,
+}
+
+impl Share {
+    /// A caller's own batch, in its transaction (`zdm.backfill_batch`).
+    pub const CALLER: Share = Share { workers: 1, helper: false, wait: true };
 }
 
 /// A concurrent index build or drop the worker runs at top level.
@@ -92,7 +100,7 @@ pub trait Operation: Sync {
     fn worker_type(&self) -> &'static str;
 
     /// Backfill: does this kind copy rows in batches? (At most one
-    /// backfilling job runs per table.)
+    /// backfilling job runs per table; `zdm.backfill_batch` refuses others.)
     fn has_backfill(&self) -> bool {
         false
     }

@@ -38,5 +38,6 @@ SELECT 'schema: ' || concat_ws(' | ', nspname, nspacl::text) FROM pg_catalog.pg_
 SELECT 'dumped: ' || concat_ws(' | ', t.rel::regclass, t.cond)
   FROM pg_catalog.pg_extension e, unnest(e.extconfig, e.extcondition) AS t(rel, cond)
  WHERE e.extname = 'zdm' ORDER BY 1;
+SELECT 'kind: ' || concat_ws(' | ', kind, adds_column, ready_step) FROM zdm.kinds ORDER BY 1;
 SELECT 'extension: ' || concat_ws(' | ', extname, extversion, extrelocatable, extnamespace::regnamespace)
   FROM pg_catalog.pg_extension WHERE extname = 'zdm';

@@ -19,8 +19,7 @@
 
 use crate::catalog::{self, Migration, Phase, Step};
 use crate::errors::{raise, Code};
-use crate::engine::Batch;
-use crate::errors::raise_with_detail;
+use crate::engine::{Batch, Share};
 use crate::introspect;
 use crate::spi::{self, ident};
 use crate::trigger;
@@ -28,20 +27,6 @@ use pgrx::pg_sys;
 use std::cell::Cell;
 use std::time::Instant;
 
-
-/// How a step may share the backfill with other processes.
-#[derive(Clone, Copy)]
-pub struct Parallel {
-    /// Processes the job runs: the blocks left are split into this many
-    /// ranges, and a range is split again while fewer have blocks left.
-    pub workers: i32,
-    /// Wait for a range another batch holds (a caller's own loop) instead
-    /// of returning `busy` (a worker, which tries again shortly).
-    pub wait: bool,
-    /// A helper worker: when no blocks are left it answers done and leaves
-    /// recording completion (ANALYZE, the phase) to the job's leader.
-    pub helper: bool,
-}
 
 /// Below this many blocks left, a backfill is not split into ranges.
 const MIN_SPLIT_BLOCKS: i64 = 16;
@@ -65,12 +50,12 @@ thread_local! {
 /// the table's lock (a batch reads the migration again once it holds the
 /// table's ROW EXCLUSIVE lock), finishing and restarting by locking every
 /// range row. Contract needs the phase a finished backfill sets.
-pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
+pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
     let started = Instant::now();
     // A first look without locks, to choose the path; each path checks
     // again under its lock.
     let peek = catalog::load_or_raise(migration, false);
-    if peek.phase == Phase::Contracted && matches!(peek.kind.as_str(), "rename" | "change_type") {
+    if peek.phase == Phase::Contracted {
         // A scheduled job or a re-run after contract: nothing left, not an error.
         return Batch::done();
     }
@@ -118,7 +103,7 @@ pub fn step(migration: i64, batch_size: i32, par: Parallel) -> Batch {
 
 /// One batch on a range of a parallel backfill, under the table's ROW
 /// EXCLUSIVE lock and the range's row FOR UPDATE.
-fn range_batch(migration: i64, batch_size: i32, par: Parallel) -> Batch {
+fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
     lock_table(&catalog::load_or_raise(migration, false));
     // Read again now that no abort or rewrite can be running: one that
     // committed while this waited for the table shows here.
@@ -274,21 +259,6 @@ fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
     ))
 }
 
-/// Steps until a range updated rows or the backfill is complete; returns the
-/// rows updated, 0 meaning complete. A range with nothing left to do (rows
-/// the application already rewrote) does not end the call.
-pub fn batch_until_rows(migration: i64, batch_size: i32) -> i64 {
-    loop {
-        let out = step(migration, batch_size, Parallel { workers: 1, wait: true, helper: false });
-        if out.done {
-            return 0;
-        }
-        if out.rows > 0 {
-            return out.rows;
-        }
-    }
-}
-
 /// How far ranges over rows with nothing to do (the application rewrote
 /// them) may stretch: at most this many times the blocks a batch takes at
 /// the table's average density. Crossing such rows stays fast, and a
@@ -339,17 +309,9 @@ mod tests {
     }
 }
 
-/// Validation of a migration's phase and object for `backfill_batch`.
+/// A batch on a migration that is no longer in flight: 55000 naming its phase.
 pub fn require_backfillable(m: &Migration) {
     if !m.phase.in_flight() {
         m.require_phase("backfill");
-    }
-    if !matches!(m.kind.as_str(), "rename" | "change_type") {
-        raise_with_detail(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("zdm migration {} is a {} migration and has no backfill", m.id, m.kind),
-            "Only rename and change_type migrations copy data.",
-            "Use zdm.status to see what it is waiting for.",
-        );
     }
 }

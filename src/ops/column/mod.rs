@@ -46,7 +46,7 @@ impl Operation for ColumnSteps {
         true
     }
     fn backfill_batch(&self, migration: i64, batch_size: i32, share: Share) -> Batch {
-        backfill::step(migration, batch_size, backfill::Parallel { workers: share.workers, wait: false, helper: share.helper })
+        backfill::step(migration, batch_size, share)
     }
     fn builds(&self, migration: i64) -> Vec<IndexTask> {
         carry::pending_builds(migration)
