@@ -51,7 +51,7 @@ CREATE TABLE zdm.migrations (
     carried_statistics_from name[] NOT NULL DEFAULT '{}', -- their originals' names, taken over at contract
     -- backfill cursor: the next heap block to visit. Persisted in the same
     -- transaction as each batch, so progress is exactly-once.
-    cursor_block    bigint      NOT NULL DEFAULT 0,
+    next_block      bigint      NOT NULL DEFAULT 0,
     -- Where the backfill ends: the heap size measured under expand's lock.
     -- Every tuple written after that went through the sync trigger, so the
     -- blocks beyond hold nothing to backfill. If the table is rewritten
@@ -161,7 +161,7 @@ CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
 -- migration's own cursor had left, split into disjoint ranges, each with its
 -- own cursor. A batch locks its range's row, so no two workers ever scan the
 -- same blocks, and advances the cursor in its own transaction (exactly once,
--- like zdm.migrations.cursor_block). A worker that finds every range taken
+-- like zdm.migrations.next_block). A worker that finds every range taken
 -- gets one when a range holder splits off the unvisited half of its range.
 -- When every range is done the counters are folded into zdm.migrations and
 -- the rows deleted.
@@ -315,6 +315,6 @@ SELECT m.id,
   LEFT JOIN zdm.jobs j ON j.migration_id = m.id
   -- progress: the migration's cursor, less what its parallel ranges still have to visit
  CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,
-                            (m.cursor_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
+                            (m.next_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
                        FROM zdm.backfill_ranges r WHERE r.migration_id = m.id) p;
 GRANT SELECT ON zdm.status TO PUBLIC;

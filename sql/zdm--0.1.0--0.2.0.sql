@@ -40,6 +40,8 @@ INSERT INTO zdm.kinds (kind, adds_column, ready_step) VALUES
     ('create_index', false, NULL), ('drop_index', false, NULL);
 ALTER TABLE zdm.migrations DROP CONSTRAINT migrations_kind_check;
 ALTER TABLE zdm.migrations ADD CONSTRAINT migrations_kind_fkey FOREIGN KEY (kind) REFERENCES zdm.kinds (kind);
+-- The backfill cursor has one name, a migration's and a range's alike.
+ALTER TABLE zdm.migrations RENAME COLUMN cursor_block TO next_block;
 ALTER TABLE zdm.migrations
     ADD COLUMN new_type text,
     ADD COLUMN using_expr text,
@@ -135,7 +137,7 @@ ALTER TABLE zdm.batches
 -- migration's own cursor had left, split into disjoint ranges, each with its
 -- own cursor. A batch locks its range's row, so no two workers ever scan the
 -- same blocks, and advances the cursor in its own transaction (exactly once,
--- like zdm.migrations.cursor_block). A worker that finds every range taken
+-- like zdm.migrations.next_block). A worker that finds every range taken
 -- gets one when a range holder splits off the unvisited half of its range.
 -- When every range is done the counters are folded into zdm.migrations and
 -- the rows deleted.
@@ -286,7 +288,7 @@ SELECT m.id,
   LEFT JOIN zdm.jobs j ON j.migration_id = m.id
   -- progress: the migration's cursor, less what its parallel ranges still have to visit
  CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,
-                            (m.cursor_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
+                            (m.next_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
                        FROM zdm.backfill_ranges r WHERE r.migration_id = m.id) p;
 GRANT SELECT ON zdm.status TO PUBLIC;
 

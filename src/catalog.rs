@@ -1,7 +1,7 @@
 //! zdm's own state: the `zdm.migrations`, `zdm.events`, `zdm.jobs` and
 //! `zdm.batches` tables (created by sql/catalog.sql).
 //!
-//! The backfill cursor lives in `zdm.migrations.cursor_block` and is written by
+//! The backfill cursor lives in `zdm.migrations.next_block` and is written by
 //! `save_progress` in the same transaction as the batch it describes; a
 //! parallel backfill splits what it had left into `zdm.backfill_ranges`, one
 //! cursor per range, written by `save_range_progress` the same way.
@@ -69,7 +69,7 @@ pub struct Migration {
     pub carried_checks: Vec<String>,
     /// The original names of `carried_checks`, index by index.
     pub carried_from: Vec<String>,
-    pub cursor_block: i64,
+    pub next_block: i64,
     pub rows_per_block: f64,
     pub rows_done: i64,
     /// end of the backfill scan, in heap blocks
@@ -226,7 +226,7 @@ pub fn current_user() -> pg_sys::Oid {
 
 const SELECT_MIGRATION: &str = "SELECT id, kind, relid::oid, table_schema::text, table_name::text, \
      old_column::text, new_column::text, phase, trigger_name::text, not_null_check::text, \
-     carried_checks::text[], cursor_block, rows_per_block, rows_done, rel_blocks, relfilenode, \
+     carried_checks::text[], next_block, rows_per_block, rows_done, rel_blocks, relfilenode, \
      owner_name::text, carried_from::text[], using_expr FROM zdm.migrations WHERE id = $1";
 
 /// Load a migration; `lock` takes a row lock so that concurrent batches,
@@ -251,7 +251,7 @@ fn row_to_migration(row: &pgrx::spi::SpiTupleTable) -> Result<Migration, pgrx::s
         trigger_name: text(9)?,
         not_null_check: text(10)?,
         carried_checks: row.get::<Vec<String>>(11)?.unwrap_or_default(),
-        cursor_block: row.get::<i64>(12)?.unwrap_or_default(),
+        next_block: row.get::<i64>(12)?.unwrap_or_default(),
         rows_per_block: row.get::<f64>(13)?.unwrap_or_default(),
         rows_done: row.get::<i64>(14)?.unwrap_or_default(),
         rel_blocks: row.get::<i64>(15)?.unwrap_or_default(),
@@ -366,12 +366,12 @@ pub fn set_phase(id: i64, phase: Phase) {
 
 /// Persist the backfill cursor and counters. Called in the batch's own
 /// transaction, so a batch and its cursor commit or roll back together.
-pub fn save_progress(id: i64, cursor_block: i64, rows: i64, rows_per_block: f64) {
+pub fn save_progress(id: i64, next_block: i64, rows: i64, rows_per_block: f64) {
     as_catalog_owner(|| {
         spi::exec_args(
-            "UPDATE zdm.migrations SET cursor_block = $2, rows_done = rows_done + $3, \
+            "UPDATE zdm.migrations SET next_block = $2, rows_done = rows_done + $3, \
                rows_per_block = $4, batches_done = batches_done + 1, updated_at = clock_timestamp() WHERE id = $1",
-            &[id.into(), cursor_block.into(), rows.into(), rows_per_block.into()],
+            &[id.into(), next_block.into(), rows.into(), rows_per_block.into()],
         )
     });
 }
@@ -381,7 +381,7 @@ pub fn save_progress(id: i64, cursor_block: i64, rows: i64, rows_per_block: f64)
 pub fn restart_scan(id: i64, rel_blocks: i64, relfilenode: pg_sys::Oid) {
     as_catalog_owner(|| {
         spi::exec_args(
-            "UPDATE zdm.migrations SET cursor_block = 0, rel_blocks = $2, relfilenode = $3, updated_at = clock_timestamp() WHERE id = $1",
+            "UPDATE zdm.migrations SET next_block = 0, rel_blocks = $2, relfilenode = $3, updated_at = clock_timestamp() WHERE id = $1",
             &[id.into(), rel_blocks.into(), relfilenode.into()],
         )
     });
@@ -422,7 +422,7 @@ pub fn split_into_ranges(id: i64, from: i64, to: i64, n: i64, rows_per_block: f6
             &[id.into(), from.into(), to.into(), n.into(), rows_per_block.into()],
         );
         spi::exec_args(
-            "UPDATE zdm.migrations SET cursor_block = $2, updated_at = clock_timestamp() WHERE id = $1",
+            "UPDATE zdm.migrations SET next_block = $2, updated_at = clock_timestamp() WHERE id = $1",
             &[id.into(), to.into()],
         );
     });

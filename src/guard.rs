@@ -130,7 +130,7 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         }
                     }
                     pg_sys::ObjectType::OBJECT_TRIGGER => {
-                        if str_of((*s).subname).is_some_and(|n| n.starts_with("zdm_sync_")) {
+                        if str_of((*s).subname).is_some_and(|n| is_migration_trigger(&n)) {
                             protect_table(relid_of((*s).relation), "rename the zdm sync trigger of");
                         }
                     }
@@ -165,7 +165,7 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         pg_sys::AlterTableType::AT_DisableTrig
                         | pg_sys::AlterTableType::AT_EnableReplicaTrig
                         | pg_sys::AlterTableType::AT_EnableTrig => {
-                            if str_of((*cmd).name).is_some_and(|n| n.starts_with("zdm_sync_")) {
+                            if str_of((*cmd).name).is_some_and(|n| is_migration_trigger(&n)) {
                                 protect_table(relid, "change how the zdm sync trigger fires on");
                             }
                         }
@@ -214,7 +214,7 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
             // its function, timing or condition.
             pg_sys::NodeTag::T_CreateTrigStmt => {
                 let s = node as *mut pg_sys::CreateTrigStmt;
-                if (*s).replace && str_of((*s).trigname).is_some_and(|n| n.starts_with("zdm_sync_")) {
+                if (*s).replace && str_of((*s).trigname).is_some_and(|n| is_migration_trigger(&n)) {
                     protect_table(relid_of((*s).relation), "replace the zdm sync trigger of");
                 }
             }
@@ -340,8 +340,14 @@ fn in_flight(relid: pg_sys::Oid, column: Option<&str>) -> Option<(i64, String)> 
     })
 }
 
+/// A migration's trigger: a rename's `zdm_sync_<id>`, a type change's
+/// `zdm_convert_<id>`.
+fn is_migration_trigger(name: &str) -> bool {
+    name.starts_with("zdm_sync_") || name.starts_with("zdm_convert_")
+}
+
 fn refuse(what: String, id: i64, kind: &str) -> ! {
-    let finish = if matches!(kind, "rename" | "change_type") {
+    let finish = if crate::engine::find(kind).is_some_and(|op| op.has_contract()) {
         format!("finish it with zdm.contract({id})")
     } else {
         format!("let it finish (zdm.wait({id}))")

@@ -5,7 +5,7 @@
 //! one interface, `engine::Operation`; `engine/` is what they share — jobs,
 //! workers and launcher, the batch loop, concurrent index builds, steps and
 //! lock discipline. Beside them: `catalog` (state; the backfill cursor lives
-//! in `zdm.migrations.cursor_block`; the phase rules), `trigger` (the sync
+//! in `zdm.migrations.next_block`; the phase rules), `trigger` (the sync
 //! trigger), `security` (running work as the migration's owner), `guard`
 //! (the event trigger refusing DDL that would break an in-flight migration),
 //! `introspect` (facts from pg_catalog), `guc`, `errors`, `spi`.

@@ -371,7 +371,7 @@ fn a_hand_made_convert_trigger_runs_nothing() {
     intruder
         .batch_execute(
             "CREATE TEMP TABLE mine (a int, b bigint);
-             CREATE TRIGGER zdm_sync_1 BEFORE INSERT ON mine FOR EACH ROW
+             CREATE TRIGGER zdm_convert_1 BEFORE INSERT ON mine FOR EACH ROW
                EXECUTE FUNCTION zdm.convert_trigger('a', 'b', '{CONST :consttype 20 :consttypmod -1 :constcollid 0 :constlen 8 :constbyval true :constisnull false :location -1 :constvalue 8 [ 0 0 0 0 0 0 0 0 ]}', '0');",
         )
         .unwrap();
@@ -450,9 +450,9 @@ fn convert_trigger_converts_every_write_to_the_old_column() {
     assert_eq!(wrong(&mut c), 0);
     // Behind the trigger's back: a superuser disables it.
     c.batch_execute(&format!(
-        "SET session_replication_role = replica; ALTER TABLE t DISABLE TRIGGER zdm_sync_{id};
+        "SET session_replication_role = replica; ALTER TABLE t DISABLE TRIGGER zdm_convert_{id};
          UPDATE t SET a = 'changed' WHERE id <= 7;
-         ALTER TABLE t ENABLE ALWAYS TRIGGER zdm_sync_{id}; RESET session_replication_role;
+         ALTER TABLE t ENABLE ALWAYS TRIGGER zdm_convert_{id}; RESET session_replication_role;
          UPDATE t SET n = n + 1;"
     ))
     .unwrap();

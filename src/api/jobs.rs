@@ -360,9 +360,10 @@ fn wait(migration: i64, timeout: Interval) -> String {
             Some(state) => raise_if_abandoned(id, state),
         }
         let due = last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        // Index builds (a rename's carried indexes, create_index): PostgreSQL's
-        // own progress view of the worker's build.
-        if due && (building || kind == "create_index") {
+        // Index builds (a backfill's carried indexes; a kind without a
+        // backfill may build one itself): PostgreSQL's own progress view of
+        // the worker's build.
+        if due && (building || !backfills) {
             if let Some(line) = index_build_progress(id) {
                 pgrx::notice!("zdm migration {id}: {line}");
                 last_notice = Some(Instant::now());

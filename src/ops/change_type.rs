@@ -65,11 +65,12 @@ pub fn expand(relid: pg_sys::Oid, column_name: &str, new_type: &str, using_expr:
     // Analysed again under expand's lock, once: the tree the trigger runs
     // and the SQL contract verifies with come from the same analysis.
     let trigger = |_: &introspect::Column| SyncTrigger {
+        name_prefix: "zdm_convert_",
         function: "zdm.convert_trigger",
         args: vec![column.clone(), shadow.clone()],
         conversion: Some(analyse(relid, &table.name, &column, type_oid, typmod, using_expr, caller_path)),
     };
-    (column::expand(relid, column_name, &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), trigger: &trigger }), true)
+    (column::expand(relid, column_name, &NewColumn { kind: "change_type", name: &shadow, new_type: Some((type_oid, typmod)), trigger: &trigger, marks_unwritten: false }), true)
 }
 
 /// Run `f` with `path` as search_path (rolled back afterwards).

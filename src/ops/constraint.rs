@@ -220,9 +220,13 @@ fn cancelled() -> Failure {
 
 pub struct Constraint;
 
+/// The kind a rename's contract uses to hand over a foreign key that now
+/// references the new column (`ops::column`).
+pub const FOREIGN_KEY: &str = "foreign_key";
+
 impl Operation for Constraint {
     fn kinds(&self) -> &'static [&'static str] {
-        &["not_null", "check", "foreign_key"]
+        &["not_null", "check", FOREIGN_KEY]
     }
     fn worker_type(&self) -> &'static str {
         "zdm constraint"

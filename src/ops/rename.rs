@@ -20,9 +20,10 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, new_column: &str) -> (i64, b
     }
     let (old, new) = (old_column.to_string(), new_column.to_string());
     let trigger = move |_: &crate::introspect::Column| SyncTrigger {
+        name_prefix: "zdm_sync_",
         function: "zdm.sync_trigger",
         args: vec![old.clone(), new.clone()],
         conversion: None,
     };
-    (column::expand(relid, old_column, &NewColumn { kind: "rename", name: new_column, new_type: None, trigger: &trigger }), true)
+    (column::expand(relid, old_column, &NewColumn { kind: "rename", name: new_column, new_type: None, trigger: &trigger, marks_unwritten: true }), true)
 }

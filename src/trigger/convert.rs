@@ -17,7 +17,7 @@
 //! function is never run from a stale plan; a conversion that re-enters
 //! itself is refused. An error converting a row names the row.
 
-use super::{first_before_update, is_null, locate, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
+use super::{no_earlier_before_update, is_null, locate, outside_set_list, raw_same, same, slot_value, with_value, RowBuffer};
 use crate::errors::{raise, raise_with_detail, Code};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -142,7 +142,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let row_slot = if is_update { (*td).tg_newslot } else { (*td).tg_trigslot };
         let tupdesc = (*rel).rd_att;
         let _depth = Depth::enter();
-        let (c, first) = compiled(fcinfo, (*td).tg_trigger, rel);
+        let (c, no_earlier_trigger) = compiled(fcinfo, (*td).tg_trigger, rel);
         let att = &*(*tupdesc).attrs.as_ptr().add((c.new_att - 1) as usize);
         let last = c.old_att.max(c.new_att);
         // An UPDATE that wrote neither column keeps a converted value: it
@@ -153,7 +153,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // column still NULL is converted: the backfill's own UPDATE sets it
         // to NULL.
         if is_update && outside_set_list(td, c.old_att, c.new_att) && !is_null(row, c.new_att, tupdesc) {
-            if first || unchanged(td, c.old_att, c.new_att, last) {
+            if no_earlier_trigger || unchanged(td, c.old_att, c.new_att, last) {
                 return pg_sys::Datum::from(row);
             }
         }
@@ -276,7 +276,7 @@ unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             && (*cached).tgoid == tgoid
             && (*cached).tupdesc == tupdesc
         {
-            return ((*cached).compiled, (*cached).first);
+            return ((*cached).compiled, (*cached).no_earlier_trigger);
         }
         let fresh = COMPILED.with(|m| m.borrow().get(&tgoid).map(|c| c.tupdesc == tupdesc).unwrap_or(false));
         if !fresh {
@@ -310,10 +310,10 @@ unsafe fn compiled(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
         // Decided at the statement's first row, and kept: the executor fires
         // the trigger list it copied at its start, so a later change to the
         // relation's list (DDL run by the statement itself) must not count.
-        let first = if !cached.is_null() && (*cached).tgoid == tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
-        slot.write(StatementCache { generation: GENERATION.load(Relaxed), tgoid, tupdesc, compiled: c, first });
+        let no_earlier_trigger = if !cached.is_null() && (*cached).tgoid == tgoid { (*cached).no_earlier_trigger } else { no_earlier_before_update(rel, (*trigger).tgoid) };
+        slot.write(StatementCache { generation: GENERATION.load(Relaxed), tgoid, tupdesc, compiled: c, no_earlier_trigger });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
-        (c, first)
+        (c, no_earlier_trigger)
     }
 }
 
@@ -338,7 +338,7 @@ struct StatementCache {
     tupdesc: pg_sys::TupleDesc,
     compiled: CompiledRef,
     /// no BEFORE UPDATE trigger fires ahead of this one
-    first: bool,
+    no_earlier_trigger: bool,
 }
 
 #[derive(Clone, Copy)]

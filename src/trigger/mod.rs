@@ -92,7 +92,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let tupdesc = (*rel).rd_att;
-        let (old_att, new_att, buffer, first, layout, marked) = resolved(fcinfo, (*td).tg_trigger, rel);
+        let (old_att, new_att, buffer, no_earlier_trigger, layout, marked) = resolved(fcinfo, (*td).tg_trigger, rel);
         // The mark an INSERT leaving the new column out left (an UPDATE
         // setting it to DEFAULT leaves one too): taken for every row, so
         // none is left over for a later row.
@@ -107,7 +107,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // of this one: both carry the old row's values unchanged. Nothing to
         // do unless the row still waits for its backfill — decided from the
         // null bitmap, without deforming anything.
-        if is_update && first && outside_set_list(td, old_att, new_att) {
+        if is_update && no_earlier_trigger && outside_set_list(td, old_att, new_att) {
             let waiting = is_null(row, new_att, tupdesc) && !is_null(row, old_att, tupdesc);
             if !waiting {
                 return pg_sys::Datum::from(row);
@@ -154,7 +154,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             }
             let waiting = new_null && !old_null; // not yet backfilled
             let (in_old, in_new) = (in_set_list(td, old_att), in_set_list(td, new_att));
-            if first && in_old != in_new {
+            if no_earlier_trigger && in_old != in_new {
                 // One column in the SET list and no earlier trigger: the
                 // statement alone decides; the old row need not be read.
                 written::on_update(written::Update { old_written: in_old, new_written: in_new, old_changed: false, new_changed: false, waiting })
@@ -164,8 +164,8 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 let old_changed = || !raw_same(att, was_old_null, was_old, old_null, old_val) && !value_same(att, was_old_null, was_old, old_null, old_val);
                 let new_changed = || !raw_same(att, was_new_null, was_new, new_null, new_val) && !value_same(att, was_new_null, was_new, new_null, new_val);
                 // Behind an earlier BEFORE trigger, what it changed counts as written.
-                let old_written = in_old || (!first && old_changed());
-                let new_written = in_new || (!first && new_changed());
+                let old_written = in_old || (!no_earlier_trigger && old_changed());
+                let new_written = in_new || (!no_earlier_trigger && new_changed());
                 let both = old_written && new_written;
                 written::on_update(written::Update {
                     old_written,
@@ -347,7 +347,7 @@ pub(crate) unsafe fn is_null(row: pg_sys::HeapTuple, att: i32, tupdesc: pg_sys::
 /// TRIGGER do not check the table is in use) by code the statement itself
 /// runs before its first row could differ — a row that leaves out of sync
 /// then is what contract's verification refuses.
-pub(crate) unsafe fn first_before_update(rel: pg_sys::Relation, tgoid: pg_sys::Oid) -> bool {
+pub(crate) unsafe fn no_earlier_before_update(rel: pg_sys::Relation, tgoid: pg_sys::Oid) -> bool {
     unsafe {
         let desc = (*rel).trigdesc;
         if desc.is_null() {
@@ -395,7 +395,7 @@ struct Resolved {
     new_att: i32,
     buffer: RowBuffer,
     /// no BEFORE UPDATE trigger fires ahead of this one
-    first: bool,
+    no_earlier_trigger: bool,
     /// how the attributes before the two columns are laid out
     layout: locate::Layout,
     /// the migration whose mark tells an INSERT that left the new column
@@ -416,7 +416,7 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             && (*cached).natts == (*tupdesc).natts
             && (*cached).tgoid == (*trigger).tgoid
         {
-            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).first, (*cached).layout, (*cached).marked);
+            return ((*cached).old_att, (*cached).new_att, (*cached).buffer, (*cached).no_earlier_trigger, (*cached).layout, (*cached).marked);
         }
         let (old_att, new_att) = attnums(trigger, rel);
         let natts = (*tupdesc).natts;
@@ -430,16 +430,16 @@ unsafe fn resolved(fcinfo: pg_sys::FunctionCallInfo, trigger: *const pg_sys::Tri
             // buffer stays in the per-query context until the query ends.
             (cached, RowBuffer::new_in((*flinfo).fn_mcxt, natts))
         };
-        // Kept from the statement's first row (see first_before_update).
-        let first = if !cached.is_null() && (*cached).tgoid == (*trigger).tgoid { (*cached).first } else { first_before_update(rel, (*trigger).tgoid) };
+        // Kept from the statement's first row (see no_earlier_before_update).
+        let no_earlier_trigger = if !cached.is_null() && (*cached).tgoid == (*trigger).tgoid { (*cached).no_earlier_trigger } else { no_earlier_before_update(rel, (*trigger).tgoid) };
         let layout = locate::Layout::new(tupdesc, old_att.min(new_att), (*flinfo).fn_mcxt);
         // The guard lets nobody change either column's default.
         let migration = written::migration_of(trigger);
         let marked = (migration > 0 && written::marked_default(tupdesc, new_att) == Some(migration))
             .then(|| (migration, written::marked_default(tupdesc, old_att) == Some(-migration)));
-        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, first, layout, marked });
+        slot.write(Resolved { tupdesc, natts, tgoid: (*trigger).tgoid, old_att, new_att, buffer, no_earlier_trigger, layout, marked });
         (*flinfo).fn_extra = slot as *mut std::ffi::c_void;
-        (old_att, new_att, buffer, first, layout, marked)
+        (old_att, new_att, buffer, no_earlier_trigger, layout, marked)
     }
 }
 

@@ -42,7 +42,7 @@ thread_local! {
 /// background workers, which have checked the caller's rights and run this
 /// as the migration's owner (`security::as_owner`).
 ///
-/// Locks: a single cursor (`zdm.migrations.cursor_block`) is advanced under
+/// Locks: a single cursor (`zdm.migrations.next_block`) is advanced under
 /// the migration's row lock FOR UPDATE, so such batches serialize, and so do
 /// splitting and restarting the scan. A parallel range is advanced under its
 /// own row's lock only; what must not run beside such batches waits for
@@ -147,7 +147,7 @@ fn finish(migration: i64, started: Instant) -> Batch {
     }
     lock_table(&m);
     catalog::lock_ranges(m.id);
-    if filenode(m.relid) != m.relfilenode || catalog::range_counts(m.id).1 > 0 || m.cursor_block < m.rel_blocks {
+    if filenode(m.relid) != m.relfilenode || catalog::range_counts(m.id).1 > 0 || m.next_block < m.rel_blocks {
         return Batch::default(); // rewritten or split meanwhile: not finished
     }
     catalog::fold_ranges(m.id);
@@ -213,7 +213,7 @@ fn filenode(relid: pg_sys::Oid) -> pg_sys::Oid {
 fn restart_if_rewritten(m: &Migration) -> (i64, i64) {
     let now = filenode(m.relid);
     if now == m.relfilenode {
-        return (m.cursor_block, m.rel_blocks);
+        return (m.next_block, m.rel_blocks);
     }
     let nblocks = introspect::relation_blocks(m.relid);
     catalog::fold_ranges(m.id);

@@ -21,10 +21,6 @@ use pgrx::prelude::*;
 use std::ffi::CString;
 use std::time::Instant;
 
-pub fn trigger_name(id: i64) -> String {
-    format!("zdm_sync_{id}")
-}
-
 /// The steps a rename and a type change share: a new column beside the old
 /// one, kept in sync by a trigger, backfilled, its carried indexes built and
 /// its carried constraints validated, then swapped in at contract.
@@ -69,10 +65,10 @@ impl Operation for ColumnSteps {
         true
     }
     fn contract(&self, m: &Migration) {
-        contract_as_owner(m, &m.table_sql(), Instant::now(), self.takes_old_name)
+        contract_steps(m, &m.table_sql(), Instant::now(), self.takes_old_name)
     }
     fn abort(&self, m: &Migration) {
-        abort_as_owner(m)
+        abort_steps(m)
     }
 }
 
@@ -86,12 +82,17 @@ pub struct NewColumn<'a> {
     pub new_type: Option<(pg_sys::Oid, i32)>,
     /// The sync trigger for the old column as it is under expand's lock.
     pub trigger: &'a dyn Fn(&introspect::Column) -> SyncTrigger,
+    /// The new column's default marks the INSERTs that leave it out
+    /// (`trigger::written`): a rename's sync trigger decides from them.
+    pub marks_unwritten: bool,
 }
 
 /// The trigger that keeps the new column in sync, and for a type change the
 /// conversion it runs (recorded in the catalog, where the trigger reads it:
 /// nothing a trigger's arguments say is executed).
 pub struct SyncTrigger {
+    /// `<prefix><id>` names it (the guard protects both prefixes)
+    pub name_prefix: &'static str,
     pub function: &'static str,
     pub args: Vec<String>,
     /// (node tree, deparsed SQL) of a type change's conversion
@@ -148,7 +149,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         // DEFAULT NULL: a domain's default must not fill the existing rows
         // (they would look backfilled) nor, for a rename, new ones.
         spi::exec(&format!("ALTER TABLE ONLY {t} ADD COLUMN {new} {type_sql}{collate} DEFAULT NULL"));
-        if spec.kind == "rename" {
+        if spec.marks_unwritten {
             // The mark that tells the sync trigger an INSERT left the new
             // column out (trigger/written.rs); its value is the old column's
             // default, for `SET new = DEFAULT` and carried ON … SET DEFAULT.
@@ -242,8 +243,8 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             name
         });
 
-        let trigger = trigger_name(id);
         let sync = (spec.trigger)(&col);
+        let trigger = format!("{}{id}", sync.name_prefix);
         let (function, conversion) = (sync.function, sync.conversion);
         let args: Vec<String> = sync.args.iter().map(|a| literal(a)).collect();
         spi::exec(&format!(
@@ -572,7 +573,7 @@ fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> 
     }
 }
 
-fn contract_as_owner(m: &Migration, t: &str, started: Instant, takes_old_name: bool) {
+fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old_name: bool) {
     let id = m.id;
     let old_col = introspect::column(m.relid, m.old_col());
     let Some(old_col) = old_col else {
@@ -880,7 +881,7 @@ fn finish_repointed_keys(m: &Migration, keys: Vec<Repointed>, column: &str) {
         constraint::record(
             &constraint::Request {
                 id,
-                kind: "foreign_key".into(),
+                kind: constraint::FOREIGN_KEY.into(),
                 relid: k.child.to_u32(),
                 column: None,
                 constraint_name: k.name.clone(),
@@ -1071,7 +1072,7 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
 }
 
 
-fn abort_as_owner(m: &Migration) {
+fn abort_steps(m: &Migration) {
     let (id, started) = (m.id, Instant::now());
     // No `migratable_table` here: undoing must work even if the table has
     // since become something zdm would not start on (e.g. FORCE RLS on).
