@@ -8,7 +8,7 @@
 //!
 //! Users cannot write these tables. Catalog reads and writes run as the
 //! extension owner (`as_catalog_owner`), while the DDL and UPDATEs a migration
-//! performs run as the calling role.
+//! performs run as the migration's owner (`security::as_owner`).
 
 use crate::errors::{raise, Code};
 use crate::{security, spi};

@@ -1,14 +1,15 @@
 //! zdm: zero-downtime schema changes inside PostgreSQL.
 //!
-//! Layout: `api/` is the SQL surface (thin wrappers: arguments, errors);
-//! `ops/` holds one module per operation (rename, constraint, index) against
-//! one interface, `engine::Operation`; `engine/` is what they share — jobs,
-//! workers and launcher, the batch loop, concurrent index builds, steps and
-//! lock discipline. Beside them: `catalog` (state; the backfill cursor lives
-//! in `zdm.migrations.next_block`; the phase rules), `trigger` (the sync
-//! trigger), `security` (running work as the migration's owner), `guard`
-//! (the event trigger refusing DDL that would break an in-flight migration),
-//! `introspect` (facts from pg_catalog), `guc`, `errors`, `spi`.
+//! Layout (ARCHITECTURE.md has the whole map): `api/` is the SQL surface
+//! (thin wrappers: arguments, errors); `ops/` holds one module per kind of
+//! migration against one interface, `engine::Operation`; `engine/` is what
+//! they share — jobs, workers and launcher, the batch loop, concurrent index
+//! builds, DDL steps, the lock-and-retry policy. Beside them: `catalog`
+//! (state; the backfill cursor lives in `zdm.migrations.next_block`; the
+//! phase rules), `trigger` (the sync and convert triggers), `security`
+//! (running work as the migration's owner), `guard` (the event trigger
+//! refusing DDL that would break an in-flight migration), `introspect`
+//! (facts from pg_catalog), `subxact`, `guc`, `errors`, `spi`, `parse`.
 
 use pgrx::prelude::*;
 

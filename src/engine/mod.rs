@@ -1,9 +1,10 @@
 //! The engine: what every operation shares — jobs and the worker processes
-//! that run them (`jobs`, `worker`, `launcher`, `process`), the throttled
-//! batch loop (`batches`), concurrent index builds at top level
-//! (`index_build`, `toplevel`), the step runner's DDL with lock discipline
-//! (`steps`, `locking`), the pause/cancel gate between steps (`gate`), and
-//! contract/abort for any kind (`lifecycle`).
+//! that run them (`jobs`, `worker`, `launcher`, `process`, `capacity`), the
+//! throttled batch loop (`batches`, `load`, `window`), concurrent index
+//! builds at top level (`index_build`, `toplevel`), DDL steps (`steps`), the
+//! one lock-and-retry policy (`locking`), the one gate before a job's steps
+//! (`gate`), and backfill_batch/contract/abort for any kind (`lifecycle`).
+//! README.md in this directory walks through them.
 //!
 //! Operations (`src/ops/`) plug in through [`Operation`] and are registered
 //! once at library load (`register`); the engine never names one, so adding

@@ -1,7 +1,9 @@
 //! The operations, one module each, against `engine::Operation`: the steps
 //! of one kind of migration. `rename` and `change_type` share theirs
-//! (`column`: a new column beside the old one). Adding one means a module here, an entry in
-//! `ALL`, and its SQL functions in `api/`; the engine does not change.
+//! (`column`: a new column beside the old one). Adding one means a module
+//! here, an entry in `ALL`, and its SQL functions and `zdm.kinds` row in
+//! `api/` (ARCHITECTURE.md, "Adding a kind of migration"); the engine, the
+//! guard and the other operations do not change.
 
 pub mod change_type;
 pub mod column;

@@ -4,8 +4,10 @@
 //! row's old column — the way PostgreSQL computes a stored generated
 //! column. The expression arrives as the node tree expand analysed (and
 //! checked immutable), is planned once per trigger and backend, and is
-//! evaluated per row by the executor: no SPI, no SQL text per row. It reads the executor's own slot (the row is
-//! deformed once) and forms a changed row from the slot's values. An UPDATE
+//! evaluated per row by the executor: no SPI, no SQL text per row. The old
+//! column is read off the row's bytes into a private slot the expression
+//! reads (`locate`), and the result is spliced into the row (`with_value`);
+//! the executor's slot is never written. An UPDATE
 //! that reaches neither column (not in its SET list, and no BEFORE trigger
 //! ahead changed their stored bytes) keeps the value an earlier write or
 //! the backfill converted.

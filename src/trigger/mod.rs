@@ -204,7 +204,7 @@ unsafe fn old_values(
 ) -> ((pg_sys::Datum, bool), (pg_sys::Datum, bool)) {
     unsafe {
         let first = old_att.min(new_att);
-        let mut tail = [(pg_sys::Datum::from(0usize), false); 8];
+        let mut tail = [(pg_sys::Datum::from(0usize), false); locate::MAX_TAIL];
         let (old, new) = ((*td).tg_trigtuple, (*td).tg_newtuple);
         let found = match new_tail {
             Some(t) => locate::trailing_values(old, new, tupdesc, first, last, t.from[(first - 1) as usize - t.first], &mut tail),
