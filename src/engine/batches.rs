@@ -284,7 +284,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             st.retry_size = Some(smaller);
             Next::Retry {
                 reason: format!("batch attempt {} failed ({error}); retrying with batch size {smaller}", st.attempts),
-                ms: locking::backoff(st.attempts).as_secs_f64() * 1000.0,
+                ms: locking::retry_pause(st.attempts).as_secs_f64() * 1000.0,
             }
         }
         Err(e) => {

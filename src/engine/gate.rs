@@ -13,10 +13,22 @@ use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction
 pub fn open(id: i64) -> bool {
     loop {
         reload_config_if_asked();
-        let held = transaction(|| jobs::load_row(id).map(|job| (job.active(), job.held())));
-        let Ok(Some((true, reason))) = held else { return false };
+        let held = match transaction(|| jobs::load_row(id).map(|job| (job.active(), job.held(), job.lock_policy()))) {
+            Ok(Some((true, held, policy))) => {
+                // The step that follows runs under the job's settings as they are now.
+                super::locking::refresh(policy);
+                held
+            }
+            Ok(_) => return false, // gone, or cancelled, failed, completed
+            Err(e) => {
+                // (a deadlock with a claimant, a catalog hiccup): look again
+                set_activity(&format!("zdm migration {id}: reading its job failed ({e}); retrying"));
+                sleep_ms(1000.0);
+                continue;
+            }
+        };
         // Open: take a share of zdm.max_workers back if the job was parked.
-        let reason = match reason {
+        let reason = match held {
             None => match transaction(|| capacity::take(id)) {
                 Ok(None) => return true,
                 Ok(Some(reason)) => reason,

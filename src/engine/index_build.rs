@@ -4,7 +4,7 @@
 //! A build that fails leaves an INVALID index behind; it is dropped
 //! (concurrently) before the next attempt and after the last one, so none
 //! stays. A retryable error (`locking::retryable`) is tried again after
-//! `locking::backoff`, up to the job's `max_attempts`; an error of the data
+//! `locking::retry_pause`, up to the job's `max_attempts`; an error of the data
 //! (a duplicate key for a unique index) or of the definition is final. Each
 //! lock wait of a build is bounded by the job's lock timeout.
 //! Pause and cancel take effect between attempts.
@@ -40,13 +40,18 @@ fn index_sql(t: &IndexTask) -> String {
     spi::qualified(&t.schema, &t.index)
 }
 
+/// A build's lock waits include waiting for older snapshots to go: at least
+/// zdm.lock_timeout, whatever shorter timeout the job keeps its batches to.
+fn build_timeout_ms() -> i32 {
+    LockPolicy::current().timeout_ms.max(crate::guc::LOCK_TIMEOUT_MS.get())
+}
+
 fn drop_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
-    let timeout = LockPolicy::current().timeout_ms;
-    toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index_sql(t)), owner, &t.search_path, timeout, |_| {})
+    toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index_sql(t)), owner, &t.search_path, build_timeout_ms(), |_| {})
 }
 
 fn build_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
-    toplevel::run(&t.definition, owner, &t.search_path, LockPolicy::current().timeout_ms, |node| unsafe {
+    toplevel::run(&t.definition, owner, &t.search_path, build_timeout_ms(), |node| unsafe {
         if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_IndexStmt {
             (*(node as *mut pg_sys::IndexStmt)).concurrent = true;
         }
@@ -115,7 +120,7 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
                 }
                 let reason = format!("{shown}; retrying");
                 let _ = transaction(|| jobs::set_throttle_reason(id, Some(&reason)));
-                sleep_ms(locking::backoff(attempt).as_secs_f64() * 1000.0);
+                sleep_ms(locking::retry_pause(attempt as i32).as_secs_f64() * 1000.0);
             }
         }
     }

@@ -82,8 +82,9 @@ const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
 /// queues it, the work runs as the migration's owner.
 pub fn queue(migration: i64, o: &Options) {
     let db = unsafe { pg_sys::MyDatabaseId };
-    // The job's lock policy is the caller's settings when it is first queued
-    // (the lock_timeout option overrides it).
+    // The job's lock policy is the caller's settings when it is queued (or
+    // queued again: start_backfill, resume); the lock_timeout option
+    // overrides it.
     let policy = super::locking::LockPolicy::current();
     as_catalog_owner(|| {
         spi::exec_args(
@@ -91,6 +92,7 @@ pub fn queue(migration: i64, o: &Options) {
              VALUES ($1, $2, pg_catalog.pg_current_xact_id(), $3, $4) \
              ON CONFLICT (migration_id) DO UPDATE SET state = 'queued', \
                created_xid = excluded.created_xid, queued_at = clock_timestamp(), \
+               lock_timeout_ms = excluded.lock_timeout_ms, lock_retries = excluded.lock_retries, \
                worker_pid = NULL, worker_started_at = NULL, heartbeat_at = NULL, finished_at = NULL, last_error = NULL, throttle_reason = NULL",
             &[migration.into(), db.into(), policy.timeout_ms.into(), policy.retries.into()],
         );
@@ -286,12 +288,12 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    /// Not cancelled, failed or completed.
     /// The lock policy its steps run under (`locking::for_job`).
     pub fn lock_policy(&self) -> super::locking::LockPolicy {
         super::locking::LockPolicy { timeout_ms: self.lock_timeout_ms, retries: self.lock_retries, attempts: self.max_attempts }
     }
 
+    /// Not cancelled, failed or completed.
     pub fn active(&self) -> bool {
         matches!(self.state.as_str(), "running" | "queued" | "paused")
     }

@@ -12,10 +12,20 @@
 //!   **lock retries** (`zdm.lock_retries`, or the job's copy) times, then
 //!   fails with 55P03 naming the sessions that hold the table. Once a lock is
 //!   held, the DDL that follows in the same transaction does not wait.
+//! * a lock needed while the table's ACCESS EXCLUSIVE is already held (a
+//!   foreign key's referenced table at expand) gets one attempt under the
+//!   lock timeout (`one_attempt`): retrying would keep every reader of the
+//!   table waiting, so it fails instead and the caller tries again later.
 //! * a unit of a job's work — one batch, one concurrent index build — runs
-//!   with the lock timeout for all its lock waits. If it fails with a
-//!   `retryable` error it is tried again after `backoff(n)` (a batch with
-//!   half its size), up to the job's `max_attempts` attempts in all.
+//!   with the lock timeout for all its lock waits (a build at least
+//!   `zdm.lock_timeout`: a concurrent build also waits for older snapshots).
+//!   If it fails with a `retryable` error it is tried again after
+//!   `retry_pause(n)` (a batch with half its size), up to the job's
+//!   `max_attempts` attempts in all.
+//!
+//! A job's policy is read again from its row before each step
+//! (`gate::open` calls `refresh`), so `zdm.set_options` applies to the next
+//! step.
 //!
 //! Retryable: lock timeout (55P03), statement timeout or cancel (57014),
 //! deadlock (40P01), serialization failure (40001). Anything else is final.
@@ -73,6 +83,24 @@ pub fn for_job<R>(policy: LockPolicy, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The job's policy as its row says now (before each step), while a job's
+/// steps run.
+pub fn refresh(policy: LockPolicy) {
+    JOB_POLICY.with(|p| {
+        if p.get().is_some() {
+            p.set(Some(policy));
+        }
+    });
+}
+
+/// Run `f`, whose statements may wait for locks, with one bounded wait each
+/// and no retry (see the module comment). The caller's lock_timeout is back
+/// afterwards.
+pub fn one_attempt<R>(f: impl FnOnce() -> R) -> R {
+    let timeout = std::ffi::CString::new(format!("{}ms", LockPolicy::current().timeout_ms)).unwrap_or_default();
+    security::with_guc_nest_level(&[(c"lock_timeout", timeout.as_c_str())], f)
+}
+
 /// Errors worth another attempt (see the module comment).
 pub fn retryable(code: PgSqlErrorCode) -> bool {
     matches!(
@@ -99,6 +127,14 @@ fn jitter_fraction() -> f64 {
 /// 2 s, with 50–100 % jitter.
 pub fn backoff(attempt: i32) -> Duration {
     let base = (50.0 * 2f64.powi(attempt.saturating_sub(1).min(10))).min(2000.0);
+    Duration::from_millis((base * (0.5 + 0.5 * jitter_fraction())) as u64)
+}
+
+/// The pause before attempt `attempt + 1` of a unit of work: 500 ms
+/// doubling, capped at 10 s, with 50–100 % jitter (a failed batch or build
+/// cost more than a lock attempt; the blocker needs longer to go away).
+pub fn retry_pause(attempt: i32) -> Duration {
+    let base = (500.0 * 2f64.powi(attempt.saturating_sub(1).min(10))).min(10_000.0);
     Duration::from_millis((base * (0.5 + 0.5 * jitter_fraction())) as u64)
 }
 

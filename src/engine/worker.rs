@@ -52,8 +52,9 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
         // A helper of a parallel backfill: no claim (the leader holds the
         // job), only batches, until the backfill is complete or the job or
         // its leader stops.
-        if let Ok(Some(op)) = transaction(|| catalog::load(migration, false).map(|m| super::operation(&m.kind))) {
-            batches::run(migration, op, &name, role);
+        let found = transaction(|| catalog::load(migration, false).map(|m| super::operation(&m.kind)).zip(jobs::load_row(migration)));
+        if let Ok(Some((op, job))) = found {
+            super::locking::for_job(job.lock_policy(), || batches::run(migration, op, &name, role));
         }
         return;
     }
@@ -107,7 +108,14 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
 /// the job quietly when it was cancelled or recorded a failure.
 fn run_steps(migration: i64, op: &dyn Operation, name: &str) {
     // Every lock its steps take waits and retries as the job says.
-    let Ok(Some(policy)) = transaction(|| jobs::load_row(migration).map(|j| j.lock_policy())) else { return };
+    let policy = match transaction(|| jobs::load_row(migration).map(|j| j.lock_policy())) {
+        Ok(Some(policy)) => policy,
+        Ok(None) => return,
+        Err(e) => {
+            pgrx::log!("{name}: could not read job {migration}: {e}");
+            return; // the launcher (or a later call) tries again
+        }
+    };
     super::locking::for_job(policy, || steps(migration, op, name))
 }
 

@@ -199,22 +199,20 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             }
         }
         // Foreign keys from the old column to other tables: copied NOT VALID
-        // onto the new column (ADD CONSTRAINT locks the referenced table
-        // SHARE ROW EXCLUSIVE: taken first, the way every lock is), then
-        // validated and renamed at contract like the carried checks.
-        for dep in &deps {
-            if let DependentKind::ForeignKey { oid, name } = &dep.kind {
-                let referenced = spi::one::<pg_sys::Oid>("SELECT confrelid FROM pg_catalog.pg_constraint WHERE oid = $1", &[(*oid).into()]);
-                if let Some(r) = referenced.filter(|r| *r != relid) {
-                    let r_sql = catalog::current_table_sql(r).unwrap_or_default();
-                    locking::lock_table(r, &r_sql, "SHARE ROW EXCLUSIVE");
+        // onto the new column, then validated and renamed at contract like
+        // the carried checks. ADD CONSTRAINT locks the referenced table SHARE
+        // ROW EXCLUSIVE while this table's ACCESS EXCLUSIVE is held: one
+        // bounded wait, no retry (`locking::one_attempt`).
+        locking::one_attempt(|| {
+            for dep in &deps {
+                if let DependentKind::ForeignKey { oid, name } = &dep.kind {
+                    let definition = foreign_key_definition(*oid, col.attnum, new_attnum, relid);
+                    let copy = spi::with_suffix(name, &format!("_zdm{id}"));
+                    spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
+                    carried.push((copy, name.clone()));
                 }
-                let definition = foreign_key_definition(*oid, col.attnum, new_attnum, relid);
-                let copy = spi::with_suffix(name, &format!("_zdm{id}"));
-                spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
-                carried.push((copy, name.clone()));
             }
-        }
+        });
         // Extended statistics on plain columns: copied onto the new column.
         let mut statistics: Vec<(String, String)> = Vec::new();
         for dep in &deps {
