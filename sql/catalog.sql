@@ -69,10 +69,11 @@ CREATE TABLE zdm.migrations (
     finished_at     timestamptz,
     last_error      text,
     last_errcode    int,                                  -- SQLSTATE of last_error (packed as in elog.h)
-    -- constraint migrations (kinds not_null, check, foreign_key) and index
-    -- builds (create_index, drop_index: constraint_name is the index)
-    constraint_name name,
-    constraint_def  text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ... / CREATE INDEX ...
+    -- what a migration that adds no column adds or drops, by name: the
+    -- constraint (check, foreign_key; not_null: its temporary CHECK) or the
+    -- index (create_index, drop_index)
+    object_name     name,
+    object_def      text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ... / CREATE INDEX ...
     ref_relid       regclass,                             -- foreign_key: the referenced table
     expr_search_path text,                                -- check: the caller's search_path, to resolve names in the expression
     violations      bigint                                -- rows that violated it, when validation failed
@@ -231,7 +232,7 @@ SELECT m.id,
        m.old_column,
        m.new_column,
        m.new_type,
-       coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
+       coalesce(m.object_name, m.not_null_check)             AS "constraint",
        m.phase,
        j.state                                                    AS job_state,
        p.rows_done,

@@ -42,6 +42,9 @@ ALTER TABLE zdm.migrations DROP CONSTRAINT migrations_kind_check;
 ALTER TABLE zdm.migrations ADD CONSTRAINT migrations_kind_fkey FOREIGN KEY (kind) REFERENCES zdm.kinds (kind);
 -- The backfill cursor has one name, a migration's and a range's alike.
 ALTER TABLE zdm.migrations RENAME COLUMN cursor_block TO next_block;
+-- Named for what they hold: a constraint or (create_index, drop_index) an index.
+ALTER TABLE zdm.migrations RENAME COLUMN constraint_name TO object_name;
+ALTER TABLE zdm.migrations RENAME COLUMN constraint_def TO object_def;
 ALTER TABLE zdm.migrations
     ADD COLUMN new_type text,
     ADD COLUMN using_expr text,
@@ -204,7 +207,7 @@ SELECT m.id,
        m.old_column,
        m.new_column,
        m.new_type,
-       coalesce(m.constraint_name, m.not_null_check)             AS "constraint",
+       coalesce(m.object_name, m.not_null_check)             AS "constraint",
        m.phase,
        j.state                                                    AS job_state,
        p.rows_done,

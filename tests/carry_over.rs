@@ -287,7 +287,7 @@ fn referenced_primary_key_is_renamed_and_children_repointed() {
     let pk: String = c.query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'parent_pkey'", &[]).unwrap().get(0);
     assert_eq!(pk, "PRIMARY KEY (parent_key)");
     let validation: i64 = c
-        .query_one("SELECT id FROM zdm.migrations WHERE kind = 'foreign_key' AND constraint_name = 'child_parent_fk'", &[])
+        .query_one("SELECT id FROM zdm.migrations WHERE kind = 'foreign_key' AND object_name = 'child_parent_fk'", &[])
         .unwrap()
         .get(0);
     let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&validation]).unwrap().get(0);
@@ -465,7 +465,7 @@ fn everything_on_one_table_follows_the_rename() {
 
     // The child's key: re-pointed at contract, validated by its own migration.
     let validation: i64 = c
-        .query_one("SELECT id FROM zdm.migrations WHERE kind = 'foreign_key' AND constraint_name = 'Sessions_user_fk'", &[])
+        .query_one("SELECT id FROM zdm.migrations WHERE kind = 'foreign_key' AND object_name = 'Sessions_user_fk'", &[])
         .unwrap()
         .get(0);
     let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&validation]).unwrap().get(0);

@@ -84,7 +84,7 @@ fn serial_primary_key_with_children_becomes_bigint_under_writes() {
     assert_eq!(column_type(&mut c, "parent", "id"), "bigint");
     // The child's key was re-pointed at contract; its validation runs on.
     let validation: i64 = c
-        .query_one("SELECT max(id) FROM zdm.migrations WHERE kind = 'foreign_key' AND constraint_name = 'child_parent_fk'", &[])
+        .query_one("SELECT max(id) FROM zdm.migrations WHERE kind = 'foreign_key' AND object_name = 'child_parent_fk'", &[])
         .unwrap()
         .get(0);
     let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&validation]).unwrap().get(0);

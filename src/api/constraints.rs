@@ -20,9 +20,9 @@ pgrx::extension_sql!(
 fn in_flight(relid: pg_sys::Oid, kind: &str, key: &str) -> Option<(i64, String)> {
     as_catalog_owner(|| {
         spi::first_row(
-            "SELECT id, constraint_name::text FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 \
+            "SELECT id, object_name::text FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 \
                AND phase IN ('expanded', 'backfilling', 'backfilled') \
-               AND CASE WHEN $2 = 'not_null' THEN old_column::text ELSE constraint_name::text END = $3 \
+               AND CASE WHEN $2 = 'not_null' THEN old_column::text ELSE object_name::text END = $3 \
              ORDER BY id DESC LIMIT 1",
             &[relid.into(), kind.into(), key.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),

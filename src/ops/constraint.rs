@@ -63,7 +63,7 @@ pub fn record(req: &Request, worker_owned: bool) {
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, old_column, owner_name, started_by, \
-                                         not_null_check, constraint_name, constraint_def, ref_relid, expr_search_path) \
+                                         not_null_check, object_name, object_def, ref_relid, expr_search_path) \
              VALUES ($1, $2, $3::oid::regclass, $4, $5, $6, \
                      (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $3), \
                      $7, CASE WHEN $2 = 'not_null' THEN $8 END, $8, $9, $10::oid::regclass, $11) \
@@ -134,7 +134,7 @@ fn load_plan(id: i64) -> Option<Plan> {
     let m = catalog::load(id, true)?;
     let (constraint, definition, reference, search_path) = as_catalog_owner(|| {
         spi::first_row(
-            "SELECT m.constraint_name::text, m.constraint_def, m.ref_relid::oid, \
+            "SELECT m.object_name::text, m.object_def, m.ref_relid::oid, \
                     (SELECT format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_class r \
                        JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = m.ref_relid), \
                     m.expr_search_path FROM zdm.migrations m WHERE m.id = $1",
@@ -460,7 +460,7 @@ fn abort(m: &Migration) {
     let started = Instant::now();
     jobs::finish_for_migration(m.id, "cancelled");
     let name = as_catalog_owner(|| {
-        spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
+        spi::one::<String>("SELECT object_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
     });
     if let Some(name) = name {
         let validated = steps::constraint_validated(m.relid, &name);

@@ -23,7 +23,7 @@ impl Operation for Index {
         let Some(m) = catalog::load(migration, false) else { return Vec::new() };
         let (index, definition, search_path) = as_catalog_owner(|| {
             spi::first_row(
-                "SELECT m.constraint_name::text, coalesce(m.constraint_def, ''), coalesce(m.expr_search_path, 'pg_catalog, pg_temp') \
+                "SELECT m.object_name::text, coalesce(m.object_def, ''), coalesce(m.expr_search_path, 'pg_catalog, pg_temp') \
                    FROM zdm.migrations m WHERE m.id = $1",
                 &[migration.into()],
                 |r| {
@@ -58,7 +58,7 @@ impl Operation for Index {
         stop_worker(m.id);
         if m.kind == "create_index" {
             let index = as_catalog_owner(|| {
-                spi::one::<String>("SELECT constraint_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
+                spi::one::<String>("SELECT object_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
             })
             .unwrap_or_default();
             // Whatever the build left — INVALID, or valid if it finished
@@ -106,7 +106,7 @@ pub fn queue(id: i64, kind: &str, relid: pg_sys::Oid, index: &str, definition: O
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, owner_name, started_by, \
-                                         constraint_name, constraint_def, expr_search_path) \
+                                         object_name, object_def, expr_search_path) \
              VALUES ($1, $2, $3::oid::regclass, $4, $5, \
                      (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $3), \
                      $6, $7, $8, $9)",
@@ -136,7 +136,7 @@ pub fn queue(id: i64, kind: &str, relid: pg_sys::Oid, index: &str, definition: O
 pub fn in_flight(relid: pg_sys::Oid, kind: &str, index: &str) -> Option<i64> {
     as_catalog_owner(|| {
         spi::one::<i64>(
-            "SELECT id FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 AND constraint_name::text = $3 \
+            "SELECT id FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind = $2 AND object_name::text = $3 \
                AND phase IN ('expanded', 'backfilling', 'backfilled') ORDER BY id DESC LIMIT 1",
             &[relid.into(), kind.into(), index.into()],
         )
