@@ -252,3 +252,71 @@ fn brief_steps_wait_politely_behind_a_long_transaction() {
     let not_null: bool = c.query_one("SELECT attnotnull FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'v'", &[]).unwrap().get(0);
     assert!(not_null);
 }
+
+/// One gate and one lock policy for every kind: a constraint job and an
+/// index job queued while zdm.pause_all is on run no step until it is off
+/// (as a backfill waits), and every job — constraint, index, rename — takes
+/// the caller's zdm.lock_timeout / zdm.lock_retries when it is queued.
+#[test]
+fn every_kind_passes_the_same_gate_and_takes_the_callers_lock_policy() {
+    let cluster = Cluster::start("gate", &[]);
+    let mut c = cluster.create_db("gate");
+    c.batch_execute("CREATE TABLE g (id int PRIMARY KEY, v int, x text); INSERT INTO g SELECT i, i, 'x' || i FROM generate_series(1, 1000) i;")
+        .unwrap();
+    c.batch_execute("ALTER SYSTEM SET zdm.pause_all = on").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.batch_execute(
+        "BEGIN; SET LOCAL zdm.lock_timeout = '250ms'; SET LOCAL zdm.lock_retries = 3;
+         SELECT zdm.add_check('g', 'v_positive', 'v > 0');
+         SELECT zdm.create_index('CREATE INDEX g_v ON g (v)');
+         COMMIT;",
+    )
+    .unwrap();
+    let ids: Vec<i64> = c.query("SELECT id FROM zdm.migrations ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        let (timeout, retries): (i32, i32) = {
+            let r = c.query_one("SELECT lock_timeout_ms, lock_retries FROM zdm.jobs WHERE migration_id = $1", &[id]).unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((timeout, retries), (250, 3), "migration {id} took the caller's lock settings");
+        wait_for("the pause_all reason", Duration::from_secs(30), || {
+            let reason: Option<String> = c.query_one("SELECT throttle_reason FROM zdm.status WHERE id = $1", &[id]).unwrap().get(0);
+            reason.filter(|r| r.contains("pause_all"))
+        });
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let steps: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_constraint WHERE conname = 'v_positive') + (SELECT count(*) FROM pg_class WHERE relname = 'g_v')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(steps, 0, "no step ran while zdm.pause_all is on");
+    c.batch_execute("ALTER SYSTEM RESET zdm.pause_all").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    for id in &ids {
+        c.query_one("SELECT zdm.wait($1, '2 minutes')", &[id]).unwrap();
+    }
+    let done: (bool, bool) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT convalidated FROM pg_constraint WHERE conname = 'v_positive'),
+                        (SELECT indisvalid FROM pg_index WHERE indexrelid = 'g_v'::regclass)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(done, (true, true), "the check is validated and the index valid once the gate opened");
+
+    // A backfill job takes the settings of the call that queued it.
+    c.batch_execute("SET zdm.lock_timeout = '400ms'").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('g', 'x', 'y')", &[]).unwrap().get(0);
+    let timeout: i32 = c.query_one("SELECT lock_timeout_ms FROM zdm.jobs WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(timeout, 400);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+}
