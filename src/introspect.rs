@@ -204,6 +204,9 @@ pub struct Dependent {
 pub enum DependentKind {
     /// The column's own default: it stays on the old column until contract.
     OwnDefault,
+    /// The column's own NOT NULL, a pg_constraint row since PostgreSQL 18:
+    /// carried as the new column's NOT NULL (`steps::not_null_clause`).
+    OwnNotNull,
     /// A sequence owned by the column (serial): re-owned at contract.
     OwnedSequence { oid: pg_sys::Oid },
     /// A CHECK constraint on this column alone: carried over NOT VALID.
@@ -252,6 +255,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                               (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
                               (SELECT CASE WHEN co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] THEN 'check' \
+                                           WHEN co.contype = 'n' AND co.conrelid = $1 THEN 'not_null' \
                                            WHEN co.contype = 'f' AND co.conrelid = $1 THEN 'foreign_key' \
                                            WHEN co.contype = 'f' AND co.confrelid = $1 THEN 'referencing' \
                                            WHEN co.contype IN ('u', 'p') AND co.conrelid = $1 AND co.conindid <> 0 THEN 'key' END \
@@ -283,6 +287,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
             let name = r.get::<String>(4)?.unwrap_or_default();
             let kind = match r.get::<String>(3)?.as_deref() {
                 Some("default") => DependentKind::OwnDefault,
+                Some("not_null") => DependentKind::OwnNotNull,
                 Some("sequence") => DependentKind::OwnedSequence { oid: objid },
                 Some("check") => DependentKind::SingleColumnCheck { oid: objid, name },
                 Some("index") => DependentKind::Index { oid: objid },

@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod catalog;
+mod compat;
 mod engine;
 mod errors;
 mod guard;

@@ -606,7 +606,7 @@ mod tests {
             for &(row, slot) in &rows {
                 let full = ((*(*row).t_data).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as usize == natts;
                 for j in 0..natts {
-                    let att = &*(*desc).attrs.as_ptr().add(j);
+                    let att = crate::compat::attr(desc, j);
                     let mut candidates: Vec<(pg_sys::Datum, bool)> =
                         rows.iter().map(|&(_, s)| (*(*s).tts_values.add(j), *(*s).tts_isnull.add(j))).collect();
                     if att.atttypid == pg_sys::TEXTOID {
@@ -681,7 +681,7 @@ mod tests {
                     continue;
                 }
                 for (k, &(v, null)) in (first..=natts).zip(tail.iter()) {
-                    let att = &*(*desc).attrs.as_ptr().add(k - 1);
+                    let att = crate::compat::attr(desc, k - 1);
                     let (w, w_null) = (*(*old_slot).tts_values.add(k - 1), *(*old_slot).tts_isnull.add(k - 1));
                     assert!(crate::trigger::raw_same(att, null, v, w_null, w), "attribute {k} of the tail from {first}");
                 }
@@ -712,7 +712,7 @@ mod tests {
                 let tail = tail.expect("a full row's tail");
                 assert_eq!((tail.first, tail.count), (first - 1, natts - first + 1));
                 for k in first - 1..natts {
-                    let att = &*(*desc).attrs.as_ptr().add(k);
+                    let att = crate::compat::attr(desc, k);
                     let (v, null) = tail.value(k);
                     assert!(crate::trigger::raw_same(att, null, v, *nulls.add(k), *values.add(k)), "attribute {} from {first}", k + 1);
                     let from = crate::trigger::splice::prefix_end(desc, values, nulls, k, data, len);

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The table's constraints but NOT NULLs (which PostgreSQL 18 lists too).
 fn constraint_names(c: &mut postgres::Client, table: &str) -> Vec<String> {
-    c.query(&format!("SELECT conname::text FROM pg_constraint WHERE conrelid = '{table}'::regclass ORDER BY 1"), &[])
+    c.query(&format!("SELECT conname::text FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype <> 'n' ORDER BY 1"), &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -117,6 +118,19 @@ fn nulls_present_fail_with_their_count_and_leave_nothing() {
     c.batch_execute("UPDATE t SET v = 'filled' WHERE v IS NULL").unwrap();
     c.query_one("SELECT zdm.validate_not_null('t', 'v')", &[]).unwrap();
     assert_eq!(constraint_names(&mut c, "t"), before);
+    let not_null: bool = c.query_one("SELECT attnotnull FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'v'", &[]).unwrap().get(0);
+    assert!(not_null);
+    if pg_major() >= 18 {
+        // NOT NULL is a constraint itself: added NOT VALID, validated, and
+        // named as PostgreSQL names one.
+        let (name, valid): (String, bool) = {
+            let r = c
+                .query_one("SELECT conname::text, convalidated FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'n' AND conkey = '{2}'", &[])
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((name.as_str(), valid), ("t_v_not_null", true));
+    }
 }
 
 /// The worker killed in the middle of VALIDATE: the call reports the

@@ -609,9 +609,14 @@ fn revoke_after_expand_applies_to_both_columns() {
 /// Citus distributed and reference tables keep their rows in shards: zdm
 /// refuses them up front (0A000 naming Citus) — v0.2 reported a backfill of
 /// 0 rows as done. Citus is read from its catalog, zdm does not depend on it.
-/// Needs Citus (`.ci/setup.sh` builds it from the vendored tarball).
+/// Needs Citus (`.ci/setup.sh` builds it into PostgreSQL 15 from the
+/// vendored tarball); on a server without it the test says so and passes.
 #[test]
 fn citus_tables_are_refused_up_front() {
+    if !has_library("citus") {
+        eprintln!("citus_tables_are_refused_up_front: SKIPPED, Citus is not installed in {}", pg_config_value("--pkglibdir"));
+        return;
+    }
     let cluster = Cluster::start("citus", &["shared_preload_libraries = 'citus,zdm'"]);
     let mut c = cluster.connect("postgres");
     c.batch_execute("CREATE DATABASE dist").unwrap();

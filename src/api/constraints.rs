@@ -174,7 +174,7 @@ fn log_noop(id: i64, detail: &str) {
 }
 
 /// End with `col` NOT NULL without holding ACCESS EXCLUSIVE through a scan:
-/// CHECK (col IS NOT NULL) NOT VALID → VALIDATE → SET NOT NULL → drop the check,
+/// a NOT VALID clause (engine::steps::not_null_clause) → VALIDATE → NOT NULL,
 /// each step in its own transaction.
 #[pg_extern(sql = "
 CREATE FUNCTION zdm.validate_not_null(tbl regclass, col name) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE
@@ -204,7 +204,7 @@ fn validate_not_null(tbl: pg_sys::Oid, col: &CStr) -> i64 {
             (id, spi::truncate_identifier(format!("zdm_{id}_{col}_not_null")))
         }
     };
-    let def = format!("CHECK ({} IS NOT NULL)", ident(&col));
+    let def = crate::engine::steps::not_null_clause(&col);
     start(new_request(id, "not_null", tbl, Some(col), name, def, None))
 }
 

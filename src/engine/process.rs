@@ -14,15 +14,15 @@ unsafe extern "C-unwind" {
     fn die(signal: i32);
     fn SignalHandlerForConfigReload(signal: i32);
 }
-/// `STATEMENT_TIMEOUT` in `enum TimeoutId` (PG 13–17).
+/// `STATEMENT_TIMEOUT` in `enum TimeoutId` (PG 13–18).
 const STATEMENT_TIMEOUT: u32 = 3;
 
 /// SIGTERM → `die` (interrupts a running statement; the process exits at the
 /// next CHECK_FOR_INTERRUPTS); SIGHUP → flag a configuration reload.
 pub fn install_signal_handlers() {
     unsafe {
-        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
-        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        crate::compat::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+        crate::compat::pqsignal(pg_sys::SIGTERM as i32, Some(die));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
 }

@@ -5,8 +5,15 @@
 //!
 //! * `add_not_valid`   ADD CONSTRAINT … NOT VALID   brief lock, no scan
 //! * `validate`        VALIDATE CONSTRAINT          scan under SHARE UPDATE EXCLUSIVE: reads and writes go on
-//! * `set_not_null`    SET NOT NULL + drop the check  brief ACCESS EXCLUSIVE; the validated
-//!                     CHECK (col IS NOT NULL) lets PostgreSQL skip the scan
+//! * `finish_not_null` brief ACCESS EXCLUSIVE, no scan: the validated
+//!                     NOT VALID clause becomes the column's NOT NULL
+//!
+//! NOT NULL is the one step that differs by major (`not_null_clause`,
+//! `finish_not_null`): on 15 the clause is `CHECK (col IS NOT NULL)`, whose
+//! validation lets SET NOT NULL skip its scan, and the check is dropped
+//! afterwards; on 18 NOT NULL is itself a constraint that can be added
+//! `NOT VALID` and validated, so it is the clause, and finishing only gives
+//! it the name PostgreSQL would have chosen.
 //!
 //! Callers decide the transaction boundaries: contract runs them in the
 //! caller's transaction; constraint migrations run each in its own.
@@ -42,12 +49,43 @@ pub fn validate(relid: pg_sys::Oid, table: &str, name: &str, ref_table: Option<(
     stats
 }
 
-/// SET NOT NULL using a validated `CHECK (column IS NOT NULL)` (no scan),
-/// then drop that check. Takes ACCESS EXCLUSIVE briefly.
-pub fn set_not_null(relid: pg_sys::Oid, table: &str, column: &str, check: &str) -> LockStats {
+/// What `ADD CONSTRAINT name … NOT VALID` adds to make `column` NOT NULL
+/// once validated (see the module comment).
+pub fn not_null_clause(column: &str) -> String {
+    #[cfg(not(feature = "pg18"))]
+    {
+        format!("CHECK ({} IS NOT NULL)", ident(column))
+    }
+    #[cfg(feature = "pg18")]
+    {
+        format!("NOT NULL {}", ident(column))
+    }
+}
+
+/// After `constraint` (a `not_null_clause`) was validated: `column` is NOT
+/// NULL, without a scan, under a brief ACCESS EXCLUSIVE lock. 15: SET NOT
+/// NULL (the validated check proves it), then drop the check. 18: the
+/// constraint is the column's NOT NULL; it takes the name PostgreSQL gives
+/// one, `<table>_<column>_not_null`, when that is free.
+pub fn finish_not_null(relid: pg_sys::Oid, table: &str, column: &str, constraint: &str) -> LockStats {
     let stats = locking::lock_table(relid, table, "ACCESS EXCLUSIVE");
-    spi::exec(&format!("ALTER TABLE {table} ALTER COLUMN {} SET NOT NULL", ident(column)));
-    spi::exec(&format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}", ident(check)));
+    #[cfg(not(feature = "pg18"))]
+    {
+        spi::exec(&format!("ALTER TABLE {table} ALTER COLUMN {} SET NOT NULL", ident(column)));
+        spi::exec(&format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}", ident(constraint)));
+    }
+    #[cfg(feature = "pg18")]
+    {
+        let name = spi::one::<String>(
+            "SELECT pg_catalog.format('%s_%s_not_null', c.relname, $2::text)::name::text FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[relid.into(), column.into()],
+        )
+        .unwrap_or_default();
+        let taken = constraint_validated(relid, &name).is_some();
+        if !taken && !name.is_empty() && name != constraint {
+            spi::exec(&format!("ALTER TABLE {table} RENAME CONSTRAINT {} TO {}", ident(constraint), ident(&name)));
+        }
+    }
     stats
 }
 

@@ -63,7 +63,7 @@ pub fn run(
         pg_sys::PortalStart(portal, std::ptr::null_mut(), 0, std::ptr::null_mut());
         let receiver = pg_sys::CreateDestReceiver(pg_sys::CommandDest::DestNone);
         let mut qc: pg_sys::QueryCompletion = std::mem::zeroed();
-        pg_sys::PortalRun(portal, std::ffi::c_long::MAX, true, true, receiver, receiver, &mut qc);
+        crate::compat::portal_run(portal, receiver, &mut qc);
         if let Some(destroy) = (*receiver).rDestroy {
             destroy(receiver);
         }

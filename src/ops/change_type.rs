@@ -91,10 +91,7 @@ fn resolve_type(new_type: &str) -> (pg_sys::Oid, i32) {
     });
     let (mut oid, mut typmod) = (pg_sys::InvalidOid, -1i32);
     unsafe {
-        #[cfg(feature = "pg15")]
-        pg_sys::parseTypeString(text.as_ptr(), &mut oid, &mut typmod, false);
-        #[cfg(not(feature = "pg15"))]
-        pg_sys::parseTypeString(text.as_ptr(), &mut oid, &mut typmod, std::ptr::null_mut());
+        crate::compat::parse_type_string(text.as_ptr(), &mut oid, &mut typmod);
     }
     let (kind, typtype) = spi::first_row(
         "SELECT t.typrelid <> 0, t.typtype::text FROM pg_catalog.pg_type t WHERE t.oid = $1",

@@ -279,7 +279,10 @@ fn run_steps(id: i64) -> bool {
             lock
         });
         if let Err(f) = validated {
-            if matches!(f.code, PgSqlErrorCode::ERRCODE_CHECK_VIOLATION | PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION) {
+            if matches!(
+                f.code,
+                PgSqlErrorCode::ERRCODE_CHECK_VIOLATION | PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION | PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION
+            ) {
                 return Err(reject_violations(id, f));
             }
             if !is_interruption(f.code) {
@@ -293,10 +296,10 @@ fn run_steps(id: i64) -> bool {
         if !gate::open(id) {
             return Err(cancelled());
         }
-        // 3. not_null: SET NOT NULL using the validated check, drop the check
+        // 3. not_null: the validated clause becomes the column's NOT NULL (steps::finish_not_null)
         step(id, "finish", |p| {
             let lock = match (p.kind.as_str(), &p.column) {
-                ("not_null", Some(col)) => Some(steps::set_not_null(p.relid, &p.table, col, &p.constraint)),
+                ("not_null", Some(col)) => Some(steps::finish_not_null(p.relid, &p.table, col, &p.constraint)),
                 _ => None,
             };
             catalog::set_phase(p.id, Phase::Contracted);

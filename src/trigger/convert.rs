@@ -145,7 +145,7 @@ unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let tupdesc = (*rel).rd_att;
         let _depth = Depth::enter();
         let (c, no_earlier_trigger) = compiled(fcinfo, (*td).tg_trigger, rel);
-        let att = &*(*tupdesc).attrs.as_ptr().add((c.new_att - 1) as usize);
+        let att = crate::compat::attr(tupdesc, (c.new_att - 1) as usize);
         let last = c.old_att.max(c.new_att);
         // An UPDATE that wrote neither column keeps a converted value: it
         // was computed from this old value by an earlier write or by the
@@ -215,7 +215,7 @@ unsafe fn unchanged(td: *mut pg_sys::TriggerData, old_att: i32, new_att: i32, la
         let tupdesc = (*(*td).tg_relation).rd_att;
         let (before, after) = ((*td).tg_trigslot, (*td).tg_newslot);
         [old_att, new_att].iter().all(|&a| {
-            let attr = &*(*tupdesc).attrs.as_ptr().add((a - 1) as usize);
+            let attr = crate::compat::attr(tupdesc, (a - 1) as usize);
             let (was, was_null) = slot_value(before, a, last);
             let (is, is_null) = slot_value(after, a, last);
             raw_same(attr, was_null, was, is_null, is)
@@ -236,7 +236,7 @@ unsafe fn conversion_failed(e: pg_sys::panic::CaughtError, td: *mut pg_sys::Trig
             "a new row".to_string()
         };
         let tupdesc = (*rel).rd_att;
-        let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
+        let att = crate::compat::attr(tupdesc, (old_att - 1) as usize);
         raise_with_detail(
             code,
             format!(
@@ -390,7 +390,7 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let tupdesc = (*rel).rd_att;
         let find = |name: &CStr| {
             (1..=(*tupdesc).natts).find(|&i| {
-                let a = &*(*tupdesc).attrs.as_ptr().add((i - 1) as usize);
+                let a = crate::compat::attr(tupdesc, (i - 1) as usize);
                 !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name
             })
         };
@@ -418,7 +418,7 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let previous = pg_sys::MemoryContextSwitchTo(context);
         let tree_c = CString::new(tree).unwrap_or_default();
         let expr = pg_sys::stringToNode(tree_c.as_ptr()) as *mut pg_sys::Expr;
-        let new_type = (*(*tupdesc).attrs.as_ptr().add((new_att - 1) as usize)).atttypid;
+        let new_type = crate::compat::attr(tupdesc, (new_att - 1) as usize).atttypid;
         if expr.is_null() || pg_sys::exprType(expr as *const pg_sys::Node) != new_type {
             pg_sys::MemoryContextSwitchTo(previous);
             pg_sys::MemoryContextDelete(context);
@@ -465,7 +465,7 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
             *(*scan).tts_isnull.add(i) = true;
         }
         pg_sys::MemoryContextSwitchTo(previous);
-        let source = pg_sys::getBaseType((*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize)).atttypid);
+        let source = pg_sys::getBaseType(crate::compat::attr(tupdesc, (old_att - 1) as usize).atttypid);
         let pinned = PINNED_SOURCES.contains(&source);
         Compiled { relid, tupdesc, old_att, new_att, context, state, econtext, buffer, layout, scan, pinned }
     }

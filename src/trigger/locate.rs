@@ -201,8 +201,9 @@ unsafe fn fill_tail(row: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc, layout: 
                     continue;
                 }
                 let a = attr(tupdesc, k);
-                let (at, size) = if !slow && a.attcacheoff >= 0 {
-                    let at = a.attcacheoff as usize;
+                let cached = crate::compat::cached_offset(tupdesc, k);
+                let (at, size) = if !slow && cached >= 0 {
+                    let at = cached as usize;
                     (at, if a.attlen == -1 { varlena_size(data, len, at)? } else { a.attlen as usize })
                 } else {
                     decode(a, data, len, off)?

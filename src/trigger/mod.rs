@@ -113,7 +113,7 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 return pg_sys::Datum::from(row);
             }
         }
-        let att = &*(*tupdesc).attrs.as_ptr().add((old_att - 1) as usize);
+        let att = crate::compat::attr(tupdesc, (old_att - 1) as usize);
 
         // Values from the executor's slots, deformed at most once per row up
         // to the later of the two columns (an UPDATE's new slot usually holds
@@ -328,7 +328,7 @@ pub(crate) unsafe fn is_null(row: pg_sys::HeapTuple, att: i32, tupdesc: pg_sys::
     unsafe {
         let header = (*row).t_data;
         if att > ((*header).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32 {
-            return !(*(*tupdesc).attrs.as_ptr().add((att - 1) as usize)).atthasmissing;
+            return !crate::compat::attr(tupdesc, (att - 1) as usize).atthasmissing;
         }
         if (*header).t_infomask as u32 & pg_sys::HEAP_HASNULL == 0 {
             return false;
@@ -462,7 +462,7 @@ unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i3
             if attnum < 1 || attnum > natts {
                 return None;
             }
-            let a = &*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize);
+            let a = crate::compat::attr(tupdesc, (attnum - 1) as usize);
             if a.attisdropped { None } else { Some(CStr::from_ptr(a.attname.data.as_ptr())) }
         };
         let find = |name: &CStr| (1..=natts).find(|&i| name_at(i) == Some(name));
@@ -497,8 +497,8 @@ unsafe fn attnums(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> (i3
 
 unsafe fn same_type(tupdesc: pg_sys::TupleDesc, a: i32, b: i32) -> bool {
     unsafe {
-        let a = &*(*tupdesc).attrs.as_ptr().add((a - 1) as usize);
-        let b = &*(*tupdesc).attrs.as_ptr().add((b - 1) as usize);
+        let a = crate::compat::attr(tupdesc, (a - 1) as usize);
+        let b = crate::compat::attr(tupdesc, (b - 1) as usize);
         a.atttypid == b.atttypid && a.atttypmod == b.atttypmod
     }
 }

@@ -34,9 +34,7 @@ enum Stored {
     MadeShort(usize),
 }
 
-pub(crate) unsafe fn attr<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
-    unsafe { &*(*tupdesc).attrs.as_ptr().add(i) }
-}
+pub(crate) use crate::compat::attr;
 
 pub(crate) fn align(off: usize, attalign: std::ffi::c_char) -> usize {
     let a = match attalign as u8 {

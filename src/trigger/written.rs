@@ -143,15 +143,7 @@ unsafe fn statement_key() -> Option<(u64, usize, u32)> {
     }
 }
 
-#[cfg(any(feature = "pg15", feature = "pg16"))]
-unsafe fn local_xid() -> u32 {
-    unsafe { (*pg_sys::MyProc).lxid }
-}
-
-#[cfg(not(any(feature = "pg15", feature = "pg16")))]
-unsafe fn local_xid() -> u32 {
-    unsafe { (*pg_sys::MyProc).vxid.lxid }
-}
+use crate::compat::local_xid;
 
 /// Leave a mark for `migration` (the default was evaluated for this row).
 unsafe fn mark(migration: i64) {

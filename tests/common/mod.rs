@@ -22,6 +22,22 @@ fn pg_config() -> String {
     std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into())
 }
 
+/// `pg_config <flag>` of the server under test (`PG_CONFIG`).
+pub fn pg_config_value(flag: &str) -> String {
+    let out = Command::new(pg_config()).arg(flag).output().expect("pg_config");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The server under test has library `name` installed.
+pub fn has_library(name: &str) -> bool {
+    Path::new(&pg_config_value("--pkglibdir")).join(format!("{name}.so")).exists()
+}
+
+/// The major version of the server under test.
+pub fn pg_major() -> u32 {
+    pg_config_value("--version").split_whitespace().nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }

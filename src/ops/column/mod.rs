@@ -237,7 +237,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         // NOT NULL travels as a NOT VALID check until contract validates it.
         let not_null_check = col.not_null.then(|| {
             let name = spi::with_suffix(&format!("zdm_{id}_{new_column}"), "_not_null");
-            spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({new} IS NOT NULL) NOT VALID", ident(&name)));
+            spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {} NOT VALID", ident(&name), steps::not_null_clause(new_column)));
             name
         });
 
@@ -736,10 +736,6 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     if plain == Some(true) {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET STORAGE PLAIN"));
     }
-    if let Some(nn) = &m.not_null_check {
-        // The validated CHECK (new IS NOT NULL) lets SET NOT NULL skip its scan.
-        steps::set_not_null(m.relid, t, m.new_col(), nn);
-    }
     // Deferrability of carried foreign keys, read before the originals go.
     let deferrable: Vec<(String, String)> = m
         .carried_from
@@ -764,6 +760,11 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     if takes_old_name {
         // A type change: the shadow column becomes the column.
         spi::exec(&format!("ALTER TABLE {t} RENAME COLUMN {new} TO {old}"));
+    }
+    if let Some(nn) = &m.not_null_check {
+        // Validated after the backfill: NOT NULL without a scan (before an
+        // identity is added below, which needs it).
+        steps::finish_not_null(m.relid, t, if takes_old_name { m.old_col() } else { m.new_col() }, nn);
     }
     if let Some(identity) = identity {
         // The identity sequence went with the old column: the column gets

@@ -1,0 +1,91 @@
+//! What differs between the PostgreSQL majors zdm is built for (15 and 18),
+//! in one place: code elsewhere calls these and names no major. Each item
+//! says what changed; the rest of the C API zdm uses is the same in both.
+//! Built for 15 by default (`--features pg15`), for 18 with
+//! `--no-default-features --features pg18`.
+
+use pgrx::pg_sys;
+
+/// Attribute `i` (0-based) of a tuple descriptor. 18 keeps an array of
+/// `CompactAttribute`s first and the full `FormData_pg_attribute`s after it
+/// (tupdesc.h `TupleDescAttr`, a static inline there, computed the same way
+/// here); 15 has the full attributes only.
+#[inline(always)]
+pub unsafe fn attr<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        &*(*tupdesc).attrs.as_ptr().add(i)
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        let full = (*tupdesc).compact_attrs.as_ptr().add((*tupdesc).natts as usize) as *const pg_sys::FormData_pg_attribute;
+        &*full.add(i)
+    }
+}
+
+/// The offset of attribute `i` (0-based) in a row's data that the executor
+/// cached while deforming a row (-1: not cached). 18 keeps it in the
+/// compact attribute (`attcacheoff` left `FormData_pg_attribute`).
+#[inline(always)]
+pub unsafe fn cached_offset(tupdesc: pg_sys::TupleDesc, i: usize) -> i32 {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        attr(tupdesc, i).attcacheoff
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        (*(*tupdesc).compact_attrs.as_ptr().add(i)).attcacheoff
+    }
+}
+
+/// `pqsignal` in a backend: 18 exports it as `pqsignal_be` (port.h maps the
+/// name with a macro, which bindings do not see).
+pub unsafe fn pqsignal(signal: i32, handler: pg_sys::pqsigfunc) {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::pqsignal(signal, handler);
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::pqsignal_be(signal, handler);
+    }
+}
+
+/// `PortalRun` to completion at top level. 18 dropped its `run_once`
+/// argument (a portal always runs once there).
+pub unsafe fn portal_run(portal: pg_sys::Portal, dest: *mut pg_sys::DestReceiver, qc: *mut pg_sys::QueryCompletion) {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::PortalRun(portal, std::ffi::c_long::MAX, true, true, dest, dest, qc);
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::PortalRun(portal, std::ffi::c_long::MAX, true, dest, dest, qc);
+    }
+}
+
+/// This backend's local transaction id: 17 moved it into `PGPROC.vxid`.
+#[inline(always)]
+pub unsafe fn local_xid() -> u32 {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        (*pg_sys::MyProc).lxid
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        (*pg_sys::MyProc).vxid.lxid
+    }
+}
+
+/// `parseTypeString`: 16 replaced its `missing_ok` flag with an error
+/// context (NULL: raise as before).
+pub unsafe fn parse_type_string(text: *const std::ffi::c_char, oid: &mut pg_sys::Oid, typmod: &mut i32) {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::parseTypeString(text, oid, typmod, false);
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::parseTypeString(text, oid, typmod, std::ptr::null_mut());
+    }
+}
