@@ -356,6 +356,24 @@ mod tests {
         assert_sqlstate("SELECT zdm.expand_rename('people', 'mail', 'mail3')", "55000", "already under zdm migration");
     }
 
+    /// PostgreSQL 18's virtual generated columns are refused and, computed
+    /// from a renamed column, block contract like stored ones.
+    #[cfg(feature = "pg18")]
+    #[pg_test]
+    fn virtual_generated_columns_block_like_stored_ones() {
+        run("CREATE TABLE vg (a int, b int GENERATED ALWAYS AS (a * 2) VIRTUAL)");
+        run("INSERT INTO vg (a) SELECT g FROM generate_series(1, 10) g");
+        assert_sqlstate("SELECT zdm.expand_rename('vg', 'b', 'b2')", "0A000", "generated column");
+        let id = one::<i64>("SELECT zdm.expand_rename('vg', 'a', 'a2', background => false)").unwrap();
+        assert_eq!(
+            one::<String>(&format!("SELECT blockers FROM zdm.status WHERE id = {id}")).as_deref(),
+            Some("generated column b of table vg")
+        );
+        while one::<i64>(&format!("SELECT zdm.backfill_batch({id})")) != Some(0) {}
+        assert_sqlstate(&format!("SELECT zdm.contract({id})"), "2BP01", "generated column b of table public.vg");
+        run(&format!("SELECT zdm.abort({id})"));
+    }
+
     #[pg_test]
     fn refuses_unsupported_columns_and_relations() {
         run("CREATE TABLE g (a int, b int GENERATED ALWAYS AS (a * 2) STORED, c int GENERATED ALWAYS AS IDENTITY, u int UNIQUE, i int, f int)");
