@@ -38,6 +38,14 @@ pub unsafe fn cached_offset(tupdesc: pg_sys::TupleDesc, i: usize) -> i32 {
     }
 }
 
+/// SQL true when pg_constraint row `co` is enforced: 18 added NOT ENFORCED
+/// checks and foreign keys (`conenforced`); zdm carries enforced ones only
+/// (a NOT VALID copy of an unenforced one would fail its validation).
+#[cfg(not(feature = "pg18"))]
+pub const CONSTRAINT_ENFORCED: &str = "true";
+#[cfg(feature = "pg18")]
+pub const CONSTRAINT_ENFORCED: &str = "co.conenforced";
+
 /// `pqsignal` in a backend: 18 exports it as `pqsignal_be` (port.h maps the
 /// name with a macro, which bindings do not see).
 pub unsafe fn pqsignal(signal: i32, handler: pg_sys::pqsigfunc) {

@@ -241,6 +241,7 @@ pub enum DependentKind {
 pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
     Spi::connect_mut(|c| {
         let t = c.update(
+            &format!(
             "SELECT coalesce(g.description, pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)), d.objid, \
                     CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
                               AND (SELECT ad.adrelid = $1 AND ad.adnum = $2 FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid) THEN 'default' \
@@ -254,10 +255,10 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                          WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
                               (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
-                              (SELECT CASE WHEN co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] THEN 'check' \
+                              (SELECT CASE WHEN co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] AND {enforced} THEN 'check' \
                                            WHEN co.contype = 'n' AND co.conrelid = $1 THEN 'not_null' \
-                                           WHEN co.contype = 'f' AND co.conrelid = $1 THEN 'foreign_key' \
-                                           WHEN co.contype = 'f' AND co.confrelid = $1 THEN 'referencing' \
+                                           WHEN co.contype = 'f' AND co.conrelid = $1 AND {enforced} THEN 'foreign_key' \
+                                           WHEN co.contype = 'f' AND co.confrelid = $1 AND {enforced} THEN 'referencing' \
                                            WHEN co.contype IN ('u', 'p') AND co.conrelid = $1 AND co.conindid <> 0 THEN 'key' END \
                                  FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
                     CASE WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
@@ -277,6 +278,8 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                                        OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
                                            AND ga.attnum = (SELECT ad.adnum FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = $1)))) g ON true \
               ORDER BY 1",
+            enforced = crate::compat::CONSTRAINT_ENFORCED
+            ),
             None,
             &[relid.into(), (attnum as i32).into()],
         )?;
