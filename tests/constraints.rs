@@ -275,15 +275,21 @@ fn brief_steps_wait_politely_behind_a_long_transaction() {
 fn every_kind_passes_the_same_gate_and_takes_the_callers_lock_policy() {
     let cluster = Cluster::start("gate", &[]);
     let mut c = cluster.create_db("gate");
-    c.batch_execute("CREATE TABLE g (id int PRIMARY KEY, v int, x text); INSERT INTO g SELECT i, i, 'x' || i FROM generate_series(1, 1000) i;")
-        .unwrap();
+    // Two tables: a VALIDATE and a concurrent build on one table would wait
+    // for each other's SHARE UPDATE EXCLUSIVE under this test's short lock
+    // timeout.
+    c.batch_execute(
+        "CREATE TABLE g (id int PRIMARY KEY, v int, x text); INSERT INTO g SELECT i, i, 'x' || i FROM generate_series(1, 1000) i;
+         CREATE TABLE h (id int PRIMARY KEY, v int); INSERT INTO h SELECT i, i FROM generate_series(1, 1000) i;",
+    )
+    .unwrap();
     c.batch_execute("ALTER SYSTEM SET zdm.pause_all = on").unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     c.batch_execute(
         "BEGIN; SET LOCAL zdm.lock_timeout = '250ms'; SET LOCAL zdm.lock_retries = 3;
          SELECT zdm.add_check('g', 'v_positive', 'v > 0');
-         SELECT zdm.create_index('CREATE INDEX g_v ON g (v)');
+         SELECT zdm.create_index('CREATE INDEX h_v ON h (v)');
          COMMIT;",
     )
     .unwrap();
@@ -303,7 +309,7 @@ fn every_kind_passes_the_same_gate_and_takes_the_callers_lock_policy() {
     std::thread::sleep(Duration::from_millis(1500));
     let steps: i64 = c
         .query_one(
-            "SELECT (SELECT count(*) FROM pg_constraint WHERE conname = 'v_positive') + (SELECT count(*) FROM pg_class WHERE relname = 'g_v')",
+            "SELECT (SELECT count(*) FROM pg_constraint WHERE conname = 'v_positive') + (SELECT count(*) FROM pg_class WHERE relname = 'h_v')",
             &[],
         )
         .unwrap()
@@ -318,7 +324,7 @@ fn every_kind_passes_the_same_gate_and_takes_the_callers_lock_policy() {
         let r = c
             .query_one(
                 "SELECT (SELECT convalidated FROM pg_constraint WHERE conname = 'v_positive'),
-                        (SELECT indisvalid FROM pg_index WHERE indexrelid = 'g_v'::regclass)",
+                        (SELECT indisvalid FROM pg_index WHERE indexrelid = 'h_v'::regclass)",
                 &[],
             )
             .unwrap();
