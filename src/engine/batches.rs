@@ -237,11 +237,12 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }), wait: false };
     let started = Instant::now();
     let outcome = subxact::attempt(|| {
-        // lock_timeout applies to the batch only (rolled back with
-        // as_owner's nest level), not to zdm's own catalog writes.
+        // The job's lock_timeout applies to the batch only (its own GUC nest
+        // level), not to zdm's own catalog writes.
         security::as_owner(owner.0, || {
-            spi::exec(&format!("SET LOCAL lock_timeout = '{}ms'", job.lock_timeout_ms));
-            with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size, share))
+            locking::with_lock_timeout(job.lock_timeout_ms, || {
+                with_statement_timeout(job.statement_timeout_ms, || op.backfill_batch(migration, size, share))
+            })
         })
     });
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;

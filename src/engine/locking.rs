@@ -97,7 +97,14 @@ pub fn refresh(policy: LockPolicy) {
 /// and no retry (see the module comment). The caller's lock_timeout is back
 /// afterwards.
 pub fn one_attempt<R>(f: impl FnOnce() -> R) -> R {
-    let timeout = std::ffi::CString::new(format!("{}ms", LockPolicy::current().timeout_ms)).unwrap_or_default();
+    with_lock_timeout(LockPolicy::current().timeout_ms, f)
+}
+
+/// Run `f` with `lock_timeout` set to `ms`, in a GUC nest level: the
+/// caller's lock_timeout is back afterwards (on error, the (sub)transaction
+/// abort restores it).
+pub fn with_lock_timeout<R>(ms: i32, f: impl FnOnce() -> R) -> R {
+    let timeout = std::ffi::CString::new(format!("{ms}ms")).unwrap_or_default();
     security::with_guc_nest_level(&[(c"lock_timeout", timeout.as_c_str())], f)
 }
 
@@ -123,19 +130,24 @@ fn jitter_fraction() -> f64 {
     (x % 1000) as f64 / 1000.0
 }
 
-/// The pause before retry `attempt` (1-based): 50 ms doubling, capped at
-/// 2 s, with 50–100 % jitter.
-pub fn backoff(attempt: i32) -> Duration {
-    let base = (50.0 * 2f64.powi(attempt.saturating_sub(1).min(10))).min(2000.0);
+/// `first_ms` doubling with each `attempt` (1-based), capped at `cap_ms`,
+/// with 50–100 % jitter.
+fn jittered_doubling(first_ms: f64, cap_ms: f64, attempt: i32) -> Duration {
+    let base = (first_ms * 2f64.powi(attempt.saturating_sub(1).min(10))).min(cap_ms);
     Duration::from_millis((base * (0.5 + 0.5 * jitter_fraction())) as u64)
 }
 
+/// The pause before retry `attempt` (1-based) of a lock: 50 ms doubling,
+/// capped at 2 s, jittered.
+pub fn backoff(attempt: i32) -> Duration {
+    jittered_doubling(50.0, 2000.0, attempt)
+}
+
 /// The pause before attempt `attempt + 1` of a unit of work: 500 ms
-/// doubling, capped at 10 s, with 50–100 % jitter (a failed batch or build
-/// cost more than a lock attempt; the blocker needs longer to go away).
+/// doubling, capped at 10 s, jittered (a failed batch or build cost more
+/// than a lock attempt; the blocker needs longer to go away).
 pub fn retry_pause(attempt: i32) -> Duration {
-    let base = (500.0 * 2f64.powi(attempt.saturating_sub(1).min(10))).min(10_000.0);
-    Duration::from_millis((base * (0.5 + 0.5 * jitter_fraction())) as u64)
+    jittered_doubling(500.0, 10_000.0, attempt)
 }
 
 /// Sleep in a way that query cancel and termination still interrupt.
@@ -166,13 +178,11 @@ pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats 
     let LockPolicy { timeout_ms, retries, .. } = LockPolicy::current();
     let started = Instant::now();
     let statement = format!("LOCK TABLE {table_sql} IN {mode} MODE");
-    let timeout = std::ffi::CString::new(format!("{timeout_ms}ms")).unwrap_or_default();
     let mut blockers: Vec<i32> = Vec::new();
     for attempt in 1..=retries + 1 {
-        // The timeout in a GUC nest level: the caller's lock_timeout is back
-        // once the lock is held.
+        // The caller's lock_timeout is back once the lock is held.
         let outcome = subxact::attempt(|| {
-            security::with_guc_nest_level(&[(c"lock_timeout", timeout.as_c_str())], || spi::exec(&statement))
+            with_lock_timeout(timeout_ms, || spi::exec(&statement))
         });
         match outcome {
             Ok(()) => return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt },
