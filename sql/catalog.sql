@@ -165,7 +165,8 @@ CREATE INDEX batches_by_migration ON zdm.batches (migration_id, id);
 -- like zdm.migrations.next_block). A worker that finds every range taken
 -- gets one when a range holder splits off the unvisited half of its range.
 -- When every range is done the counters are folded into zdm.migrations and
--- the rows deleted.
+-- the rows deleted. A partitioned table's backfill always runs on ranges:
+-- one per leaf partition to begin with, split further as workers go idle.
 CREATE TABLE zdm.backfill_ranges (
     migration_id    bigint  NOT NULL,         -- no foreign key: see zdm.batches
     start_block     bigint  NOT NULL,         -- where the range began (ranges are disjoint, so this names it)
@@ -174,7 +175,9 @@ CREATE TABLE zdm.backfill_ranges (
     rows_per_block  float8  NOT NULL DEFAULT 0,
     rows_done       bigint  NOT NULL DEFAULT 0,
     batches_done    bigint  NOT NULL DEFAULT 0,
-    PRIMARY KEY (migration_id, start_block),
+    relid           oid     NOT NULL DEFAULT 0,   -- a partitioned table's leaf whose heap the range covers (0: the migration's own table)
+    relfilenode     oid,                          -- that leaf's heap when the range was planned: a rewrite restarts the leaf
+    PRIMARY KEY (migration_id, relid, start_block),
     CHECK (start_block <= next_block AND start_block < end_block)
 );
 

@@ -152,7 +152,9 @@ CREATE TABLE zdm.backfill_ranges (
     rows_per_block  float8  NOT NULL DEFAULT 0,
     rows_done       bigint  NOT NULL DEFAULT 0,
     batches_done    bigint  NOT NULL DEFAULT 0,
-    PRIMARY KEY (migration_id, start_block),
+    relid           oid     NOT NULL DEFAULT 0,   -- a partitioned table's leaf whose heap the range covers (0: the migration's own table)
+    relfilenode     oid,                          -- that leaf's heap when the range was planned: a rewrite restarts the leaf
+    PRIMARY KEY (migration_id, relid, start_block),
     CHECK (start_block <= next_block AND start_block < end_block)
 );
 SELECT pg_catalog.pg_extension_config_dump('zdm.backfill_ranges', '');

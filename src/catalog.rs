@@ -390,6 +390,10 @@ pub fn restart_scan(id: i64, rel_blocks: i64, relfilenode: pg_sys::Oid) {
 /// A range of a parallel backfill (`zdm.backfill_ranges`), locked by the
 /// current transaction until it commits.
 pub struct Range {
+    /// the leaf partition whose heap it covers; InvalidOid: the migration's table
+    pub relid: pg_sys::Oid,
+    /// that leaf's heap when the range was planned
+    pub relfilenode: pg_sys::Oid,
     pub start_block: i64,
     /// the range's cursor
     pub next_block: i64,
@@ -432,16 +436,19 @@ pub fn split_into_ranges(id: i64, from: i64, to: i64, n: i64, rows_per_block: f6
 /// it is free — and return it. `wait`: if every such range is locked by
 /// another batch, wait for one (a caller's own loop) instead of returning
 /// None (a worker, which has other things to do).
-pub fn take_range(id: i64, prefer: Option<i64>, wait: bool) -> Option<Range> {
+pub fn take_range(id: i64, prefer: Option<(pg_sys::Oid, i64)>, wait: bool) -> Option<Range> {
+    let (prefer_relid, prefer) = (prefer.map(|p| p.0), prefer.map(|p| p.1));
     let take = |lock: &str| {
         let sql = format!(
-            "SELECT start_block, next_block, end_block, rows_per_block FROM zdm.backfill_ranges \
+            "SELECT start_block, next_block, end_block, rows_per_block, relid, relfilenode FROM zdm.backfill_ranges \
               WHERE migration_id = $1 AND next_block < end_block \
-              ORDER BY start_block IS NOT DISTINCT FROM $2 DESC, start_block LIMIT 1 {lock}"
+              ORDER BY (relid, start_block) IS NOT DISTINCT FROM ($3, $2) DESC, relid, start_block LIMIT 1 {lock}"
         );
         as_catalog_owner(|| {
-            spi::first_row(&sql, &[id.into(), prefer.into()], |r| {
+            spi::first_row(&sql, &[id.into(), prefer.into(), prefer_relid.into()], |r| {
                 Ok(Range {
+                    relid: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+                    relfilenode: r.get::<pg_sys::Oid>(6)?.unwrap_or(pg_sys::InvalidOid),
                     start_block: r.get::<i64>(1)?.unwrap_or(0),
                     next_block: r.get::<i64>(2)?.unwrap_or(0),
                     end_block: r.get::<i64>(3)?.unwrap_or(0),
@@ -467,20 +474,87 @@ pub fn save_range_progress(id: i64, r: &Range, rows: i64) {
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.backfill_ranges SET next_block = $3, end_block = $4, rows_per_block = $5, \
-               rows_done = rows_done + $6, batches_done = batches_done + 1 WHERE migration_id = $1 AND start_block = $2",
-            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into()],
+               rows_done = rows_done + $6, batches_done = batches_done + 1 WHERE migration_id = $1 AND relid = $7 AND start_block = $2",
+            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into(), r.relid.into()],
         )
     });
 }
 
 /// A new range, split off a locked one (`[start, end)` was that range's,
 /// unvisited: no other range covers it).
-pub fn add_range(id: i64, start: i64, end: i64, rows_per_block: f64) {
+pub fn add_range(id: i64, of: &Range, start: i64, end: i64) {
     as_catalog_owner(|| {
         spi::exec_args(
-            "INSERT INTO zdm.backfill_ranges (migration_id, start_block, next_block, end_block, rows_per_block) VALUES ($1, $2, $2, $3, $4)",
-            &[id.into(), start.into(), end.into(), rows_per_block.into()],
+            "INSERT INTO zdm.backfill_ranges (migration_id, relid, relfilenode, start_block, next_block, end_block, rows_per_block) \
+             VALUES ($1, $5, $6, $2, $2, $3, $4)",
+            &[id.into(), start.into(), end.into(), of.rows_per_block.into(), of.relid.into(), of.relfilenode.into()],
         )
+    });
+}
+
+/// A partitioned table's backfill: one range per leaf with blocks (its heap
+/// now, recorded with its relfilenode), and the migration's own cursor at
+/// the end of the whole tree. In the caller's (batch) transaction.
+pub fn plan_leaves(id: i64, leaves: &[crate::tree::Leaf], rows_per_block: f64) {
+    let total: i64 = leaves.iter().map(|l| l.blocks).sum();
+    as_catalog_owner(|| {
+        for l in leaves.iter().filter(|l| l.blocks > 0) {
+            spi::exec_args(
+                "INSERT INTO zdm.backfill_ranges (migration_id, relid, relfilenode, start_block, next_block, end_block, rows_per_block) \
+                 VALUES ($1, $2, pg_catalog.pg_relation_filenode($2::pg_catalog.regclass), 0, 0, $3, $4)",
+                &[id.into(), l.relid.into(), l.blocks.into(), rows_per_block.into()],
+            );
+        }
+        spi::exec_args(
+            "UPDATE zdm.migrations SET next_block = $2, rel_blocks = $2, updated_at = clock_timestamp() WHERE id = $1",
+            &[id.into(), total.into()],
+        );
+    });
+}
+
+/// Leaves whose heap was rewritten (VACUUM FULL, CLUSTER, a rewriting
+/// ALTER) since their ranges were planned, with their heap's size now.
+pub fn rewritten_leaves(id: i64) -> Vec<crate::tree::Leaf> {
+    as_catalog_owner(|| {
+        spi::rows(
+            "SELECT DISTINCT r.relid, pg_catalog.pg_relation_size(r.relid::pg_catalog.regclass) / pg_catalog.current_setting('block_size')::bigint \
+               FROM zdm.backfill_ranges r \
+              WHERE r.migration_id = $1 AND r.relid <> 0 \
+                AND pg_catalog.pg_relation_filenode(r.relid::pg_catalog.regclass) IS DISTINCT FROM r.relfilenode \
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = r.relid)",
+            &[id.into()],
+            |r| {
+                Ok(crate::tree::Leaf {
+                    relid: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                    blocks: r.get::<i64>(2)?.unwrap_or(0),
+                })
+            },
+        )
+    })
+}
+
+/// A rewritten leaf starts again: its ranges' counters folded into the
+/// migration, the ranges replaced by one over its new heap. The caller holds
+/// every range's lock.
+pub fn restart_leaf(id: i64, leaf: &crate::tree::Leaf) {
+    as_catalog_owner(|| {
+        spi::exec_args(
+            "WITH d AS (DELETE FROM zdm.backfill_ranges WHERE migration_id = $1 AND relid = $2 \
+                        RETURNING rows_done, batches_done, end_block - next_block AS left) \
+             UPDATE zdm.migrations SET rows_done = rows_done + (SELECT coalesce(sum(rows_done), 0) FROM d), \
+               batches_done = batches_done + (SELECT coalesce(sum(batches_done), 0) FROM d), \
+               next_block = next_block - (SELECT coalesce(sum(left), 0) FROM d) + $3, \
+               rel_blocks = rel_blocks - (SELECT coalesce(sum(left), 0) FROM d) + $3, updated_at = clock_timestamp() \
+             WHERE id = $1",
+            &[id.into(), leaf.relid.into(), leaf.blocks.into()],
+        );
+        if leaf.blocks > 0 {
+            spi::exec_args(
+                "INSERT INTO zdm.backfill_ranges (migration_id, relid, relfilenode, start_block, next_block, end_block) \
+                 VALUES ($1, $2, pg_catalog.pg_relation_filenode($2::pg_catalog.regclass), 0, 0, $3)",
+                &[id.into(), leaf.relid.into(), leaf.blocks.into()],
+            );
+        }
     });
 }
 

@@ -196,7 +196,9 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                         pg_sys::AlterTableType::AT_AttachPartition => {
                             let part = (*cmd).def as *mut pg_sys::PartitionCmd;
                             if !part.is_null() {
-                                protect_table(relid_of((*part).name), "attach as a partition");
+                                let attached = relid_of((*part).name);
+                                protect_table(attached, "attach as a partition");
+                                refuse_loaded_partition(relid, attached);
                             }
                         }
                         // The migration runs as the owner recorded at expand.
@@ -218,6 +220,10 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                     protect_table(relid_of((*s).relation), "replace the zdm sync trigger of");
                 }
             }
+            // CREATE TABLE … PARTITION OF: an empty partition, which gets
+            // the clone of the sync trigger and stays in sync (pg_partman's
+            // maintenance creates them on a schedule).
+            pg_sys::NodeTag::T_CreateStmt if !(*(node as *mut pg_sys::CreateStmt)).partbound.is_null() => {}
             pg_sys::NodeTag::T_CreateStmt => {
                 let s = node as *mut pg_sys::CreateStmt;
                 for parent in list_items((*s).inhRelations) {
@@ -324,16 +330,20 @@ fn rename_pairs(relid: pg_sys::Oid) -> Vec<(String, String)> {
     })
 }
 
-/// The first in-flight migration on `relid` (touching `column`, if given).
+/// The first in-flight migration on `relid` or, for a partition, on the
+/// partitioned table it belongs to (touching `column`, if given).
 fn in_flight(relid: pg_sys::Oid, column: Option<&str>) -> Option<(i64, String)> {
     if relid == pg_sys::InvalidOid {
         return None;
     }
     as_catalog_owner(|| {
         spi::first_row(
-            "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass \
-               AND phase IN ('expanded', 'backfilling', 'backfilled') \
-               AND ($2::text IS NULL OR $2 IN (old_column::text, new_column::text)) ORDER BY id LIMIT 1",
+            &format!(
+                "SELECT id, kind FROM zdm.migrations WHERE relid::pg_catalog.oid IN {} \
+                   AND phase IN ('expanded', 'backfilling', 'backfilled') \
+                   AND ($2::text IS NULL OR $2 IN (old_column::text, new_column::text)) ORDER BY id LIMIT 1",
+                crate::tree::self_and_ancestors_sql(1)
+            ),
             &[relid.into(), column.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
         )
@@ -398,8 +408,9 @@ fn protect_migration_column(relid: pg_sys::Oid, column: &str, side: Side, action
     let hit = as_catalog_owner(|| {
         spi::first_row(
             &format!(
-                "SELECT id, kind FROM zdm.migrations WHERE relid = $1::oid::regclass AND kind IN ({kinds}) \
-                   AND phase IN ('expanded', 'backfilling', 'backfilled') AND {which}::text = $2 ORDER BY id LIMIT 1"
+                "SELECT id, kind FROM zdm.migrations WHERE relid::pg_catalog.oid IN {} AND kind IN ({kinds}) \
+                   AND phase IN ('expanded', 'backfilling', 'backfilled') AND {which}::text = $2 ORDER BY id LIMIT 1",
+                crate::tree::self_and_ancestors_sql(1)
             ),
             &[relid.into(), column.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
@@ -412,6 +423,37 @@ fn protect_migration_column(relid: pg_sys::Oid, column: &str, side: Side, action
 }
 
 /// sql_drop: a dropped table, or a dropped column, under migration.
+/// ATTACH PARTITION onto a table under migration: the attached table's rows
+/// were never written through the sync trigger, nor are they in the
+/// backfill's plan. Allowed empty (it then stays in sync like any
+/// partition), refused with rows. Its ACCESS EXCLUSIVE lock, which ATTACH
+/// takes anyway, is taken first so that no row arrives after the look.
+fn refuse_loaded_partition(parent: pg_sys::Oid, attached: pg_sys::Oid) {
+    if attached == pg_sys::InvalidOid {
+        return;
+    }
+    let Some((id, kind)) = in_flight(parent, None) else { return };
+    // Only the parent's owner may attach: anyone else fails in ATTACH itself.
+    let owns = spi::one::<bool>("SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1", &[parent.into()]);
+    if owns != Some(true) {
+        return;
+    }
+    let t = table_sql(attached);
+    let loaded = as_catalog_owner(|| {
+        spi::exec(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"));
+        spi::one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {t})"), &[])
+    });
+    if loaded == Some(true) {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot attach {t} as a partition of {}: it holds rows, and zdm migration {id} ({kind}) is in flight on the table", table_sql(parent)),
+            format!(
+                "Its rows were never kept in sync by the migration. Attach it after zdm.contract({id}) (or zdm.abort({id})); or create the partition empty (CREATE TABLE … PARTITION OF) and insert its rows through the partitioned table."
+            ),
+        );
+    }
+}
+
 fn check_drops() {
     let hit = as_catalog_owner(|| {
         spi::first_row(
@@ -422,7 +464,10 @@ fn check_drops() {
                      AND (d.objsubid = 0 OR d.address_names[pg_catalog.array_upper(d.address_names, 1)] \
                                             IN (m.old_column::text, m.new_column::text))) \
                  OR (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
-                     AND d.address_names[pg_catalog.array_upper(d.address_names, 1)] = m.trigger_name::text) \
+                     AND d.address_names[pg_catalog.array_upper(d.address_names, 1)] = m.trigger_name::text \
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                                      WHERE c.oid = m.relid::pg_catalog.oid AND c.relkind = 'p' \
+                                        AND d.address_names[1:2] IS DISTINCT FROM ARRAY[n.nspname::text, c.relname::text])) \
               ORDER BY m.id LIMIT 1",
             &[],
             |r| {

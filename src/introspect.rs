@@ -51,10 +51,7 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
     };
     match relkind.as_str() {
         "r" => {}
-        "p" => refuse(
-            "a partitioned table",
-            "Partitioned tables are not supported yet; migrate each partition's parent change with plain DDL in a maintenance window.",
-        ),
+        "p" => {}
         "v" => refuse("a view", "Migrate the table the view reads from, then recreate the view."),
         "m" => refuse("a materialized view", "Recreate the materialized view instead."),
         "f" => refuse("a foreign table", "Change the column on the remote server."),
@@ -71,7 +68,15 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
         );
     }
     if is_partition {
-        refuse("a partition", "Partitions are not supported yet.");
+        let root = spi::one::<String>("SELECT pg_catalog.pg_partition_root($1)::pg_catalog.regclass::text", &[relid.into()]).unwrap_or_default();
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("zdm cannot migrate {display}: it is a partition of {root}"),
+            format!("A partition's columns are its parent's: migrate the partitioned table {root} itself, and zdm covers every partition."),
+        );
+    }
+    if relkind == "p" {
+        refuse_unreachable_leaves(relid, &display);
     }
     // Citus keeps a distributed or reference table's rows in shards: the
     // table zdm sees is an empty shell, whose backfill would find nothing.
@@ -104,6 +109,49 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
         );
     }
     Table { relid, schema, name }
+}
+
+/// A partitioned table's leaves are where its rows are read and written:
+/// each must be an ordinary table its root's owner may update and see
+/// every row of (a batch updates a leaf directly).
+fn refuse_unreachable_leaves(relid: pg_sys::Oid, display: &str) {
+    let bad = spi::first_row(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
+                CASE WHEN c.relkind = 'f' THEN 'a foreign table' \
+                     WHEN NOT pg_catalog.has_table_privilege(root.relowner, c.oid, 'SELECT, UPDATE') THEN 'not updatable by the owner of the partitioned table' \
+                     WHEN c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls) THEN 'protected by FORCE ROW LEVEL SECURITY' END \
+           FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           JOIN pg_catalog.pg_class root ON root.oid = $1 JOIN pg_catalog.pg_roles r ON r.oid = root.relowner \
+          WHERE t.isleaf AND (c.relkind = 'f' OR NOT pg_catalog.has_table_privilege(root.relowner, c.oid, 'SELECT, UPDATE') \
+                OR (c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls))) \
+          ORDER BY 1 LIMIT 1",
+        &[relid.into()],
+        |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+    );
+    if let Some((leaf, why)) = bad {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("zdm cannot migrate {display}: its partition {leaf} is {why}"),
+            "zdm's trigger and backfill work on every leaf partition as the partitioned table's owner. Detach that partition for the migration, or give the owner UPDATE on it (and no FORCE ROW LEVEL SECURITY).",
+        );
+    }
+}
+
+/// The partition key (at any level of the tree) that uses `column`, if any.
+pub fn partition_key_using(relid: pg_sys::Oid, column: &str) -> Option<String> {
+    spi::one::<String>(
+        "SELECT pg_catalog.format('%s of %s', pg_catalog.pg_get_partkeydef(p.partrelid), p.partrelid::pg_catalog.regclass) \
+           FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = t.relid \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attname = $2 AND NOT a.attisdropped \
+          WHERE a.attnum = ANY (p.partattrs::int2[]) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                         WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.partrelid AND d.objsubid = 0 \
+                           AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = p.partrelid \
+                           AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i')) \
+          ORDER BY t.level LIMIT 1",
+        &[relid.into(), column.into()],
+    )
 }
 
 /// The table's owner, as whom all of a migration's work runs.
@@ -333,9 +381,12 @@ pub fn refuse_blocking_dependents(deps: &[Dependent], code: Code, table: &str, c
 /// Heap size in blocks, read now.
 /// "an inheritance child" or "an inheritance parent" when the table is one.
 pub fn inheritance(relid: pg_sys::Oid) -> Option<String> {
+    // Partitions are not inheritance here: the tree covers them (crate::tree).
     spi::one::<String>(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1) THEN 'an inheritance child' \
-                     WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhparent = $1) THEN 'an inheritance parent' END",
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+                                   WHERE i.inhrelid = $1 AND NOT c.relispartition) THEN 'an inheritance child' \
+                     WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+                                   WHERE i.inhparent = $1 AND NOT c.relispartition) THEN 'an inheritance parent' END",
         &[relid.into()],
     )
 }
@@ -369,9 +420,14 @@ pub fn relation_blocks(relid: pg_sys::Oid) -> i64 {
 /// whole heap (TABLESAMPLE SYSTEM): the first blocks alone say nothing once an
 /// earlier backfill or a bulk UPDATE has moved their rows to the end.
 pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
+    // Over the leaves of a partitioned table (its own pg_class row has no pages).
     let (reltuples, relpages) = Spi::connect_mut(|c| {
         let r = c.update(
-            "SELECT reltuples::float8, relpages::float8 FROM pg_catalog.pg_class WHERE oid = $1",
+            &format!(
+                "SELECT CASE WHEN pg_catalog.bool_and(reltuples >= 0) THEN pg_catalog.sum(reltuples)::float8 ELSE -1 END, \
+                        pg_catalog.sum(relpages)::float8 FROM pg_catalog.pg_class WHERE oid IN {} AND relkind = 'r'",
+                crate::tree::self_and_descendants_sql(1)
+            ),
             Some(1),
             &[t.relid.into()],
         )?;
@@ -384,7 +440,7 @@ pub fn row_estimates(t: &Table, blocks: i64) -> (i64, f64) {
     } else if blocks > 0 {
         let percent = (12800.0 / blocks as f64).min(100.0);
         let n = spi::one::<i64>(
-            &format!("SELECT pg_catalog.count(*) FROM ONLY {} TABLESAMPLE pg_catalog.system ({percent})", t.sql()),
+            &format!("SELECT pg_catalog.count(*) FROM {} TABLESAMPLE pg_catalog.system ({percent})", crate::tree::scan_target(t.relid, &t.sql())),
             &[],
         )
         .unwrap_or(0);

@@ -26,6 +26,7 @@ mod parse;
 mod security;
 mod spi;
 mod subxact;
+mod tree;
 mod trigger;
 
 ::pgrx::pg_module_magic!(name, version);

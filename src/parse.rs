@@ -1,4 +1,5 @@
-//! The raw parser, for refusing malformed user text before anything runs.
+//! The raw parser, for refusing malformed user text before anything runs;
+//! and rewriting the column numbers of a parsed expression tree.
 
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -42,5 +43,33 @@ pub fn sole_expression(sql: &CStr, mode: pg_sys::RawParseMode::Type) -> Option<*
             return None;
         }
         Some((*target).val)
+    }
+}
+
+/// Point every reference to attribute `from` (every Var, if None) in an
+/// expression tree at attribute `to`, in place: an expression written
+/// against one relation's column numbers, read against another's (a new
+/// column; a partition that numbers its columns otherwise).
+pub fn retarget(node: *mut pg_sys::Node, from: Option<i16>, to: i16) {
+    let mut ctx = (from, to);
+    unsafe { retarget_vars(node, &mut ctx as *mut (Option<i16>, i16) as *mut std::ffi::c_void) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn retarget_vars(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        if (*node).type_ == pg_sys::NodeTag::T_Var {
+            let (from, to) = *(ctx as *mut (Option<i16>, i16));
+            let var = node as *mut pg_sys::Var;
+            if from.is_none_or(|f| (*var).varattno == f) {
+                (*var).varattno = to;
+                (*var).varattnosyn = to;
+            }
+            return false;
+        }
+        pg_sys::expression_tree_walker(node, Some(retarget_vars), ctx)
     }
 }

@@ -363,10 +363,14 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let tgname = CStr::from_ptr((*trigger).tgname).to_string_lossy().into_owned();
         let relid = (*rel).rd_id;
         let recorded = crate::catalog::as_catalog_owner_any_version(|| {
+            // A leaf partition's clone of the trigger: its root's migration.
             crate::spi::first_row(
-                "SELECT old_column::text, new_column::text, using_tree, using_expr FROM zdm.migrations \
-                  WHERE relid = $1::oid::regclass AND trigger_name = $2 AND kind = 'change_type' \
-                    AND phase IN ('expanded', 'backfilling', 'backfilled') AND using_tree IS NOT NULL",
+                &format!(
+                    "SELECT old_column::text, new_column::text, using_tree, using_expr FROM zdm.migrations \
+                      WHERE relid::pg_catalog.oid IN {} AND trigger_name = $2 AND kind = 'change_type' \
+                        AND phase IN ('expanded', 'backfilling', 'backfilled') AND using_tree IS NOT NULL",
+                    crate::tree::self_and_ancestors_sql(1)
+                ),
                 &[relid.into(), tgname.as_str().into()],
                 |r| {
                     Ok((
@@ -418,6 +422,10 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let previous = pg_sys::MemoryContextSwitchTo(context);
         let tree_c = CString::new(tree).unwrap_or_default();
         let expr = pg_sys::stringToNode(tree_c.as_ptr()) as *mut pg_sys::Expr;
+        // The tree reads the old column by its number in the migrated table;
+        // a leaf partition may number it otherwise (another column order,
+        // dropped columns): point it at this relation's own.
+        crate::parse::retarget(expr as *mut pg_sys::Node, None, old_att as i16);
         let new_type = crate::compat::attr(tupdesc, (new_att - 1) as usize).atttypid;
         if expr.is_null() || pg_sys::exprType(expr as *const pg_sys::Node) != new_type {
             pg_sys::MemoryContextSwitchTo(previous);

@@ -32,14 +32,28 @@ use std::ffi::CStr;
 /// that replication apply fires it too). The guard refuses the DDL that
 /// would change any of that; this is the check before trusting it.
 pub fn sync_trigger_fault(relid: pg_sys::Oid, name: &str) -> Option<&'static str> {
+    // On a partitioned table: on every relation of the tree (PostgreSQL
+    // clones it to each partition; a clone can be disabled on its own).
     let row = crate::spi::first_row(
-        "SELECT t.tgfoid IN ('zdm.sync_trigger()'::pg_catalog.regprocedure, 'zdm.convert_trigger()'::pg_catalog.regprocedure), \
-                t.tgenabled = 'A', \
-                t.tgtype::int = 23 AND t.tgqual IS NULL AND pg_catalog.cardinality(t.tgattr::int2[]) = 0 \
-           FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
+        &format!(
+            "SELECT pg_catalog.bool_and(t.tgfoid IN ('zdm.sync_trigger()'::pg_catalog.regprocedure, 'zdm.convert_trigger()'::pg_catalog.regprocedure)), \
+                    pg_catalog.bool_and(t.tgenabled = 'A'), \
+                    pg_catalog.bool_and(t.tgtype::int = 23 AND t.tgqual IS NULL AND pg_catalog.cardinality(t.tgattr::int2[]) = 0), \
+                    pg_catalog.bool_and(t.oid IS NOT NULL) \
+               FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = $2 \
+              WHERE c.oid IN {} AND c.relkind IN ('r', 'p')",
+            crate::tree::self_and_descendants_sql(1)
+        ),
         &[relid.into(), name.into()],
-        |r| Ok((r.get::<bool>(1)?.unwrap_or(false), r.get::<bool>(2)?.unwrap_or(false), r.get::<bool>(3)?.unwrap_or(false))),
-    );
+        |r| {
+            Ok(r.get::<bool>(4)?.unwrap_or(false).then_some((
+                r.get::<bool>(1)?.unwrap_or(false),
+                r.get::<bool>(2)?.unwrap_or(false),
+                r.get::<bool>(3)?.unwrap_or(false),
+            )))
+        },
+    )
+    .flatten();
     match row {
         None => Some("is missing"),
         Some((false, _, _)) => Some("no longer runs zdm's function"),

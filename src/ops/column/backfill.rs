@@ -22,7 +22,7 @@ use crate::errors::{raise, Code};
 use crate::engine::{Batch, Share};
 use crate::introspect;
 use crate::spi::{self, ident};
-use crate::trigger;
+use crate::{trigger, tree};
 use pgrx::pg_sys;
 use std::cell::Cell;
 use std::time::Instant;
@@ -32,8 +32,9 @@ use std::time::Instant;
 const MIN_SPLIT_BLOCKS: i64 = 16;
 
 thread_local! {
-    /// The range this process worked on last: it keeps to it while it is free.
-    static LAST_RANGE: Cell<Option<i64>> = const { Cell::new(None) };
+    /// The range this process worked on last (leaf, first block): it keeps
+    /// to it while it is free.
+    static LAST_RANGE: Cell<Option<(pg_sys::Oid, i64)>> = const { Cell::new(None) };
 }
 
 /// One step of a rename or type-change backfill in the current transaction:
@@ -65,7 +66,9 @@ pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
         return Batch::done();
     }
     let (ranges, open) = catalog::range_counts(migration);
-    let rewritten = filenode(peek.relid) != peek.relfilenode;
+    let partitioned = tree::is_partitioned(peek.relid);
+    // A partitioned table has no heap of its own: a rewrite is per leaf.
+    let rewritten = if partitioned { !catalog::rewritten_leaves(migration).is_empty() } else { filenode(peek.relid) != peek.relfilenode };
     if ranges > 0 && !rewritten {
         return match (open > 0, par.helper) {
             (true, _) => range_batch(migration, batch_size, par),
@@ -79,6 +82,12 @@ pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
     }
     lock_table(&m);
     require_trigger(&m);
+    if partitioned {
+        if m.phase == Phase::Expanded {
+            catalog::set_phase(m.id, Phase::Backfilling);
+        }
+        return plan_tree(&m, started);
+    }
     if catalog::range_counts(migration).0 > 0 && filenode(m.relid) == m.relfilenode {
         return Batch::default(); // another process split it meanwhile: the next step takes a range
     }
@@ -96,7 +105,7 @@ pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
     let blocks = batch_blocks(batch_size, per_block, introspect::rows_per_block(m.relid), nblocks - cursor);
     let end = cursor + blocks;
-    let rows = update_blocks(&m, cursor, end);
+    let rows = update_blocks(&m, &format!("ONLY {}", m.table_sql()), cursor, end);
     catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
     Batch { rows, blocks, first_block: cursor, ..Batch::default() }
 }
@@ -116,11 +125,21 @@ fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
         let (_, open) = catalog::range_counts(m.id);
         return Batch { busy: open > 0, ..Batch::default() };
     };
-    LAST_RANGE.set(Some(r.start_block));
+    LAST_RANGE.set(Some((r.relid, r.start_block)));
+    let Some((heap, density)) = range_heap(&m, &r) else {
+        // A leaf detached or dropped since it was planned: its rows left the
+        // table (DROP and DETACH wait for the table's lock this batch holds).
+        r.next_block = r.end_block;
+        catalog::save_range_progress(m.id, &r, 0);
+        return Batch::default();
+    };
+    if heap.is_empty() {
+        return Batch::default(); // the leaf was rewritten: the next step restarts it
+    }
     let per_block = if r.rows_per_block > 0.0 { r.rows_per_block } else { 1.0 };
-    let blocks = batch_blocks(batch_size, per_block, introspect::rows_per_block(m.relid), r.end_block - r.next_block);
+    let blocks = batch_blocks(batch_size, per_block, density, r.end_block - r.next_block);
     let first = r.next_block;
-    let rows = update_blocks(&m, first, first + blocks);
+    let rows = update_blocks(&m, &heap, first, first + blocks);
     r.next_block = first + blocks;
     r.rows_per_block = next_density(per_block, rows, blocks, batch_size);
     // Fewer ranges with blocks left than workers: one of them has nothing to
@@ -130,7 +149,7 @@ fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
     let left = r.end_block - r.next_block;
     if catalog::range_counts(m.id).1 < par.workers as i64 && left >= 2 * blocks.max(MIN_SPLIT_BLOCKS / 2) {
         let mid = r.next_block + left / 2;
-        catalog::add_range(m.id, mid, r.end_block, r.rows_per_block);
+        catalog::add_range(m.id, &r, mid, r.end_block);
         r.end_block = mid;
     }
     catalog::save_range_progress(m.id, &r, rows);
@@ -147,7 +166,8 @@ fn finish(migration: i64, started: Instant) -> Batch {
     }
     lock_table(&m);
     catalog::lock_ranges(m.id);
-    if filenode(m.relid) != m.relfilenode || catalog::range_counts(m.id).1 > 0 || m.next_block < m.rel_blocks {
+    let rewritten = if tree::is_partitioned(m.relid) { !catalog::rewritten_leaves(m.id).is_empty() } else { filenode(m.relid) != m.relfilenode };
+    if rewritten || catalog::range_counts(m.id).1 > 0 || m.next_block < m.rel_blocks {
         return Batch::default(); // rewritten or split meanwhile: not finished
     }
     catalog::fold_ranges(m.id);
@@ -182,6 +202,65 @@ fn finish(migration: i64, started: Instant) -> Batch {
         detail: Some(format!("{total} rows backfilled in total")),
     });
     Batch::done()
+}
+
+/// A partitioned table's first step, and the step after a leaf was
+/// rewritten: one range per leaf planned, or the rewritten leaves' ranges
+/// started again over their new heaps. The caller holds the migration's row
+/// FOR UPDATE and the table's lock.
+fn plan_tree(m: &Migration, started: Instant) -> Batch {
+    if catalog::range_counts(m.id).0 == 0 {
+        let leaves = tree::leaves(m.relid);
+        catalog::plan_leaves(m.id, &leaves, m.rows_per_block);
+        catalog::log_step(Step {
+            migration: m.id,
+            step: "backfill: planned",
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(format!(
+                "{} leaf partition(s), {} block(s) in all",
+                leaves.len(),
+                leaves.iter().map(|l| l.blocks).sum::<i64>()
+            )),
+        });
+        if catalog::range_counts(m.id).0 == 0 {
+            return finish(m.id, started); // every leaf is empty
+        }
+        return Batch::default();
+    }
+    catalog::lock_ranges(m.id);
+    for leaf in catalog::rewritten_leaves(m.id) {
+        catalog::restart_leaf(m.id, &leaf);
+        catalog::log_step(Step {
+            migration: m.id,
+            step: "backfill: partition rewritten, its scan restarts",
+            duration_ms: 0.0,
+            lock_wait_ms: None,
+            lock_attempts: None,
+            detail: Some(format!("{}: new heap of {} blocks", catalog::current_table_sql(leaf.relid).unwrap_or_default(), leaf.blocks)),
+        });
+    }
+    Batch::default()
+}
+
+/// The heap a range covers, as an UPDATE target, and its rows per block;
+/// None if the range's leaf is no longer part of the table, "" if it was
+/// rewritten since the range was planned. A leaf is locked (ROW EXCLUSIVE,
+/// like the batch's UPDATE) before its heap is compared, as a plain table is.
+fn range_heap(m: &Migration, r: &catalog::Range) -> Option<(String, f64)> {
+    if r.relid == pg_sys::InvalidOid {
+        return Some((format!("ONLY {}", m.table_sql()), introspect::rows_per_block(m.relid)));
+    }
+    if !tree::covers(m.relid, r.relid) {
+        return None;
+    }
+    let leaf = catalog::current_table_sql(r.relid)?;
+    spi::exec(&format!("LOCK TABLE ONLY {leaf} IN ROW EXCLUSIVE MODE"));
+    if filenode(r.relid) != r.relfilenode {
+        return Some((String::new(), 0.0));
+    }
+    Some((format!("ONLY {leaf}"), introspect::rows_per_block(r.relid)))
 }
 
 /// The table's lock for the batch, taken before its heap is looked at: a
@@ -239,8 +318,9 @@ fn pending_condition(m: &Migration) -> (String, String) {
     }
 }
 
-/// The batch's UPDATE over heap blocks `[first, end)`; returns rows updated.
-fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
+/// The batch's UPDATE over heap blocks `[first, end)` of `heap` (`ONLY`
+/// the table or one of its leaves); returns rows updated.
+fn update_blocks(m: &Migration, heap: &str, first: i64, end: i64) -> i64 {
     // ONLY: inheritance is refused up front, and a child added later must not
     // be half-filled by the parent's block range. Operators are qualified:
     // nothing on a search_path may stand in for them.
@@ -253,9 +333,8 @@ fn update_blocks(m: &Migration, first: i64, end: i64) -> i64 {
     // migration's and user's triggers: nothing a batch causes — including
     // writes a user trigger makes to other rows — escapes syncing.
     spi::exec_count(&format!(
-        "UPDATE ONLY {table} SET {set} WHERE ctid OPERATOR(pg_catalog.>=) '({first},0)'::pg_catalog.tid \
-         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {todo}",
-        table = m.table_sql()
+        "UPDATE {heap} SET {set} WHERE ctid OPERATOR(pg_catalog.>=) '({first},0)'::pg_catalog.tid \
+         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {todo}"
     ))
 }
 

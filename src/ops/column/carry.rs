@@ -93,7 +93,7 @@ pub fn definition(table: &Table, index: pg_sys::Oid, from: i16, to: i16, new_nam
                 Some(t) => {
                     let c = CString::new(t.as_str()).unwrap_or_default();
                     let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Node;
-                    retarget(node, from, to);
+                    crate::parse::retarget(node, Some(from), to);
                     node
                 }
                 None => std::ptr::null_mut(),
@@ -335,30 +335,5 @@ pub fn attach(m: &Migration, t: &str, schema: &str) {
         if c.clustered {
             spi::exec(&format!("ALTER TABLE {t} CLUSTER ON {}", ident(&final_name)));
         }
-    }
-}
-
-/// Point every reference to attribute `from` in `node` at `to`, in place.
-pub fn retarget(node: *mut pg_sys::Node, from: i16, to: i16) {
-    let mut ctx = (from, to);
-    unsafe { retarget_vars(node, &mut ctx as *mut (i16, i16) as *mut std::ffi::c_void) };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn retarget_vars(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
-    unsafe {
-        if node.is_null() {
-            return false;
-        }
-        if (*node).type_ == pg_sys::NodeTag::T_Var {
-            let (from, to) = *(ctx as *mut (i16, i16));
-            let var = node as *mut pg_sys::Var;
-            if (*var).varattno == from {
-                (*var).varattno = to;
-                (*var).varattnosyn = to;
-            }
-            return false;
-        }
-        pg_sys::expression_tree_walker(node, Some(retarget_vars), ctx)
     }
 }

@@ -312,7 +312,8 @@ fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
     let count = || {
         spi::one::<i64>(
             &format!(
-                "SELECT pg_catalog.count(*) FROM ONLY {t} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({}))",
+                "SELECT pg_catalog.count(*) FROM {} WHERE NOT pg_catalog.record_image_eq(ROW({expected}), ROW({}))",
+                crate::tree::scan_target(m.relid, t),
                 ident(m.new_col())
             ),
             &[],
@@ -329,13 +330,17 @@ fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
 /// migrations touch other columns only).
 fn refuse_later_triggers(m: &Migration, t: &str) {
     let Some(ours) = m.trigger_name.as_deref() else { return };
+    // Every relation of a partitioned table's tree: a partition's own
+    // triggers fire after the clone of zdm's too.
     let later = spi::one::<String>(
-        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(tg.tgname::text), ', ' ORDER BY tg.tgname) \
+        &format!("SELECT pg_catalog.string_agg(DISTINCT pg_catalog.quote_ident(tg.tgname::text), ', ') \
            FROM pg_catalog.pg_trigger tg \
-          WHERE tg.tgrelid = $1 AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' \
+          WHERE tg.tgrelid IN {tree} AND NOT tg.tgisinternal AND tg.tgenabled <> 'D' \
             AND (tg.tgtype::int & 3) = 3 AND (tg.tgtype::int & 20) <> 0 \
             AND tg.tgname::text COLLATE \"C\" > $2::text COLLATE \"C\" \
-            AND NOT EXISTS (SELECT 1 FROM zdm.migrations z WHERE z.relid = tg.tgrelid AND z.trigger_name = tg.tgname)",
+            AND NOT EXISTS (SELECT 1 FROM zdm.migrations z WHERE z.relid = $1 AND z.trigger_name = tg.tgname)",
+            tree = crate::tree::self_and_descendants_sql(1)
+        ),
         &[m.relid.into(), ours.into()],
     );
     if let Some(names) = later {
