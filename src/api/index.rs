@@ -176,13 +176,26 @@ fn drop_index(index: pg_sys::Oid) -> i64 {
             ))
         },
     );
-    let Some((_, name, Some(relid), constraint)) = row.filter(|r| r.0 == "i") else {
+    // 'I': a partitioned table's index (dropped in one brief step: PostgreSQL
+    // cannot drop it concurrently).
+    let Some((_, name, Some(relid), constraint)) = row.filter(|r| r.0 == "i" || r.0 == "I") else {
         raise(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
             format!("relation with OID {} is not an index", index.to_u32()),
             "Pass an index name, e.g. zdm.drop_index('users_email_idx').",
         )
     };
+    let parent = spi::one::<String>(
+        "SELECT inhparent::pg_catalog.regclass::text FROM pg_catalog.pg_inherits WHERE inhrelid = $1",
+        &[index.into()],
+    );
+    if let Some(parent) = parent {
+        raise(
+            Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("index {} is a partition of index {parent}", ident(&name)),
+            format!("Drop {parent} itself (zdm.drop_index('{parent}')); the index of every partition goes with it."),
+        );
+    }
     let table = introspect::owned_table(relid);
     if let Some(constraint) = constraint {
         raise(

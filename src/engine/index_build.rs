@@ -12,7 +12,7 @@
 use super::locking::{self, LockPolicy};
 use crate::errors::{code_of, message_with_detail};
 use super::process::{sleep_ms, transaction};
-use super::{gate, jobs, toplevel, IndexTask};
+use super::{gate, index_tree, jobs, toplevel, IndexTask};
 use crate::catalog::{self, Step};
 use crate::spi::{self, ident};
 use pgrx::pg_sys::panic::CaughtError;
@@ -58,6 +58,12 @@ fn build_concurrently(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtErr
     })
 }
 
+/// PostgreSQL cannot drop a partitioned index concurrently: one brief ACCESS
+/// EXCLUSIVE on the tree (catalog only), bounded by the lock timeout.
+fn drop_partitioned(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError> {
+    toplevel::run(&format!("DROP INDEX IF EXISTS {}", index_sql(t)), owner, &t.search_path, build_timeout_ms(), |_| {})
+}
+
 fn log(id: i64, step: &str, started: Instant, detail: String) {
     let _ = transaction(|| {
         catalog::log_step(Step {
@@ -86,8 +92,16 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
             Err(e) => return Outcome::Failed(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, e),
         };
         let started = Instant::now();
+        let partitioned = transaction(|| crate::tree::is_partitioned(t.relid)).unwrap_or(false);
+        let mut partition = None;
         let outcome = match (t.drop, state) {
             (false, Some(true)) | (true, None) => Ok(()),
+            // A partitioned table: ON ONLY, a build per leaf, ATTACH
+            // (index_tree), resuming where an earlier attempt stopped.
+            (false, _) if partitioned => index_tree::build(id, t, owner, build_timeout_ms()).map_err(|f| {
+                partition = f.partition;
+                f.error
+            }),
             (false, Some(false)) => {
                 // Left INVALID by an earlier failed or cancelled build.
                 let dropped = drop_concurrently(t, owner);
@@ -95,6 +109,7 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
                 dropped.and_then(|_| build_concurrently(t, owner))
             }
             (false, None) => build_concurrently(t, owner),
+            (true, Some(_)) if partitioned => drop_partitioned(t, owner),
             (true, Some(_)) => drop_concurrently(t, owner),
         };
         match outcome {
@@ -105,17 +120,26 @@ pub fn run(id: i64, t: &IndexTask, owner: pg_sys::Oid) -> Outcome {
             }
             Err(e) => {
                 let code = code_of(&e);
-                last_error = message_with_detail(&e);
+                last_error = match &partition {
+                    Some(leaf) => format!("on partition {leaf}: {}", message_with_detail(&e)),
+                    None => message_with_detail(&e),
+                };
                 let shown = transaction(|| {
                     catalog::hide_values(id, &format!("index {} attempt {attempt} failed", ident(&t.index)), &last_error, Some(code as i32))
                 })
                 .unwrap_or_default();
                 log(id, "attempt failed", started, format!("{}: {shown}", index_sql(t)));
-                if !t.drop {
+                let retry = locking::retryable(code);
+                if !t.drop && !partitioned {
                     // Never leave an INVALID index behind.
                     let _ = drop_concurrently(t, owner);
+                } else if !t.drop && !retry {
+                    // A tree keeps what was built for the next attempt (its
+                    // failed leaf's INVALID index is gone already), unless
+                    // there is none.
+                    let _ = index_tree::remove(t, owner, build_timeout_ms());
                 }
-                if !locking::retryable(code) {
+                if !retry {
                     return Outcome::Failed(code, format!("{verb} {} failed: {last_error}", ident(&t.index)));
                 }
                 let reason = format!("{shown}; retrying");

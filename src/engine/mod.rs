@@ -14,6 +14,7 @@ pub mod batches;
 pub mod capacity;
 pub mod gate;
 pub mod index_build;
+pub mod index_tree;
 pub mod jobs;
 pub mod launcher;
 pub mod lifecycle;
@@ -73,6 +74,8 @@ impl Share {
 pub struct IndexTask {
     /// The operation's own key for the object (e.g. the index it replaces).
     pub key: String,
+    /// the table (a partitioned one is built leaf by leaf: index_tree)
+    pub relid: pg_sys::Oid,
     pub drop: bool,
     pub schema: String,
     pub index: String,

@@ -39,13 +39,19 @@ pub fn reload_config_if_asked() {
 /// One transaction. An ERROR inside is caught, the transaction aborted, and
 /// the message returned; FATAL (SIGTERM) still ends the process.
 pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    caught_transaction(f).map_err(|e| message_of(&e))
+}
+
+/// `transaction`, returning the caught error itself (its SQLSTATE decides
+/// whether it is retried).
+pub fn caught_transaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let body = std::panic::AssertUnwindSafe(move || Ok(f()));
-    match PgTryBuilder::new(body).catch_others(|e: CaughtError| Err(message_of(&e))).execute() {
+    match PgTryBuilder::new(body).catch_others(Err).execute() {
         Ok(v) => {
             unsafe {
                 pg_sys::PopActiveSnapshot();

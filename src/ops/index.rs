@@ -37,7 +37,7 @@ impl Operation for Index {
         })
         .unwrap_or_default();
         let schema = catalog::current_schema_of(m.relid).unwrap_or_else(|| m.table_schema.clone());
-        vec![IndexTask { key: index.clone(), drop: m.kind == "drop_index", schema, index, definition, search_path }]
+        vec![IndexTask { key: index.clone(), relid: m.relid, drop: m.kind == "drop_index", schema, index, definition, search_path }]
     }
     fn build_state(&self, migration: i64, task: &IndexTask, state: BuildState) {
         match state {
@@ -68,11 +68,17 @@ impl Operation for Index {
                   WHERE i.indrelid = $1 AND c.relname = $2",
                 &[m.relid.into(), index.as_str().into()],
             );
-            if left == Some(true) {
+            // On a partitioned table, also the partitions' indexes not
+            // attached to it yet.
+            let partitions = crate::engine::index_tree::partition_indexes(m.relid, &index);
+            if left == Some(true) || !partitions.is_empty() {
                 let t = m.table_sql();
                 locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
                 let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
                 spi::exec(&format!("DROP INDEX IF EXISTS {}", spi::qualified(&schema, &index)));
+                for p in crate::engine::index_tree::partition_indexes(m.relid, &index) {
+                    spi::exec(&format!("DROP INDEX IF EXISTS {p}"));
+                }
             }
         }
         catalog::set_phase(m.id, Phase::Aborted);

@@ -283,6 +283,7 @@ pub fn pending_builds(migration: i64) -> Vec<IndexTask> {
         .filter(|(_, state)| state != "valid")
         .map(|(c, _)| IndexTask {
             key: c.old_index,
+            relid: m.relid,
             drop: false,
             schema: schema.clone(),
             index: c.new_index,

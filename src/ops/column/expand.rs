@@ -474,21 +474,22 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
     (col, deps)
 }
 
-/// What zdm does not yet carry on a partitioned table: indexes and keys
-/// (each needs a build per leaf, attached to a parent index) and, before
-/// PostgreSQL 18, foreign keys (which it cannot add NOT VALID there).
+/// What zdm does not carry on a partitioned table: primary keys and unique
+/// constraints (PostgreSQL cannot attach a constraint USING INDEX there)
+/// and, before PostgreSQL 18, foreign keys (it cannot add them NOT VALID
+/// there). Indexes are carried, built leaf by leaf.
 fn refuse_partitioned_dependents(t: &str, column: &str, deps: &[introspect::Dependent]) {
     let pg18 = pg_sys::PG_VERSION_NUM >= 180000;
     let hit = deps.iter().find(|d| match d.kind {
-        DependentKind::Index { .. } | DependentKind::Key { .. } => true,
+        DependentKind::Key { .. } => true,
         DependentKind::ForeignKey { .. } => !pg18,
         _ => false,
     });
     if let Some(d) = hit {
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("column {} of partitioned table {t} has {}, which zdm does not carry on a partitioned table yet", ident(column), d.description),
-            "Drop it for the migration and recreate it on the new column after contract (zdm.create_index builds an index on a partitioned table leaf by leaf), or change the column with plain DDL.",
+            format!("column {} of partitioned table {t} has {}, which zdm does not carry on a partitioned table", ident(column), d.description),
+            "Drop it for the migration and recreate it on the new column after contract, or change the column with plain DDL. (PostgreSQL cannot attach a primary key or unique constraint USING INDEX on a partitioned table, and before version 18 cannot add a foreign key NOT VALID there.)",
         );
     }
 }
