@@ -301,7 +301,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                               (SELECT CASE WHEN st.stxexprs IS NULL THEN 'statistics' END FROM pg_catalog.pg_statistic_ext st WHERE st.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = $1 AND d.objsubid > 0 THEN 'not_carried' \
                          WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
-                              (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
+                              (SELECT CASE cl.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' WHEN 'I' THEN 'index' END FROM pg_catalog.pg_class cl WHERE cl.oid = d.objid) \
                          WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
                               (SELECT CASE WHEN co.contype = 'c' AND co.conrelid = $1 AND co.conkey = ARRAY[$2]::int2[] AND {enforced} THEN 'check' \
                                            WHEN co.contype = 'n' AND co.conrelid = $1 THEN 'not_null' \
