@@ -17,6 +17,13 @@
 //!   (DROP TABLE, DROP COLUMN, DROP SCHEMA … CASCADE, DROP OWNED …). The
 //!   drop has happened by then; the error rolls it back.
 //!
+//! On a partitioned table every partition is covered (a migration is found
+//! from a partition through its ancestors): its columns, defaults and
+//! trigger clone are protected like the parent's. `CREATE TABLE … PARTITION
+//! OF` is allowed (the new partition gets the trigger), `ATTACH PARTITION`
+//! only of an empty table, DETACH and DROP of a partition freely (its rows
+//! leave the table; its trigger clone goes with it).
+//!
 //! zdm's own DDL (contract dropping the old column, abort dropping the new
 //! one) runs inside `allow_zdm_ddl`, a flag private to this backend that no
 //! SQL can set.

@@ -116,16 +116,16 @@ pub fn migratable_table(relid: pg_sys::Oid) -> Table {
 /// every row of (a batch updates a leaf directly).
 fn refuse_unreachable_leaves(relid: pg_sys::Oid, display: &str) {
     let bad = spi::first_row(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
+        &format!("SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
                 CASE WHEN c.relkind = 'f' THEN 'a foreign table' \
                      WHEN NOT pg_catalog.has_table_privilege(root.relowner, c.oid, 'SELECT, UPDATE') THEN 'not updatable by the owner of the partitioned table' \
                      WHEN c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls) THEN 'protected by FORCE ROW LEVEL SECURITY' END \
-           FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+           FROM {} t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
            JOIN pg_catalog.pg_class root ON root.oid = $1 JOIN pg_catalog.pg_roles r ON r.oid = root.relowner \
           WHERE t.isleaf AND (c.relkind = 'f' OR NOT pg_catalog.has_table_privilege(root.relowner, c.oid, 'SELECT, UPDATE') \
                 OR (c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls))) \
-          ORDER BY 1 LIMIT 1",
+          ORDER BY 1 LIMIT 1", crate::tree::partition_tree_sql(1)),
         &[relid.into()],
         |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
     );
@@ -141,15 +141,15 @@ fn refuse_unreachable_leaves(relid: pg_sys::Oid, display: &str) {
 /// The partition key (at any level of the tree) that uses `column`, if any.
 pub fn partition_key_using(relid: pg_sys::Oid, column: &str) -> Option<String> {
     spi::one::<String>(
-        "SELECT pg_catalog.format('%s of %s', pg_catalog.pg_get_partkeydef(p.partrelid), p.partrelid::pg_catalog.regclass) \
-           FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = t.relid \
+        &format!("SELECT pg_catalog.format('%s of %s', pg_catalog.pg_get_partkeydef(p.partrelid), p.partrelid::pg_catalog.regclass) \
+           FROM {} t JOIN pg_catalog.pg_partitioned_table p ON p.partrelid = t.relid \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attname = $2 AND NOT a.attisdropped \
           WHERE a.attnum = ANY (p.partattrs::int2[]) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p.partrelid AND d.objsubid = 0 \
                            AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = p.partrelid \
                            AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i')) \
-          ORDER BY t.level LIMIT 1",
+          ORDER BY t.level LIMIT 1", crate::tree::partition_tree_sql(1)),
         &[relid.into(), column.into()],
     )
 }

@@ -435,8 +435,8 @@ mod tests {
         assert_sqlstate("SELECT zdm.expand_rename('tmp', 'a', 'a2')", "0A000", "temporary table");
         run("CREATE TABLE parted (a int) PARTITION BY RANGE (a)");
         run("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10)");
-        assert_sqlstate("SELECT zdm.expand_rename('parted', 'a', 'a2')", "0A000", "partitioned table");
-        assert_sqlstate("SELECT zdm.expand_rename('parted_1', 'a', 'a2')", "0A000", "partition");
+        assert_sqlstate("SELECT zdm.expand_rename('parted', 'a', 'a2')", "0A000", "partition key");
+        assert_sqlstate("SELECT zdm.expand_rename('parted_1', 'a', 'a2')", "0A000", "is a partition of public.parted");
         run("CREATE FOREIGN DATA WRAPPER dummy_fdw");
         run("CREATE SERVER dummy_srv FOREIGN DATA WRAPPER dummy_fdw");
         run("CREATE FOREIGN TABLE ft (a int) SERVER dummy_srv");

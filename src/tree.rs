@@ -28,9 +28,12 @@ pub fn leaves(relid: pg_sys::Oid) -> Vec<Leaf> {
         return vec![Leaf { relid, blocks: crate::introspect::relation_blocks(relid) }];
     }
     spi::rows(
-        "SELECT t.relid, pg_catalog.pg_relation_size(t.relid) / pg_catalog.current_setting('block_size')::bigint \
-           FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
-          WHERE t.isleaf AND c.relkind = 'r' ORDER BY t.level, c.relname",
+        &format!(
+            "SELECT t.relid, pg_catalog.pg_relation_size(t.relid) / pg_catalog.current_setting('block_size')::bigint \
+               FROM {} t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+              WHERE t.isleaf AND c.relkind = 'r' ORDER BY t.level, c.relname",
+            partition_tree_sql(1)
+        ),
         &[relid.into()],
         |r| {
             Ok(Leaf {
@@ -73,5 +76,20 @@ pub fn self_and_ancestors_sql(param: u32) -> String {
 /// SQL for "the relations of the tree rooted at `$n`" (the relation itself
 /// when it is not partitioned).
 pub fn self_and_descendants_sql(param: u32) -> String {
-    format!("(SELECT ${param}::pg_catalog.oid UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(${param}::pg_catalog.regclass) t)")
+    format!("(SELECT t.relid FROM {} t)", partition_tree_sql(param))
+}
+
+/// SQL for the tree rooted at `$n` as rows `(relid, parentrelid, level,
+/// isleaf)`, like `pg_partition_tree($n)` but read from pg_inherits without
+/// locking anything: pg_partition_tree takes ACCESS SHARE on every
+/// partition until the transaction ends, which a caller that hands its work
+/// to a worker (and waits for it) must not hold.
+pub fn partition_tree_sql(param: u32) -> String {
+    format!(
+        "(WITH RECURSIVE tr(relid, parentrelid, level) AS ( \
+            SELECT ${param}::pg_catalog.oid, NULL::pg_catalog.oid, 0 \
+            UNION ALL SELECT i.inhrelid, i.inhparent, tr.level + 1 FROM pg_catalog.pg_inherits i JOIN tr ON i.inhparent = tr.relid) \
+          SELECT tr.relid, tr.parentrelid, tr.level, k.relkind NOT IN ('p', 'I') AS isleaf \
+            FROM tr JOIN pg_catalog.pg_class k ON k.oid = tr.relid)"
+    )
 }

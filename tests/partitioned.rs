@@ -331,3 +331,61 @@ fn partitions_come_and_go_mid_migration() {
     let kept: i64 = c.query_one("SELECT count(*) FROM t_def WHERE a IS NOT NULL", &[]).unwrap().get(0);
     assert!(kept > 0);
 }
+
+/// add_check and validate_not_null on a partitioned tree validate leaf by
+/// leaf (a step per leaf in zdm.events, each its own transaction), then the
+/// parent; violations in one leaf refuse the constraint and remove it;
+/// add_foreign_key from a partitioned table needs PostgreSQL 18 (0A000
+/// before), and works to one on both.
+#[test]
+fn constraints_on_a_partitioned_table_validate_leaf_by_leaf() {
+    let cluster = Cluster::start("partcons", &[]);
+    let mut c = cluster.create_db("partcons");
+    make_tree(&mut c, 9_000);
+    let leaves: i64 = c.query_one("SELECT count(*) FROM pg_partition_tree('t') WHERE isleaf", &[]).unwrap().get(0);
+    let check: i64 = c.query_one("SELECT zdm.add_check('t', 't_n_positive', 'n > 0')", &[]).unwrap().get(0);
+    let nn: i64 = c.query_one("SELECT zdm.validate_not_null('t', 'n')", &[]).unwrap().get(0);
+    for id in [check, nn] {
+        let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+        assert_eq!(phase, "contracted");
+        let steps: i64 = c
+            .query_one("SELECT count(*) FROM zdm.events WHERE migration_id = $1 AND step = 'validate constraint on partition'", &[&id])
+            .unwrap()
+            .get(0);
+        assert_eq!(steps, leaves, "one validation per leaf");
+    }
+    let not_null: i64 = c
+        .query_one("SELECT count(*) FROM pg_attribute WHERE attname = 'n' AND attnotnull AND attrelid IN (SELECT relid FROM pg_partition_tree('t'))", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(not_null, leaves + 2, "NOT NULL on every relation of the tree");
+    let valid: i64 = c
+        .query_one("SELECT count(*) FROM pg_constraint WHERE conname = 't_n_positive' AND convalidated", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(valid, leaves + 2);
+
+    // Rows violating it in one leaf: refused, nothing left behind.
+    c.batch_execute("UPDATE t SET a = NULL WHERE id = 4500").unwrap();
+    // Called outside a transaction block, it waits for the worker and
+    // raises what it found.
+    let msg = expect_err(&mut c, "SELECT zdm.validate_not_null('t', 'a')", "23502");
+    assert!(msg.contains("1 NULL"), "{msg}");
+    let left: i64 = c.query_one("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'zdm\\_%\\_a\\_not\\_null'", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+
+    c.batch_execute("CREATE TABLE r (id bigint PRIMARY KEY); INSERT INTO r SELECT generate_series(1, 9000)").unwrap();
+    if pg_major() < 18 {
+        expect_err(&mut c, "SELECT zdm.add_foreign_key('t', ARRAY['n'], 'r', ARRAY['id'])", "0A000");
+    } else {
+        let id: i64 = c.query_one("SELECT zdm.add_foreign_key('t', ARRAY['n'], 'r', ARRAY['id'])", &[]).unwrap().get(0);
+        let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+        assert_eq!(phase, "contracted");
+    }
+    // To a partitioned table: referencing t's unique key from a plain table.
+    c.batch_execute("ALTER TABLE t ADD CONSTRAINT t_id_key UNIQUE (id); CREATE TABLE child (t_id bigint); INSERT INTO child SELECT generate_series(1, 100)")
+        .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.add_foreign_key('child', ARRAY['t_id'], 't', ARRAY['id'])", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "contracted");
+}

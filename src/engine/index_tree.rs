@@ -42,11 +42,14 @@ fn nodes(t: &IndexTask) -> Vec<Node> {
     let name_of = |relid: pg_sys::Oid, root: bool| if root { t.index.clone() } else { spi::with_suffix(&t.index, &format!("_p{}", relid.to_u32())) };
     let rows = transaction(|| {
         spi::rows(
-            "SELECT t.relid, t.parentrelid, n.nspname::text, c.relname::text, c.relkind = 'p', \
-                    (SELECT pn.nspname::text FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace WHERE p.oid = t.parentrelid) \
-               FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              WHERE c.relkind IN ('r', 'p') ORDER BY t.level, c.relname",
+            &format!(
+                "SELECT t.relid, t.parentrelid, n.nspname::text, c.relname::text, c.relkind = 'p', \
+                        (SELECT pn.nspname::text FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace WHERE p.oid = t.parentrelid) \
+                   FROM {} t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'p') ORDER BY t.level, c.relname",
+                crate::tree::partition_tree_sql(1)
+            ),
             &[t.relid.into()],
             |r| {
                 Ok((
@@ -200,10 +203,13 @@ pub fn remove(t: &IndexTask, owner: pg_sys::Oid, timeout_ms: i32) -> Result<(), 
 /// caller's transaction, under its lock on the tree.
 pub fn partition_indexes(relid: pg_sys::Oid, index: &str) -> Vec<String> {
     spi::rows(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_partition_tree($1) t \
-           JOIN pg_catalog.pg_index i ON i.indrelid = t.relid JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-          WHERE t.relid <> $1 AND c.relname = $2 || '_p' || t.relid::pg_catalog.text",
+        &format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM {} t \
+               JOIN pg_catalog.pg_index i ON i.indrelid = t.relid JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE t.relid <> $1 AND c.relname = $2 || '_p' || t.relid::pg_catalog.text",
+            crate::tree::partition_tree_sql(1)
+        ),
         &[relid.into(), index.into()],
         |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
     )

@@ -49,6 +49,25 @@ pub fn validate(relid: pg_sys::Oid, table: &str, name: &str, ref_table: Option<(
     stats
 }
 
+/// The leaf partitions of a partitioned table whose CHECK (or, on 18, NOT
+/// NULL) constraint `name`
+/// is not validated yet, each with its name: validated one by one (each in
+/// its own transaction, by the caller) before the parent, whose VALIDATE then
+/// skips them. Empty for a plain table.
+pub fn unvalidated_partitions(relid: pg_sys::Oid, name: &str) -> Vec<(pg_sys::Oid, String)> {
+    spi::rows(
+        &format!(
+            "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_constraint c \
+               JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+              WHERE c.conname = $2 AND c.contype IN ('c', 'n') AND NOT c.convalidated AND c.conrelid <> $1 \
+                AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf) ORDER BY 2",
+            crate::tree::partition_tree_sql(1)
+        ),
+        &[relid.into(), name.into()],
+        |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
+    )
+}
+
 /// What `ADD CONSTRAINT name … NOT VALID` adds to make `column` NOT NULL
 /// once validated (see the module comment).
 pub fn not_null_clause(column: &str) -> String {

@@ -269,7 +269,21 @@ fn run_steps(id: i64) -> bool {
         if !gate::open(id) {
             return Err(cancelled());
         }
-        // 2. VALIDATE: scan under SHARE UPDATE EXCLUSIVE
+        // 2. VALIDATE: scan under SHARE UPDATE EXCLUSIVE. A partitioned
+        //    table's CHECK leaf by leaf first, each in its own transaction: a
+        //    crash resumes at the next leaf, and the parent's VALIDATE skips
+        //    the leaves already valid.
+        let leaves = transaction(|| load_plan(id).map(|p| steps::unvalidated_partitions(p.relid, &p.constraint)).unwrap_or_default()).unwrap_or_default();
+        for (leaf, leaf_sql) in leaves {
+            if !gate::open(id) {
+                return Err(cancelled());
+            }
+            step(id, "validate constraint on partition", |p| {
+                set_activity(&format!("zdm constraint {id}: validate on partition {leaf_sql}"));
+                Some(steps::validate(leaf, &leaf_sql, &p.constraint, None))
+            })
+            .map_err(|f| validate_failed(id, f))?;
+        }
         let validated = step(id, "validate constraint", |p| {
             let lock = (steps::constraint_validated(p.relid, &p.constraint) == Some(false)).then(|| {
                 let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
@@ -278,21 +292,7 @@ fn run_steps(id: i64) -> bool {
             catalog::set_phase(p.id, Phase::Backfilled);
             lock
         });
-        if let Err(f) = validated {
-            if matches!(
-                f.code,
-                PgSqlErrorCode::ERRCODE_CHECK_VIOLATION | PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION | PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION
-            ) {
-                return Err(reject_violations(id, f));
-            }
-            if !is_interruption(f.code) {
-                // e.g. the expression fails on a row (division by zero, a
-                // user function raising): it will fail again; do not leave
-                // the NOT VALID constraint behind.
-                return Err(reject_error(id, f));
-            }
-            return Err(f);
-        }
+        validated.map_err(|f| validate_failed(id, f))?;
         if !gate::open(id) {
             return Err(cancelled());
         }
@@ -314,6 +314,23 @@ fn run_steps(id: i64) -> bool {
         }
     }
     result.is_ok()
+}
+
+/// VALIDATE failed: rows that violate it, or an error of the data or the
+/// expression (division by zero, a user function raising), end the
+/// migration and remove the NOT VALID constraint (it would fail again); an
+/// interruption keeps the step reached.
+fn validate_failed(id: i64, f: Failure) -> Failure {
+    if matches!(
+        f.code,
+        PgSqlErrorCode::ERRCODE_CHECK_VIOLATION | PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION | PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION
+    ) {
+        return reject_violations(id, f);
+    }
+    if !is_interruption(f.code) {
+        return reject_error(id, f);
+    }
+    f
 }
 
 /// Errors after which calling again may well succeed: the step reached is kept.
