@@ -401,6 +401,12 @@ pub struct Range {
     pub rows_per_block: f64,
 }
 
+/// An OID as a bigint argument: pgrx binds InvalidOid (0, a range on the
+/// migration's own table) as NULL, which `relid = $n` would never match.
+fn oid_arg(oid: pg_sys::Oid) -> i64 {
+    oid.to_u32() as i64
+}
+
 /// How many ranges the migration has, and how many still have blocks to visit.
 pub fn range_counts(id: i64) -> (i64, i64) {
     as_catalog_owner(|| {
@@ -437,12 +443,12 @@ pub fn split_into_ranges(id: i64, from: i64, to: i64, n: i64, rows_per_block: f6
 /// another batch, wait for one (a caller's own loop) instead of returning
 /// None (a worker, which has other things to do).
 pub fn take_range(id: i64, prefer: Option<(pg_sys::Oid, i64)>, wait: bool) -> Option<Range> {
-    let (prefer_relid, prefer) = (prefer.map(|p| p.0), prefer.map(|p| p.1));
+    let (prefer_relid, prefer) = (prefer.map(|p| oid_arg(p.0)), prefer.map(|p| p.1));
     let take = |lock: &str| {
         let sql = format!(
             "SELECT start_block, next_block, end_block, rows_per_block, relid, relfilenode FROM zdm.backfill_ranges \
               WHERE migration_id = $1 AND next_block < end_block \
-              ORDER BY (relid, start_block) IS NOT DISTINCT FROM ($3, $2) DESC, relid, start_block LIMIT 1 {lock}"
+              ORDER BY (relid, start_block) IS NOT DISTINCT FROM ($3::pg_catalog.oid, $2) DESC, relid, start_block LIMIT 1 {lock}"
         );
         as_catalog_owner(|| {
             spi::first_row(&sql, &[id.into(), prefer.into(), prefer_relid.into()], |r| {
@@ -474,8 +480,8 @@ pub fn save_range_progress(id: i64, r: &Range, rows: i64) {
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.backfill_ranges SET next_block = $3, end_block = $4, rows_per_block = $5, \
-               rows_done = rows_done + $6, batches_done = batches_done + 1 WHERE migration_id = $1 AND relid = $7 AND start_block = $2",
-            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into(), r.relid.into()],
+               rows_done = rows_done + $6, batches_done = batches_done + 1 WHERE migration_id = $1 AND relid = $7::pg_catalog.oid AND start_block = $2",
+            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into(), oid_arg(r.relid).into()],
         )
     });
 }
@@ -486,8 +492,8 @@ pub fn add_range(id: i64, of: &Range, start: i64, end: i64) {
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.backfill_ranges (migration_id, relid, relfilenode, start_block, next_block, end_block, rows_per_block) \
-             VALUES ($1, $5, $6, $2, $2, $3, $4)",
-            &[id.into(), start.into(), end.into(), of.rows_per_block.into(), of.relid.into(), of.relfilenode.into()],
+             VALUES ($1, $5::pg_catalog.oid, $6, $2, $2, $3, $4)",
+            &[id.into(), start.into(), end.into(), of.rows_per_block.into(), oid_arg(of.relid).into(), of.relfilenode.into()],
         )
     });
 }

@@ -83,12 +83,14 @@ pub fn self_and_descendants_sql(param: u32) -> String {
 /// isleaf)`, like `pg_partition_tree($n)` but read from pg_inherits without
 /// locking anything: pg_partition_tree takes ACCESS SHARE on every
 /// partition until the transaction ends, which a caller that hands its work
-/// to a worker (and waits for it) must not hold.
+/// to a worker (and waits for it) must not hold. Partitions only: an
+/// inheritance child (refused, see introspect::inheritance) is not covered.
 pub fn partition_tree_sql(param: u32) -> String {
     format!(
         "(WITH RECURSIVE tr(relid, parentrelid, level) AS ( \
             SELECT ${param}::pg_catalog.oid, NULL::pg_catalog.oid, 0 \
-            UNION ALL SELECT i.inhrelid, i.inhparent, tr.level + 1 FROM pg_catalog.pg_inherits i JOIN tr ON i.inhparent = tr.relid) \
+            UNION ALL SELECT i.inhrelid, i.inhparent, tr.level + 1 FROM pg_catalog.pg_inherits i JOIN tr ON i.inhparent = tr.relid \
+                       WHERE (SELECT p.relispartition FROM pg_catalog.pg_class p WHERE p.oid = i.inhrelid)) \
           SELECT tr.relid, tr.parentrelid, tr.level, k.relkind NOT IN ('p', 'I') AS isleaf \
             FROM tr JOIN pg_catalog.pg_class k ON k.oid = tr.relid)"
     )

@@ -293,6 +293,12 @@ fn partitions_come_and_go_mid_migration() {
          DROP TABLE t_3;",
     )
     .unwrap();
+    // DETACH … CONCURRENTLY (two transactions of its own) is allowed too.
+    c.batch_execute("CREATE TABLE t_5 PARTITION OF t FOR VALUES FROM (50001) TO (60001)").unwrap();
+    c.batch_execute("INSERT INTO t (id, a) VALUES (50001, 'orig-50001')").unwrap();
+    c.batch_execute("ALTER TABLE t DETACH PARTITION t_5 CONCURRENTLY").unwrap();
+    let triggers: i64 = c.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_5'::regclass", &[]).unwrap().get(0);
+    assert_eq!(triggers, 0, "the trigger clone goes with the partition");
     // The detached partition keeps its rows, and no zdm trigger.
     let triggers: i64 = c.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_def'::regclass", &[]).unwrap().get(0);
     assert_eq!(triggers, 0);
