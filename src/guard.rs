@@ -230,7 +230,18 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
             // CREATE TABLE … PARTITION OF: an empty partition, which gets
             // the clone of the sync trigger and stays in sync (pg_partman's
             // maintenance creates them on a schedule).
-            pg_sys::NodeTag::T_CreateStmt if !(*(node as *mut pg_sys::CreateStmt)).partbound.is_null() => {}
+            pg_sys::NodeTag::T_CreateStmt if !(*(node as *mut pg_sys::CreateStmt)).partbound.is_null() => {
+                refuse_partition_defaults(node as *mut pg_sys::CreateStmt);
+            }
+            // A foreign table as a partition (or child) of a table under
+            // migration: its rows are out of the backfill's and the
+            // trigger's reach.
+            pg_sys::NodeTag::T_CreateForeignTableStmt => {
+                let s = node as *mut pg_sys::CreateForeignTableStmt;
+                for parent in list_items((*s).base.inhRelations) {
+                    protect_table(relid_of(parent as *mut pg_sys::RangeVar), "create a foreign table partition of");
+                }
+            }
             pg_sys::NodeTag::T_CreateStmt => {
                 let s = node as *mut pg_sys::CreateStmt;
                 for parent in list_items((*s).inhRelations) {
@@ -432,32 +443,115 @@ fn protect_migration_column(relid: pg_sys::Oid, column: &str, side: Side, action
 /// sql_drop: a dropped table, or a dropped column, under migration.
 /// ATTACH PARTITION onto a table under migration: the attached table's rows
 /// were never written through the sync trigger, nor are they in the
-/// backfill's plan. Allowed empty (it then stays in sync like any
-/// partition), refused with rows. Its ACCESS EXCLUSIVE lock, which ATTACH
-/// takes anyway, is taken first so that no row arrives after the look.
+/// backfill's plan, and defaults other than the parent's would hide the
+/// marks the trigger reads. Allowed empty (its heap has no pages: TRUNCATE
+/// empties it) with the parent's defaults on the migration's columns;
+/// refused otherwise. Only for a caller who owns both tables (anyone else
+/// fails in ATTACH itself), as that caller: its ACCESS EXCLUSIVE lock, which
+/// ATTACH takes anyway, first, so that no row arrives after the look, and
+/// the look reads sizes and the catalog only — no user data, no user code.
 fn refuse_loaded_partition(parent: pg_sys::Oid, attached: pg_sys::Oid) {
     if attached == pg_sys::InvalidOid {
         return;
     }
     let Some((id, kind)) = in_flight(parent, None) else { return };
-    // Only the parent's owner may attach: anyone else fails in ATTACH itself.
-    let owns = spi::one::<bool>("SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1", &[parent.into()]);
-    if owns != Some(true) {
+    let (owns, relkind) = spi::first_row(
+        "SELECT pg_catalog.pg_has_role(p.relowner, 'USAGE') AND pg_catalog.pg_has_role(a.relowner, 'USAGE'), a.relkind::text \
+           FROM pg_catalog.pg_class p, pg_catalog.pg_class a WHERE p.oid = $1 AND a.oid = $2",
+        &[parent.into(), attached.into()],
+        |r| Ok((r.get::<bool>(1)?.unwrap_or(false), r.get::<String>(2)?.unwrap_or_default())),
+    )
+    .unwrap_or_default();
+    if !owns {
         return;
     }
     let t = table_sql(attached);
-    let loaded = as_catalog_owner(|| {
-        spi::exec(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"));
-        spi::one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {t})"), &[])
-    });
-    if loaded == Some(true) {
+    let parent_sql = table_sql(parent);
+    let refuse_attach = |why: String, hint: String| -> ! {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot attach {t} as a partition of {}: it holds rows, and zdm migration {id} ({kind}) is in flight on the table", table_sql(parent)),
-            format!(
-                "Its rows were never kept in sync by the migration. Attach it after zdm.contract({id}) (or zdm.abort({id})); or create the partition empty (CREATE TABLE … PARTITION OF) and insert its rows through the partitioned table."
-            ),
+            format!("cannot attach {t} as a partition of {parent_sql}: {why}, and zdm migration {id} ({kind}) is in flight on the table"),
+            hint,
+        )
+    };
+    if relkind == "f" {
+        refuse_attach("it is a foreign table, whose rows zdm's backfill and trigger cannot reach".into(), format!("Attach it after zdm.contract({id}) or zdm.abort({id})."));
+    }
+    if relkind != "r" && relkind != "p" {
+        return; // ATTACH refuses it itself
+    }
+    crate::security::pinned_search_path(|| spi::exec(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE")));
+    let pages = spi::one::<i64>(
+        &format!(
+            "SELECT pg_catalog.sum(pg_catalog.pg_relation_size(t.relid))::bigint FROM {} t",
+            crate::tree::partition_tree_sql(1)
+        ),
+        &[attached.into()],
+    )
+    .unwrap_or(0);
+    if pages > 0 {
+        refuse_attach(
+            "it holds rows (or had some: its heap is not empty)".into(),
+            format!("Its rows were never kept in sync by the migration. Attach it after zdm.contract({id}) (or zdm.abort({id})); or create the partition empty (CREATE TABLE … PARTITION OF, or TRUNCATE it first) and insert its rows through the partitioned table."),
         );
+    }
+    // The defaults of the migration's columns must be the parent's: the
+    // trigger of a partition reads zdm's marks from its own defaults.
+    let differs = as_catalog_owner(|| {
+        spi::one::<String>(
+            "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.col), ', ') FROM zdm.migrations m, \
+                    LATERAL (VALUES (m.old_column::text), (m.new_column::text)) c(col) \
+              WHERE m.relid::pg_catalog.oid = $1 AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND m.new_column IS NOT NULL \
+                AND (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a \
+                       ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = $1 AND a.attname = c.col) \
+                    IS DISTINCT FROM \
+                    (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a \
+                       ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = $2 AND a.attname = c.col)",
+            &[crate::tree::root_of(parent).into(), attached.into()],
+        )
+    });
+    if let Some(columns) = differs {
+        refuse_attach(
+            format!("its defaults on {columns} differ from the partitioned table's (zdm's sync trigger reads them)"),
+            format!("Create the partition with CREATE TABLE … PARTITION OF (or CREATE TABLE … (LIKE {parent_sql} INCLUDING DEFAULTS)), or attach it after zdm.contract({id})."),
+        );
+    }
+}
+
+/// CREATE TABLE … PARTITION OF a table under migration with its own default
+/// on a migration's column: the partition's trigger would not see zdm's
+/// marks (see refuse_loaded_partition).
+unsafe fn refuse_partition_defaults(s: *mut pg_sys::CreateStmt) {
+    unsafe {
+        for parent in list_items((*s).inhRelations) {
+            let relid = relid_of(parent as *mut pg_sys::RangeVar);
+            let Some((id, kind)) = in_flight(relid, None) else { continue };
+            let columns: Vec<String> = as_catalog_owner(|| {
+                spi::rows(
+                    "SELECT c.col FROM zdm.migrations m, LATERAL (VALUES (m.old_column::text), (m.new_column::text)) c(col) \
+                      WHERE m.relid::pg_catalog.oid = $1 AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND m.new_column IS NOT NULL",
+                    &[crate::tree::root_of(relid).into()],
+                    |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+                )
+            });
+            for elt in list_items((*s).tableElts) {
+                let node = elt as *mut pg_sys::Node;
+                if (*node).type_ != pg_sys::NodeTag::T_ColumnDef {
+                    continue;
+                }
+                let def = node as *mut pg_sys::ColumnDef;
+                let Some(name) = str_of((*def).colname) else { continue };
+                let has_default = !(*def).raw_default.is_null()
+                    || !(*def).cooked_default.is_null()
+                    || list_items((*def).constraints).into_iter().any(|c| {
+                        let c = c as *mut pg_sys::Constraint;
+                        matches!((*c).contype, pg_sys::ConstrType::CONSTR_DEFAULT | pg_sys::ConstrType::CONSTR_IDENTITY | pg_sys::ConstrType::CONSTR_GENERATED)
+                    });
+                if has_default && columns.contains(&name) {
+                    refuse(format!("give partition column {} of table {} its own default", ident(&name), table_sql(relid)), id, &kind);
+                }
+            }
+        }
     }
 }
 

@@ -118,12 +118,12 @@ fn refuse_unreachable_leaves(relid: pg_sys::Oid, display: &str) {
     let bad = spi::first_row(
         &format!("SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), \
                 CASE WHEN c.relkind = 'f' THEN 'a foreign table' \
-                     WHEN NOT pg_catalog.has_table_privilege(root.relowner, c.oid, 'SELECT, UPDATE') THEN 'not updatable by the owner of the partitioned table' \
+                     WHEN NOT pg_catalog.pg_has_role(root.relowner, c.relowner, 'USAGE') THEN 'owned by a role the partitioned table''s owner is not a member of' \
                      WHEN c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls) THEN 'protected by FORCE ROW LEVEL SECURITY' END \
            FROM {} t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
            JOIN pg_catalog.pg_class root ON root.oid = $1 JOIN pg_catalog.pg_roles r ON r.oid = root.relowner \
-          WHERE t.isleaf AND (c.relkind = 'f' OR NOT pg_catalog.has_table_privilege(root.relowner, c.oid, 'SELECT, UPDATE') \
+          WHERE t.isleaf AND (c.relkind = 'f' OR NOT pg_catalog.pg_has_role(root.relowner, c.relowner, 'USAGE') \
                 OR (c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls))) \
           ORDER BY 1 LIMIT 1", crate::tree::partition_tree_sql(1)),
         &[relid.into()],
@@ -133,7 +133,7 @@ fn refuse_unreachable_leaves(relid: pg_sys::Oid, display: &str) {
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("zdm cannot migrate {display}: its partition {leaf} is {why}"),
-            "zdm's trigger and backfill work on every leaf partition as the partitioned table's owner. Detach that partition for the migration, or give the owner UPDATE on it (and no FORCE ROW LEVEL SECURITY).",
+            "zdm works on every leaf partition as the partitioned table's owner (its contract alters each one). Detach that partition for the migration, or make the partitioned table's owner own it (ALTER TABLE … OWNER TO), without FORCE ROW LEVEL SECURITY.",
         );
     }
 }

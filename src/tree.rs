@@ -49,6 +49,11 @@ pub fn blocks(relid: pg_sys::Oid) -> i64 {
     leaves(relid).iter().map(|l| l.blocks).sum()
 }
 
+/// The root of the partition tree `relid` belongs to (itself if none).
+pub fn root_of(relid: pg_sys::Oid) -> pg_sys::Oid {
+    spi::one::<pg_sys::Oid>("SELECT coalesce(pg_catalog.pg_partition_root($1), $1)", &[relid.into()]).unwrap_or(relid)
+}
+
 /// `leaf` is `root` itself or one of its partitions (at any depth), now.
 pub fn covers(root: pg_sys::Oid, leaf: pg_sys::Oid) -> bool {
     root == leaf

@@ -199,18 +199,28 @@ pub fn remove(t: &IndexTask, owner: pg_sys::Oid, timeout_ms: i32) -> Result<(), 
 }
 
 /// Indexes a build of `index` left on the partitions of `relid` (each
-/// relation's own `<index>_p<oid>`), qualified: what an abort drops in the
-/// caller's transaction, under its lock on the tree.
+/// relation's own name, as `nodes` makes it), qualified: what an abort drops
+/// in the caller's transaction, under its lock on the tree.
 pub fn partition_indexes(relid: pg_sys::Oid, index: &str) -> Vec<String> {
-    spi::rows(
+    let rows = spi::rows(
         &format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM {} t \
+            "SELECT t.relid, c.relname::text, pg_catalog.format('%I.%I', n.nspname, c.relname) FROM {} t \
                JOIN pg_catalog.pg_index i ON i.indrelid = t.relid JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              WHERE t.relid <> $1 AND c.relname = $2 || '_p' || t.relid::pg_catalog.text",
+              WHERE t.relid <> $1",
             crate::tree::partition_tree_sql(1)
         ),
-        &[relid.into(), index.into()],
-        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
-    )
+        &[relid.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ))
+        },
+    );
+    rows.into_iter()
+        .filter(|(rel, name, _)| *name == spi::with_suffix(index, &format!("_p{}", rel.to_u32())))
+        .map(|(_, _, qualified)| qualified)
+        .collect()
 }

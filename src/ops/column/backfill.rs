@@ -190,7 +190,12 @@ fn finish(migration: i64, started: Instant) -> Batch {
     }
     // Fresh statistics on the new column, so that plans are good the
     // moment contract makes it the only one.
-    spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
+    // (A partitioned table's ANALYZE would analyze every leaf inside this
+    // batch, under its statement timeout: its leaves are left to autovacuum,
+    // which the backfill's updates wake.)
+    if !tree::is_partitioned(m.relid) {
+        spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
+    }
     catalog::set_phase(m.id, Phase::Backfilled);
     let total = catalog::load_or_raise(migration, false).rows_done;
     catalog::log_step(Step {
@@ -210,6 +215,11 @@ fn finish(migration: i64, started: Instant) -> Batch {
 /// FOR UPDATE and the table's lock.
 fn plan_tree(m: &Migration, started: Instant) -> Batch {
     if catalog::range_counts(m.id).0 == 0 {
+        // Each leaf locked as a batch locks it before its size and heap are
+        // read: no rewrite slips in between.
+        for leaf in tree::leaves(m.relid) {
+            lock_leaf(leaf.relid);
+        }
         let leaves = tree::leaves(m.relid);
         catalog::plan_leaves(m.id, &leaves, m.rows_per_block);
         catalog::log_step(Step {
@@ -231,6 +241,8 @@ fn plan_tree(m: &Migration, started: Instant) -> Batch {
     }
     catalog::lock_ranges(m.id);
     for leaf in catalog::rewritten_leaves(m.id) {
+        lock_leaf(leaf.relid);
+        let leaf = tree::Leaf { relid: leaf.relid, blocks: introspect::relation_blocks(leaf.relid) };
         catalog::restart_leaf(m.id, &leaf);
         catalog::log_step(Step {
             migration: m.id,
@@ -256,18 +268,28 @@ fn range_heap(m: &Migration, r: &catalog::Range) -> Option<(String, f64)> {
         return None;
     }
     let leaf = catalog::current_table_sql(r.relid)?;
-    spi::exec(&format!("LOCK TABLE ONLY {leaf} IN ROW EXCLUSIVE MODE"));
+    lock_leaf(r.relid);
     if filenode(r.relid) != r.relfilenode {
         return Some((String::new(), 0.0));
     }
     Some((format!("ONLY {leaf}"), introspect::rows_per_block(r.relid)))
 }
 
+/// A leaf's lock, by OID (the batch's own, ROW EXCLUSIVE), taken before its
+/// heap is looked at. Its parent's lock, which the batch holds, keeps it
+/// from being dropped or detached meanwhile.
+fn lock_leaf(relid: pg_sys::Oid) {
+    unsafe { pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+}
+
 /// The table's lock for the batch, taken before its heap is looked at: a
 /// rewrite (VACUUM FULL, CLUSTER) cannot slip in between the relfilenode
-/// check and the UPDATE.
+/// check and the UPDATE. Taken by OID, then the table looked up again: one
+/// dropped meanwhile is reported as such (42P01 naming the migration's
+/// table), not as a statement that names a relation that does not exist.
 fn lock_table(m: &Migration) {
-    spi::exec(&format!("LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE", m.table_sql()));
+    unsafe { pg_sys::LockRelationOid(m.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+    m.table_sql();
 }
 
 /// Without the sync trigger the backfill would race the application.
