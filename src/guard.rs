@@ -219,6 +219,13 @@ unsafe fn check_statement(node: *mut pg_sys::Node) {
                 }
             }
             pg_sys::NodeTag::T_GrantStmt => mirror_column_privileges(node as *mut pg_sys::GrantStmt),
+            // CREATE SCHEMA … CREATE TABLE …: its commands fire no event
+            // trigger of their own.
+            pg_sys::NodeTag::T_CreateSchemaStmt => {
+                for elt in list_items((*(node as *mut pg_sys::CreateSchemaStmt)).schemaElts) {
+                    check_statement(elt as *mut pg_sys::Node);
+                }
+            }
             // CREATE OR REPLACE TRIGGER on a sync trigger's name would swap
             // its function, timing or condition.
             pg_sys::NodeTag::T_CreateTrigStmt => {
@@ -455,67 +462,97 @@ fn refuse_loaded_partition(parent: pg_sys::Oid, attached: pg_sys::Oid) {
         return;
     }
     let Some((id, kind)) = in_flight(parent, None) else { return };
-    let (owns, relkind) = spi::first_row(
-        "SELECT pg_catalog.pg_has_role(p.relowner, 'USAGE') AND pg_catalog.pg_has_role(a.relowner, 'USAGE'), a.relkind::text \
-           FROM pg_catalog.pg_class p, pg_catalog.pg_class a WHERE p.oid = $1 AND a.oid = $2",
-        &[parent.into(), attached.into()],
-        |r| Ok((r.get::<bool>(1)?.unwrap_or(false), r.get::<String>(2)?.unwrap_or_default())),
-    )
-    .unwrap_or_default();
-    if !owns {
-        return;
-    }
-    let t = table_sql(attached);
-    let parent_sql = table_sql(parent);
-    let refuse_attach = |why: String, hint: String| -> ! {
-        raise(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot attach {t} as a partition of {parent_sql}: {why}, and zdm migration {id} ({kind}) is in flight on the table"),
-            hint,
-        )
-    };
-    if relkind == "f" {
-        refuse_attach("it is a foreign table, whose rows zdm's backfill and trigger cannot reach".into(), format!("Attach it after zdm.contract({id}) or zdm.abort({id})."));
-    }
-    if relkind != "r" && relkind != "p" {
-        return; // ATTACH refuses it itself
-    }
-    crate::security::pinned_search_path(|| spi::exec(&format!("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE")));
-    let pages = spi::one::<i64>(
-        &format!(
-            "SELECT pg_catalog.sum(pg_catalog.pg_relation_size(t.relid))::bigint FROM {} t",
-            crate::tree::partition_tree_sql(1)
-        ),
-        &[attached.into()],
-    )
-    .unwrap_or(0);
-    if pages > 0 {
-        refuse_attach(
-            "it holds rows (or had some: its heap is not empty)".into(),
-            format!("Its rows were never kept in sync by the migration. Attach it after zdm.contract({id}) (or zdm.abort({id})); or create the partition empty (CREATE TABLE … PARTITION OF, or TRUNCATE it first) and insert its rows through the partitioned table."),
+    crate::security::pinned_search_path(|| {
+        let owns = spi::one::<bool>(
+            "SELECT pg_catalog.pg_has_role(p.relowner, 'USAGE') AND pg_catalog.pg_has_role(a.relowner, 'USAGE') \
+               FROM pg_catalog.pg_class p, pg_catalog.pg_class a WHERE p.oid OPERATOR(pg_catalog.=) $1 AND a.oid OPERATOR(pg_catalog.=) $2",
+            &[parent.into(), attached.into()],
         );
-    }
-    // The defaults of the migration's columns must be the parent's: the
-    // trigger of a partition reads zdm's marks from its own defaults.
-    let differs = as_catalog_owner(|| {
-        spi::one::<String>(
-            "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c.col), ', ') FROM zdm.migrations m, \
-                    LATERAL (VALUES (m.old_column::text), (m.new_column::text)) c(col) \
-              WHERE m.relid::pg_catalog.oid = $1 AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND m.new_column IS NOT NULL \
-                AND (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a \
-                       ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = $1 AND a.attname = c.col) \
-                    IS DISTINCT FROM \
-                    (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a \
-                       ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = $2 AND a.attname = c.col)",
-            &[crate::tree::root_of(parent).into(), attached.into()],
-        )
-    });
-    if let Some(columns) = differs {
-        refuse_attach(
-            format!("its defaults on {columns} differ from the partitioned table's (zdm's sync trigger reads them)"),
-            format!("Create the partition with CREATE TABLE … PARTITION OF (or CREATE TABLE … (LIKE {parent_sql} INCLUDING DEFAULTS)), or attach it after zdm.contract({id})."),
+        if owns != Some(true) {
+            return; // ATTACH refuses it itself
+        }
+        // What ATTACH itself locks, by OID: the table (which keeps new
+        // partitions out of it), then each of its partitions.
+        let lock = |relid: pg_sys::Oid| unsafe { pg_sys::LockRelationOid(relid, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+        lock(attached);
+        let partitions = spi::rows(
+            &format!("SELECT t.relid FROM {} t WHERE t.relid OPERATOR(pg_catalog.<>) $1", crate::tree::partition_tree_sql(1)),
+            &[attached.into()],
+            |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
         );
-    }
+        partitions.into_iter().for_each(lock);
+        let t = table_sql(attached);
+        if t.is_empty() {
+            return; // dropped meanwhile: ATTACH fails on its own
+        }
+        let parent_sql = table_sql(parent);
+        let refuse_attach = |why: String, hint: String| -> ! {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("cannot attach {t} as a partition of {parent_sql}: {why}, and zdm migration {id} ({kind}) is in flight on the table"),
+                hint,
+            )
+        };
+        let tree = crate::tree::partition_tree_sql(1);
+        // Every relation of what is attached (a partitioned table brings its
+        // partitions): no foreign table, no owner the migration's owner is
+        // not a member of, no heap with pages.
+        let (foreign, stranger, pages) = spi::first_row(
+            &format!(
+                "SELECT pg_catalog.string_agg(c.oid::pg_catalog.regclass::text, ', ') FILTER (WHERE c.relkind OPERATOR(pg_catalog.=) 'f'), \
+                        pg_catalog.string_agg(c.oid::pg_catalog.regclass::text, ', ') \
+                          FILTER (WHERE NOT pg_catalog.pg_has_role(root.relowner, c.relowner, 'USAGE')), \
+                        pg_catalog.sum(pg_catalog.pg_relation_size(c.oid))::bigint \
+                   FROM {tree} t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid \
+                   JOIN pg_catalog.pg_class root ON root.oid OPERATOR(pg_catalog.=) $2"
+            ),
+            &[attached.into(), crate::tree::root_of(parent).into()],
+            |r| Ok((r.get::<String>(1)?, r.get::<String>(2)?, r.get::<i64>(3)?.unwrap_or(0))),
+        )
+        .unwrap_or_default();
+        if let Some(f) = foreign {
+            refuse_attach(format!("{f} is a foreign table, whose rows zdm's backfill and trigger cannot reach"), format!("Attach it after zdm.contract({id}) or zdm.abort({id})."));
+        }
+        if let Some(who) = stranger {
+            refuse_attach(
+                format!("{who} is owned by a role the table's owner is not a member of (the migration works on every partition as that owner)"),
+                format!("Make the table's owner own it (ALTER TABLE … OWNER TO), or attach it after zdm.contract({id})."),
+            );
+        }
+        if pages > 0 {
+            refuse_attach(
+                "it holds rows (or had some: its heap is not empty)".into(),
+                format!("Its rows were never kept in sync by the migration. Attach it after zdm.contract({id}) (or zdm.abort({id})); or create the partition empty (CREATE TABLE … PARTITION OF, or TRUNCATE it first) and insert its rows through the partitioned table."),
+            );
+        }
+        // A rename's trigger reads zdm's marks from each partition's own
+        // defaults on its two columns: every relation attached must have the
+        // partitioned table's.
+        let differs = as_catalog_owner(|| {
+            spi::one::<String>(
+                &format!(
+                    "SELECT pg_catalog.string_agg(DISTINCT pg_catalog.format('%s.%I', t.relid::pg_catalog.regclass, c.col), ', ') \
+                       FROM zdm.migrations m, LATERAL (VALUES (m.old_column::text), (m.new_column::text)) c(col), {tree} t \
+                      WHERE m.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $2 AND m.kind OPERATOR(pg_catalog.=) 'rename' \
+                        AND m.phase IN ('expanded', 'backfilling', 'backfilled') \
+                        AND (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a \
+                               ON a.attrelid OPERATOR(pg_catalog.=) d.adrelid AND a.attnum OPERATOR(pg_catalog.=) d.adnum \
+                              WHERE d.adrelid OPERATOR(pg_catalog.=) $2 AND a.attname OPERATOR(pg_catalog.=) c.col) \
+                            IS DISTINCT FROM \
+                            (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a \
+                               ON a.attrelid OPERATOR(pg_catalog.=) d.adrelid AND a.attnum OPERATOR(pg_catalog.=) d.adnum \
+                              WHERE d.adrelid OPERATOR(pg_catalog.=) t.relid AND a.attname OPERATOR(pg_catalog.=) c.col)"
+                ),
+                &[attached.into(), crate::tree::root_of(parent).into()],
+            )
+        });
+        if let Some(columns) = differs {
+            refuse_attach(
+                format!("its defaults on {columns} differ from the partitioned table's (zdm's sync trigger reads them)"),
+                format!("Create the partition with CREATE TABLE … PARTITION OF (or CREATE TABLE … (LIKE {parent_sql} INCLUDING DEFAULTS)), or attach it after zdm.contract({id})."),
+            );
+        }
+    })
 }
 
 /// CREATE TABLE … PARTITION OF a table under migration with its own default
@@ -529,7 +566,7 @@ unsafe fn refuse_partition_defaults(s: *mut pg_sys::CreateStmt) {
             let columns: Vec<String> = as_catalog_owner(|| {
                 spi::rows(
                     "SELECT c.col FROM zdm.migrations m, LATERAL (VALUES (m.old_column::text), (m.new_column::text)) c(col) \
-                      WHERE m.relid::pg_catalog.oid = $1 AND m.phase IN ('expanded', 'backfilling', 'backfilled') AND m.new_column IS NOT NULL",
+                      WHERE m.relid::pg_catalog.oid = $1 AND m.kind = 'rename' AND m.phase IN ('expanded', 'backfilling', 'backfilled')",
                     &[crate::tree::root_of(relid).into()],
                     |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
                 )

@@ -123,7 +123,7 @@ fn refuse_unreachable_leaves(relid: pg_sys::Oid, display: &str) {
            FROM {} t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
            JOIN pg_catalog.pg_class root ON root.oid = $1 JOIN pg_catalog.pg_roles r ON r.oid = root.relowner \
-          WHERE t.isleaf AND (c.relkind = 'f' OR NOT pg_catalog.pg_has_role(root.relowner, c.relowner, 'USAGE') \
+          WHERE t.relid <> $1 AND (c.relkind = 'f' OR NOT pg_catalog.pg_has_role(root.relowner, c.relowner, 'USAGE') \
                 OR (c.relrowsecurity AND c.relforcerowsecurity AND NOT (r.rolsuper OR r.rolbypassrls))) \
           ORDER BY 1 LIMIT 1", crate::tree::partition_tree_sql(1)),
         &[relid.into()],

@@ -297,6 +297,16 @@ fn partitions_come_and_go_mid_migration() {
     let msg = expect_err(&mut c, "ALTER TABLE t ATTACH PARTITION bare FOR VALUES FROM (60001) TO (70001)", "55000");
     assert!(msg.contains("defaults"), "{msg}");
     expect_err(&mut c, "CREATE TABLE t_own PARTITION OF t (b DEFAULT 'x') FOR VALUES FROM (60001) TO (70001)", "55000");
+    // … nor inside CREATE SCHEMA, nor one level down in a partitioned table
+    // being attached.
+    expect_err(&mut c, "CREATE SCHEMA s2 CREATE TABLE t_own2 PARTITION OF public.t (b DEFAULT 'x') FOR VALUES FROM (60001) TO (70001)", "55000");
+    c.batch_execute(
+        "CREATE TABLE sub (LIKE t INCLUDING DEFAULTS) PARTITION BY HASH (id);
+         CREATE TABLE sub_0 PARTITION OF sub (b DEFAULT 'y') FOR VALUES WITH (MODULUS 1, REMAINDER 0);",
+    )
+    .unwrap();
+    let msg = expect_err(&mut c, "ALTER TABLE t ATTACH PARTITION sub FOR VALUES FROM (60001) TO (70001)", "55000");
+    assert!(msg.contains("sub_0"), "{msg}");
     c.batch_execute("CREATE FOREIGN DATA WRAPPER dummy_fdw; CREATE SERVER dummy FOREIGN DATA WRAPPER dummy_fdw").unwrap();
     expect_err(&mut c, "CREATE FOREIGN TABLE t_far PARTITION OF t FOR VALUES FROM (60001) TO (70001) SERVER dummy", "55000");
     c.batch_execute(

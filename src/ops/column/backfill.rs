@@ -217,10 +217,13 @@ fn plan_tree(m: &Migration, started: Instant) -> Batch {
     if catalog::range_counts(m.id).0 == 0 {
         // Each leaf locked as a batch locks it before its size and heap are
         // read: no rewrite slips in between.
-        for leaf in tree::leaves(m.relid) {
-            lock_leaf(leaf.relid);
-        }
-        let leaves = tree::leaves(m.relid);
+        let leaves: Vec<tree::Leaf> = tree::leaves(m.relid)
+            .into_iter()
+            .map(|l| {
+                lock_leaf(l.relid);
+                tree::Leaf { relid: l.relid, blocks: introspect::relation_blocks(l.relid) }
+            })
+            .collect();
         catalog::plan_leaves(m.id, &leaves, m.rows_per_block);
         catalog::log_step(Step {
             migration: m.id,
@@ -267,8 +270,8 @@ fn range_heap(m: &Migration, r: &catalog::Range) -> Option<(String, f64)> {
     if !tree::covers(m.relid, r.relid) {
         return None;
     }
-    let leaf = catalog::current_table_sql(r.relid)?;
     lock_leaf(r.relid);
+    let leaf = catalog::current_table_sql(r.relid)?;
     if filenode(r.relid) != r.relfilenode {
         return Some((String::new(), 0.0));
     }
@@ -276,8 +279,9 @@ fn range_heap(m: &Migration, r: &catalog::Range) -> Option<(String, f64)> {
 }
 
 /// A leaf's lock, by OID (the batch's own, ROW EXCLUSIVE), taken before its
-/// heap is looked at. Its parent's lock, which the batch holds, keeps it
-/// from being dropped or detached meanwhile.
+/// name or heap is looked at: no rewrite or rename slips in between (its
+/// parent's lock, which the batch holds, keeps DROP and a plain DETACH out;
+/// a leaf detached CONCURRENTLY meanwhile is still covered as it was).
 fn lock_leaf(relid: pg_sys::Oid) {
     unsafe { pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
 }
