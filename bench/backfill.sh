@@ -136,5 +136,5 @@ for m in $methods; do
 done
 [ -n "${NOTE[reshape]:-}" ] && [[ " $methods " != *" reshape "* ]] && echo "| reshape | | | | | | ${NOTE[reshape]} |"
 echo
-x() { ratio "$(rate "${DONE[$1]}" "${MS[$1]}")" "$base"; }
-echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]}" "${MS[zdm-bg]}"), $(rate "${DONE[zdm-bg-x2]}" "${MS[zdm-bg-x2]}"), $(rate "${DONE[zdm-bg-x4]}" "${MS[zdm-bg-x4]}") vs $base rows/s)"
+x() { ratio "$(rate "${DONE[$1]:-0}" "${MS[$1]:-0}")" "$base"; }
+echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]:-0}" "${MS[zdm-bg]:-0}"), $(rate "${DONE[zdm-bg-x2]:-0}" "${MS[zdm-bg-x2]:-0}"), $(rate "${DONE[zdm-bg-x4]:-0}" "${MS[zdm-bg-x4]:-0}") vs $base rows/s)"

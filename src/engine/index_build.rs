@@ -64,7 +64,8 @@ fn drop_partitioned(t: &IndexTask, owner: pg_sys::Oid) -> Result<(), CaughtError
     toplevel::run(&format!("DROP INDEX IF EXISTS {}", index_sql(t)), owner, &t.search_path, build_timeout_ms(), |_| {})
 }
 
-fn log(id: i64, step: &str, started: Instant, detail: String) {
+/// A step of an index task in zdm.events, in its own transaction.
+pub(super) fn log(id: i64, step: &str, started: Instant, detail: String) {
     let _ = transaction(|| {
         catalog::log_step(Step {
             migration: id,

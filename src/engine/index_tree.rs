@@ -12,8 +12,8 @@
 //! PARTITION OF clones a partitioned table's indexes, valid or not).
 
 use super::process::{caught_transaction, transaction};
+use super::index_build::log;
 use super::{locking, toplevel, IndexTask};
-use crate::catalog::{self, Step};
 use crate::spi::{self, ident};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -127,19 +127,6 @@ fn attach(n: &Node, owner: pg_sys::Oid, timeout_ms: i32) -> Result<(), CaughtErr
     let Some(parent) = &n.parent_index else { return Ok(()) };
     let sql = format!("ALTER INDEX {parent} ATTACH PARTITION {}", spi::qualified(&n.schema, &n.index));
     caught_transaction(|| crate::security::as_owner(owner, || locking::with_lock_timeout(timeout_ms, || spi::exec(&sql))))
-}
-
-fn log(id: i64, step: &str, started: Instant, detail: String) {
-    let _ = transaction(|| {
-        catalog::log_step(Step {
-            migration: id,
-            step,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            lock_wait_ms: None,
-            lock_attempts: None,
-            detail: Some(detail),
-        })
-    });
 }
 
 /// Build the task's index over the whole tree, resuming where an earlier
