@@ -67,8 +67,7 @@ pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
     }
     let (ranges, open) = catalog::range_counts(migration);
     let partitioned = tree::is_partitioned(peek.relid);
-    // A partitioned table has no heap of its own: a rewrite is per leaf.
-    let rewritten = if partitioned { !catalog::rewritten_leaves(migration).is_empty() } else { filenode(peek.relid) != peek.relfilenode };
+    let rewritten = rewritten(&peek, partitioned);
     if ranges > 0 && !rewritten {
         return match (open > 0, par.helper) {
             (true, _) => range_batch(migration, batch_size, par),
@@ -166,8 +165,7 @@ fn finish(migration: i64, started: Instant) -> Batch {
     }
     lock_table(&m);
     catalog::lock_ranges(m.id);
-    let rewritten = if tree::is_partitioned(m.relid) { !catalog::rewritten_leaves(m.id).is_empty() } else { filenode(m.relid) != m.relfilenode };
-    if rewritten || catalog::range_counts(m.id).1 > 0 || m.next_block < m.rel_blocks {
+    if rewritten(&m, tree::is_partitioned(m.relid)) || catalog::range_counts(m.id).1 > 0 || m.next_block < m.rel_blocks {
         return Batch::default(); // rewritten or split meanwhile: not finished
     }
     catalog::fold_ranges(m.id);
@@ -305,6 +303,12 @@ fn require_trigger(m: &Migration) {
             format!("Writes are no longer kept in sync; call zdm.abort({}) and start again.", m.id),
         );
     }
+}
+
+/// The table's heap was rewritten since the scan was planned. A partitioned
+/// table has no heap of its own: a rewrite is per leaf.
+fn rewritten(m: &Migration, partitioned: bool) -> bool {
+    if partitioned { !catalog::rewritten_leaves(m.id).is_empty() } else { filenode(m.relid) != m.relfilenode }
 }
 
 fn filenode(relid: pg_sys::Oid) -> pg_sys::Oid {
