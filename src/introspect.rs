@@ -154,6 +154,36 @@ pub fn partition_key_using(relid: pg_sys::Oid, column: &str) -> Option<String> {
     )
 }
 
+/// Objects on a partition's copy of `column` that are the partition's own —
+/// not an index, key, check, foreign key or trigger it has from the
+/// partitioned table — described: dropping the column on the partitioned
+/// table would drop them silently (indexes, keys, checks, statistics) or
+/// fail (views, triggers, policies). zdm carries only what the partitioned
+/// table has.
+pub fn partition_own_dependents(relid: pg_sys::Oid, column: &str) -> Vec<String> {
+    spi::one::<Vec<String>>(
+        &format!(
+            "SELECT pg_catalog.array_agg(DISTINCT pg_catalog.format('%s (on partition %s)', \
+                      pg_catalog.pg_describe_object(d.classid, d.objid, 0), t.relid::pg_catalog.regclass)) \
+               FROM {} t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = $2 AND NOT a.attisdropped \
+               JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                    AND d.refobjid = t.relid AND d.refobjsubid = a.attnum AND d.deptype IN ('n', 'a') \
+              WHERE t.relid <> $1 \
+                AND d.classid <> 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+                AND NOT (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND (d.objid = t.relid \
+                         OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = d.objid))) \
+                AND NOT (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND EXISTS ( \
+                         SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.oid = d.objid \
+                            AND (k.conparentid <> 0 OR k.coninhcount > 0 OR k.contype = 'n'))) \
+                AND NOT (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND EXISTS ( \
+                         SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.oid = d.objid AND g.tgparentid <> 0))",
+            crate::tree::partition_tree_sql(1)
+        ),
+        &[relid.into(), column.into()],
+    )
+    .unwrap_or_default()
+}
+
 /// The table's owner, as whom all of a migration's work runs.
 pub fn table_owner(relid: pg_sys::Oid) -> pg_sys::Oid {
     spi::one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])

@@ -80,9 +80,10 @@ fn start_backfill(
     let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers);
     let m = owned_backfillable(id);
     // A backfilled rename's job may still have index builds or validations
-    // to finish (e.g. after a failed unique build and fixed data).
+    // to finish (e.g. after a failed unique build and fixed data, or a
+    // partition created since the build).
     let job_done = matches!(jobs::state(id).as_deref(), Some("completed") | None);
-    if m.phase == Phase::Backfilled && job_done && indexes_pending(id) == 0 {
+    if m.phase == Phase::Backfilled && job_done && crate::engine::operation(&m.kind).builds(id).is_empty() {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("zdm migration {id} on {} is already backfilled", m.display_table()),
@@ -237,14 +238,6 @@ fn index_build_progress(id: i64) -> Option<String> {
             &[id.into()],
         )
     })
-}
-
-/// Carried indexes of a rename not built yet.
-fn indexes_pending(id: i64) -> i64 {
-    as_catalog_owner(|| {
-        spi::one::<i64>("SELECT count(*) FROM zdm.carried_indexes WHERE migration_id = $1 AND state <> 'valid'", &[id.into()])
-    })
-    .unwrap_or(0)
 }
 
 /// A job that has no worker and that nothing will resume: fail at once

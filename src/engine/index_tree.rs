@@ -10,6 +10,9 @@
 //! has its INVALID index dropped before anything else happens. Partitions
 //! created later get the index from PostgreSQL itself (CREATE TABLE …
 //! PARTITION OF clones a partitioned table's indexes, valid or not).
+//!
+//! A task `leaves_only` builds the leaves' indexes and stops there: the
+//! operation attaches them itself (a carried key: see ops/column/carry.rs).
 
 use super::process::{caught_transaction, transaction};
 use super::index_build::log;
@@ -38,8 +41,13 @@ pub struct Failure {
     pub partition: Option<String>,
 }
 
+/// The name of index `index`'s part on partition `relid`.
+pub fn partition_index_name(index: &str, relid: pg_sys::Oid) -> String {
+    spi::with_suffix(index, &format!("_p{}", relid.to_u32()))
+}
+
 fn nodes(t: &IndexTask) -> Vec<Node> {
-    let name_of = |relid: pg_sys::Oid, root: bool| if root { t.index.clone() } else { spi::with_suffix(&t.index, &format!("_p{}", relid.to_u32())) };
+    let name_of = |relid: pg_sys::Oid, root: bool| if root { t.index.clone() } else { partition_index_name(&t.index, relid) };
     let rows = transaction(|| {
         spi::rows(
             &format!(
@@ -134,7 +142,7 @@ fn attach(n: &Node, owner: pg_sys::Oid, timeout_ms: i32) -> Result<(), CaughtErr
 pub fn build(id: i64, t: &IndexTask, owner: pg_sys::Oid, timeout_ms: i32) -> Result<(), Failure> {
     let nodes = nodes(t);
     let (mut built, mut kept) = (0, 0);
-    for n in &nodes {
+    for n in nodes.iter().filter(|n| !(t.leaves_only && n.partitioned)) {
         let where_ = || format!("{}.{}", ident(&n.schema), ident(&n.table));
         let fail = |error| Failure { error, partition: n.parent_index.as_ref().map(|_| where_()) };
         let (exists, valid, attached) = state(n);
@@ -156,13 +164,13 @@ pub fn build(id: i64, t: &IndexTask, owner: pg_sys::Oid, timeout_ms: i32) -> Res
         } else if !n.partitioned {
             kept += 1;
         }
-        if !attached {
+        if !attached && !t.leaves_only {
             attach(n, owner, timeout_ms).map_err(fail)?;
         }
     }
     log(
         id,
-        "index attached on every partition",
+        if t.leaves_only { "index built on every partition" } else { "index attached on every partition" },
         Instant::now(),
         format!("{}: {built} partition(s) built, {kept} already valid", spi::qualified(&t.schema, &t.index)),
     );
@@ -207,7 +215,7 @@ pub fn partition_indexes(relid: pg_sys::Oid, index: &str) -> Vec<String> {
         },
     );
     rows.into_iter()
-        .filter(|(rel, name, _)| *name == spi::with_suffix(index, &format!("_p{}", rel.to_u32())))
+        .filter(|(rel, name, _)| *name == partition_index_name(index, *rel))
         .map(|(_, _, qualified)| qualified)
         .collect()
 }

@@ -83,6 +83,11 @@ pub struct IndexTask {
     pub definition: String,
     /// search_path the definition's names resolve with
     pub search_path: String,
+    /// On a partitioned table: the index on each leaf only, nothing on the
+    /// partitioned tables and nothing attached — the operation attaches the
+    /// leaves' indexes itself (a key's constraint: PostgreSQL attaches a
+    /// leaf's key, not a bare index, to a partitioned key).
+    pub leaves_only: bool,
 }
 
 /// How a build ended, for the operation to record.

@@ -37,7 +37,7 @@ impl Operation for Index {
         })
         .unwrap_or_default();
         let schema = catalog::current_schema_of(m.relid).unwrap_or_else(|| m.table_schema.clone());
-        vec![IndexTask { key: index.clone(), relid: m.relid, drop: m.kind == "drop_index", schema, index, definition, search_path }]
+        vec![IndexTask { key: index.clone(), relid: m.relid, drop: m.kind == "drop_index", schema, index, definition, search_path, leaves_only: false }]
     }
     fn build_state(&self, migration: i64, task: &IndexTask, state: BuildState) {
         match state {

@@ -13,6 +13,10 @@
 //!   its old index's name, a key is attached `ADD CONSTRAINT … USING INDEX`
 //!   under the brief lock (the validated NOT NULL makes a primary key
 //!   instant), and replica identity and CLUSTER ON follow.
+//! * a partitioned table: indexes are built leaf by leaf (engine's
+//!   index_tree); a key's parts stay unattached until contract, which makes
+//!   each leaf's part its key and then adds the key to the partitioned table,
+//!   which attaches them (`attach_partitioned_key`).
 
 use crate::catalog::{as_catalog_owner, Migration};
 use crate::engine::IndexTask;
@@ -272,20 +276,47 @@ pub fn set_state(migration: i64, old_index: &str, state: &str, error: Option<&st
     });
 }
 
-/// The carried indexes still to build (not valid yet), in a stable order,
-/// as engine build tasks: on the table's current schema, names in the
+/// A carried key on a partitioned table is built on the leaves only and
+/// attached at contract (PostgreSQL attaches a leaf's key to a partitioned
+/// key, never a bare index, and cannot add a key USING INDEX there).
+fn leaves_only(partitioned: bool, c: &Carried) -> bool {
+    partitioned && c.constraint.is_some()
+}
+
+/// Leaves of the tree without a valid part of key `c` (created after the
+/// build), with whether their heap is empty: (leaf, empty).
+fn leaves_without(m: &Migration, c: &Carried) -> Vec<(String, bool)> {
+    crate::tree::leaves(m.relid)
+        .into_iter()
+        .filter(|leaf| {
+            let name = crate::engine::index_tree::partition_index_name(&c.new_index, leaf.relid);
+            spi::one::<bool>(
+                "SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+                  WHERE i.indrelid = $1 AND c.relname = $2",
+                &[leaf.relid.into(), name.as_str().into()],
+            ) != Some(true)
+        })
+        .map(|leaf| (crate::catalog::current_table_sql(leaf.relid).unwrap_or_default(), leaf.blocks == 0))
+        .collect()
+}
+
+/// The carried indexes still to build (not valid yet, or a key whose
+/// partitioned table gained a leaf with rows since), in a stable order, as
+/// engine build tasks: on the table's current schema, names in the
 /// definition qualified (empty search_path for the build).
 pub fn pending_builds(migration: i64) -> Vec<IndexTask> {
     let Some(m) = crate::catalog::load(migration, false) else { return Vec::new() };
     let schema = crate::catalog::current_schema_of(m.relid).unwrap_or_default();
+    let partitioned = crate::tree::is_partitioned(m.relid);
     list(migration)
         .into_iter()
-        .filter(|(_, state)| state != "valid")
+        .filter(|(c, state)| state != "valid" || (leaves_only(partitioned, c) && leaves_without(&m, c).iter().any(|(_, empty)| !empty)))
         .map(|(c, _)| IndexTask {
-            key: c.old_index,
+            key: c.old_index.clone(),
             relid: m.relid,
             drop: false,
             schema: schema.clone(),
+            leaves_only: leaves_only(partitioned, &c),
             index: c.new_index,
             definition: c.definition,
             search_path: "pg_catalog, pg_temp".into(),
@@ -293,7 +324,9 @@ pub fn pending_builds(migration: i64) -> Vec<IndexTask> {
         .collect()
 }
 
-/// Contract needs every carried index built and valid.
+/// Contract needs every carried index built and valid — for a key on a
+/// partitioned table, on every leaf that holds rows (an empty leaf created
+/// since gets its part at contract, instantly).
 pub fn require_built(m: &Migration) {
     let missing: Vec<String> = list(m.id)
         .into_iter()
@@ -308,14 +341,120 @@ pub fn require_built(m: &Migration) {
             format!("Follow them with zdm.wait({0}); if a build failed, fix the cause (see zdm.status) and call zdm.start_backfill({0}).", m.id),
         );
     }
+    let partitioned = crate::tree::is_partitioned(m.relid);
+    for (c, _) in list(m.id).into_iter().filter(|(c, _)| leaves_only(partitioned, c)) {
+        let loaded: Vec<String> = leaves_without(m, &c).into_iter().filter(|(_, empty)| !empty).map(|(leaf, _)| leaf).collect();
+        if !loaded.is_empty() {
+            raise_with_detail(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "cannot contract zdm migration {}: partition(s) {} of {} hold rows but no part of {}",
+                    m.id,
+                    loaded.join(", "),
+                    m.table_sql(),
+                    ident(&c.new_index)
+                ),
+                "They were created after the worker built the new key's index leaf by leaf; attaching the key would build it under ACCESS EXCLUSIVE.",
+                format!("Call zdm.start_backfill({0}) (it builds them concurrently), zdm.wait({0}), then zdm.contract({0}) again.", m.id),
+            );
+        }
+    }
+}
+
+/// For each carried key of a partitioned table, the clause that makes it
+/// again — `PRIMARY KEY (…) INCLUDE (…) WITH (…) USING INDEX TABLESPACE …`
+/// — read from the old key's index with attribute `from` named `to` (the
+/// name the column ends with): the partitioned table gets its key by this
+/// clause, attaching the leaves' keys. Read before the old key goes.
+pub fn partitioned_key_clauses(m: &Migration, from: i16, to: &str) -> Vec<PartitionedKey> {
+    if !crate::tree::is_partitioned(m.relid) {
+        return Vec::new();
+    }
+    list(m.id)
+        .into_iter()
+        .filter_map(|(c, _)| {
+            let (name, primary) = c.constraint?;
+            spi::first_row(
+                "SELECT (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(CASE WHEN k.attnum = $3 THEN $4 ELSE a.attname::text END) ORDER BY k.n) \
+                           FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
+                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                          WHERE k.n <= i.indnkeyatts), \
+                        (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(CASE WHEN k.attnum = $3 THEN $4 ELSE a.attname::text END) ORDER BY k.n) \
+                           FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
+                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                          WHERE k.n > i.indnkeyatts), \
+                        i.indnullsnotdistinct, pg_catalog.array_to_string(x.reloptions, ', '), \
+                        (SELECT pg_catalog.quote_ident(ts.spcname) FROM pg_catalog.pg_tablespace ts WHERE ts.oid = x.reltablespace) \
+                   FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_index i ON i.indexrelid = k.conindid \
+                   JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid \
+                  WHERE k.conrelid = $1 AND k.conname = $2",
+                &[m.relid.into(), name.as_str().into(), from.into(), to.into()],
+                |r| {
+                    let keys = r.get::<Vec<String>>(1)?.unwrap_or_default();
+                    let include = r.get::<Vec<String>>(2)?.unwrap_or_default();
+                    let mut clause = format!(
+                        "{}{} ({})",
+                        if primary { "PRIMARY KEY" } else { "UNIQUE" },
+                        if r.get::<bool>(3)?.unwrap_or(false) { " NULLS NOT DISTINCT" } else { "" },
+                        keys.join(", ")
+                    );
+                    if !include.is_empty() {
+                        clause.push_str(&format!(" INCLUDE ({})", include.join(", ")));
+                    }
+                    if let Some(options) = r.get::<String>(4)?.filter(|o| !o.is_empty()) {
+                        clause.push_str(&format!(" WITH ({options})"));
+                    }
+                    if let Some(ts) = r.get::<String>(5)? {
+                        clause.push_str(&format!(" USING INDEX TABLESPACE {ts}"));
+                    }
+                    Ok(clause)
+                },
+            )
+            .map(|clause| {
+                // Each partition's part of the old key, by name: the new
+                // parts take those names once the old ones are gone.
+                let parts = spi::rows(
+                    &format!(
+                        "SELECT k.conrelid, k.conname::text FROM {} p JOIN pg_catalog.pg_constraint k ON k.conindid = p.relid \
+                          WHERE p.relid <> $1 AND k.contype IN ('p', 'u')",
+                        crate::tree::partition_tree_sql(1)
+                    ),
+                    &[old_key_index(m, &name).into()],
+                    |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
+                );
+                PartitionedKey { name, clause, parts }
+            })
+        })
+        .collect()
+}
+
+/// A carried key of a partitioned table, as contract adds it again.
+pub struct PartitionedKey {
+    name: String,
+    clause: String,
+    /// (partition, the name of its part of the old key)
+    parts: Vec<(pg_sys::Oid, String)>,
+}
+
+fn old_key_index(m: &Migration, name: &str) -> pg_sys::Oid {
+    spi::one::<pg_sys::Oid>(
+        "SELECT conindid FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+        &[m.relid.into(), name.into()],
+    )
+    .unwrap_or(pg_sys::InvalidOid)
 }
 
 /// Under contract's ACCESS EXCLUSIVE lock, after the old column (and with
 /// it the old indexes and keys) is gone: names, keys, replica identity,
-/// CLUSTER ON.
-pub fn attach(m: &Migration, t: &str, schema: &str) {
+/// CLUSTER ON. `keys` are a partitioned table's key clauses
+/// (`partitioned_key_clauses`, read before the old keys went).
+pub fn attach(m: &Migration, t: &str, schema: &str, keys: &[PartitionedKey]) {
     for (c, _) in list(m.id) {
         let final_name = match &c.constraint {
+            Some((name, _)) if !keys.is_empty() => {
+                attach_partitioned_key(m, t, &c, keys);
+                name.clone()
+            }
             Some((name, primary)) => {
                 spi::exec(&format!(
                     "ALTER TABLE {t} ADD CONSTRAINT {} {} USING INDEX {}",
@@ -337,4 +476,40 @@ pub fn attach(m: &Migration, t: &str, schema: &str) {
             spi::exec(&format!("ALTER TABLE {t} CLUSTER ON {}", ident(&final_name)));
         }
     }
+}
+
+/// A key on a partitioned table: each leaf's part becomes the leaf's key
+/// USING INDEX (no scan: the NOT NULL is in place), then the key on the
+/// partitioned table attaches them (PostgreSQL builds a part only for a leaf
+/// without one: an empty leaf created since, `require_built`). A leaf whose
+/// replica identity was its part of the old key gets its new part.
+fn attach_partitioned_key(m: &Migration, t: &str, c: &Carried, keys: &[PartitionedKey]) {
+    let Some((name, primary)) = &c.constraint else { return };
+    let Some(key) = keys.iter().find(|k| &k.name == name) else { return };
+    for leaf in crate::tree::leaves(m.relid) {
+        let part = crate::engine::index_tree::partition_index_name(&c.new_index, leaf.relid);
+        let row = spi::first_row(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, l.relname), l.relreplident = 'i' \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index r WHERE r.indrelid = l.oid AND r.indisreplident) \
+               FROM pg_catalog.pg_class l JOIN pg_catalog.pg_namespace n ON n.oid = l.relnamespace \
+              WHERE l.oid = $1 AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid \
+                                             WHERE i.indrelid = l.oid AND x.relname = $2 AND i.indisvalid)",
+            &[leaf.relid.into(), part.as_str().into()],
+            |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?.unwrap_or(false))),
+        );
+        let Some((leaf_sql, lost_identity)) = row else { continue };
+        // The old part's name if it had one (and it is free: the old part
+        // is gone), else the build's.
+        let leaf_name = key.parts.iter().find(|(rel, _)| *rel == leaf.relid).map_or(part.clone(), |(_, n)| n.clone());
+        spi::exec(&format!(
+            "ALTER TABLE {leaf_sql} ADD CONSTRAINT {} {} USING INDEX {}",
+            ident(&leaf_name),
+            if *primary { "PRIMARY KEY" } else { "UNIQUE" },
+            ident(&part)
+        ));
+        if lost_identity {
+            spi::exec(&format!("ALTER TABLE {leaf_sql} REPLICA IDENTITY USING INDEX {}", ident(&leaf_name)));
+        }
+    }
+    spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {}", ident(name), key.clause));
 }

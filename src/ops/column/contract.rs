@@ -197,6 +197,7 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         spi::exec(&format!("DROP TRIGGER {} ON {t}", ident(trigger)));
     }
     let identity = identity_of(m.relid, old_attnum, new_type);
+    let keys = carry::partitioned_key_clauses(m, old_attnum, if takes_old_name { m.old_col() } else { m.new_col() });
     spi::exec(&format!("ALTER TABLE {t} DROP COLUMN {old} RESTRICT"));
     if takes_old_name {
         // A type change: the shadow column becomes the column.
@@ -216,7 +217,7 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     // The old indexes and keys went with the old column: the new ones take
     // their names, keys are attached USING INDEX.
     let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
-    carry::attach(m, t, &schema);
+    carry::attach(m, t, &schema, &keys);
     // The originals went with the old column: the copies take their names.
     for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
         let taken = spi::one::<bool>(
@@ -396,6 +397,8 @@ fn refuse_not_carried(m: &Migration, t: &str, deps: &[introspect::Dependent], hi
     if old_nn && !new_nn && m.not_null_check.is_none() {
         late.push(format!("NOT NULL on {}", ident(m.old_col())));
     }
+    // A partition's own objects on its copy of the column (made since expand).
+    late.extend(introspect::partition_own_dependents(m.relid, m.old_col()));
     late.dedup(); // a generated column shows up twice (its expression and itself)
     if !late.is_empty() {
         raise_with_detail(

@@ -463,6 +463,14 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
     let deps = introspect::column_dependents(relid, col.attnum);
     if tree::is_partitioned(relid) {
         refuse_partitioned_dependents(&t, old_column, &deps);
+        let own = introspect::partition_own_dependents(relid, old_column);
+        if !own.is_empty() {
+            raise(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("column {} of partitioned table {t} has objects of its partitions' own: {}", ident(old_column), own.join(", ")),
+                "zdm carries what the partitioned table has (its indexes, keys and checks reach every partition); an object made on one partition alone would be lost with the old column. Drop it for the migration and recreate it on the new column after contract, or create it on the partitioned table instead.",
+            );
+        }
     }
     introspect::refuse_blocking_dependents(
         &deps,
@@ -474,14 +482,16 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
     (col, deps)
 }
 
-/// What zdm does not carry on a partitioned table: primary keys and unique
-/// constraints (PostgreSQL cannot attach a constraint USING INDEX there)
-/// and, before PostgreSQL 18, foreign keys (it cannot add them NOT VALID
-/// there). Indexes are carried, built leaf by leaf.
+/// What zdm does not carry on a partitioned table: before PostgreSQL 18,
+/// foreign keys (it cannot add them NOT VALID there); a primary key or
+/// unique constraint that other tables' foreign keys reference (the key is
+/// attached at contract, after they would have to be re-pointed at it).
+/// Indexes and keys are carried, built leaf by leaf.
 fn refuse_partitioned_dependents(t: &str, column: &str, deps: &[introspect::Dependent]) {
     let pg18 = pg_sys::PG_VERSION_NUM >= 180000;
+    let keyed = deps.iter().any(|d| matches!(d.kind, DependentKind::Key { .. }));
     let hit = deps.iter().find(|d| match d.kind {
-        DependentKind::Key { .. } => true,
+        DependentKind::Referencing => keyed,
         DependentKind::ForeignKey { .. } => !pg18,
         _ => false,
     });
@@ -489,7 +499,7 @@ fn refuse_partitioned_dependents(t: &str, column: &str, deps: &[introspect::Depe
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("column {} of partitioned table {t} has {}, which zdm does not carry on a partitioned table", ident(column), d.description),
-            "Drop it for the migration and recreate it on the new column after contract, or change the column with plain DDL. (PostgreSQL cannot attach a primary key or unique constraint USING INDEX on a partitioned table, and before version 18 cannot add a foreign key NOT VALID there.)",
+            "Drop it for the migration and recreate it on the new column after contract, or change the column with plain DDL. (Before version 18 PostgreSQL cannot add a foreign key NOT VALID on a partitioned table; a key of a partitioned table is attached at contract, too late to re-point foreign keys that reference it.)",
         );
     }
 }
