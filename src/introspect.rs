@@ -337,7 +337,7 @@ pub fn column_dependents(relid: pg_sys::Oid, attnum: i16) -> Vec<Dependent> {
                                            WHEN co.contype = 'n' AND co.conrelid = $1 THEN 'not_null' \
                                            WHEN co.contype = 'f' AND co.conrelid = $1 AND {enforced} THEN 'foreign_key' \
                                            WHEN co.contype = 'f' AND co.confrelid = $1 AND {enforced} THEN 'referencing' \
-                                           WHEN co.contype IN ('u', 'p') AND co.conrelid = $1 AND co.conindid <> 0 THEN 'key' END \
+                                           WHEN co.contype IN ('u', 'p') AND co.conrelid = $1 AND co.conindid <> 0 AND NOT co.condeferrable THEN 'key' END \
                                  FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \
                     CASE WHEN d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
                          (SELECT co.conname::text FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid) END, \

@@ -6,7 +6,8 @@
 //! the build (its part made at contract) and one created and filled after it
 //! (contract refuses with 55000 until `start_backfill` builds its part); a
 //! leaf's replica identity kept; a unique constraint carried by a rename;
-//! a key other tables reference refused at expand (0A000), and an index
+//! two keys whose long names share their first 60 bytes; a deferrable key
+//! and a key other tables reference refused at expand (0A000), and an index
 //! of one partition's own on the column, refused at expand (0A000) and at
 //! contract (2BP01) since the old column's drop would take it.
 
@@ -162,7 +163,20 @@ fn keys_on_a_partitioned_table_are_carried() {
     assert!(identity, "ev_01's replica identity follows its key");
     expect_err(&mut c, "INSERT INTO ev (id, created_at) VALUES (5000000000, '2026-06-02'), (5000000000, '2026-06-02')", "23505");
 
-    // A rename of a column of a unique constraint, by hand, then contract.
+    // Deferrable keys are not carried (the parts would enforce uniqueness
+    // immediately): refused, nothing changed.
+    c.batch_execute(r#"ALTER TABLE ev ADD CONSTRAINT ev_deferred UNIQUE ("v w", id, created_at) DEFERRABLE"#).unwrap();
+    let msg = expect_err(&mut c, r#"SELECT zdm.expand_rename('ev', 'v w', 'Body')"#, "0A000");
+    assert!(msg.contains("ev_deferred"), "{msg}");
+    c.batch_execute("ALTER TABLE ev DROP CONSTRAINT ev_deferred").unwrap();
+    // Two keys whose long names differ only past what a derived name keeps.
+    let long = "k".repeat(58);
+    c.batch_execute(&format!(
+        r#"ALTER TABLE ev ADD CONSTRAINT {long}_1 UNIQUE ("v w", created_at, id);
+           ALTER TABLE ev ADD CONSTRAINT {long}_2 UNIQUE (id, "v w", created_at);"#
+    ))
+    .unwrap();
+    // A rename of a column of unique constraints, by hand, then contract.
     let id: i64 = c.query_one(r#"SELECT zdm.expand_rename('ev', 'v w', 'Body')"#, &[]).unwrap().get(0);
     let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");
@@ -177,6 +191,22 @@ fn keys_on_a_partitioned_table_are_carried() {
         .unwrap()
         .get(0);
     assert_eq!(def, r#"UNIQUE ("Body", created_at)"#);
+    for (suffix, expected) in [("_1", r#"UNIQUE ("Body", created_at, id)"#), ("_2", r#"UNIQUE (id, "Body", created_at)"#)] {
+        let def: String = c
+            .query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'ev'::regclass AND conname = $1", &[&format!("{long}{suffix}")])
+            .unwrap()
+            .get(0);
+        assert_eq!(def, expected);
+    }
+    let unattached: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_index i WHERE i.indrelid IN (SELECT relid FROM pg_partition_tree('ev'))
+                AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) AND i.indrelid <> 'ev'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(unattached, 0, "every partition's index is part of the partitioned table's");
     let invalid: i64 = c
         .query_one("SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indrelid IN (SELECT relid FROM pg_partition_tree('ev'))", &[])
         .unwrap()

@@ -41,9 +41,18 @@ pub struct Failure {
     pub partition: Option<String>,
 }
 
-/// The name of index `index`'s part on partition `relid`.
+/// The name of index `index`'s part on partition `relid`: `<index>_p<oid>`,
+/// or, when that would be cut to PostgreSQL's 63 bytes, the cut name with a
+/// hash of the whole one, so that two long names sharing their first bytes
+/// never name one part.
 pub fn partition_index_name(index: &str, relid: pg_sys::Oid) -> String {
-    spi::with_suffix(index, &format!("_p{}", relid.to_u32()))
+    let suffix = format!("_p{}", relid.to_u32());
+    if index.len() + suffix.len() <= 63 {
+        return format!("{index}{suffix}");
+    }
+    // FNV-1a: stable across builds and versions (a resumed build finds its parts).
+    let hash = index.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    spi::with_suffix(index, &format!("_{:08x}{suffix}", hash as u32))
 }
 
 fn nodes(t: &IndexTask) -> Vec<Node> {

@@ -415,12 +415,19 @@ pub fn partitioned_key_clauses(m: &Migration, from: i16, to: &str) -> Vec<Partit
                 // parts take those names once the old ones are gone.
                 let parts = spi::rows(
                     &format!(
-                        "SELECT k.conrelid, k.conname::text FROM {} p JOIN pg_catalog.pg_constraint k ON k.conindid = p.relid \
+                        "SELECT k.conrelid, k.conname::text, i.indisreplident FROM {} p \
+                           JOIN pg_catalog.pg_constraint k ON k.conindid = p.relid JOIN pg_catalog.pg_index i ON i.indexrelid = p.relid \
                           WHERE p.relid <> $1 AND k.contype IN ('p', 'u')",
                         crate::tree::partition_tree_sql(1)
                     ),
                     &[old_key_index(m, &name).into()],
-                    |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
+                    |r| {
+                        Ok(OldPart {
+                            relid: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                            name: r.get::<String>(2)?.unwrap_or_default(),
+                            replica_identity: r.get::<bool>(3)?.unwrap_or(false),
+                        })
+                    },
                 );
                 PartitionedKey { name, clause, parts }
             })
@@ -432,8 +439,15 @@ pub fn partitioned_key_clauses(m: &Migration, from: i16, to: &str) -> Vec<Partit
 pub struct PartitionedKey {
     name: String,
     clause: String,
-    /// (partition, the name of its part of the old key)
-    parts: Vec<(pg_sys::Oid, String)>,
+    /// each partition's part of the old key
+    parts: Vec<OldPart>,
+}
+
+struct OldPart {
+    relid: pg_sys::Oid,
+    name: String,
+    /// it was its partition's replica identity: the new part takes over
+    replica_identity: bool,
 }
 
 fn old_key_index(m: &Migration, name: &str) -> pg_sys::Oid {
@@ -449,9 +463,10 @@ fn old_key_index(m: &Migration, name: &str) -> pg_sys::Oid {
 /// CLUSTER ON. `keys` are a partitioned table's key clauses
 /// (`partitioned_key_clauses`, read before the old keys went).
 pub fn attach(m: &Migration, t: &str, schema: &str, keys: &[PartitionedKey]) {
+    let partitioned = crate::tree::is_partitioned(m.relid);
     for (c, _) in list(m.id) {
         let final_name = match &c.constraint {
-            Some((name, _)) if !keys.is_empty() => {
+            Some((name, _)) if partitioned => {
                 attach_partitioned_key(m, t, &c, keys);
                 name.clone()
             }
@@ -480,36 +495,54 @@ pub fn attach(m: &Migration, t: &str, schema: &str, keys: &[PartitionedKey]) {
 
 /// A key on a partitioned table: each leaf's part becomes the leaf's key
 /// USING INDEX (no scan: the NOT NULL is in place), then the key on the
-/// partitioned table attaches them (PostgreSQL builds a part only for a leaf
-/// without one: an empty leaf created since, `require_built`). A leaf whose
-/// replica identity was its part of the old key gets its new part.
+/// partitioned table attaches them; PostgreSQL builds a part only for a leaf
+/// without one, which must be empty (checked again here, under the lock: a
+/// leaf created empty may have been filled since `require_built`). A leaf's
+/// replica identity that was its part of the old key moves to the new part.
+/// A key dropped by hand since expand is not made again: its parts go.
 fn attach_partitioned_key(m: &Migration, t: &str, c: &Carried, keys: &[PartitionedKey]) {
     let Some((name, primary)) = &c.constraint else { return };
-    let Some(key) = keys.iter().find(|k| &k.name == name) else { return };
+    let key = keys.iter().find(|k| &k.name == name);
     for leaf in crate::tree::leaves(m.relid) {
         let part = crate::engine::index_tree::partition_index_name(&c.new_index, leaf.relid);
-        let row = spi::first_row(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, l.relname), l.relreplident = 'i' \
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index r WHERE r.indrelid = l.oid AND r.indisreplident) \
-               FROM pg_catalog.pg_class l JOIN pg_catalog.pg_namespace n ON n.oid = l.relnamespace \
-              WHERE l.oid = $1 AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid \
-                                             WHERE i.indrelid = l.oid AND x.relname = $2 AND i.indisvalid)",
+        let (leaf_sql, valid) = spi::first_row(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, l.relname), \
+                    (SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid \
+                      WHERE i.indrelid = l.oid AND x.relname = $2) \
+               FROM pg_catalog.pg_class l JOIN pg_catalog.pg_namespace n ON n.oid = l.relnamespace WHERE l.oid = $1",
             &[leaf.relid.into(), part.as_str().into()],
-            |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?.unwrap_or(false))),
-        );
-        let Some((leaf_sql, lost_identity)) = row else { continue };
-        // The old part's name if it had one (and it is free: the old part
-        // is gone), else the build's.
-        let leaf_name = key.parts.iter().find(|(rel, _)| *rel == leaf.relid).map_or(part.clone(), |(_, n)| n.clone());
+            |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?)),
+        )
+        .unwrap_or_default();
+        let part_sql = spi::qualified(&crate::catalog::current_schema_of(leaf.relid).unwrap_or_default(), &part);
+        let Some(key) = key.filter(|_| valid == Some(true)) else {
+            if valid.is_some() {
+                spi::exec(&format!("DROP INDEX {part_sql}"));
+            }
+            if key.is_some() && leaf.blocks > 0 {
+                raise_with_detail(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("cannot contract zdm migration {}: partition {leaf_sql} of {t} holds rows but no valid part of {}", m.id, ident(&c.new_index)),
+                    "Attaching the key would build it under ACCESS EXCLUSIVE. Nothing was changed.",
+                    format!("Call zdm.start_backfill({0}) (it builds the part concurrently), zdm.wait({0}), then zdm.contract({0}) again.", m.id),
+                );
+            }
+            continue;
+        };
+        let old = key.parts.iter().find(|p| p.relid == leaf.relid);
+        // The old part's name (free now: the old part is gone), else the build's.
+        let leaf_name = old.map_or(part.clone(), |p| p.name.clone());
         spi::exec(&format!(
             "ALTER TABLE {leaf_sql} ADD CONSTRAINT {} {} USING INDEX {}",
             ident(&leaf_name),
             if *primary { "PRIMARY KEY" } else { "UNIQUE" },
             ident(&part)
         ));
-        if lost_identity {
+        if old.is_some_and(|p| p.replica_identity) {
             spi::exec(&format!("ALTER TABLE {leaf_sql} REPLICA IDENTITY USING INDEX {}", ident(&leaf_name)));
         }
     }
-    spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {}", ident(name), key.clause));
+    if let Some(key) = key {
+        spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {}", ident(name), key.clause));
+    }
 }

@@ -148,7 +148,14 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
                 _ => continue,
             };
             let old_index = spi::one::<String>("SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1", &[oid.into()]).unwrap_or_default();
-            let new_index = spi::with_suffix(&old_index, &format!("_zdm{id}"));
+            // Unique within the migration even when long names are cut.
+            let mut new_index = spi::with_suffix(&old_index, &format!("_zdm{id}"));
+            for n in 2.. {
+                if !indexes.iter().any(|c: &carry::Carried| c.new_index == new_index) {
+                    break;
+                }
+                new_index = spi::with_suffix(&old_index, &format!("_zdm{id}_{n}"));
+            }
             let (definition, replica_identity, clustered) = carry::definition(&table, oid, col.attnum, new_attnum, &new_index);
             indexes.push(carry::Carried { old_index, new_index, definition, constraint, replica_identity, clustered });
         }
@@ -477,7 +484,7 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
         Code::ERRCODE_FEATURE_NOT_SUPPORTED,
         &t,
         old_column,
-        "zdm carries indexes, keys, foreign keys, single-column checks and statistics on plain columns, and lets views, rules, policies, triggers and generated columns wait for contract; exclusion constraints, multi-column checks and expression statistics are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
+        "zdm carries indexes, keys, foreign keys, single-column checks and statistics on plain columns, and lets views, rules, policies, triggers and generated columns wait for contract; exclusion constraints, deferrable keys, multi-column checks and expression statistics are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
     );
     (col, deps)
 }
