@@ -97,3 +97,41 @@ pub unsafe fn parse_type_string(text: *const std::ffi::c_char, oid: &mut pg_sys:
         pg_sys::parseTypeString(text, oid, typmod, std::ptr::null_mut());
     }
 }
+
+/// `ReplaceVarsFromTargetList` for an expression of one relation (varno 1,
+/// no whole-row reference): every Var of attribute `attnum` replaced by
+/// `with`. 18 added a `result_relation` argument.
+pub unsafe fn replace_var(node: *mut pg_sys::Node, attnum: i16, with: *mut pg_sys::Expr) -> *mut pg_sys::Node {
+    unsafe {
+        let entry = pg_sys::makeTargetEntry(with, attnum, std::ptr::null_mut(), false);
+        let list = pg_sys::lappend(std::ptr::null_mut(), entry as *mut std::ffi::c_void);
+        let mut sublinks = false;
+        #[cfg(not(feature = "pg18"))]
+        {
+            pg_sys::ReplaceVarsFromTargetList(
+                node,
+                1,
+                0,
+                std::ptr::null_mut(),
+                list,
+                pg_sys::ReplaceVarsNoMatchOption::REPLACEVARS_REPORT_ERROR,
+                0,
+                &mut sublinks,
+            )
+        }
+        #[cfg(feature = "pg18")]
+        {
+            pg_sys::ReplaceVarsFromTargetList(
+                node,
+                1,
+                0,
+                std::ptr::null_mut(),
+                list,
+                0,
+                pg_sys::ReplaceVarsNoMatchOption::REPLACEVARS_REPORT_ERROR,
+                0,
+                &mut sublinks,
+            )
+        }
+    }
+}

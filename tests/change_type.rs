@@ -472,3 +472,48 @@ fn convert_trigger_converts_every_write_to_the_old_column() {
     let a: String = c.query_one("SELECT a FROM t WHERE id = 1", &[]).unwrap().get(0);
     assert_eq!(a, "CHANGED");
 }
+
+/// A default and a CHECK written for the old type, decided at expand: the
+/// default converted as the old value would be (or refused, 0A000, when its
+/// conversion fails), a CHECK that does not apply to the new type refused
+/// (0A000) naming it — never a raw error, never a failure after the backfill.
+#[test]
+fn defaults_and_checks_of_the_old_type() {
+    let cluster = Cluster::start("ctdefault", &[]);
+    let mut c = cluster.create_db("cd");
+    c.batch_execute(
+        "CREATE TABLE p (id int PRIMARY KEY, age text DEFAULT 'unknown', CONSTRAINT \"Short age\" CHECK (length(age) < 3));
+         INSERT INTO p SELECT g, (g % 90)::text FROM generate_series(1, 2000) g;",
+    )
+    .unwrap();
+    let expand = "SELECT zdm.expand_change_type('p', 'age', 'integer', using_expr => 'age::integer')";
+    let msg = expect_err(&mut c, expand, "0A000");
+    assert!(msg.contains("Short age"), "{msg}");
+    c.batch_execute("ALTER TABLE p DROP CONSTRAINT \"Short age\"; ALTER TABLE p ADD CONSTRAINT young CHECK (age::int < 200)").unwrap();
+    let msg = expect_err(&mut c, expand, "0A000");
+    assert!(msg.contains("'unknown'::text"), "{msg}");
+    let recorded: i64 = c.query_one("SELECT count(*) FROM zdm.migrations", &[]).unwrap().get(0);
+    assert_eq!(recorded, 0, "refusals record nothing");
+
+    c.batch_execute("ALTER TABLE p ALTER COLUMN age SET DEFAULT '0'").unwrap();
+    let id: i64 = c.query_one(expand, &[]).unwrap().get(0);
+    c.batch_execute("INSERT INTO p (id) VALUES (5001)").unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    // Set since expand, a default whose conversion fails: contract refuses.
+    c.batch_execute("ALTER TABLE p ALTER COLUMN age SET DEFAULT 'x'").unwrap();
+    expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "55000");
+    c.batch_execute("ALTER TABLE p ALTER COLUMN age SET DEFAULT '0'").unwrap();
+    c.query_one("SELECT zdm.contract($1)", &[&id]).unwrap();
+    c.batch_execute("INSERT INTO p (id) VALUES (5002)").unwrap();
+    let ages: Vec<i32> = c.query("SELECT age FROM p WHERE id IN (5001, 5002) ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ages, vec![0, 0]);
+    let check: String = c
+        .query_one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'p'::regclass AND conname = 'young'", &[])
+        .unwrap()
+        .get(0);
+    assert!(check.contains("age"), "{check}");
+    let wrong: i64 = c.query_one("SELECT count(*) FROM p WHERE id <= 2000 AND age <> id % 90", &[]).unwrap().get(0);
+    assert_eq!(wrong, 0);
+}
+

@@ -30,6 +30,9 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
         deps
     };
     refuse_dependents();
+    // A type change: a default set since expand that does not convert is
+    // refused now, before anything (decided at expand otherwise).
+    converted_default(m, t, old_attnum);
     carry::require_built(m);
     // The sync trigger must still be there (under its name): without it the
     // columns drift apart, and a renamed copy would outlive the old column.
@@ -140,6 +143,28 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
     });
 }
 
+/// A type change's default for the new column (`conversion::converted_default`):
+/// None for a rename (the old default, as it is); raises if it does not
+/// convert (set since expand: expand refuses one).
+fn converted_default(m: &Migration, t: &str, old_attnum: i16) -> Option<Option<String>> {
+    let id = m.id;
+    let new_type = spi::first_row(
+        "SELECT n.atttypid, n.atttypmod FROM pg_catalog.pg_attribute n, pg_catalog.pg_attribute o \
+          WHERE n.attrelid = $1 AND n.attname = $2 AND o.attrelid = $1 AND o.attnum = $3 \
+            AND (n.atttypid, n.atttypmod) IS DISTINCT FROM (o.atttypid, o.atttypmod)",
+        &[m.relid.into(), m.new_col().into(), old_attnum.into()],
+        |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<i32>(2)?.unwrap_or(-1))),
+    )?;
+    let tree = catalog::as_catalog_owner(|| spi::one::<String>("SELECT using_tree FROM zdm.migrations WHERE id = $1", &[id.into()]));
+    Some(super::conversion::converted_default(m.relid, old_attnum, new_type.0, new_type.1, tree.as_deref()).unwrap_or_else(|default| {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot contract zdm migration {id}: the default of {} on {t}, {default}, does not convert to the new type", ident(m.old_col())),
+            format!("Nothing was dropped. Set a default that converts (or none) on {} and call zdm.contract({id}) again.", ident(m.old_col())),
+        )
+    }))
+}
+
 /// Contract's catalog-only steps, under ACCESS EXCLUSIVE: sequence
 /// ownership, default, NOT NULL, the trigger, the old column, check names.
 fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[introspect::Dependent], takes_old_name: bool) {
@@ -160,8 +185,9 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
         }
     }
     // The old column's own default (under a rename's mark, if it has one).
-    let old_default = crate::trigger::written::unmarked_default(m.relid, old_attnum)
-        .unwrap_or_else(|| introspect::column_default(m.relid, old_attnum));
+    let old_default = converted_default(m, t, old_attnum).unwrap_or_else(|| {
+        crate::trigger::written::unmarked_default(m.relid, old_attnum).unwrap_or_else(|| introspect::column_default(m.relid, old_attnum))
+    });
     if let Some(default) = old_default {
         spi::exec(&format!("ALTER TABLE {t} ALTER COLUMN {new} SET DEFAULT {default}"));
     } else {

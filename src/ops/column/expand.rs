@@ -6,7 +6,7 @@
 use super::{carry, NewColumn, FK_ACTIONS};
 use crate::catalog::{self, Step};
 use crate::engine::{locking, steps};
-use crate::errors::{raise, Code};
+use crate::errors::{raise, raise_with_detail, Code};
 use crate::introspect::{self, DependentKind, Table};
 use crate::{security, tree};
 use crate::spi::{self, ident, literal};
@@ -112,8 +112,24 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
             if let DependentKind::SingleColumnCheck { oid, name } = &dep.kind {
                 let expr = check_expression_for(&table, *oid, col.attnum, new_attnum);
                 let copy = spi::with_suffix(name, &format!("_zdm{id}"));
-                spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}) NOT VALID", ident(&copy)));
-                carried.push((copy, name.clone()));
+                let added = crate::subxact::attempt(|| spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({expr}) NOT VALID", ident(&copy))));
+                match added {
+                    Ok(()) => carried.push((copy, name.clone())),
+                    // A type change: the check's expression may not apply
+                    // to the new type (length() of an integer).
+                    Err(e) if spec.new_type.is_some() && !crate::engine::locking::retryable(crate::errors::code_of(&e)) => {
+                        raise_with_detail(
+                            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                            format!("check constraint {} on column {} of {t} does not apply to type {type_sql}", ident(name), ident(old_column)),
+                            format!("CHECK ({expr}) on the new column: {}", crate::errors::message_with_detail(&e)),
+                            format!(
+                                "Drop it for the migration (ALTER TABLE {t} DROP CONSTRAINT {}) and add one written for {type_sql} after contract (zdm.add_check), or rewrite it so that it applies to both types.",
+                                ident(name)
+                            ),
+                        )
+                    }
+                    Err(e) => e.rethrow(),
+                }
             }
         }
         // Foreign keys from the old column to other tables: copied NOT VALID
@@ -169,6 +185,12 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         let sync = (spec.trigger)(&col);
         let trigger = format!("{}{id}", sync.name_prefix);
         let (function, conversion) = (sync.function, sync.conversion);
+        if let Some((oid, typmod)) = spec.new_type {
+            let using_tree = conversion.as_ref().map(|c| c.0.as_str());
+            if let Err(default) = super::conversion::converted_default(relid, col.attnum, oid, typmod, using_tree) {
+                refuse_unconverting_default(&t, old_column, &default, &type_sql);
+            }
+        }
         let args: Vec<String> = sync.args.iter().map(|a| literal(a)).collect();
         spi::exec(&format!(
             "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {function}({})",
@@ -487,6 +509,21 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
         "zdm carries indexes, keys, foreign keys, single-column checks and statistics on plain columns, and lets views, rules, policies, triggers and generated columns wait for contract; exclusion constraints, deferrable keys, multi-column checks and expression statistics are not carried yet: drop them and recreate them on the new column after contract, or rename with plain DDL.",
     );
     (col, deps)
+}
+
+/// A type change whose old column's default does not convert to the new type
+/// (`conversion::converted_default`: contract's SET DEFAULT would fail after
+/// the whole backfill): refused now, naming the default.
+fn refuse_unconverting_default(t: &str, column: &str, default: &str, type_sql: &str) {
+    raise_with_detail(
+        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("the default of column {} of {t}, {default}, does not convert to type {type_sql}", ident(column)),
+        "Contract gives the column its default converted through the assignment cast, as ALTER COLUMN … TYPE does; there is none from this default's type.",
+        format!(
+            "Drop it for the migration (ALTER TABLE {t} ALTER COLUMN {c} DROP DEFAULT) and set one of type {type_sql} after contract, or set it now to an expression of type {type_sql} (stored converted to the column's current type, it converts back): for text → integer, SET DEFAULT 0.",
+            c = ident(column)
+        ),
+    );
 }
 
 /// What zdm does not carry on a partitioned table: before PostgreSQL 18,

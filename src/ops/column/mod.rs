@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod carry;
 mod contract;
+pub mod conversion;
 mod expand;
 mod repoint;
 pub mod validate;
