@@ -2,6 +2,12 @@
 # Backfill throughput, side by side on one cluster, each method on a fresh
 # copy of the same table: copy column a into a new column b for every row.
 #   update      a single UPDATE t SET b = a (the physical limit)
+#   update-x2   two sessions at once, each one UPDATE of half the heap by TID range
+#               (what two processes can do here at all: the ceiling for workers => 2)
+#   update-trigger  the single UPDATE with a do-nothing C BEFORE ROW trigger (what any
+#               such trigger costs: PostgreSQL locks each row before calling it)
+#   update-batched  the UPDATE in TID ranges of zdm's batch size (20000 rows' blocks),
+#               a COMMIT after each, no trigger
 #   zdm-bg      zdm background worker, throttling off
 #   zdm-bg-x2   the same job with workers => 2 (two processes on disjoint block ranges)
 #   zdm-bg-x4   workers => 4
@@ -30,7 +36,7 @@ run() { # method
   fi
   make_bench_table "$t" "$ROWS"
   case $m in
-    update)     q -c "ALTER TABLE $t ADD COLUMN b text" ;;
+    update|update-x2|update-trigger|update-batched) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
     zdm-*)      ID=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)") ;;
     plpgsql|ctid-limit) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
     reshape*)   ;;
@@ -38,6 +44,31 @@ run() { # method
   wal0=$(lsn); start=$(now_ms)
   case $m in
     update) q -c "UPDATE $t SET b = a" ;;
+    update-trigger)
+      # What any BEFORE ROW trigger costs PostgreSQL (it locks each row before
+      # calling it): a built-in C trigger that does next to nothing.
+      q -c "CREATE TRIGGER noop BEFORE UPDATE ON $t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()" -c "UPDATE $t SET b = a" ;;
+    update-batched)
+      # What batching costs: the same UPDATE over TID ranges of the blocks
+      # 20000 rows take (zdm's batch size below), a commit after each, no trigger.
+      q <<SQL
+DO \$\$ DECLARE n bigint := pg_relation_size('$t') / current_setting('block_size')::int; step int;
+BEGIN
+  step := greatest(1, 20000 * n / $ROWS);
+  FOR lo IN 0..n BY step LOOP
+    EXECUTE format('UPDATE $t SET b = a WHERE ctid >= %L::tid AND ctid < %L::tid', format('(%s,0)', lo), format('(%s,0)', lo + step));
+    COMMIT;
+  END LOOP;
+END \$\$;
+SQL
+      ;;
+    update-x2)
+      # PostgreSQL's own two-way ceiling here: two sessions, each one UPDATE
+      # of half the heap by TID range, at once.
+      local half; half=$(( $(val "SELECT pg_relation_size('$t') / current_setting('block_size')::int") / 2 ))
+      q -c "UPDATE $t SET b = a WHERE ctid < '($half,0)'" & local first=$!
+      q -c "UPDATE $t SET b = a WHERE ctid >= '($half,0)'"
+      wait "$first" ;;
     zdm-bg*)
       local workers=1; [[ $m == zdm-bg-x* ]] && workers=${m#zdm-bg-x}
       q -c "SELECT zdm.start_backfill($ID, batch_size => 20000, pause_ms => 0, target_batch_ms => 0, max_replica_lag => '0', workers => $workers)" >/dev/null
@@ -114,7 +145,7 @@ TOML
 }
 
 declare -A DONE
-methods="${ZDM_BACKFILL_METHODS:-update zdm-bg zdm-bg-x2 zdm-bg-x4 zdm-client plpgsql ctid-limit}"
+methods="${ZDM_BACKFILL_METHODS:-update update-x2 update-trigger update-batched zdm-bg zdm-bg-x2 zdm-bg-x4 zdm-client plpgsql ctid-limit}"
 if [ -n "${ZDM_BACKFILL_METHODS:-}" ]; then :; elif command -v reshape >/dev/null 2>&1; then methods="$methods reshape-copy reshape-rename"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2 --locked)"; fi
 # Throttling off: no pause, fixed batches, and no adaptive pauses either.
 q -c "ALTER SYSTEM SET zdm.adaptive_throttle = off" -c "SELECT pg_reload_conf()" >/dev/null
@@ -137,4 +168,4 @@ done
 [ -n "${NOTE[reshape]:-}" ] && [[ " $methods " != *" reshape "* ]] && echo "| reshape | | | | | | ${NOTE[reshape]} |"
 echo
 x() { ratio "$(rate "${DONE[$1]:-0}" "${MS[$1]:-0}")" "$base"; }
-echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]:-0}" "${MS[zdm-bg]:-0}"), $(rate "${DONE[zdm-bg-x2]:-0}" "${MS[zdm-bg-x2]:-0}"), $(rate "${DONE[zdm-bg-x4]:-0}" "${MS[zdm-bg-x4]:-0}") vs $base rows/s)"
+echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]:-0}" "${MS[zdm-bg]:-0}"), $(rate "${DONE[zdm-bg-x2]:-0}" "${MS[zdm-bg-x2]:-0}"), $(rate "${DONE[zdm-bg-x4]:-0}" "${MS[zdm-bg-x4]:-0}") vs $base rows/s); two UPDATEs at once: $(x update-x2)×, with a do-nothing BEFORE ROW trigger: $(x update-trigger)×, in committed batches of 20000 rows: $(x update-batched)×"
