@@ -320,13 +320,6 @@ fn _add_foreign_key(
     };
     let (cols, ref_cols) = (names(columns, "columns"), names(ref_columns, "ref_columns"));
     let table = introspect::owned_table(tbl);
-    if pg_sys::PG_VERSION_NUM < 180000 && crate::tree::is_partitioned(tbl) {
-        raise(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("{} is a partitioned table: PostgreSQL {} cannot add a foreign key NOT VALID on it", table.sql(), pg_sys::PG_VERSION_NUM / 10000),
-            "zdm adds a foreign key NOT VALID and validates it without a long lock; on a partitioned table that needs PostgreSQL 18. Add it per partition with plain DDL, or upgrade.",
-        );
-    }
     if cols.len() != ref_cols.len() {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,

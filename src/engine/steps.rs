@@ -15,6 +15,12 @@
 //! `NOT VALID` and validated, so it is the clause, and finishing only gives
 //! it the name PostgreSQL would have chosen.
 //!
+//! A foreign key on a partitioned table is the other (`by_leaves`): before
+//! 18 PostgreSQL cannot add one NOT VALID there, but it can on each leaf, and
+//! once every leaf's is validated, ADD on the partitioned table attaches them
+//! without a scan (`attach_by_leaves`; measured: 0.9 ms instead of a 357 ms
+//! scan of 2M rows under SHARE ROW EXCLUSIVE).
+//!
 //! Callers decide the transaction boundaries: contract runs them in the
 //! caller's transaction; constraint migrations run each in its own.
 
@@ -36,6 +42,71 @@ pub fn add_not_valid(relid: pg_sys::Oid, table: &str, name: &str, definition: &s
     stats
 }
 
+/// A foreign key on partitioned table `relid` goes leaf by leaf (before 18).
+pub fn by_leaves(relid: pg_sys::Oid, foreign_key: bool) -> bool {
+    foreign_key && pg_sys::PG_VERSION_NUM < 180000 && crate::tree::is_partitioned(relid)
+}
+
+/// The leaves of `relid` without constraint `name`, each with its name.
+pub fn leaves_without(relid: pg_sys::Oid, name: &str) -> Vec<(pg_sys::Oid, String)> {
+    spi::rows(
+        &format!(
+            "SELECT t.relid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM {} t \
+               JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+              WHERE t.isleaf AND t.relid <> $1 \
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.relid AND c.conname = $2) ORDER BY 2",
+            crate::tree::partition_tree_sql(1)
+        ),
+        &[relid.into(), name.into()],
+        |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
+    )
+}
+
+/// `by_leaves`: the key added NOT VALID on every leaf that lacks it.
+pub fn add_not_valid_by_leaves(relid: pg_sys::Oid, name: &str, definition: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> Option<LockStats> {
+    let mut first = None;
+    for (leaf, leaf_sql) in leaves_without(relid, name) {
+        let stats = add_not_valid(leaf, &leaf_sql, name, definition, ref_table);
+        first.get_or_insert(stats);
+    }
+    first
+}
+
+/// `by_leaves`, every leaf's key validated: the key on the partitioned
+/// table, which attaches them (no scan). A leaf created since gets its own
+/// first, validated here (a new leaf: small).
+pub fn attach_by_leaves(relid: pg_sys::Oid, table: &str, name: &str, definition: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> LockStats {
+    for (leaf, leaf_sql) in leaves_without(relid, name) {
+        add_not_valid(leaf, &leaf_sql, name, definition, ref_table);
+        validate(leaf, &leaf_sql, name, ref_table);
+    }
+    let stats = locking::lock_table(relid, table, "SHARE ROW EXCLUSIVE");
+    if let Some((ref_relid, ref_sql)) = ref_table {
+        if ref_relid != relid {
+            locking::lock_table(ref_relid, ref_sql, "SHARE ROW EXCLUSIVE");
+        }
+    }
+    spi::exec(&format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(name)));
+    stats
+}
+
+/// `by_leaves`, before the attach: the leaves' keys dropped.
+pub fn drop_by_leaves(relid: pg_sys::Oid, name: &str) {
+    for (leaf, leaf_sql) in spi::rows(
+        &format!(
+            "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_constraint c \
+               JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+              WHERE c.conname = $2 AND c.contype = 'f' AND c.conparentid = 0 AND c.conrelid <> $1 \
+                AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf)",
+            crate::tree::partition_tree_sql(1)
+        ),
+        &[relid.into(), name.into()],
+        |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
+    ) {
+        drop_constraint(leaf, &leaf_sql, name);
+    }
+}
+
 /// VALIDATE CONSTRAINT under SHARE UPDATE EXCLUSIVE (and ROW SHARE on a
 /// referenced table): a full scan that reads and writes do not wait for.
 pub fn validate(relid: pg_sys::Oid, table: &str, name: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> LockStats {
@@ -50,7 +121,7 @@ pub fn validate(relid: pg_sys::Oid, table: &str, name: &str, ref_table: Option<(
 }
 
 /// The leaf partitions of a partitioned table whose CHECK (or, on 18, NOT
-/// NULL) constraint `name`
+/// NULL; or a foreign key `by_leaves`, not attached yet) constraint `name`
 /// is not validated yet, each with its name: validated one by one (each in
 /// its own transaction, by the caller) before the parent, whose VALIDATE then
 /// skips them. Empty for a plain table.
@@ -59,7 +130,8 @@ pub fn unvalidated_partitions(relid: pg_sys::Oid, name: &str) -> Vec<(pg_sys::Oi
         &format!(
             "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_constraint c \
                JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
-              WHERE c.conname = $2 AND c.contype IN ('c', 'n') AND NOT c.convalidated AND c.conrelid <> $1 \
+              WHERE c.conname = $2 AND (c.contype IN ('c', 'n') OR (c.contype = 'f' AND c.conparentid = 0)) \
+                AND NOT c.convalidated AND c.conrelid <> $1 \
                 AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf) ORDER BY 2",
             crate::tree::partition_tree_sql(1)
         ),

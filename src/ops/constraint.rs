@@ -130,6 +130,13 @@ struct Plan {
     search_path: Option<String>,
 }
 
+impl Plan {
+    /// A foreign key on a partitioned table before 18: leaf by leaf.
+    fn by_leaves(&self) -> bool {
+        steps::by_leaves(self.relid, self.kind == "foreign_key")
+    }
+}
+
 fn load_plan(id: i64) -> Option<Plan> {
     let m = catalog::load(id, true)?;
     let (constraint, definition, reference, search_path) = as_catalog_owner(|| {
@@ -255,12 +262,17 @@ fn run_steps(id: i64) -> bool {
         }
         // 1. ADD CONSTRAINT … NOT VALID (skipped if it is there already).
         //    If it fails nothing was added: the migration is over.
+        //    A foreign key on a partitioned table before 18: on each leaf.
         step(id, "add constraint NOT VALID", |p| {
             (steps::constraint_validated(p.relid, &p.constraint).is_none() && p.phase == Phase::Expanded).then(|| {
                 let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
                 p.use_callers_search_path();
-                steps::add_not_valid(p.relid, &p.table, &p.constraint, &p.definition, reference)
+                if p.by_leaves() {
+                    return steps::add_not_valid_by_leaves(p.relid, &p.constraint, &p.definition, reference);
+                }
+                Some(steps::add_not_valid(p.relid, &p.table, &p.constraint, &p.definition, reference))
             })
+            .flatten()
         })
         .map_err(|f| {
             let _ = transaction(|| fail(id, &f, true));
@@ -296,10 +308,17 @@ fn run_steps(id: i64) -> bool {
         if !gate::open(id) {
             return Err(cancelled());
         }
-        // 3. not_null: the validated clause becomes the column's NOT NULL (steps::finish_not_null)
+        // 3. not_null: the validated clause becomes the column's NOT NULL
+        //    (steps::finish_not_null); a foreign key by leaves: the key on
+        //    the partitioned table, attaching the leaves' (no scan).
         step(id, "finish", |p| {
             let lock = match (p.kind.as_str(), &p.column) {
                 ("not_null", Some(col)) => Some(steps::finish_not_null(p.relid, &p.table, col, &p.constraint)),
+                _ if p.by_leaves() && steps::constraint_validated(p.relid, &p.constraint).is_none() => {
+                    let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+                    p.use_callers_search_path();
+                    Some(steps::attach_by_leaves(p.relid, &p.table, &p.constraint, &p.definition, reference))
+                }
                 _ => None,
             };
             catalog::set_phase(p.id, Phase::Contracted);
@@ -370,6 +389,9 @@ fn reject_violations(id: i64, f: Failure) -> Failure {
     let counted = step(id, "remove constraint after violations", |p| {
         let count = count_violations(p);
         steps::drop_constraint(p.relid, &p.table, &p.constraint);
+        if p.by_leaves() {
+            steps::drop_by_leaves(p.relid, &p.constraint);
+        }
         (count, p.kind.clone(), p.table.clone(), p.column.clone(), p.constraint.clone())
     });
     let failure = match counted {
@@ -418,19 +440,29 @@ fn count_violations(p: &Plan) -> i64 {
         "not_null" => format!("SELECT count(*) FROM {} WHERE {} IS NULL", p.table, ident(p.column.as_deref().unwrap_or_default())),
         "check" => format!("SELECT count(*) FROM {} WHERE NOT {}", p.table, p.definition.trim_start_matches("CHECK ")),
         _ => {
+            // The key on the table, or (by leaves, before the attach) a leaf's.
+            let key = format!(
+                "(SELECT o.oid FROM pg_catalog.pg_constraint o WHERE o.conname = $2 AND o.contype = 'f' \
+                    AND o.conrelid IN (SELECT t.relid FROM {} t) ORDER BY o.conrelid = $1 DESC LIMIT 1)",
+                crate::tree::partition_tree_sql(1)
+            );
             let cols = spi::one::<Vec<String>>(
-                "SELECT array_agg(format('x.%I = r.%I', a.attname, b.attname) ORDER BY k.ord) \
-                   FROM pg_catalog.pg_constraint c, unnest(c.conkey, c.confkey) WITH ORDINALITY k(ck, fk, ord), \
-                        pg_catalog.pg_attribute a, pg_catalog.pg_attribute b \
-                  WHERE c.conrelid = $1 AND c.conname = $2 AND a.attrelid = c.conrelid AND a.attnum = k.ck \
-                    AND b.attrelid = c.confrelid AND b.attnum = k.fk",
+                &format!(
+                    "SELECT array_agg(format('x.%I = r.%I', a.attname, b.attname) ORDER BY k.ord) \
+                       FROM pg_catalog.pg_constraint c, unnest(c.conkey, c.confkey) WITH ORDINALITY k(ck, fk, ord), \
+                            pg_catalog.pg_attribute a, pg_catalog.pg_attribute b \
+                      WHERE c.oid = {key} AND a.attrelid = c.conrelid AND a.attnum = k.ck \
+                        AND b.attrelid = c.confrelid AND b.attnum = k.fk"
+                ),
                 &[p.relid.into(), p.constraint.as_str().into()],
             )
             .unwrap_or_default();
             let not_null = spi::one::<String>(
-                "SELECT string_agg(format('x.%I IS NOT NULL', a.attname), ' AND ') \
-                   FROM pg_catalog.pg_constraint c, unnest(c.conkey) k(ck), pg_catalog.pg_attribute a \
-                  WHERE c.conrelid = $1 AND c.conname = $2 AND a.attrelid = c.conrelid AND a.attnum = k.ck",
+                &format!(
+                    "SELECT string_agg(format('x.%I IS NOT NULL', a.attname), ' AND ') \
+                       FROM pg_catalog.pg_constraint c, unnest(c.conkey) k(ck), pg_catalog.pg_attribute a \
+                      WHERE c.oid = {key} AND a.attrelid = c.conrelid AND a.attnum = k.ck"
+                ),
                 &[p.relid.into(), p.constraint.as_str().into()],
             )
             .unwrap_or_else(|| "true".into());
@@ -487,6 +519,9 @@ fn abort(m: &Migration) {
         // A not_null helper check always goes; a finished CHECK / FK stays.
         if validated == Some(false) || (m.kind == "not_null" && validated.is_some()) {
             steps::drop_constraint(m.relid, &m.table_sql(), &name);
+        }
+        if validated.is_none() && steps::by_leaves(m.relid, m.kind == "foreign_key") {
+            steps::drop_by_leaves(m.relid, &name);
         }
     }
     catalog::set_phase(m.id, Phase::Aborted);
