@@ -31,6 +31,10 @@ use pgrx::prelude::*;
 /// The lock ADD CONSTRAINT takes: CHECK needs ACCESS EXCLUSIVE, FOREIGN KEY
 /// SHARE ROW EXCLUSIVE (on both tables).
 pub fn add_not_valid(relid: pg_sys::Oid, table: &str, name: &str, definition: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> LockStats {
+    add_constraint(relid, table, name, &format!("{definition} NOT VALID"), ref_table)
+}
+
+fn add_constraint(relid: pg_sys::Oid, table: &str, name: &str, definition: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> LockStats {
     let mode = if ref_table.is_some() { "SHARE ROW EXCLUSIVE" } else { "ACCESS EXCLUSIVE" };
     let stats = locking::lock_table(relid, table, mode);
     if let Some((ref_relid, ref_sql)) = ref_table {
@@ -38,7 +42,7 @@ pub fn add_not_valid(relid: pg_sys::Oid, table: &str, name: &str, definition: &s
             locking::lock_table(ref_relid, ref_sql, "SHARE ROW EXCLUSIVE");
         }
     }
-    spi::exec(&format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(name)));
+    spi::exec(&format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(name)));
     stats
 }
 
@@ -80,31 +84,30 @@ pub fn attach_by_leaves(relid: pg_sys::Oid, table: &str, name: &str, definition:
         add_not_valid(leaf, &leaf_sql, name, definition, ref_table);
         validate(leaf, &leaf_sql, name, ref_table);
     }
-    let stats = locking::lock_table(relid, table, "SHARE ROW EXCLUSIVE");
-    if let Some((ref_relid, ref_sql)) = ref_table {
-        if ref_relid != relid {
-            locking::lock_table(ref_relid, ref_sql, "SHARE ROW EXCLUSIVE");
-        }
-    }
-    spi::exec(&format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(name)));
-    stats
+    add_constraint(relid, table, name, definition, ref_table)
 }
 
 /// `by_leaves`, before the attach: the leaves' keys dropped.
 pub fn drop_by_leaves(relid: pg_sys::Oid, name: &str) {
-    for (leaf, leaf_sql) in spi::rows(
+    for (leaf, leaf_sql) in leaf_constraints(relid, name, "c.contype = 'f' AND c.conparentid = 0") {
+        drop_constraint(leaf, &leaf_sql, name);
+    }
+}
+
+/// The leaf partitions of `relid` with a constraint `name` meeting
+/// `condition` (over `c`, its pg_constraint row), each with its name.
+fn leaf_constraints(relid: pg_sys::Oid, name: &str, condition: &str) -> Vec<(pg_sys::Oid, String)> {
+    spi::rows(
         &format!(
             "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_constraint c \
                JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
-              WHERE c.conname = $2 AND c.contype = 'f' AND c.conparentid = 0 AND c.conrelid <> $1 \
-                AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf)",
+              WHERE c.conname = $2 AND ({condition}) AND c.conrelid <> $1 \
+                AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf) ORDER BY 2",
             crate::tree::partition_tree_sql(1)
         ),
         &[relid.into(), name.into()],
         |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
-    ) {
-        drop_constraint(leaf, &leaf_sql, name);
-    }
+    )
 }
 
 /// VALIDATE CONSTRAINT under SHARE UPDATE EXCLUSIVE (and ROW SHARE on a
@@ -126,18 +129,7 @@ pub fn validate(relid: pg_sys::Oid, table: &str, name: &str, ref_table: Option<(
 /// its own transaction, by the caller) before the parent, whose VALIDATE then
 /// skips them. Empty for a plain table.
 pub fn unvalidated_partitions(relid: pg_sys::Oid, name: &str) -> Vec<(pg_sys::Oid, String)> {
-    spi::rows(
-        &format!(
-            "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_constraint c \
-               JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
-              WHERE c.conname = $2 AND (c.contype IN ('c', 'n') OR (c.contype = 'f' AND c.conparentid = 0)) \
-                AND NOT c.convalidated AND c.conrelid <> $1 \
-                AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf) ORDER BY 2",
-            crate::tree::partition_tree_sql(1)
-        ),
-        &[relid.into(), name.into()],
-        |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
-    )
+    leaf_constraints(relid, name, "(c.contype IN ('c', 'n') OR (c.contype = 'f' AND c.conparentid = 0)) AND NOT c.convalidated")
 }
 
 /// What `ADD CONSTRAINT name … NOT VALID` adds to make `column` NOT NULL

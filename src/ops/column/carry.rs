@@ -375,18 +375,16 @@ pub fn partitioned_key_clauses(m: &Migration, from: i16, to: &str) -> Vec<Partit
         .filter_map(|(c, _)| {
             let (name, primary) = c.constraint?;
             spi::first_row(
-                "SELECT (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(CASE WHEN k.attnum = $3 THEN $4 ELSE a.attname::text END) ORDER BY k.n) \
-                           FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
-                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                          WHERE k.n <= i.indnkeyatts), \
-                        (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(CASE WHEN k.attnum = $3 THEN $4 ELSE a.attname::text END) ORDER BY k.n) \
-                           FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
-                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                          WHERE k.n > i.indnkeyatts), \
+                "SELECT cols.keys, cols.include, \
                         i.indnullsnotdistinct, pg_catalog.array_to_string(x.reloptions, ', '), \
                         (SELECT pg_catalog.quote_ident(ts.spcname) FROM pg_catalog.pg_tablespace ts WHERE ts.oid = x.reltablespace) \
                    FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_index i ON i.indexrelid = k.conindid \
-                   JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid \
+                   JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid, \
+                   LATERAL (SELECT pg_catalog.array_agg(u.col ORDER BY u.n) FILTER (WHERE u.n <= i.indnkeyatts) AS keys, \
+                                   pg_catalog.array_agg(u.col ORDER BY u.n) FILTER (WHERE u.n > i.indnkeyatts) AS include \
+                              FROM (SELECT e.n, pg_catalog.quote_ident(CASE WHEN e.attnum = $3 THEN $4 ELSE a.attname::text END) AS col \
+                                      FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY e(attnum, n) \
+                                      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = e.attnum) u) cols \
                   WHERE k.conrelid = $1 AND k.conname = $2",
                 &[m.relid.into(), name.as_str().into(), from.into(), to.into()],
                 |r| {
