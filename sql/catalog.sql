@@ -33,9 +33,10 @@ CREATE TABLE zdm.migrations (
     table_name      name        NOT NULL,
     old_column      name,
     new_column      name,                                 -- rename: the new name; change_type: the shadow column
-    new_type        text,                                 -- change_type: the new type, as format_type prints it
-    using_expr      text,                                 -- change_type: the conversion from old_column, deparsed (the assignment cast if none was given)
-    using_tree      text,                                 -- change_type: the same, as the analysed node tree the convert trigger runs (OIDs)
+    new_type        text,                                 -- change_type, add_column: the new type, as format_type prints it
+    using_expr      text,                                 -- change_type: the conversion from old_column, deparsed (the assignment cast if none was given);
+                                                          -- add_column: what fills the column (its fill, else a volatile default); update: the WHERE
+    using_tree      text,                                 -- change_type, add_column: the same, as the analysed node tree the trigger runs (OIDs)
     phase           text        NOT NULL DEFAULT 'expanded'
                     CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'contracted', 'aborted')),
     -- The migration's owner: the table's owner at expand. All its work runs
@@ -60,6 +61,7 @@ CREATE TABLE zdm.migrations (
     relfilenode     oid,
     rows_per_block  float8      NOT NULL DEFAULT 0,       -- estimate used to turn batch_size into a block range
     rows_done       bigint      NOT NULL DEFAULT 0,
+    rows_visited    bigint      NOT NULL DEFAULT 0,         -- an update job: rows its batches looked at
     rows_estimate   bigint      NOT NULL DEFAULT 0,
     batches_done    bigint      NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -73,9 +75,9 @@ CREATE TABLE zdm.migrations (
     -- constraint (check, foreign_key; not_null: its temporary CHECK) or the
     -- index (create_index, drop_index)
     object_name     name,
-    object_def      text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ... / CREATE INDEX ...
+    object_def      text,                                 -- e.g. CHECK (...) / FOREIGN KEY (...) REFERENCES ... / CREATE INDEX ...; add_column: its default; update: the SET list
     ref_relid       regclass,                             -- foreign_key: the referenced table
-    expr_search_path text,                                -- check: the caller's search_path, to resolve names in the expression
+    expr_search_path text,                                -- check, update: the caller's search_path, to resolve names in the expression
     violations      bigint                                -- rows that violated it, when validation failed
 );
 CREATE INDEX migrations_in_flight ON zdm.migrations (relid) WHERE phase IN ('expanded', 'backfilling', 'backfilled');
@@ -174,6 +176,7 @@ CREATE TABLE zdm.backfill_ranges (
     end_block       bigint  NOT NULL,         -- exclusive
     rows_per_block  float8  NOT NULL DEFAULT 0,
     rows_done       bigint  NOT NULL DEFAULT 0,
+    rows_visited    bigint  NOT NULL DEFAULT 0,
     batches_done    bigint  NOT NULL DEFAULT 0,
     relid           oid     NOT NULL DEFAULT 0,   -- a partitioned table's leaf whose heap the range covers (0: the migration's own table)
     relfilenode     oid,                          -- that leaf's heap when the range was planned: a rewrite restarts the leaf
@@ -240,6 +243,9 @@ SELECT m.id,
        j.state                                                    AS job_state,
        p.rows_done,
        greatest(m.rows_estimate, p.rows_done)                     AS rows_total,
+       -- an update job: the rows its batches looked at (rows_done: those its
+       -- WHERE matched and it updated); NULL for other kinds
+       CASE WHEN m.kind = 'update' THEN p.rows_visited END        AS rows_visited,
        CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
             WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * p.blocks_done / m.rel_blocks), 1)
             ELSE 0.0 END                                          AS percent,
@@ -319,6 +325,7 @@ SELECT m.id,
   LEFT JOIN zdm.jobs j ON j.migration_id = m.id
   -- progress: the migration's cursor, less what its parallel ranges still have to visit
  CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,
+                            (m.rows_visited + coalesce(sum(r.rows_visited), 0))::bigint AS rows_visited,
                             (m.next_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
                        FROM zdm.backfill_ranges r WHERE r.migration_id = m.id) p;
 GRANT SELECT ON zdm.status TO PUBLIC;

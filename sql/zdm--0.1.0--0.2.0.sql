@@ -37,7 +37,9 @@ INSERT INTO zdm.kinds (kind, adds_column, ready_step) VALUES
     ('rename', true, 'ready for new code: deploy the version that uses %2$I; once no version uses %3$I, SELECT zdm.contract(%1$s)'),
     ('change_type', true, 'ready: SELECT zdm.contract(%1$s) swaps in the new type (the column keeps its name)'),
     ('not_null', false, NULL), ('check', false, NULL), ('foreign_key', false, NULL),
-    ('create_index', false, NULL), ('drop_index', false, NULL);
+    ('create_index', false, NULL), ('drop_index', false, NULL),
+    ('add_column', true, 'ready: SELECT zdm.contract(%1$s) sets the default and NOT NULL of %2$I and drops the fill trigger'),
+    ('update', false, NULL);
 ALTER TABLE zdm.migrations DROP CONSTRAINT migrations_kind_check;
 ALTER TABLE zdm.migrations ADD CONSTRAINT migrations_kind_fkey FOREIGN KEY (kind) REFERENCES zdm.kinds (kind);
 -- The backfill cursor has one name, a migration's and a range's alike.
@@ -53,7 +55,8 @@ ALTER TABLE zdm.migrations
     ADD COLUMN carried_from name[] NOT NULL DEFAULT '{}',
     ADD COLUMN carried_statistics text[] NOT NULL DEFAULT '{}',
     ADD COLUMN carried_statistics_from name[] NOT NULL DEFAULT '{}',
-    ADD COLUMN expr_search_path text;
+    ADD COLUMN expr_search_path text,
+    ADD COLUMN rows_visited bigint NOT NULL DEFAULT 0;
 
 -- 0.1.0 ran a migration's work as the role that started it; 0.2.0 runs it as
 -- the table's owner (SECURITY.md) and keeps the caller for display only. A
@@ -151,6 +154,7 @@ CREATE TABLE zdm.backfill_ranges (
     end_block       bigint  NOT NULL,         -- exclusive
     rows_per_block  float8  NOT NULL DEFAULT 0,
     rows_done       bigint  NOT NULL DEFAULT 0,
+    rows_visited    bigint  NOT NULL DEFAULT 0,
     batches_done    bigint  NOT NULL DEFAULT 0,
     relid           oid     NOT NULL DEFAULT 0,   -- a partitioned table's leaf whose heap the range covers (0: the migration's own table)
     relfilenode     oid,                          -- that leaf's heap when the range was planned: a rewrite restarts the leaf
@@ -214,6 +218,9 @@ SELECT m.id,
        j.state                                                    AS job_state,
        p.rows_done,
        greatest(m.rows_estimate, p.rows_done)                     AS rows_total,
+       -- an update job: the rows its batches looked at (rows_done: those its
+       -- WHERE matched and it updated); NULL for other kinds
+       CASE WHEN m.kind = 'update' THEN p.rows_visited END        AS rows_visited,
        CASE WHEN m.phase IN ('backfilled', 'contracted') THEN 100.0
             WHEN m.rel_blocks > 0 THEN round(least(99.9, 100.0 * p.blocks_done / m.rel_blocks), 1)
             ELSE 0.0 END                                          AS percent,
@@ -293,6 +300,7 @@ SELECT m.id,
   LEFT JOIN zdm.jobs j ON j.migration_id = m.id
   -- progress: the migration's cursor, less what its parallel ranges still have to visit
  CROSS JOIN LATERAL (SELECT (m.rows_done + coalesce(sum(r.rows_done), 0))::bigint AS rows_done,
+                            (m.rows_visited + coalesce(sum(r.rows_visited), 0))::bigint AS rows_visited,
                             (m.next_block - coalesce(sum(greatest(r.end_block - r.next_block, 0)), 0))::bigint AS blocks_done
                        FROM zdm.backfill_ranges r WHERE r.migration_id = m.id) p;
 GRANT SELECT ON zdm.status TO PUBLIC;
@@ -306,6 +314,27 @@ CREATE OR REPLACE FUNCTION zdm.convert_trigger() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_convert_trigger';
 COMMENT ON FUNCTION zdm.convert_trigger() IS
   'zdm convert trigger: sets a type change''s shadow column to the conversion of the old column on every write (installed by expand_change_type)';
+
+CREATE FUNCTION zdm.fill_trigger() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_fill_trigger';
+COMMENT ON FUNCTION zdm.fill_trigger() IS
+  'zdm fill trigger: fills a column zdm.add_column added on every write that leaves it NULL or changes what its fill reads';
+
+CREATE FUNCTION zdm.add_column(tbl regclass, col name, type text, fill text DEFAULT NULL, not_null boolean DEFAULT false,
+    default_expr text DEFAULT NULL, background boolean DEFAULT true)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'add_column_wrapper';
+COMMENT ON FUNCTION zdm.add_column(regclass, name, text, text, boolean, text, boolean) IS
+  'Expand: add column col of type, kept filled with fill(row) by a trigger while old code writes, backfilled in the background; contract sets default_expr and NOT NULL without a long lock; returns the migration id';
+
+CREATE FUNCTION zdm.update_in_batches(tbl regclass, set text, "where" text DEFAULT NULL, batch_size int DEFAULT NULL,
+    pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL,
+    lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL,
+    windows text[] DEFAULT NULL, workers int DEFAULT NULL)
+RETURNS bigint VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'update_in_batches_wrapper';
+COMMENT ON FUNCTION zdm.update_in_batches(regclass, text, text, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
+  'Run UPDATE tbl SET set WHERE where as a background job in throttled batches over the table''s blocks, as its owner; returns the job id (= migration id)';
 
 CREATE OR REPLACE FUNCTION zdm.guard() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_guard';

@@ -282,13 +282,14 @@ pub fn load_for(id: i64, action: &str, lock: bool) -> Migration {
     if lock { load_or_raise(id, true) } else { m }
 }
 
-/// A migration that adds a column beside an existing one (rename, change_type).
+/// A migration that adds a column: beside an existing one (rename,
+/// change_type) or a new one (add_column, without `old_column`).
 pub struct NewColumnMigration<'a> {
     pub kind: &'a str,
     pub relid: pg_sys::Oid,
     pub schema: &'a str,
     pub table: &'a str,
-    pub old_column: &'a str,
+    pub old_column: Option<&'a str>,
     pub new_column: &'a str,
     pub rel_blocks: i64,
     pub rows_estimate: i64,
@@ -366,12 +367,12 @@ pub fn set_phase(id: i64, phase: Phase) {
 
 /// Persist the backfill cursor and counters. Called in the batch's own
 /// transaction, so a batch and its cursor commit or roll back together.
-pub fn save_progress(id: i64, next_block: i64, rows: i64, rows_per_block: f64) {
+pub fn save_progress(id: i64, next_block: i64, rows: i64, visited: i64, rows_per_block: f64) {
     as_catalog_owner(|| {
         spi::exec_args(
-            "UPDATE zdm.migrations SET next_block = $2, rows_done = rows_done + $3, \
+            "UPDATE zdm.migrations SET next_block = $2, rows_done = rows_done + $3, rows_visited = rows_visited + $5, \
                rows_per_block = $4, batches_done = batches_done + 1, updated_at = clock_timestamp() WHERE id = $1",
-            &[id.into(), next_block.into(), rows.into(), rows_per_block.into()],
+            &[id.into(), next_block.into(), rows.into(), rows_per_block.into(), visited.into()],
         )
     });
 }
@@ -476,12 +477,13 @@ pub fn lock_ranges(id: i64) {
 
 /// Persist a range's cursor (and its end, when the batch split off the rest
 /// as a new range) in the batch's own transaction, like `save_progress`.
-pub fn save_range_progress(id: i64, r: &Range, rows: i64) {
+pub fn save_range_progress(id: i64, r: &Range, rows: i64, visited: i64) {
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.backfill_ranges SET next_block = $3, end_block = $4, rows_per_block = $5, \
-               rows_done = rows_done + $6, batches_done = batches_done + 1 WHERE migration_id = $1 AND relid = $7::pg_catalog.oid AND start_block = $2",
-            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into(), oid_arg(r.relid).into()],
+               rows_done = rows_done + $6, rows_visited = rows_visited + $8, batches_done = batches_done + 1 \
+             WHERE migration_id = $1 AND relid = $7::pg_catalog.oid AND start_block = $2",
+            &[id.into(), r.start_block.into(), r.next_block.into(), r.end_block.into(), r.rows_per_block.into(), rows.into(), oid_arg(r.relid).into(), visited.into()],
         )
     });
 }
@@ -546,8 +548,9 @@ pub fn restart_leaf(id: i64, leaf: &crate::tree::Leaf) {
     as_catalog_owner(|| {
         spi::exec_args(
             "WITH d AS (DELETE FROM zdm.backfill_ranges WHERE migration_id = $1 AND relid = $2 \
-                        RETURNING rows_done, batches_done, end_block - next_block AS left) \
+                        RETURNING rows_done, rows_visited, batches_done, end_block - next_block AS left) \
              UPDATE zdm.migrations SET rows_done = rows_done + (SELECT coalesce(sum(rows_done), 0) FROM d), \
+               rows_visited = rows_visited + (SELECT coalesce(sum(rows_visited), 0) FROM d), \
                batches_done = batches_done + (SELECT coalesce(sum(batches_done), 0) FROM d), \
                next_block = next_block - (SELECT coalesce(sum(left), 0) FROM d) + $3, \
                rel_blocks = rel_blocks - (SELECT coalesce(sum(left), 0) FROM d) + $3, updated_at = clock_timestamp() \
@@ -570,8 +573,9 @@ pub fn restart_leaf(id: i64, leaf: &crate::tree::Leaf) {
 pub fn fold_ranges(id: i64) {
     as_catalog_owner(|| {
         spi::exec_args(
-            "WITH d AS (DELETE FROM zdm.backfill_ranges WHERE migration_id = $1 RETURNING rows_done, batches_done) \
+            "WITH d AS (DELETE FROM zdm.backfill_ranges WHERE migration_id = $1 RETURNING rows_done, rows_visited, batches_done) \
              UPDATE zdm.migrations SET rows_done = rows_done + (SELECT coalesce(sum(rows_done), 0) FROM d), \
+               rows_visited = rows_visited + (SELECT coalesce(sum(rows_visited), 0) FROM d), \
                batches_done = batches_done + (SELECT coalesce(sum(batches_done), 0) FROM d), updated_at = clock_timestamp() \
              WHERE id = $1",
             &[id.into()],

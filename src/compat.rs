@@ -135,3 +135,29 @@ pub unsafe fn replace_var(node: *mut pg_sys::Node, attnum: i16, with: *mut pg_sy
         }
     }
 }
+
+/// `build_attrmap_by_name(indesc, outdesc)`: for each attribute of
+/// `outdesc`, its number in `indesc`. 16 added `missing_ok`.
+pub unsafe fn attrmap_by_name(indesc: pg_sys::TupleDesc, outdesc: pg_sys::TupleDesc) -> *mut pg_sys::AttrMap {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::build_attrmap_by_name(indesc, outdesc)
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::build_attrmap_by_name(indesc, outdesc, false)
+    }
+}
+
+/// An UPDATE's raw parse tree has a RETURNING clause (18 made it a
+/// `ReturningClause` node).
+pub unsafe fn update_returns(u: &pg_sys::UpdateStmt) -> bool {
+    #[cfg(not(feature = "pg18"))]
+    {
+        !u.returningList.is_null()
+    }
+    #[cfg(feature = "pg18")]
+    {
+        !u.returningClause.is_null()
+    }
+}

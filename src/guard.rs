@@ -376,9 +376,9 @@ fn in_flight(relid: pg_sys::Oid, column: Option<&str>) -> Option<(i64, String)> 
 }
 
 /// A migration's trigger: a rename's `zdm_sync_<id>`, a type change's
-/// `zdm_convert_<id>`.
+/// `zdm_convert_<id>`, an added column's `zdm_fill_<id>`.
 fn is_migration_trigger(name: &str) -> bool {
-    name.starts_with("zdm_sync_") || name.starts_with("zdm_convert_")
+    name.starts_with("zdm_sync_") || name.starts_with("zdm_convert_") || name.starts_with("zdm_fill_")
 }
 
 fn refuse(what: String, id: i64, kind: &str) -> ! {

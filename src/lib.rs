@@ -65,6 +65,16 @@ COMMENT ON FUNCTION zdm.convert_trigger() IS
 
 pgrx::extension_sql!(
     r#"
+CREATE FUNCTION zdm.fill_trigger() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_fill_trigger';
+COMMENT ON FUNCTION zdm.fill_trigger() IS
+  'zdm fill trigger: fills a column zdm.add_column added on every write that leaves it NULL or changes what its fill reads';
+"#,
+    name = "fill_trigger_function",
+);
+
+pgrx::extension_sql!(
+    r#"
 CREATE FUNCTION zdm.guard() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_guard';
 COMMENT ON FUNCTION zdm.guard() IS

@@ -73,3 +73,30 @@ unsafe extern "C-unwind" fn retarget_vars(node: *mut pg_sys::Node, ctx: *mut std
         pg_sys::expression_tree_walker(node, Some(retarget_vars), ctx)
     }
 }
+
+/// The attribute numbers every Var of `node` reads (varno 1, the table's
+/// own level), each once; 0 for a whole-row reference, negative for a
+/// system column.
+pub fn var_attnos(node: *mut pg_sys::Node) -> Vec<i16> {
+    let mut found: Vec<i16> = Vec::new();
+    unsafe { collect_vars(node, &mut found as *mut Vec<i16> as *mut std::ffi::c_void) };
+    found
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn collect_vars(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        if (*node).type_ == pg_sys::NodeTag::T_Var {
+            let found = &mut *(ctx as *mut Vec<i16>);
+            let a = (*(node as *mut pg_sys::Var)).varattno;
+            if !found.contains(&a) {
+                found.push(a);
+            }
+            return false;
+        }
+        pg_sys::expression_tree_walker(node, Some(collect_vars), ctx)
+    }
+}

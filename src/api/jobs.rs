@@ -34,7 +34,7 @@ fn owned_backfillable(migration: i64) -> catalog::Migration {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn options(
+pub(super) fn options(
     batch_size: Option<i32>,
     pause_ms: Option<i32>,
     target_batch_ms: Option<i32>,

@@ -3,12 +3,14 @@
 //! argument types are exactly the documented ones (`regclass`, `name`).
 
 mod backfill;
+mod add_column;
 mod change_type;
 mod constraints;
 mod index;
 mod jobs;
 mod lifecycle;
 mod rename;
+mod update;
 
 use crate::errors::{raise, Code};
 use std::ffi::CStr;

@@ -2,7 +2,8 @@
 //! per row). This file: a rename's trigger, which keeps the old and the new
 //! column equal on every row written while old and new application versions
 //! run side by side. `convert`: a type change's trigger, which computes the
-//! new column from the old one with the conversion expression.
+//! new column from the old one with the conversion expression. `fill`: an
+//! added column's trigger, which fills it from the row.
 //!
 //! Which column wins is decided from what the statement wrote — the UPDATE's
 //! SET list, whether an INSERT left the new column out — never from values
@@ -17,6 +18,7 @@
 
 mod compare;
 pub mod convert;
+pub mod fill;
 pub(crate) mod locate;
 pub(crate) mod splice;
 pub(crate) mod written;
@@ -36,7 +38,7 @@ pub fn sync_trigger_fault(relid: pg_sys::Oid, name: &str) -> Option<&'static str
     // clones it to each partition; a clone can be disabled on its own).
     let row = crate::spi::first_row(
         &format!(
-            "SELECT pg_catalog.bool_and(t.tgfoid IN ('zdm.sync_trigger()'::pg_catalog.regprocedure, 'zdm.convert_trigger()'::pg_catalog.regprocedure)), \
+            "SELECT pg_catalog.bool_and(t.tgfoid IN ('zdm.sync_trigger()'::pg_catalog.regprocedure, 'zdm.convert_trigger()'::pg_catalog.regprocedure, 'zdm.fill_trigger()'::pg_catalog.regprocedure)), \
                     pg_catalog.bool_and(t.tgenabled = 'A'), \
                     pg_catalog.bool_and(t.tgtype::int = 23 AND t.tgqual IS NULL AND pg_catalog.cardinality(t.tgattr::int2[]) = 0), \
                     pg_catalog.bool_and(t.oid IS NOT NULL) \

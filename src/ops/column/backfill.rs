@@ -37,7 +37,30 @@ thread_local! {
     static LAST_RANGE: Cell<Option<(pg_sys::Oid, i64)>> = const { Cell::new(None) };
 }
 
-/// One step of a rename or type-change backfill in the current transaction:
+/// What a backfill's UPDATE does to the rows of a block range, as the
+/// operation describes it: the batches below are the same for a rename, a
+/// type change, an added column and an update job.
+pub struct Rows {
+    /// SQL condition: the rows that still need it
+    pub todo: String,
+    /// the SET list that does it
+    pub set: String,
+    /// a sync trigger keeps rows written since expand right: it must be
+    /// intact before each batch, and a backfill that updated nothing while
+    /// rows still wait is suspect
+    pub synced: bool,
+    /// the search_path the operation's own SQL resolves names with (None:
+    /// zdm's pinned one)
+    pub search_path: Option<String>,
+    /// count the rows each batch visits as well as those it updates
+    pub count_visited: bool,
+}
+
+/// How an operation describes its rows for a migration (read in the batch's
+/// transaction, under the table's lock).
+pub type Work = fn(&Migration) -> Rows;
+
+/// One step of a backfill in the current transaction:
 /// check the phase, run one block range, persist its cursor, and record
 /// completion when no blocks are left. Shared by `zdm.backfill_batch` and the
 /// background workers, which have checked the caller's rights and run this
@@ -51,7 +74,7 @@ thread_local! {
 /// the table's lock (a batch reads the migration again once it holds the
 /// table's ROW EXCLUSIVE lock), finishing and restarting by locking every
 /// range row. Contract needs the phase a finished backfill sets.
-pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
+pub fn step(migration: i64, batch_size: i32, par: Share, work: Work) -> Batch {
     let started = Instant::now();
     // A first look without locks, to choose the path; each path checks
     // again under its lock.
@@ -70,22 +93,23 @@ pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
     let rewritten = rewritten(&peek, partitioned);
     if ranges > 0 && !rewritten {
         return match (open > 0, par.helper) {
-            (true, _) => range_batch(migration, batch_size, par),
+            (true, _) => range_batch(migration, batch_size, par, work),
             (false, true) => Batch::done(), // the leader records completion
-            (false, false) => finish(migration, started),
+            (false, false) => finish(migration, started, work),
         };
     }
     let m = catalog::load_or_raise(migration, true);
     if !m.phase.in_flight() || m.phase == Phase::Backfilled {
-        return step(migration, batch_size, par); // contracted, aborted or finished meanwhile: answer as such
+        return step(migration, batch_size, par, work); // contracted, aborted or finished meanwhile: answer as such
     }
     lock_table(&m);
-    require_trigger(&m);
+    let rows_work = work(&m);
+    require_trigger(&m, &rows_work);
     if partitioned {
         if m.phase == Phase::Expanded {
             catalog::set_phase(m.id, Phase::Backfilling);
         }
-        return plan_tree(&m, started);
+        return plan_tree(&m, started, work);
     }
     if catalog::range_counts(migration).0 > 0 && filenode(m.relid) == m.relfilenode {
         return Batch::default(); // another process split it meanwhile: the next step takes a range
@@ -96,22 +120,22 @@ pub fn step(migration: i64, batch_size: i32, par: Share) -> Batch {
     let (cursor, nblocks) = restart_if_rewritten(&m);
     if par.workers > 1 && nblocks - cursor >= MIN_SPLIT_BLOCKS {
         catalog::split_into_ranges(m.id, cursor, nblocks, par.workers as i64, m.rows_per_block);
-        return range_batch(migration, batch_size, par);
+        return range_batch(migration, batch_size, par, work);
     }
     if cursor >= nblocks {
-        return if par.helper { Batch::done() } else { finish(migration, started) };
+        return if par.helper { Batch::done() } else { finish(migration, started, work) };
     }
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
     let blocks = batch_blocks(batch_size, per_block, introspect::rows_per_block(m.relid), nblocks - cursor);
     let end = cursor + blocks;
-    let rows = update_blocks(&m, &format!("ONLY {}", m.table_sql()), cursor, end);
-    catalog::save_progress(m.id, end, rows, next_density(per_block, rows, blocks, batch_size));
+    let (rows, visited) = update_blocks(&rows_work, &format!("ONLY {}", m.table_sql()), cursor, end);
+    catalog::save_progress(m.id, end, rows, visited, next_density(per_block, rows, blocks, batch_size));
     Batch { rows, blocks, first_block: cursor, ..Batch::default() }
 }
 
 /// One batch on a range of a parallel backfill, under the table's ROW
 /// EXCLUSIVE lock and the range's row FOR UPDATE.
-fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
+fn range_batch(migration: i64, batch_size: i32, par: Share, work: Work) -> Batch {
     lock_table(&catalog::load_or_raise(migration, false));
     // Read again now that no abort or rewrite can be running: one that
     // committed while this waited for the table shows here.
@@ -119,7 +143,8 @@ fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
     if !m.phase.in_flight() || m.phase == Phase::Backfilled || filenode(m.relid) != m.relfilenode {
         return Batch::default(); // the next step answers for the new phase, or restarts the scan
     }
-    require_trigger(&m);
+    let rows_work = work(&m);
+    require_trigger(&m, &rows_work);
     let Some(mut r) = catalog::take_range(m.id, LAST_RANGE.get(), par.wait) else {
         let (_, open) = catalog::range_counts(m.id);
         return Batch { busy: open > 0, ..Batch::default() };
@@ -129,7 +154,7 @@ fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
         // A leaf detached or dropped since it was planned: its rows left the
         // table (DROP and DETACH wait for the table's lock this batch holds).
         r.next_block = r.end_block;
-        catalog::save_range_progress(m.id, &r, 0);
+        catalog::save_range_progress(m.id, &r, 0, 0);
         return Batch::default();
     };
     if heap.is_empty() {
@@ -138,7 +163,7 @@ fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
     let per_block = if r.rows_per_block > 0.0 { r.rows_per_block } else { 1.0 };
     let blocks = batch_blocks(batch_size, per_block, density, r.end_block - r.next_block);
     let first = r.next_block;
-    let rows = update_blocks(&m, &heap, first, first + blocks);
+    let (rows, visited) = update_blocks(&rows_work, &heap, first, first + blocks);
     r.next_block = first + blocks;
     r.rows_per_block = next_density(per_block, rows, blocks, batch_size);
     // Fewer ranges with blocks left than workers: one of them has nothing to
@@ -151,14 +176,14 @@ fn range_batch(migration: i64, batch_size: i32, par: Share) -> Batch {
         catalog::add_range(m.id, &r, mid, r.end_block);
         r.end_block = mid;
     }
-    catalog::save_range_progress(m.id, &r, rows);
+    catalog::save_range_progress(m.id, &r, rows, visited);
     Batch { rows, blocks, first_block: first, ..Batch::default() }
 }
 
 /// No blocks left: record completion, under the migration's row FOR UPDATE
 /// and every range's row lock (batches still running end first; a range
 /// one of them split off shows in the count that follows).
-fn finish(migration: i64, started: Instant) -> Batch {
+fn finish(migration: i64, started: Instant, work: Work) -> Batch {
     let m = catalog::load_or_raise(migration, true);
     if m.phase == Phase::Backfilled || !m.phase.in_flight() {
         return Batch::done();
@@ -169,15 +194,16 @@ fn finish(migration: i64, started: Instant) -> Batch {
         return Batch::default(); // rewritten or split meanwhile: not finished
     }
     catalog::fold_ranges(m.id);
+    let rows_work = work(&m);
+    if !rows_work.synced && extend_scan(&m) {
+        return Batch::default();
+    }
     // A backfill that updated nothing on a table that has rows is suspect (a
     // table whose rows live elsewhere, as a Citus shell's do): it is done
     // only if no row still waits — one look, not ONLY this heap.
-    if catalog::load_or_raise(migration, false).rows_done == 0 {
-        let (old, new) = (ident(m.old_col()), ident(m.new_col()));
-        let waiting = spi::one::<bool>(
-            &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE {new} IS NULL AND {old} IS NOT NULL)", m.table_sql()),
-            &[],
-        );
+    // (An update job may rightly match no row.)
+    if rows_work.synced && catalog::load_or_raise(migration, false).rows_done == 0 {
+        let waiting = spi::one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {} WHERE {})", m.table_sql(), rows_work.todo), &[]);
         if waiting == Some(true) {
             raise(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -191,7 +217,7 @@ fn finish(migration: i64, started: Instant) -> Batch {
     // (A partitioned table's ANALYZE would analyze every leaf inside this
     // batch, under its statement timeout: its leaves are left to autovacuum,
     // which the backfill's updates wake.)
-    if !tree::is_partitioned(m.relid) {
+    if !tree::is_partitioned(m.relid) && m.new_column.is_some() {
         spi::exec(&format!("ANALYZE {} ({})", m.table_sql(), ident(m.new_col())));
     }
     catalog::set_phase(m.id, Phase::Backfilled);
@@ -207,11 +233,48 @@ fn finish(migration: i64, started: Instant) -> Batch {
     Batch::done()
 }
 
+/// How many times a scan without a sync trigger follows the heap's end.
+const MAX_EXTENSIONS: i64 = 10;
+
+/// A scan without a sync trigger (an update job) at its end: rows the
+/// application moved meanwhile may sit in blocks added since the scan was
+/// planned. If the heap grew, the scan goes on to its end now (at most
+/// MAX_EXTENSIONS times: a table that grows for ever must not keep the job
+/// alive for ever). A partitioned table's leaves are not followed.
+fn extend_scan(m: &Migration) -> bool {
+    if tree::is_partitioned(m.relid) {
+        return false;
+    }
+    let now = introspect::relation_blocks(m.relid);
+    let extended = catalog::as_catalog_owner(|| {
+        spi::one::<i64>("SELECT count(*) FROM zdm.events WHERE migration_id = $1 AND step = 'scan extended'", &[m.id.into()])
+    })
+    .unwrap_or(0);
+    if now <= m.rel_blocks || extended >= MAX_EXTENSIONS {
+        return false;
+    }
+    catalog::as_catalog_owner(|| {
+        spi::exec_args(
+            "UPDATE zdm.migrations SET next_block = rel_blocks, rel_blocks = $2, updated_at = clock_timestamp() WHERE id = $1",
+            &[m.id.into(), now.into()],
+        )
+    });
+    catalog::log_step(Step {
+        migration: m.id,
+        step: "scan extended",
+        duration_ms: 0.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some(format!("the heap grew from {} to {now} blocks: rows moved there are visited too", m.rel_blocks)),
+    });
+    true
+}
+
 /// A partitioned table's first step, and the step after a leaf was
 /// rewritten: one range per leaf planned, or the rewritten leaves' ranges
 /// started again over their new heaps. The caller holds the migration's row
 /// FOR UPDATE and the table's lock.
-fn plan_tree(m: &Migration, started: Instant) -> Batch {
+fn plan_tree(m: &Migration, started: Instant, work: Work) -> Batch {
     if catalog::range_counts(m.id).0 == 0 {
         // Each leaf locked as a batch locks it before its size and heap are
         // read: no rewrite slips in between.
@@ -236,7 +299,7 @@ fn plan_tree(m: &Migration, started: Instant) -> Batch {
             )),
         });
         if catalog::range_counts(m.id).0 == 0 {
-            return finish(m.id, started); // every leaf is empty
+            return finish(m.id, started, work); // every leaf is empty
         }
         return Batch::default();
     }
@@ -295,7 +358,10 @@ fn lock_table(m: &Migration) {
 }
 
 /// Without the sync trigger the backfill would race the application.
-fn require_trigger(m: &Migration) {
+fn require_trigger(m: &Migration, rows: &Rows) {
+    if !rows.synced {
+        return;
+    }
     if let Some(fault) = trigger::sync_trigger_fault(m.relid, m.trigger_name.as_deref().unwrap_or_default()) {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -338,34 +404,66 @@ fn restart_if_rewritten(m: &Migration) -> (i64, i64) {
     (0, nblocks)
 }
 
-/// Which rows still wait for the backfill, and the SET that fills them.
-fn pending_condition(m: &Migration) -> (String, String) {
+/// Which rows still wait for a rename's or type change's backfill, and the
+/// SET that fills them.
+pub fn column_rows(m: &Migration) -> Rows {
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
-    if m.using_expr.is_some() {
-        (format!("{new} IS NULL"), format!("{new} = NULL"))
-    } else {
-        (format!("{new} IS NULL AND {old} IS NOT NULL"), format!("{new} = {old}"))
-    }
-}
-
-/// The batch's UPDATE over heap blocks `[first, end)` of `heap` (`ONLY`
-/// the table or one of its leaves); returns rows updated.
-fn update_blocks(m: &Migration, heap: &str, first: i64, end: i64) -> i64 {
-    // ONLY: inheritance is refused up front, and a child added later must not
-    // be half-filled by the parent's block range. Operators are qualified:
-    // nothing on a search_path may stand in for them.
     // A rename copies the old value; a type change's trigger computes the
     // new column from the old one on an UPDATE that writes either column
     // (it may map NULL to a value): the batch must name the new column.
-    let (todo, set) = pending_condition(m);
+    let (todo, set) = if m.using_expr.is_some() {
+        (format!("{new} IS NULL"), format!("{new} = NULL"))
+    } else {
+        (format!("{new} IS NULL AND {old} IS NOT NULL"), format!("{new} = {old}"))
+    };
+    Rows { todo, set, synced: true, search_path: None, count_visited: false }
+}
+
+/// The batch's UPDATE over heap blocks `[first, end)` of `heap` (`ONLY`
+/// the table or one of its leaves); returns rows updated, and rows visited
+/// when the operation counts them (else 0).
+fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
+    // ONLY: inheritance is refused up front, and a child added later must not
+    // be half-filled by the parent's block range. Operators are qualified:
+    // nothing on a search_path may stand in for them. The operation's text
+    // is closed off by a line break and a parenthesis, the range follows: an
+    // update job's text is checked to parse exactly so (ops::update).
+    let range = format!(
+        "ctid OPERATOR(pg_catalog.>=) '({first},0)'::pg_catalog.tid AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid"
+    );
     // The sync trigger fires for these UPDATEs like for any other write (it
     // sees new = old and leaves the row alone), and so do every other
     // migration's and user's triggers: nothing a batch causes — including
     // writes a user trigger makes to other rows — escapes syncing.
-    spi::exec_count(&format!(
-        "UPDATE {heap} SET {set} WHERE ctid OPERATOR(pg_catalog.>=) '({first},0)'::pg_catalog.tid \
-         AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid AND {todo}"
-    ))
+    let run = || {
+        // Counted before the UPDATE: a row it moves to another block is no
+        // longer in this range afterwards.
+        let visited = if rows.count_visited {
+            spi::one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {heap} WHERE {range}"), &[]).unwrap_or(0)
+        } else {
+            0
+        };
+        (spi::exec_count(&statement(heap, &rows.set, &rows.todo, &range)), visited)
+    };
+    match &rows.search_path {
+        Some(path) => {
+            let path = std::ffi::CString::new(path.as_str()).unwrap_or_default();
+            crate::security::with_guc_nest_level(&[(c"search_path", path.as_c_str())], run)
+        }
+        None => run(),
+    }
+}
+
+/// A batch's UPDATE: `set` and `todo` each closed off (a line break ends a
+/// trailing `--` comment), then the block range.
+pub fn statement(heap: &str, set: &str, todo: &str, range: &str) -> String {
+    statement_with(heap, set, todo, range, "\n")
+}
+
+/// `statement`, closing the user's text with `end` (update jobs check that
+/// their text parses the same without the line break: no trailing comment).
+pub fn statement_with(heap: &str, set: &str, todo: &str, range: &str, end: &str) -> String {
+    format!("UPDATE {heap} SET {set}{end} WHERE ({todo}{end}) AND {range}")
 }
 
 /// How far ranges over rows with nothing to do (the application rewrote

@@ -212,7 +212,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
                 relid,
                 schema: &table.schema,
                 table: &table.name,
-                old_column,
+                old_column: Some(old_column),
                 new_column,
                 rel_blocks,
                 rows_estimate,
@@ -456,22 +456,7 @@ fn check_expandable(table: &Table, old_column: &str, new_column: &str) -> (intro
             format!("Finish it with zdm.contract({id}) or undo it with zdm.abort({id}) first."),
         );
     }
-    // PostgreSQL refuses to fire deferred triggers queued inside a
-    // security-restricted operation (so they cannot run as someone else at
-    // commit): every batch would fail. Say so now.
-    let deferred = spi::one::<String>(
-        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.tgname::text), ', ') FROM pg_catalog.pg_trigger t \
-           JOIN pg_catalog.pg_constraint c ON c.oid OPERATOR(pg_catalog.=) t.tgconstraint \
-          WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 't' AND c.condeferred",
-        &[relid.into()],
-    );
-    if let Some(names) = deferred {
-        raise(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("table {t} has INITIALLY DEFERRED constraint triggers ({names}); zdm's backfill cannot fire them"),
-            "zdm runs batches as the table owner in a security-restricted operation, where PostgreSQL refuses deferred triggers. Make them INITIALLY IMMEDIATE for the migration (ALTER TABLE ... ALTER CONSTRAINT), or rename with plain DDL.",
-        );
-    }
+    refuse_deferred_triggers(relid, &t);
     // Foreign keys from other tables referencing the column are re-pointed at
     // contract; supported when they reference this column alone, from a
     // table the owner may alter.
@@ -564,5 +549,24 @@ fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> 
         let dpcontext = pg_sys::deparse_context_for(relname.as_ptr(), table.relid);
         let text = pg_sys::deparse_expression(node, dpcontext, false, false);
         std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
+    }
+}
+
+/// PostgreSQL refuses to fire deferred triggers queued inside a
+/// security-restricted operation (so they cannot run as someone else at
+/// commit): every batch would fail. Said up front.
+pub fn refuse_deferred_triggers(relid: pg_sys::Oid, t: &str) {
+    let deferred = spi::one::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(t.tgname::text), ', ') FROM pg_catalog.pg_trigger t \
+           JOIN pg_catalog.pg_constraint c ON c.oid OPERATOR(pg_catalog.=) t.tgconstraint \
+          WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 't' AND c.condeferred",
+        &[relid.into()],
+    );
+    if let Some(names) = deferred {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("table {t} has INITIALLY DEFERRED constraint triggers ({names}); zdm's backfill cannot fire them"),
+            "zdm runs batches as the table owner in a security-restricted operation, where PostgreSQL refuses deferred triggers. Make them INITIALLY IMMEDIATE for the migration (ALTER TABLE ... ALTER CONSTRAINT), or rename with plain DDL.",
+        );
     }
 }

@@ -14,7 +14,7 @@ mod expand;
 mod repoint;
 pub mod validate;
 
-pub use expand::expand;
+pub use expand::{expand, refuse_deferred_triggers};
 
 use crate::catalog::Migration;
 use crate::engine::{jobs, Batch, BuildState, IndexTask, Operation, Share};
@@ -43,7 +43,7 @@ impl Operation for ColumnSteps {
         true
     }
     fn backfill_batch(&self, migration: i64, batch_size: i32, share: Share) -> Batch {
-        backfill::step(migration, batch_size, share)
+        backfill::step(migration, batch_size, share, backfill::column_rows)
     }
     fn builds(&self, migration: i64) -> Vec<IndexTask> {
         carry::pending_builds(migration)
