@@ -144,6 +144,15 @@ fn failing_row_and_abort() {
     let triggers: i64 = c.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass", &[]).unwrap().get(0);
     assert_eq!(triggers, 0);
     c.batch_execute("INSERT INTO t VALUES (-1, 0)").unwrap();
+    // An update job's SET failing on one row: the batch fails naming it.
+    let job: i64 = c.query_one("SELECT zdm.update_in_batches('t', 'd = 1000 / d', 'd < 1000')", &[]).unwrap().get(0);
+    assert!(c.execute("SELECT zdm.wait($1, '2 minutes')", &[&job]).is_err());
+    let (_, state, _, error) = status_row(&mut c, job);
+    assert_eq!(state.as_deref(), Some("failed"));
+    let error = error.unwrap_or_default();
+    assert!(error.contains("zdm update job: row (") && error.contains("division by zero"), "{error}");
+    let errcode: Option<String> = c.query_one("SELECT last_error FROM zdm.jobs WHERE migration_id = $1", &[&job]).unwrap().get(0);
+    assert!(errcode.unwrap_or_default().contains("22012"), "the SQLSTATE is kept");
 }
 
 /// A volatile default fills existing rows through the backfill (no rewrite

@@ -289,7 +289,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             }
         }
         Err(e) => {
-            jobs::fail(migration, "backfill failed", &message_of(&e));
+            jobs::fail_with_code(migration, "backfill failed", &message_of(&e), Some(code_of(&e)));
             Next::Stop
         }
     }

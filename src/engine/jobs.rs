@@ -374,7 +374,13 @@ pub fn set_throttle_reason(migration: i64, reason: Option<&str>) {
 /// The job failed with `error`; the migration keeps its phase (resumable)
 /// and shows the error; the event log gets `step`.
 pub fn fail(migration: i64, step: &str, error: &str) {
-    let shown = crate::catalog::hide_values(migration, step, error, None);
+    fail_with_code(migration, step, error, None)
+}
+
+/// `fail`, with the SQLSTATE of the error that stopped it (shown with the
+/// error; the code alone is public, the text may quote row values).
+pub fn fail_with_code(migration: i64, step: &str, error: &str, code: Option<PgSqlErrorCode>) {
+    let shown = crate::catalog::hide_values(migration, step, error, code.map(|c| c as i32));
     let error = shown.as_str();
     as_catalog_owner(|| {
         spi::exec_args(

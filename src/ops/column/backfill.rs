@@ -443,7 +443,7 @@ fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
         } else {
             0
         };
-        (spi::exec_count(&statement(heap, &rows.set, &rows.todo, &range)), visited)
+        (update_naming_row(rows, heap, &range), visited)
     };
     match &rows.search_path {
         Some(path) => {
@@ -451,6 +451,43 @@ fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
             crate::security::with_guc_nest_level(&[(c"search_path", path.as_c_str())], run)
         }
         None => run(),
+    }
+}
+
+/// Run the batch's UPDATE. A failure in a row of a job without a trigger
+/// (an update job: no trigger names the row) is retraced to its row — each
+/// row of the range tried alone, rolled back — and raised naming it, with
+/// its SQLSTATE. Only on the failure path; lock and statement timeouts pass
+/// through for the engine to retry.
+fn update_naming_row(rows: &Rows, heap: &str, range: &str) -> i64 {
+    let sql = statement(heap, &rows.set, &rows.todo, range);
+    if rows.synced {
+        return spi::exec_count(&sql);
+    }
+    let retryable = |e: &pgrx::pg_sys::panic::CaughtError| crate::engine::locking::retryable(crate::errors::code_of(e));
+    match crate::subxact::attempt(|| spi::exec_count(&sql)) {
+        Ok(n) => n,
+        Err(e) if retryable(&e) => e.rethrow(),
+        Err(e) => {
+            let ctids = spi::rows(&format!("SELECT ctid::text FROM {heap} WHERE {range} ORDER BY ctid"), &[], |r| Ok(r.get::<String>(1)?.unwrap_or_default()));
+            for tid in ctids {
+                let one = statement(heap, &rows.set, &rows.todo, &format!("ctid OPERATOR(pg_catalog.=) {}::pg_catalog.tid", spi::literal(&tid)));
+                if let Err(row_error) = crate::subxact::rolled_back(|| {
+                    spi::exec_count(&one);
+                }) {
+                    if retryable(&row_error) {
+                        row_error.rethrow();
+                    }
+                    crate::errors::raise_with_detail(
+                        crate::errors::code_of(&row_error),
+                        format!("zdm update job: row {tid} of {heap}: {}", crate::errors::message_of(&row_error)),
+                        "The batch was rolled back; the rows before it stay updated.",
+                        "Fix the row (or the job's SET / WHERE: zdm.abort it and start another), then zdm.start_backfill(<id>).",
+                    );
+                }
+            }
+            e.rethrow()
+        }
     }
 }
 
