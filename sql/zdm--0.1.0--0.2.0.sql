@@ -56,7 +56,8 @@ ALTER TABLE zdm.migrations
     ADD COLUMN carried_statistics text[] NOT NULL DEFAULT '{}',
     ADD COLUMN carried_statistics_from name[] NOT NULL DEFAULT '{}',
     ADD COLUMN expr_search_path text,
-    ADD COLUMN rows_visited bigint NOT NULL DEFAULT 0;
+    ADD COLUMN rows_visited bigint NOT NULL DEFAULT 0,
+    ADD COLUMN reads_columns name[] NOT NULL DEFAULT '{}';
 
 -- 0.1.0 ran a migration's work as the role that started it; 0.2.0 runs it as
 -- the table's owner (SECURITY.md) and keeps the caller for display only. A

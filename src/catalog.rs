@@ -634,7 +634,7 @@ pub fn in_flight_on_columns(relid: pg_sys::Oid, columns: &[&str]) -> Option<(i64
         spi::first_row(
             "SELECT id, phase FROM zdm.migrations WHERE relid = $1::oid::regclass \
               AND phase IN ('expanded', 'backfilling', 'backfilled') \
-              AND (old_column::text = ANY($2) OR new_column::text = ANY($2)) ORDER BY id LIMIT 1",
+              AND (old_column::text = ANY($2) OR new_column::text = ANY($2) OR reads_columns::text[] && $2) ORDER BY id LIMIT 1",
             &[relid.into(), cols.into()],
             |r| Ok((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
         )

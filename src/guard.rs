@@ -366,7 +366,7 @@ fn in_flight(relid: pg_sys::Oid, column: Option<&str>) -> Option<(i64, String)> 
             &format!(
                 "SELECT id, kind FROM zdm.migrations WHERE relid::pg_catalog.oid IN {} \
                    AND phase IN ('expanded', 'backfilling', 'backfilled') \
-                   AND ($2::text IS NULL OR $2 IN (old_column::text, new_column::text)) ORDER BY id LIMIT 1",
+                   AND ($2::text IS NULL OR $2 IN (old_column::text, new_column::text) OR $2 = ANY (reads_columns::text[])) ORDER BY id LIMIT 1",
                 crate::tree::self_and_ancestors_sql(1)
             ),
             &[relid.into(), column.into()],

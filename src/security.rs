@@ -53,9 +53,29 @@ pub fn with_guc_nest_level<R>(pin: &[(&std::ffi::CStr, &std::ffi::CStr)], f: imp
     r
 }
 
-/// Run `f` with zdm's pinned search_path (rolled back afterwards).
+/// Run `f` with zdm's pinned search_path (rolled back afterwards), and
+/// standard-conforming strings: a backslash in zdm's SQL, or in user text
+/// zdm recorded, means what it meant when it was checked.
 pub fn pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
-    with_guc_nest_level(&[(c"search_path", PINNED_SEARCH_PATH)], f)
+    with_guc_nest_level(&[(c"search_path", PINNED_SEARCH_PATH), (c"standard_conforming_strings", c"on")], f)
+}
+
+/// Settings an expression is deparsed under, when it is recorded and when a
+/// trigger checks that it still deparses the same: how a constant prints
+/// depends on them, and a writer's session may differ from the caller's.
+const DEPARSE_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
+    (c"search_path", PINNED_SEARCH_PATH),
+    (c"standard_conforming_strings", c"on"),
+    (c"DateStyle", c"ISO, YMD"),
+    (c"IntervalStyle", c"postgres"),
+    (c"TimeZone", c"UTC"),
+    (c"extra_float_digits", c"1"),
+    (c"bytea_output", c"hex"),
+];
+
+/// Run `f` (a deparse) under `DEPARSE_SETTINGS`.
+pub fn deparse_pinned<R>(f: impl FnOnce() -> R) -> R {
+    with_guc_nest_level(&DEPARSE_SETTINGS, f)
 }
 
 /// Who runs now: the user id and security context, to go back to after a
@@ -124,6 +144,12 @@ pub fn pin_session_search_path() {
         pg_sys::SetConfigOption(
             c"search_path".as_ptr(),
             PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        pg_sys::SetConfigOption(
+            c"standard_conforming_strings".as_ptr(),
+            c"on".as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );

@@ -303,6 +303,23 @@ fn misuse() {
             Err(e) => assert_eq!(e.code().map(|c| c.code()), Some(code), "{sql}: {e}"),
         }
     }
+    // A schema on the job's search_path where another role may create
+    // objects: it could put a function in the job's way (42501).
+    c.batch_execute("CREATE SCHEMA open_s; GRANT CREATE ON SCHEMA open_s TO other").unwrap();
+    expect_err(&mut c, "SET search_path = open_s, public; SELECT zdm.update_in_batches('t', 'a = lower(a)')", "42501");
+    c.batch_execute("RESET search_path").unwrap();
+    // Text that lexes one way with standard_conforming_strings off and
+    // another with it on: checked and run with it on, so it cannot break out.
+    c.batch_execute("SET standard_conforming_strings = off").unwrap();
+    let sneaky = "'\\' <> '' ) OR (true -- '\n = 't'";
+    match c.query_one("SELECT zdm.update_in_batches('t', 'a = a', $1)", &[&sneaky]) {
+        Ok(_) => panic!("accepted {sneaky}"),
+        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42601"), "{e}"),
+    }
+    c.batch_execute("RESET standard_conforming_strings").unwrap();
+    // A domain with constraints would be checked on every row under the lock.
+    c.batch_execute("CREATE DOMAIN positive AS int CHECK (VALUE > 0)").unwrap();
+    expect_err(&mut c, "SELECT zdm.add_column('t', 'x', 'positive', fill => 'id')", "0A000");
     let mut o = cluster.connect_as("ac", "other");
     expect_err(&mut o, "SELECT zdm.add_column('t', 'x', 'int', fill => 'id')", "42501");
     expect_err(&mut o, "SELECT zdm.update_in_batches('t', 'a = a')", "42501");
@@ -313,6 +330,23 @@ fn misuse() {
         (r.get(0), r.get(1))
     };
     assert_eq!((migrations, columns), (0, 3), "nothing changed");
+    // What the fill reads is protected while it is in flight, and a repeat
+    // with another fill is refused.
+    let id: i64 = c.query_one("SELECT zdm.add_column('t', 'y', 'text', fill => 'upper(a)', background => false)", &[]).unwrap().get(0);
+    expect_err(&mut c, "ALTER TABLE t RENAME COLUMN a TO b", "55000");
+    expect_err(&mut c, "ALTER TABLE t DROP COLUMN a", "55000");
+    expect_err(&mut c, "SELECT zdm.expand_rename('t', 'a', 'b')", "55000");
+    expect_err(&mut c, "SELECT zdm.add_column('t', 'y', 'text', fill => 'lower(a)')", "55000");
+    c.batch_execute("CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.a := NEW.a || '!'; RETURN NEW; END $$; \
+                     CREATE TRIGGER zz_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch()").unwrap();
+    c.batch_execute(&format!("SELECT zdm.backfill_batch({id}, 100000); SELECT zdm.backfill_batch({id}, 100000); SELECT zdm.backfill_batch({id}, 100000)")).unwrap();
+    let phase: String = c.query_one("SELECT phase FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let msg = expect_err(&mut c, &format!("SELECT zdm.contract({id})"), "55000");
+    assert!(msg.contains("fire after"), "{msg}");
+    c.batch_execute(&format!("DROP TRIGGER zz_touch ON t; SELECT zdm.abort({id})")).unwrap();
+    expect_err(&mut c, "CREATE TRIGGER zz_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch(); SELECT zdm.add_column('t', 'y', 'text', fill => 'upper(a)')", "55000");
+    c.batch_execute("DROP TRIGGER IF EXISTS zz_touch ON t").unwrap();
     // A migration tool's transaction: expand and the job start at commit.
     c.batch_execute("BEGIN; SELECT zdm.add_column('t', 'x', 'int', fill => 'id * 2', not_null => true); COMMIT;").unwrap();
     let id: i64 = c.query_one("SELECT max(id) FROM zdm.migrations", &[]).unwrap().get(0);

@@ -104,20 +104,35 @@ pub fn expand(r: &Request) -> (i64, bool) {
                 .map(|d| analyse::expression(r.relid, &table.name, "default_expr", d, Reads::Nothing, type_oid, typmod, false, r.caller_path));
             (fill, default)
         };
-        if introspect::column(r.relid, col).is_none() {
-            analysed(); // 42703, 42P17, 42846 … before anything else
-        }
+        // 42703, 42P17, 42846 … before anything else.
+        let (fill, default) = analysed();
         if let Some(id) = same_in_flight(r.relid, col, &type_sql) {
+            // A migration tool re-running its step: the same request, or 55000.
+            let filler = fill.as_ref().or(default.as_ref().filter(|d| d.volatile)).map(|f| f.sql.clone());
+            let asked = (filler, default.as_ref().map(|d| d.sql.clone()), r.not_null);
+            if recorded_request(id) != asked {
+                raise(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("zdm migration {id} is already adding column {} to {t}, with another fill, default or NOT NULL", ident(col)),
+                    format!("Finish it with zdm.contract({id}), or undo it with zdm.abort({id}) and call zdm.add_column again."),
+                );
+            }
             pgrx::notice!("zdm migration {id} is already adding column {} to {t}; returning its id", ident(col));
             return (id, false);
         }
+        refuse_constrained_domain(type_oid, &type_sql);
+        let reads: Vec<String> = fill.as_ref().map(|f| column_names(r.relid, &f.reads)).unwrap_or_default();
         let check = || {
             introspect::migratable_table(r.relid);
             refuse_existing(r.relid, &t, col);
-            if let Some((id, phase)) = catalog::in_flight_on_columns(r.relid, &[col]) {
+            // The column and what its fill reads: no other migration may
+            // drop, rename or fill them meanwhile (nor this one theirs).
+            let mut touched: Vec<&str> = reads.iter().map(String::as_str).collect();
+            touched.push(col);
+            if let Some((id, phase)) = catalog::in_flight_on_columns(r.relid, &touched) {
                 raise(
                     Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("column {} of table {t} is already under zdm migration {id} (phase {phase})", ident(col)),
+                    format!("column {} of table {t}, or a column its fill reads, is already under zdm migration {id} (phase {phase})", ident(col)),
                     format!("Finish it with zdm.contract({id}) or undo it with zdm.abort({id}) first."),
                 );
             }
@@ -129,6 +144,11 @@ pub fn expand(r: &Request) -> (i64, bool) {
         check();
         let (fill, default) = analysed();
         let id = catalog::next_id();
+        if fill.is_some() {
+            // A user's BEFORE trigger firing after the fill (name order)
+            // could change what it read after it computed the column.
+            column::refuse_later_triggers(r.relid, &t, &format!("zdm_fill_{id}"), "zdm.add_column", "what the fill reads after zdm filled the column");
+        }
         let every = tree::scan_target(r.relid, &t);
         let c = ident(col);
         // What fills the rows: the fill, else a volatile default (evaluated
@@ -183,8 +203,8 @@ pub fn expand(r: &Request) -> (i64, bool) {
         catalog::set_objects(id, trigger.as_deref().unwrap_or_default(), not_null_check.as_deref(), &[]);
         catalog::as_catalog_owner(|| {
             spi::exec_args(
-                "UPDATE zdm.migrations SET object_def = $2, trigger_name = nullif(trigger_name, '') WHERE id = $1",
-                &[id.into(), default.as_ref().map(|d| d.sql.as_str()).into()],
+                "UPDATE zdm.migrations SET object_def = $2, trigger_name = nullif(trigger_name, ''), reads_columns = $3::text[]::name[] WHERE id = $1",
+                &[id.into(), default.as_ref().map(|d| d.sql.as_str()).into(), reads.clone().into()],
             )
         });
         if filler.is_none() {
@@ -223,6 +243,45 @@ fn refuse_existing(relid: pg_sys::Oid, t: &str, col: &str) {
             Code::ERRCODE_DUPLICATE_COLUMN,
             format!("column {} of table {t} already exists", ident(col)),
             "Pick another name, or drop the existing column first.",
+        );
+    }
+}
+
+/// What a migration was asked for: (what fills the rows, the default, NOT NULL).
+fn recorded_request(id: i64) -> (Option<String>, Option<String>, bool) {
+    catalog::as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT using_expr, object_def, not_null_check IS NOT NULL FROM zdm.migrations WHERE id = $1",
+            &[id.into()],
+            |r| Ok((r.get::<String>(1)?, r.get::<String>(2)?, r.get::<bool>(3)?.unwrap_or(false))),
+        )
+    })
+    .unwrap_or((None, None, false))
+}
+
+/// The names of `relid`'s columns `attnums`.
+fn column_names(relid: pg_sys::Oid, attnums: &[i16]) -> Vec<String> {
+    let attnums: Vec<i16> = attnums.to_vec();
+    spi::one::<Vec<String>>(
+        "SELECT pg_catalog.array_agg(attname::text ORDER BY attnum) FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = ANY ($2)",
+        &[relid.into(), attnums.into()],
+    )
+    .unwrap_or_default()
+}
+
+/// A domain with constraints: PostgreSQL checks them on every existing row
+/// when the column is added (a rewrite under ACCESS EXCLUSIVE): refused.
+fn refuse_constrained_domain(type_oid: pg_sys::Oid, type_sql: &str) {
+    let constrained = spi::one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.contypid IN            (WITH RECURSIVE d(oid) AS (SELECT $1::pg_catalog.oid UNION ALL SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') SELECT oid FROM d))             OR EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = $1 AND t.typtype = 'd' AND t.typnotnull)",
+        &[type_oid.into()],
+    )
+    .unwrap_or(false);
+    if constrained {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("type {type_sql} is a domain with constraints: adding a column of it rewrites the table under ACCESS EXCLUSIVE"),
+            "Add the column with the domain's base type (and zdm.add_check for its constraint), or add it with plain ALTER TABLE in a maintenance window.",
         );
     }
 }
@@ -267,6 +326,9 @@ fn contract(m: &Migration) {
             );
         }
     }
+    if let Some(trigger) = m.trigger_name.as_deref() {
+        column::refuse_later_triggers(m.relid, &t, trigger, &format!("cannot contract zdm migration {id}"), "what the fill reads after zdm filled the column");
+    }
     let mut validated = Vec::new();
     for p in column::validate::pending(m) {
         steps::validate(m.relid, &t, &p.name, None);
@@ -280,7 +342,8 @@ fn contract(m: &Migration) {
             spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));
         }
         if let Some(d) = &default {
-            spi::exec(&format!("ALTER TABLE {} ALTER COLUMN {c} SET DEFAULT {d}", tree::scan_target(m.relid, &t)));
+            // Recorded under deparse_pinned: its constants read back the same.
+            security::deparse_pinned(|| spi::exec(&format!("ALTER TABLE {} ALTER COLUMN {c} SET DEFAULT {d}", tree::scan_target(m.relid, &t))));
         }
         if let Some(check) = &m.not_null_check {
             steps::finish_not_null(m.relid, &t, m.new_col(), check);

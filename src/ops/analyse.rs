@@ -65,6 +65,8 @@ pub struct Analysed {
     pub tree: String,
     pub sql: String,
     pub volatile: bool,
+    /// the table's columns it reads (attribute numbers)
+    pub reads: Vec<i16>,
 }
 
 /// Parse and analyse `source` (argument `what`, for messages) over table
@@ -145,10 +147,13 @@ pub fn expression(
         let name = CString::new(relname).unwrap_or_default();
         let context = pg_sys::deparse_context_for(name.as_ptr(), relid);
         // showimplicit: the casts coercion added must be in the text too.
-        let sql = CStr::from_ptr(pg_sys::deparse_expression(coerced, context, false, true)).to_string_lossy().into_owned();
+        let sql = crate::security::deparse_pinned(|| {
+            CStr::from_ptr(pg_sys::deparse_expression(coerced, context, false, true)).to_string_lossy().into_owned()
+        });
+        let reads = crate::parse::var_attnos(coerced).into_iter().filter(|&a| a > 0).collect();
         pg_sys::free_parsestate(pstate);
         pg_sys::table_close(rel, pg_sys::NoLock as i32);
-        Analysed { tree, sql, volatile }
+        Analysed { tree, sql, volatile, reads }
     }
 }
 

@@ -85,6 +85,7 @@ pub fn start(relid: pg_sys::Oid, set: &str, condition: Option<&str>, caller_path
     check_text(set, condition_sql);
     let owner = introspect::table_owner(relid);
     let caller = catalog::current_user();
+    super::analyse::with_search_path(caller_path, || refuse_open_schemas(owner, &t));
     security::as_owner(owner, || {
         introspect::migratable_table(relid);
         super::column::refuse_deferred_triggers(relid, &t);
@@ -133,6 +134,37 @@ pub fn start(relid: pg_sys::Oid, set: &str, condition: Option<&str>, caller_path
         });
         (id, true)
     })
+}
+
+/// The job's text resolves names with the caller's search_path in every
+/// batch, as the owner: a schema on it where a role other than the owner,
+/// a role it is a member of, or a superuser may create objects would let that role put a function or
+/// operator in the job's way (42501). pg_catalog is searched first anyway;
+/// pg_temp is never searched for functions.
+fn refuse_open_schemas(owner: pg_sys::Oid, t: &str) {
+    let open = spi::one::<String>(
+        "WITH s AS (SELECT n.oid, n.nspname, n.nspowner AS owner \
+                      FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY (pg_catalog.current_schemas(false)) AND n.nspname <> 'pg_catalog'), \
+              creators AS (SELECT s.nspname, s.owner AS who FROM s \
+                           UNION ALL SELECT s.nspname, a.grantee FROM s, pg_catalog.aclexplode((SELECT nspacl FROM pg_catalog.pg_namespace WHERE oid = s.oid)) a \
+                            WHERE a.privilege_type = 'CREATE'), \
+              trusted AS (WITH RECURSIVE m(r) AS (SELECT $1::pg_catalog.oid UNION \
+                            SELECT a.roleid FROM pg_catalog.pg_auth_members a JOIN m ON a.member = m.r) SELECT r FROM m) \
+         SELECT pg_catalog.string_agg(DISTINCT pg_catalog.quote_ident(nspname::text), ', ') \
+           FROM (SELECT nspname, CASE WHEN who = 'pg_database_owner'::pg_catalog.regrole \
+                        THEN (SELECT datdba FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) ELSE who END AS who \
+                   FROM creators) c \
+          WHERE who = 0 OR NOT (who IN (SELECT r FROM trusted) \
+                                OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = who AND r.rolsuper))",
+        &[owner.into()],
+    );
+    if let Some(schemas) = open {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("the search_path of this update of {t} includes schema(s) {schemas}, where roles other than the table's owner may create objects"),
+            "The job resolves the names in its SET and WHERE in every batch, as the owner: SET search_path to schemas only the owner (or a superuser) can write to, or schema-qualify the names and SET search_path = pg_catalog.",
+        );
+    }
 }
 
 /// The same update (table, SET and WHERE) in flight.

@@ -444,7 +444,7 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         // Deparsed under zdm's pinned search_path, as at expand (names it
         // does not see are schema-qualified in both).
         let deparsed = PgTryBuilder::new(|| {
-            crate::security::pinned_search_path(|| {
+            crate::security::deparse_pinned(|| {
                 let dpcontext = pg_sys::deparse_context_for(relname_c.as_ptr(), (*rel).rd_id);
                 Some(CStr::from_ptr(pg_sys::deparse_expression(expr as *mut pg_sys::Node, dpcontext, false, true)).to_string_lossy().into_owned())
             })

@@ -305,11 +305,35 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
             pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
         );
         let previous = pg_sys::MemoryContextSwitchTo(context);
-        let fail = |code: Code, message: String, hint: &str| -> ! {
-            pg_sys::MemoryContextSwitchTo(previous);
-            pg_sys::MemoryContextDelete(context);
-            raise(code, message, hint)
-        };
+        // Whatever fails while building (a refusal below, or an error from
+        // PostgreSQL) frees the context and restores the caller's.
+        let built = PgTryBuilder::new(|| build_in(rel, relid, &relname, table, new_att, &tree, &recorded))
+            .catch_others(|e| {
+                pg_sys::MemoryContextSwitchTo(previous);
+                pg_sys::MemoryContextDelete(context);
+                e.rethrow()
+            })
+            .execute();
+        pg_sys::MemoryContextSwitchTo(previous);
+        let (sources, last, state, econtext, pinned) = built;
+        Compiled { tupdesc, relid, new_att, sources, last, context, state, econtext, pinned }
+    }
+}
+
+/// The compiled expression, built in the current (the entry's) memory
+/// context: (sources, last, state, econtext, pinned).
+#[allow(clippy::type_complexity)]
+unsafe fn build_in(
+    rel: pg_sys::Relation,
+    relid: pg_sys::Oid,
+    relname: &str,
+    table: pg_sys::Oid,
+    new_att: i32,
+    tree: &str,
+    recorded: &str,
+) -> (Vec<i32>, i32, *mut pg_sys::ExprState, *mut pg_sys::ExprContext, bool) {
+    unsafe {
+        let tupdesc = (*rel).rd_att;
         let tree_c = CString::new(tree).unwrap_or_default();
         let mut expr = pg_sys::stringToNode(tree_c.as_ptr()) as *mut pg_sys::Node;
         // The tree numbers columns as the migrated table does; a leaf may
@@ -321,12 +345,12 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
             expr = pg_sys::map_variable_attnos(expr, 1, 0, map, pg_sys::InvalidOid, &mut whole_row);
             pg_sys::relation_close(parent, pg_sys::AccessShareLock as i32);
             if whole_row {
-                fail(Code::ERRCODE_FEATURE_NOT_SUPPORTED, "a zdm fill reads the whole row".into(), "Call zdm.abort() for this migration.");
+                raise(Code::ERRCODE_FEATURE_NOT_SUPPORTED, "a zdm fill reads the whole row", "Call zdm.abort() for this migration.");
             }
         }
         let new_type = crate::compat::attr(tupdesc, (new_att - 1) as usize).atttypid;
         if expr.is_null() || pg_sys::exprType(expr) != new_type {
-            fail(
+            raise(
                 Code::ERRCODE_DATATYPE_MISMATCH,
                 format!("zdm add_column trigger on table {}: the fill does not produce the column's type", crate::spi::ident(&relname)),
                 "The column under migration was altered by hand. Call zdm.abort() for this migration.",
@@ -335,18 +359,16 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         // The tree refers to functions and types by OID: if they no longer
         // deparse to the SQL recorded beside it (a dump restored elsewhere,
         // a function recreated), stop rather than run something else.
-        let relname_c = CString::new(relname.as_str()).unwrap_or_default();
+        let relname_c = CString::new(relname).unwrap_or_default();
         let deparsed = PgTryBuilder::new(|| {
-            crate::security::pinned_search_path(|| {
+            crate::security::deparse_pinned(|| {
                 let dpcontext = pg_sys::deparse_context_for(relname_c.as_ptr(), relid);
                 Some(CStr::from_ptr(pg_sys::deparse_expression(expr, dpcontext, false, true)).to_string_lossy().into_owned())
             })
         })
         .catch_others(|_| None)
         .execute();
-        if deparsed.as_deref() != Some(recorded.as_str()) {
-            pg_sys::MemoryContextSwitchTo(previous);
-            pg_sys::MemoryContextDelete(context);
+        if deparsed.as_deref() != Some(recorded) {
             raise_with_detail(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("zdm add_column trigger on table {}: its fill no longer refers to the same objects", crate::spi::ident(&relname)),
@@ -360,7 +382,6 @@ unsafe fn build(trigger: *const pg_sys::Trigger, rel: pg_sys::Relation) -> Compi
         let planned = pg_sys::expression_planner(expr as *mut pg_sys::Expr);
         let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
         let econtext = pg_sys::CreateStandaloneExprContext();
-        pg_sys::MemoryContextSwitchTo(previous);
-        Compiled { tupdesc, relid, new_att, sources, last, context, state, econtext, pinned }
+        (sources, last, state, econtext, pinned)
     }
 }

@@ -195,7 +195,7 @@ fn finish(migration: i64, started: Instant, work: Work) -> Batch {
     }
     catalog::fold_ranges(m.id);
     let rows_work = work(&m);
-    if !rows_work.synced && extend_scan(&m) {
+    if !rows_work.synced && (extend_scan(&m) || second_pass(&m, &rows_work)) {
         return Batch::default();
     }
     // A backfill that updated nothing on a table that has rows is suspect (a
@@ -266,6 +266,35 @@ fn extend_scan(m: &Migration) -> bool {
         lock_wait_ms: None,
         lock_attempts: None,
         detail: Some(format!("the heap grew from {} to {now} blocks: rows moved there are visited too", m.rel_blocks)),
+    });
+    true
+}
+
+/// A scan without a sync trigger whose rows are chosen by a condition (an
+/// update job with a WHERE) at its end: a row the application moved into a
+/// block the scan had already passed (free space reused) was not visited.
+/// Once, the scan starts again over the whole heap; rows done no longer
+/// match and are only looked at. Not for a partitioned table.
+fn second_pass(m: &Migration, rows: &Rows) -> bool {
+    if rows.todo == "true" || tree::is_partitioned(m.relid) {
+        return false;
+    }
+    let passes = catalog::as_catalog_owner(|| {
+        spi::one::<i64>("SELECT count(*) FROM zdm.events WHERE migration_id = $1 AND step = 'second pass'", &[m.id.into()])
+    })
+    .unwrap_or(0);
+    if passes > 0 {
+        return false;
+    }
+    let nblocks = introspect::relation_blocks(m.relid);
+    catalog::restart_scan(m.id, nblocks, filenode(m.relid));
+    catalog::log_step(Step {
+        migration: m.id,
+        step: "second pass",
+        duration_ms: 0.0,
+        lock_wait_ms: None,
+        lock_attempts: None,
+        detail: Some(format!("{} rows updated in the first pass; the heap ({nblocks} blocks) is visited once more for rows moved behind the cursor", m.rows_done)),
     });
     true
 }
@@ -448,7 +477,7 @@ fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
     match &rows.search_path {
         Some(path) => {
             let path = std::ffi::CString::new(path.as_str()).unwrap_or_default();
-            crate::security::with_guc_nest_level(&[(c"search_path", path.as_c_str())], run)
+            crate::security::with_guc_nest_level(&[(c"search_path", path.as_c_str()), (c"standard_conforming_strings", c"on")], run)
         }
         None => run(),
     }

@@ -44,7 +44,7 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
         );
     }
 
-    refuse_later_triggers(m, t);
+    refuse_later_triggers_of(m, t);
     // 1. Carried checks and keys the worker has not validated (a backfill
     //    run by hand): a scan under SHARE UPDATE EXCLUSIVE, writers keep writing.
     let validate_started = Instant::now();
@@ -123,7 +123,7 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
     }
     let lock = locking::lock_table(m.relid, t, "ACCESS EXCLUSIVE");
     let deps = refuse_dependents();
-    refuse_later_triggers(m, t);
+    refuse_later_triggers_of(m, t);
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
     // zdm's own DDL from here on: it passes the guard.
     guard::allow_zdm_ddl(|| contract_catalog_steps(m, t, old_attnum, &deps, takes_old_name));
@@ -355,8 +355,21 @@ fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
 /// between the verify scan and the final lock would then be lost with the
 /// old column. Refused with 55000, naming them (zdm's own triggers of other
 /// migrations touch other columns only).
-fn refuse_later_triggers(m: &Migration, t: &str) {
+fn refuse_later_triggers_of(m: &Migration, t: &str) {
     let Some(ours) = m.trigger_name.as_deref() else { return };
+    refuse_later_triggers(
+        m.relid,
+        t,
+        ours,
+        &format!("cannot contract zdm migration {}", m.id),
+        &format!("{} after zdm synced it, and that change would be lost with the old column", ident(m.old_col())),
+    );
+}
+
+/// 55000 if a user's BEFORE ROW INSERT/UPDATE trigger on the table (or a
+/// partition) sorts after zdm's trigger `ours`: triggers fire in name
+/// order, and a later one could change `what` (`action` says what is refused).
+pub fn refuse_later_triggers(relid: pg_sys::Oid, t: &str, ours: &str, action: &str, what: &str) {
     // Every relation of a partitioned table's tree: a partition's own
     // triggers fire after the clone of zdm's too.
     let later = spi::one::<String>(
@@ -368,14 +381,14 @@ fn refuse_later_triggers(m: &Migration, t: &str) {
             AND NOT EXISTS (SELECT 1 FROM zdm.migrations z WHERE z.relid = $1 AND z.trigger_name = tg.tgname)",
             tree = crate::tree::self_and_descendants_sql(1)
         ),
-        &[m.relid.into(), ours.into()],
+        &[relid.into(), ours.into()],
     );
     if let Some(names) = later {
         raise_with_detail(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot contract zdm migration {}: BEFORE ROW trigger(s) {names} on {t} fire after zdm's sync trigger {}", m.id, ident(ours)),
-            format!("Triggers fire in name order; a later one could change {} after zdm synced it, and that change would be lost with the old column.", ident(m.old_col())),
-            format!("Rename them to sort before {} (ALTER TRIGGER … RENAME TO …), or disable them, then call zdm.contract({}) again.", ident(ours), m.id),
+            format!("{action}: BEFORE ROW trigger(s) {names} on {t} fire after zdm's trigger {}", ident(ours)),
+            format!("Triggers fire in name order; a later one could change {what}."),
+            format!("Rename them to sort before {} (ALTER TRIGGER … RENAME TO …), or disable them, then try again.", ident(ours)),
         );
     }
 }

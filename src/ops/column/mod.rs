@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod carry;
 mod contract;
+pub use contract::refuse_later_triggers;
 pub mod conversion;
 mod expand;
 mod repoint;
