@@ -355,3 +355,53 @@ fn misuse() {
     let wrong: i64 = c.query_one("SELECT count(*) FROM t WHERE x IS DISTINCT FROM id * 2", &[]).unwrap().get(0);
     assert_eq!(wrong, 0);
 }
+
+/// The job controls and crash-safety, as for a rename: an add_column paused,
+/// resumed, then the server crashed mid-backfill (the launcher resumes it,
+/// every row filled once); an update job paused, its options changed,
+/// resumed, cancelled and restarted.
+#[test]
+fn pause_resume_crash_and_cancel() {
+    const ROWS: i64 = 100_000;
+    let cluster = Cluster::start("addcolcrash", &[]);
+    let mut c = cluster.connect("postgres");
+    c.batch_execute("CREATE EXTENSION zdm").unwrap();
+    make_table(&mut c, "t", ROWS);
+    let done = |c: &mut postgres::Client, id: i64| -> i64 { c.query_one("SELECT rows_done FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0) };
+    let id: i64 = c.query_one("SELECT zdm.add_column('t', 'n', 'bigint', fill => 'id * 3', not_null => true)", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 2000, target_batch_ms => 0, pause_ms => 30)", &[&id]).unwrap();
+    wait_for("some progress", Duration::from_secs(30), || (done(&mut c, id) >= 10_000).then_some(()));
+    c.execute("SELECT zdm.pause($1)", &[&id]).unwrap();
+    let state: String = c.query_one("SELECT job_state FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(state, "paused");
+    c.execute("SELECT zdm.resume($1)", &[&id]).unwrap();
+    wait_for("more progress", Duration::from_secs(30), || (done(&mut c, id) >= 30_000).then_some(()));
+    drop(c);
+    cluster.restart_immediate();
+    let mut c = cluster.connect("postgres");
+    assert_eq!(wait_done(&mut c, id), "backfilled");
+    assert_eq!(done(&mut c, id), ROWS, "every row filled exactly once");
+    c.batch_execute(&format!("SELECT zdm.contract({id})")).unwrap();
+    let wrong: i64 = c.query_one("SELECT count(*) FROM t WHERE n IS DISTINCT FROM id * 3", &[]).unwrap().get(0);
+    assert_eq!(wrong, 0);
+    // An update job: pause, set_options, resume, cancel, start again.
+    let job: i64 = c
+        .query_one("SELECT zdm.update_in_batches('t', 'a = upper(a)', 'a <> upper(a)', batch_size => 1000, target_batch_ms => 0, pause_ms => 50)", &[])
+        .unwrap()
+        .get(0);
+    wait_for("update progress", Duration::from_secs(30), || (done(&mut c, job) >= 5_000).then_some(()));
+    c.execute("SELECT zdm.pause($1)", &[&job]).unwrap();
+    c.execute("SELECT zdm.set_options($1, batch_size => 5000, pause_ms => 0)", &[&job]).unwrap();
+    c.execute("SELECT zdm.resume($1)", &[&job]).unwrap();
+    c.execute("SELECT zdm.cancel($1)", &[&job]).unwrap();
+    let state: String = c.query_one("SELECT job_state FROM zdm.status WHERE id = $1", &[&job]).unwrap().get(0);
+    assert_eq!(state, "cancelled");
+    c.execute("SELECT zdm.start_backfill($1)", &[&job]).unwrap();
+    assert_eq!(wait_done(&mut c, job), "contracted");
+    let (left, updated): (i64, i64) = {
+        let r = c.query_one("SELECT (SELECT count(*) FROM t WHERE a <> upper(a)), (SELECT rows_done FROM zdm.status WHERE id = $1)", &[&job]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(left, 0);
+    assert_eq!(updated, ROWS, "each row updated once");
+}
