@@ -9,7 +9,9 @@
 //! two keys whose long names share their first 60 bytes; a deferrable key
 //! and a key other tables reference refused at expand (0A000), and an index
 //! of one partition's own on the column, refused at expand (0A000) and at
-//! contract (2BP01) since the old column's drop would take it.
+//! contract (2BP01) since the old column's drop would take it; a foreign
+//! key from a partitioned table carried by a rename and a type change, leaf
+//! by leaf, under its own name afterwards on the parent and every leaf.
 
 mod common;
 
@@ -212,4 +214,64 @@ fn keys_on_a_partitioned_table_are_carried() {
         .unwrap()
         .get(0);
     assert_eq!(invalid, 0);
+}
+
+/// A foreign key from a partitioned table, carried by a rename and by a
+/// type change: before 18 (no NOT VALID foreign key on a partitioned table)
+/// it is added NOT VALID on each leaf, validated leaf by leaf by the worker,
+/// and at contract the leaves' keys take the original's name and the key on
+/// the partitioned table attaches them; a partition created mid-migration
+/// gets its own. Afterwards the key is the original's (name, ON DELETE
+/// CASCADE), validated, on every leaf; an orphan is refused (23503).
+#[test]
+fn foreign_key_from_a_partitioned_table_is_carried() {
+    let cluster = Cluster::start("pkfk", &[]);
+    let mut c = cluster.create_db("pk");
+    c.batch_execute(
+        "CREATE TABLE customers (id int PRIMARY KEY);
+         INSERT INTO customers SELECT g FROM generate_series(1, 500) g;
+         CREATE TABLE orders (id int, customer_id int CONSTRAINT orders_customer_fk REFERENCES customers ON DELETE CASCADE, at date NOT NULL)
+           PARTITION BY RANGE (at);
+         CREATE TABLE orders_01 PARTITION OF orders FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         CREATE TABLE orders_02 (at date NOT NULL, customer_id int, id int);
+         ALTER TABLE orders ATTACH PARTITION orders_02 FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+         INSERT INTO orders SELECT g, g % 500 + 1, date '2026-01-01' + (g % 59) FROM generate_series(1, 20000) g;",
+    )
+    .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('orders', 'customer_id', 'cust_id')", &[]).unwrap().get(0);
+    c.batch_execute(
+        "CREATE TABLE orders_03 PARTITION OF orders FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
+         INSERT INTO orders (id, customer_id, at) VALUES (-1, 7, '2026-03-05'), (-2, 8, '2026-01-05');",
+    )
+    .unwrap();
+    assert_eq!(c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get::<_, String>(0), "backfilled");
+    c.batch_execute(&format!("SELECT zdm.contract({id})")).unwrap();
+    let fk = |c: &mut postgres::Client| -> (i64, i64, String) {
+        let r = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE conrelid = 'orders'::regclass), \
+                        count(*) FILTER (WHERE conrelid <> 'orders'::regclass AND conparentid <> 0 AND convalidated), \
+                        max(pg_get_constraintdef(oid)) FILTER (WHERE conrelid = 'orders'::regclass) \
+                   FROM pg_constraint WHERE contype = 'f' AND conname = 'orders_customer_fk'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let (parent, leaves, def) = fk(&mut c);
+    assert_eq!((parent, leaves), (1, 3), "{def}");
+    assert!(def.contains("(cust_id)") && def.contains("ON DELETE CASCADE"), "{def}");
+    let others: i64 = c.query_one("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conname LIKE '%zdm%'", &[]).unwrap().get(0);
+    assert_eq!(others, 0, "no copy left behind");
+    expect_err(&mut c, "INSERT INTO orders (id, cust_id, at) VALUES (-3, 9999, '2026-02-02')", "23503");
+    c.batch_execute("DELETE FROM customers WHERE id = 7").unwrap();
+    let gone: i64 = c.query_one("SELECT count(*) FROM orders WHERE cust_id = 7", &[]).unwrap().get(0);
+    assert_eq!(gone, 0, "the cascade acts on the new column");
+    // A type change of the same column carries it the same way.
+    let id: i64 = c.query_one("SELECT zdm.expand_change_type('orders', 'cust_id', 'bigint')", &[]).unwrap().get(0);
+    assert_eq!(c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get::<_, String>(0), "backfilled");
+    c.batch_execute(&format!("SELECT zdm.contract({id})")).unwrap();
+    let (parent, leaves, def) = fk(&mut c);
+    assert_eq!((parent, leaves), (1, 3), "{def}");
+    expect_err(&mut c, "INSERT INTO orders (id, cust_id, at) VALUES (-3, 9999, '2026-02-02')", "23503");
 }

@@ -51,8 +51,7 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
     let checks: Vec<String> = validate::pending(m).into_iter().map(|p| p.name).collect();
     let mut validate_lock = None;
     for p in validate::pending(m) {
-        let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
-        validate_lock.get_or_insert(steps::validate(m.relid, t, &p.name, reference));
+        validate_lock.get_or_insert(p.validate(m, t));
     }
     // 2. Verify before destroying: every row's new column equals its old one.
     //    Under SHARE UPDATE EXCLUSIVE writers go on; every write goes through
@@ -244,6 +243,14 @@ fn contract_catalog_steps(m: &Migration, t: &str, old_attnum: i16, deps: &[intro
     // their names, keys are attached USING INDEX.
     let schema = catalog::current_schema_of(m.relid).unwrap_or_default();
     carry::attach(m, t, &schema, &keys);
+    // Foreign keys carried leaf by leaf (`keys_by_leaves`): each leaf's copy
+    // takes the original's name, then the key on the partitioned table
+    // attaches them (validated: no scan).
+    if super::keys_by_leaves(m.relid) {
+        for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
+            attach_leaf_keys(m, t, copy, original);
+        }
+    }
     // The originals went with the old column: the copies take their names.
     for (copy, original) in m.carried_checks.iter().zip(&m.carried_from) {
         let taken = spi::one::<bool>(
@@ -355,6 +362,37 @@ fn count_out_of_sync(m: &Migration, t: &str) -> i64 {
 /// between the verify scan and the final lock would then be lost with the
 /// old column. Refused with 55000, naming them (zdm's own triggers of other
 /// migrations touch other columns only).
+/// A foreign key carried on each leaf as `copy` (`steps::by_leaves`), the
+/// original gone with the old column: every leaf's copy renamed `original`,
+/// then the key added on the partitioned table, attaching them.
+fn attach_leaf_keys(m: &Migration, t: &str, copy: &str, original: &str) {
+    let leaves = spi::rows(
+        &format!(
+            "SELECT c.conrelid, pg_catalog.format('%I.%I', n.nspname, r.relname), pg_catalog.pg_get_constraintdef(c.oid), c.confrelid \
+               FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+              WHERE c.conname = $2 AND c.contype = 'f' AND c.conparentid = 0 AND c.conrelid IN (SELECT t.relid FROM {} t WHERE t.isleaf) ORDER BY 2",
+            crate::tree::partition_tree_sql(1)
+        ),
+        &[m.relid.into(), copy.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+            ))
+        },
+    );
+    let Some((_, _, definition, referenced)) = leaves.first().cloned() else { return };
+    for (_, leaf, _, _) in &leaves {
+        spi::exec(&format!("ALTER TABLE {leaf} RENAME CONSTRAINT {} TO {}", ident(copy), ident(original)));
+    }
+    let definition = definition.trim_end_matches(" NOT VALID").to_string();
+    let ref_sql = catalog::current_table_sql(referenced).unwrap_or_default();
+    steps::attach_by_leaves(m.relid, t, original, &definition, Some((referenced, &ref_sql)));
+}
+
 fn refuse_later_triggers_of(m: &Migration, t: &str) {
     let Some(ours) = m.trigger_name.as_deref() else { return };
     refuse_later_triggers(

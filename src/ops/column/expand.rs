@@ -142,7 +142,15 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
                 if let DependentKind::ForeignKey { oid, name } = &dep.kind {
                     let definition = foreign_key_definition(*oid, col.attnum, new_attnum, relid);
                     let copy = spi::with_suffix(name, &format!("_zdm{id}"));
-                    spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
+                    if super::keys_by_leaves(relid) {
+                        // Each leaf gets its own, validated leaf by leaf,
+                        // attached under the parent's at contract.
+                        for (_, leaf) in steps::leaves_without(relid, &copy) {
+                            spi::exec(&format!("ALTER TABLE {leaf} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
+                        }
+                    } else {
+                        spi::exec(&format!("ALTER TABLE {t} ADD CONSTRAINT {} {definition} NOT VALID", ident(&copy)));
+                    }
                     carried.push((copy, name.clone()));
                 }
             }
@@ -517,18 +525,13 @@ fn refuse_unconverting_default(t: &str, column: &str, default: &str, type_sql: &
 /// attached at contract, after they would have to be re-pointed at it).
 /// Indexes and keys are carried, built leaf by leaf.
 fn refuse_partitioned_dependents(t: &str, column: &str, deps: &[introspect::Dependent]) {
-    let pg18 = pg_sys::PG_VERSION_NUM >= 180000;
     let keyed = deps.iter().any(|d| matches!(d.kind, DependentKind::Key { .. }));
-    let hit = deps.iter().find(|d| match d.kind {
-        DependentKind::Referencing => keyed,
-        DependentKind::ForeignKey { .. } => !pg18,
-        _ => false,
-    });
+    let hit = deps.iter().find(|d| matches!(d.kind, DependentKind::Referencing) && keyed);
     if let Some(d) = hit {
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("column {} of partitioned table {t} has {}, which zdm does not carry on a partitioned table", ident(column), d.description),
-            "Drop it for the migration and recreate it on the new column after contract, or change the column with plain DDL. (Before version 18 PostgreSQL cannot add a foreign key NOT VALID on a partitioned table; a key of a partitioned table is attached at contract, too late to re-point foreign keys that reference it.)",
+            "Drop it for the migration and recreate it on the new column after contract, or change the column with plain DDL. (A key of a partitioned table is attached at contract, too late to re-point foreign keys that reference it.)",
         );
     }
 }

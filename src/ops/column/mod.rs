@@ -101,6 +101,16 @@ pub struct SyncTrigger {
     pub conversion: Option<(String, String)>,
 }
 
+/// Foreign keys carried onto the new column of a partitioned table go leaf
+/// by leaf, on every major: before 18 a partitioned table cannot have one
+/// NOT VALID, and on any major a leaf's copy attached to the partitioned
+/// key could not be renamed to the original's name at contract (PostgreSQL
+/// does not rename an inherited foreign key); each leaf's own copy can, and
+/// the key added on the partitioned table then attaches them, validated.
+pub(crate) fn keys_by_leaves(relid: pg_sys::Oid) -> bool {
+    crate::tree::is_partitioned(relid)
+}
+
 /// SQL over a pg_constraint row `c`: a foreign key's MATCH, ON UPDATE and
 /// ON DELETE clauses as written in its definition ("" for the defaults).
 pub(super) const FK_ACTIONS: &str = "CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END \

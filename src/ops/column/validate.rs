@@ -22,6 +22,21 @@ use std::time::Instant;
 pub struct Pending {
     pub name: String,
     pub reference: Option<(pg_sys::Oid, String)>,
+    /// a leaf partition's own copy (a foreign key of a partitioned table,
+    /// carried leaf by leaf: `keys_by_leaves`), validated on that leaf;
+    /// None: the migration's table
+    pub leaf: Option<(pg_sys::Oid, String)>,
+}
+
+impl Pending {
+    /// VALIDATE it, on its leaf or the migration's table `t`.
+    pub fn validate(&self, m: &Migration, t: &str) -> crate::engine::locking::LockStats {
+        let reference = self.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
+        match &self.leaf {
+            Some((leaf, leaf_sql)) => steps::validate(*leaf, leaf_sql, &self.name, reference),
+            None => steps::validate(m.relid, t, &self.name, reference),
+        }
+    }
 }
 
 /// The migration's carried constraints that are NOT VALID and should not be.
@@ -35,7 +50,18 @@ pub fn pending(m: &Migration) -> Vec<Pending> {
             &[m.relid.into(), copy.as_str().into()],
             |r| Ok((r.get::<bool>(1)?.unwrap_or(true), r.get::<pg_sys::Oid>(2)?)),
         );
-        let Some((false, referenced)) = row else { continue };
+        let leaves = if row.is_none() && super::keys_by_leaves(m.relid) { steps::unvalidated_partitions(m.relid, copy) } else { Vec::new() };
+        let (referenced, leaves) = match row {
+            Some((false, referenced)) => (referenced, vec![None]),
+            None if !leaves.is_empty() => {
+                let referenced = spi::one::<pg_sys::Oid>(
+                    "SELECT confrelid FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+                    &[leaves[0].0.into(), copy.as_str().into()],
+                );
+                (referenced, leaves.into_iter().map(Some).collect())
+            }
+            _ => continue,
+        };
         let original_valid = original.and_then(|o| {
             spi::one::<bool>(
                 "SELECT convalidated FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
@@ -46,7 +72,9 @@ pub fn pending(m: &Migration) -> Vec<Pending> {
             continue;
         }
         let reference = referenced.map(|r| (r, catalog::current_table_sql(r).unwrap_or_default()));
-        out.push(Pending { name: copy.clone(), reference });
+        for leaf in leaves {
+            out.push(Pending { name: copy.clone(), reference: reference.clone(), leaf });
+        }
     }
     out
 }
@@ -56,13 +84,13 @@ pub fn pending(m: &Migration) -> Vec<Pending> {
 /// and contract refuses until it validates).
 pub fn run(migration: i64) -> bool {
     let names = match transaction(|| catalog::load(migration, false).map(|m| pending(&m)).unwrap_or_default()) {
-        Ok(p) => p.into_iter().map(|p| p.name).collect::<Vec<_>>(),
+        Ok(p) => p.into_iter().map(|p| (p.name, p.leaf.map(|l| l.0))).collect::<Vec<_>>(),
         Err(e) => {
             let _ = transaction(|| jobs::fail(migration, "validate failed", &e));
             return false;
         }
     };
-    for name in names {
+    for (name, leaf) in names {
         if !gate::open(migration) {
             return false;
         }
@@ -70,14 +98,11 @@ pub fn run(migration: i64) -> bool {
         let started = Instant::now();
         let outcome = transaction(|| {
             let m = catalog::load_or_raise(migration, false);
-            let Some(p) = pending(&m).into_iter().find(|p| p.name == name) else { return Ok(None) };
+            let Some(p) = pending(&m).into_iter().find(|p| p.name == name && p.leaf.as_ref().map(|l| l.0) == leaf) else { return Ok(None) };
             let owner = security::resolve_owner(&m.owner_name, migration);
             let t = m.table_sql();
             let validated = subxact::attempt(|| {
-                security::as_owner(owner, || {
-                    let reference = p.reference.as_ref().map(|(o, s)| (*o, s.as_str()));
-                    steps::validate(m.relid, &t, &p.name, reference)
-                })
+                security::as_owner(owner, || p.validate(&m, &t))
             });
             match validated {
                 Ok(lock) => Ok(Some(lock)),
