@@ -6,6 +6,8 @@
 #               (what two processes can do here at all: the ceiling for workers => 2)
 #   update-trigger  the single UPDATE with a do-nothing C BEFORE ROW trigger (what any
 #               such trigger costs: PostgreSQL locks each row before calling it)
+#   update-x2-trigger  update-x2 with that trigger: the ceiling for workers => 2 of
+#               anything that keeps a trigger on the table
 #   update-batched  the UPDATE in TID ranges of zdm's batch size (20000 rows' blocks),
 #               a COMMIT after each, no trigger
 #   zdm-bg      zdm background worker, throttling off
@@ -36,7 +38,7 @@ run() { # method
   fi
   make_bench_table "$t" "$ROWS"
   case $m in
-    update|update-x2|update-trigger|update-batched) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
+    update|update-x2|update-trigger|update-x2-trigger|update-batched) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
     zdm-*)      ID=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)") ;;
     plpgsql|ctid-limit) q -c "ALTER TABLE $t ADD COLUMN b text" ;;
     reshape*)   ;;
@@ -62,9 +64,10 @@ BEGIN
 END \$\$;
 SQL
       ;;
-    update-x2)
+    update-x2|update-x2-trigger)
       # PostgreSQL's own two-way ceiling here: two sessions, each one UPDATE
       # of half the heap by TID range, at once.
+      [[ $m == *-trigger ]] && q -c "CREATE TRIGGER noop BEFORE UPDATE ON $t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"
       local half; half=$(( $(val "SELECT pg_relation_size('$t') / current_setting('block_size')::int") / 2 ))
       q -c "UPDATE $t SET b = a WHERE ctid < '($half,0)'" & local first=$!
       q -c "UPDATE $t SET b = a WHERE ctid >= '($half,0)'"
@@ -168,4 +171,4 @@ done
 [ -n "${NOTE[reshape]:-}" ] && [[ " $methods " != *" reshape "* ]] && echo "| reshape | | | | | | ${NOTE[reshape]} |"
 echo
 x() { ratio "$(rate "${DONE[$1]:-0}" "${MS[$1]:-0}")" "$base"; }
-echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]:-0}" "${MS[zdm-bg]:-0}"), $(rate "${DONE[zdm-bg-x2]:-0}" "${MS[zdm-bg-x2]:-0}"), $(rate "${DONE[zdm-bg-x4]:-0}" "${MS[zdm-bg-x4]:-0}") vs $base rows/s); two UPDATEs at once: $(x update-x2)×, with a do-nothing BEFORE ROW trigger: $(x update-trigger)×, in committed batches of 20000 rows: $(x update-batched)×"
+echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]:-0}" "${MS[zdm-bg]:-0}"), $(rate "${DONE[zdm-bg-x2]:-0}" "${MS[zdm-bg-x2]:-0}"), $(rate "${DONE[zdm-bg-x4]:-0}" "${MS[zdm-bg-x4]:-0}") vs $base rows/s); two UPDATEs at once: $(x update-x2)×, with a do-nothing BEFORE ROW trigger: $(x update-trigger)× (two at once: $(x update-x2-trigger)×), in committed batches of 20000 rows: $(x update-batched)×"

@@ -50,7 +50,7 @@ CREATE TABLE zdm.migrations (
     carried_from    name[]      NOT NULL DEFAULT '{}',    -- their originals' names, taken over at contract
     carried_statistics text[]   NOT NULL DEFAULT '{}',    -- extended statistics copied onto the new column ("schema"."name")
     carried_statistics_from name[] NOT NULL DEFAULT '{}', -- their originals' names, taken over at contract
-    reads_columns   name[]      NOT NULL DEFAULT '{}',    -- add_column: the columns its fill reads (protected like the column itself)
+    reads_columns   name[]      NOT NULL DEFAULT '{}',    -- add_column: the columns its fill reads; update: the columns its SET writes (protected like a migrated column)
     -- backfill cursor: the next heap block to visit. Persisted in the same
     -- transaction as each batch, so progress is exactly-once.
     next_block      bigint      NOT NULL DEFAULT 0,

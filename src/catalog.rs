@@ -663,14 +663,14 @@ pub fn migration_on(relid: pg_sys::Oid, column: &str, kinds: Option<Vec<String>>
     let (in_flight, latest) = as_catalog_owner(|| {
         let in_flight = spi::one::<Vec<i64>>(
             "SELECT array_agg(id ORDER BY id) FROM zdm.migrations WHERE relid = $1::oid::regclass \
-                AND (old_column::text = $2 OR new_column::text = $2 OR object_name::text = $2) \
+                AND (old_column::text = $2 OR new_column::text = $2 OR object_name::text = $2 OR (kind = 'update' AND $2 = ANY (reads_columns::text[]))) \
                 AND ($3::text[] IS NULL OR kind = ANY($3)) AND phase IN ('expanded', 'backfilling', 'backfilled')",
             &[relid.into(), column.into(), kinds.clone().into()],
         )
         .unwrap_or_default();
         let latest = spi::one::<i64>(
             "SELECT max(id) FROM zdm.migrations WHERE relid = $1::oid::regclass \
-                AND (old_column::text = $2 OR new_column::text = $2 OR object_name::text = $2) \
+                AND (old_column::text = $2 OR new_column::text = $2 OR object_name::text = $2 OR (kind = 'update' AND $2 = ANY (reads_columns::text[]))) \
                 AND ($3::text[] IS NULL OR kind = ANY($3))",
             &[relid.into(), column.into(), kinds.clone().into()],
         );

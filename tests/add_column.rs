@@ -391,6 +391,11 @@ fn pause_resume_crash_and_cancel() {
         .get(0);
     wait_for("update progress", Duration::from_secs(30), || (done(&mut c, job) >= 5_000).then_some(()));
     c.execute("SELECT zdm.pause($1)", &[&job]).unwrap();
+    // Found by the column it writes, which is protected meanwhile.
+    let found: i64 = c.query_one("SELECT zdm.migration_id('t', 'a')", &[]).unwrap().get(0);
+    assert_eq!(found, job);
+    expect_err(&mut c, "ALTER TABLE t RENAME COLUMN a TO a2", "55000");
+    expect_err(&mut c, "SELECT zdm.expand_rename('t', 'a', 'a2')", "55000");
     c.execute("SELECT zdm.set_options($1, batch_size => 5000, pause_ms => 0)", &[&job]).unwrap();
     c.execute("SELECT zdm.resume($1)", &[&job]).unwrap();
     c.execute("SELECT zdm.cancel($1)", &[&job]).unwrap();

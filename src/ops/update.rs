@@ -82,7 +82,7 @@ pub fn start(relid: pg_sys::Oid, set: &str, condition: Option<&str>, caller_path
     let table = introspect::owned_table(relid);
     let t = table.sql();
     let condition_sql = condition.unwrap_or("true");
-    check_text(set, condition_sql);
+    let targets = check_text(set, condition_sql);
     let owner = introspect::table_owner(relid);
     let caller = catalog::current_user();
     super::analyse::with_search_path(caller_path, || refuse_open_schemas(owner, &t));
@@ -99,16 +99,26 @@ pub fn start(relid: pg_sys::Oid, set: &str, condition: Option<&str>, caller_path
             pgrx::notice!("zdm migration {id} is already running this update on {t}; returning its id");
             return (id, false);
         }
+        // The columns it writes: no other migration may rename or drop them
+        // meanwhile (they are protected while the job is in flight).
+        let written: Vec<&str> = targets.iter().map(String::as_str).collect();
+        if let Some((id, phase)) = catalog::in_flight_on_columns(relid, &written) {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("a column this update of {t} writes is under zdm migration {id} (phase {phase})"),
+                format!("Finish it with zdm.contract({id}) or undo it with zdm.abort({id}) first."),
+            );
+        }
         let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, tree::blocks(relid));
         let id = catalog::next_id();
         catalog::as_catalog_owner(|| {
             spi::exec_args(
                 "INSERT INTO zdm.migrations (id, kind, relid, table_schema, table_name, owner_name, started_by, rel_blocks, \
-                   rows_estimate, rows_per_block, relfilenode, object_def, using_expr, expr_search_path) \
+                   rows_estimate, rows_per_block, relfilenode, object_def, using_expr, expr_search_path, reads_columns) \
                  VALUES ($1, 'update', $2::oid::regclass, $3, $4, \
                    (SELECT r.rolname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = $2), \
                    (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $5), $6, $7, $8, \
-                   pg_catalog.pg_relation_filenode($2::oid::regclass), $9, $10, $11)",
+                   pg_catalog.pg_relation_filenode($2::oid::regclass), $9, $10, $11, $12::text[]::name[])",
                 &[
                     id.into(),
                     relid.into(),
@@ -121,6 +131,7 @@ pub fn start(relid: pg_sys::Oid, set: &str, condition: Option<&str>, caller_path
                     set.into(),
                     condition.into(),
                     caller_path.into(),
+                    targets.clone().into(),
                 ],
             )
         });
@@ -182,14 +193,15 @@ fn same_in_flight(relid: pg_sys::Oid, set: &str, condition: Option<&str>) -> Opt
 /// as exactly one SET list and one condition: one statement, an UPDATE
 /// with no FROM, RETURNING or WITH, whose WHERE is `(condition) AND <the
 /// range>` — nothing of the text reaches past its delimiters.
-fn check_text(set: &str, condition: &str) {
+/// Returns the columns the SET list writes.
+fn check_text(set: &str, condition: &str) -> Vec<String> {
     // Parsed as the batch runs it, and again without the line breaks that
     // close the text: a trailing `--` comment would swallow the rest there.
-    check_parsed(set, condition, "\n");
     check_parsed(set, condition, " ");
+    check_parsed(set, condition, "\n")
 }
 
-fn check_parsed(set: &str, condition: &str, end: &str) {
+fn check_parsed(set: &str, condition: &str, end: &str) -> Vec<String> {
     let sentinel = "zdm_block_range";
     let sql = backfill::statement_with("zdm_table", set, condition, sentinel, end);
     let refuse = |why: &str| -> ! {
@@ -232,10 +244,16 @@ fn check_parsed(set: &str, condition: &str, end: &str) {
         if !is_sentinel {
             return Err("the condition does not stand on its own");
         }
-        Ok(())
+        let targets = (*u.targetList).length as usize;
+        Ok((0..targets)
+            .filter_map(|i| {
+                let target = (*(*u.targetList).elements.add(i)).ptr_value as *mut pg_sys::ResTarget;
+                (!(*target).name.is_null()).then(|| std::ffi::CStr::from_ptr((*target).name).to_string_lossy().into_owned())
+            })
+            .collect())
     });
     match parsed {
-        Ok(Ok(())) => {}
+        Ok(Ok(targets)) => targets,
         Ok(Err(why)) => refuse(why),
         Err(e) => refuse(&crate::errors::message_of(&e)),
     }
