@@ -272,6 +272,28 @@ fn update_in_batches_under_writers() {
     assert_eq!(kind, "update");
     assert_eq!(done, ROWS * 3 / 4, "the WHERE excludes rows already done: none updated twice");
     assert!(visited.unwrap_or(0) >= ROWS, "visited {visited:?}");
+    // On a partitioned table (a leaf of another column order), every leaf,
+    // with its second pass.
+    c.batch_execute(
+        "CREATE TABLE pi (id int, v text) PARTITION BY RANGE (id);
+         CREATE TABLE pi_1 PARTITION OF pi FOR VALUES FROM (0) TO (5000);
+         CREATE TABLE pi_2 (v text, id int);
+         ALTER TABLE pi ATTACH PARTITION pi_2 FOR VALUES FROM (5000) TO (10000);
+         INSERT INTO pi SELECT g, 'x' || g FROM generate_series(0, 9999) g;",
+    )
+    .unwrap();
+    let job: i64 = c.query_one("SELECT zdm.update_in_batches('pi', 'v = upper(v)', 'v <> upper(v)', batch_size => 500, workers => 2)", &[]).unwrap().get(0);
+    assert_eq!(wait_done(&mut c, job), "contracted");
+    let (left, done, passes): (i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM pi WHERE v <> upper(v)), (SELECT rows_done FROM zdm.status WHERE id = $1),                         (SELECT count(*) FROM zdm.events WHERE migration_id = $1 AND step = 'second pass')",
+                &[&job],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((left, done, passes), (0, 10_000, 1));
 }
 
 /// Refusals, each with its SQLSTATE and nothing changed.

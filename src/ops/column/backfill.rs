@@ -273,10 +273,11 @@ fn extend_scan(m: &Migration) -> bool {
 /// A scan without a sync trigger whose rows are chosen by a condition (an
 /// update job with a WHERE) at its end: a row the application moved into a
 /// block the scan had already passed (free space reused) was not visited.
-/// Once, the scan starts again over the whole heap; rows done no longer
-/// match and are only looked at. Not for a partitioned table.
+/// Once, the scan starts again over the whole heap (a partitioned table's
+/// leaves planned again, at their sizes now); rows done no longer match and
+/// are only looked at.
 fn second_pass(m: &Migration, rows: &Rows) -> bool {
-    if rows.todo == "true" || tree::is_partitioned(m.relid) {
+    if rows.todo == "true" {
         return false;
     }
     let passes = catalog::as_catalog_owner(|| {
@@ -286,8 +287,12 @@ fn second_pass(m: &Migration, rows: &Rows) -> bool {
     if passes > 0 {
         return false;
     }
-    let nblocks = introspect::relation_blocks(m.relid);
-    catalog::restart_scan(m.id, nblocks, filenode(m.relid));
+    // A partitioned table: its ranges are folded already, and the next step
+    // plans every leaf again (`plan_tree`).
+    let nblocks = if tree::is_partitioned(m.relid) { tree::blocks(m.relid) } else { introspect::relation_blocks(m.relid) };
+    if !tree::is_partitioned(m.relid) {
+        catalog::restart_scan(m.id, nblocks, filenode(m.relid));
+    }
     catalog::log_step(Step {
         migration: m.id,
         step: "second pass",
