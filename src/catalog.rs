@@ -340,7 +340,7 @@ pub fn insert_column_migration(id: i64, m: &NewColumnMigration) {
 
 /// The objects expand created: trigger, NOT NULL helper check, and the
 /// carried CHECK copies with their originals' names.
-pub fn set_objects(id: i64, trigger: &str, not_null_check: Option<&str>, carried: &[(String, String)]) {
+pub fn set_objects(id: i64, trigger: Option<&str>, not_null_check: Option<&str>, carried: &[(String, String)]) {
     let copies: Vec<String> = carried.iter().map(|(c, _)| c.clone()).collect();
     let originals: Vec<String> = carried.iter().map(|(_, o)| o.clone()).collect();
     as_catalog_owner(|| {

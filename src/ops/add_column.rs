@@ -171,9 +171,7 @@ pub fn expand(r: &Request) -> (i64, bool) {
             }
         }
         if let Some(trigger) = &trigger {
-            spi::exec(&format!("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION zdm.fill_trigger()", ident(trigger)));
-            // ALWAYS: writes applied by logical replication are filled too.
-            spi::exec(&format!("ALTER TABLE {t} ENABLE ALWAYS TRIGGER {}", ident(trigger)));
+            column::install_trigger(&t, trigger, "zdm.fill_trigger", &[]);
         }
         // NOT NULL travels as a NOT VALID constraint: it holds for every write
         // from now on, and is validated after the backfill without a long lock.
@@ -200,10 +198,10 @@ pub fn expand(r: &Request) -> (i64, bool) {
                 using_tree: filler.map(|f| f.tree.as_str()),
             },
         );
-        catalog::set_objects(id, trigger.as_deref().unwrap_or_default(), not_null_check.as_deref(), &[]);
+        catalog::set_objects(id, trigger.as_deref(), not_null_check.as_deref(), &[]);
         catalog::as_catalog_owner(|| {
             spi::exec_args(
-                "UPDATE zdm.migrations SET object_def = $2, trigger_name = nullif(trigger_name, ''), reads_columns = $3::text[]::name[] WHERE id = $1",
+                "UPDATE zdm.migrations SET object_def = $2, reads_columns = $3::text[]::name[] WHERE id = $1",
                 &[id.into(), default.as_ref().map(|d| d.sql.as_str()).into(), reads.clone().into()],
             )
         });

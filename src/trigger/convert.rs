@@ -117,28 +117,7 @@ pub unsafe extern "C-unwind" fn zdm_convert_trigger(fcinfo: pg_sys::FunctionCall
 
 unsafe fn convert_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let context = (*fcinfo).context;
-        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
-            raise(
-                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "zdm.convert_trigger() can only be called as a trigger",
-                "zdm installs this trigger itself; do not call it directly.",
-            );
-        }
-        let td = context as *mut pg_sys::TriggerData;
-        let event = (*td).tg_event;
-        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
-        let (is_insert, is_update) = (op == pg_sys::TRIGGER_EVENT_INSERT, op == pg_sys::TRIGGER_EVENT_UPDATE);
-        if event & pg_sys::TRIGGER_EVENT_ROW == 0
-            || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
-            || !(is_insert || is_update)
-        {
-            raise(
-                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-                "zdm.convert_trigger() must run BEFORE INSERT OR UPDATE FOR EACH ROW",
-                "zdm installs this trigger itself; do not create it by hand.",
-            );
-        }
+        let (td, _, is_update) = super::before_row_write(fcinfo, "zdm.convert_trigger()");
         let rel = (*td).tg_relation;
         let row = if is_update { (*td).tg_newtuple } else { (*td).tg_trigtuple };
         let row_slot = if is_update { (*td).tg_newslot } else { (*td).tg_trigslot };
@@ -228,13 +207,7 @@ unsafe fn unchanged(td: *mut pg_sys::TriggerData, old_att: i32, new_att: i32, la
 unsafe fn conversion_failed(e: pg_sys::panic::CaughtError, td: *mut pg_sys::TriggerData, rel: pg_sys::Relation, old_att: i32, is_update: bool) -> ! {
     unsafe {
         let (code, message) = (crate::errors::code_of(&e), crate::errors::message_of(&e));
-        let which = if is_update {
-            let tid = (*(*td).tg_trigtuple).t_self;
-            let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
-            format!("row ({block},{})", tid.ip_posid)
-        } else {
-            "a new row".to_string()
-        };
+        let which = super::row_name(td, is_update);
         let tupdesc = (*rel).rd_att;
         let att = crate::compat::attr(tupdesc, (old_att - 1) as usize);
         raise_with_detail(

@@ -518,3 +518,47 @@ unsafe fn same_type(tupdesc: pg_sys::TupleDesc, a: i32, b: i32) -> bool {
         a.atttypid == b.atttypid && a.atttypmod == b.atttypmod
     }
 }
+
+/// The call of a trigger that computes a column (`convert`, `fill`), checked:
+/// it must be a trigger call BEFORE INSERT OR UPDATE FOR EACH ROW, else
+/// 39P01 naming `function`. Returns (trigger data, is INSERT, is UPDATE).
+pub(crate) unsafe fn before_row_write(fcinfo: pg_sys::FunctionCallInfo, function: &str) -> (*mut pg_sys::TriggerData, bool, bool) {
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                format!("{function} can only be called as a trigger"),
+                "zdm installs this trigger itself; do not call it directly.",
+            );
+        }
+        let td = context as *mut pg_sys::TriggerData;
+        let event = (*td).tg_event;
+        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let (is_insert, is_update) = (op == pg_sys::TRIGGER_EVENT_INSERT, op == pg_sys::TRIGGER_EVENT_UPDATE);
+        if event & pg_sys::TRIGGER_EVENT_ROW == 0
+            || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+            || !(is_insert || is_update)
+        {
+            raise(
+                Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                format!("{function} must run BEFORE INSERT OR UPDATE FOR EACH ROW"),
+                "zdm installs this trigger itself; do not create it by hand.",
+            );
+        }
+        (td, is_insert, is_update)
+    }
+}
+
+/// The row a trigger call is about, for an error message: an UPDATE's old
+/// row by its ctid, `row (block,offset)`, or `a new row`.
+pub(crate) unsafe fn row_name(td: *const pg_sys::TriggerData, is_update: bool) -> String {
+    unsafe {
+        if !is_update {
+            return "a new row".to_string();
+        }
+        let tid = (*(*td).tg_trigtuple).t_self;
+        let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
+        format!("row ({block},{})", tid.ip_posid)
+    }
+}

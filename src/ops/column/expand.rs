@@ -199,15 +199,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
                 refuse_unconverting_default(&t, old_column, &default, &type_sql);
             }
         }
-        let args: Vec<String> = sync.args.iter().map(|a| literal(a)).collect();
-        spi::exec(&format!(
-            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {function}({})",
-            ident(&trigger),
-            args.join(", ")
-        ));
-        // ALWAYS: it fires under session_replication_role = replica too, so
-        // writes applied by a logical replication subscription stay in sync.
-        spi::exec(&format!("ALTER TABLE {t} ENABLE ALWAYS TRIGGER {}", ident(&trigger)));
+        install_trigger(&t, &trigger, function, &sync.args);
 
         let rel_blocks = tree::blocks(relid);
         catalog::insert_column_migration(
@@ -228,7 +220,7 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
                 started_by: caller,
             },
         );
-        catalog::set_objects(id, &trigger, not_null_check.as_deref(), &carried);
+        catalog::set_objects(id, Some(&trigger), not_null_check.as_deref(), &carried);
         for c in &indexes {
             carry::record(id, c);
         }
@@ -553,6 +545,20 @@ fn check_expression_for(table: &Table, oid: pg_sys::Oid, from: i16, to: i16) -> 
         let text = pg_sys::deparse_expression(node, dpcontext, false, false);
         std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
     }
+}
+
+/// A migration's trigger on table `t`: BEFORE INSERT OR UPDATE FOR EACH
+/// ROW, running `function(args)`, enabled ALWAYS — it fires under
+/// session_replication_role = replica too, so writes applied by a logical
+/// replication subscription stay in sync.
+pub fn install_trigger(t: &str, name: &str, function: &str, args: &[String]) {
+    let args: Vec<String> = args.iter().map(|a| literal(a)).collect();
+    spi::exec(&format!(
+        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {function}({})",
+        ident(name),
+        args.join(", ")
+    ));
+    spi::exec(&format!("ALTER TABLE {t} ENABLE ALWAYS TRIGGER {}", ident(name)));
 }
 
 /// PostgreSQL refuses to fire deferred triggers queued inside a

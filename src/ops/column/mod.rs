@@ -15,7 +15,7 @@ mod expand;
 mod repoint;
 pub mod validate;
 
-pub use expand::{expand, refuse_deferred_triggers};
+pub use expand::{expand, install_trigger, refuse_deferred_triggers};
 
 use crate::catalog::Migration;
 use crate::engine::{jobs, Batch, BuildState, IndexTask, Operation, Share};
