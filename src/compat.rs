@@ -161,3 +161,18 @@ pub unsafe fn update_returns(u: &pg_sys::UpdateStmt) -> bool {
         !u.returningClause.is_null()
     }
 }
+
+/// A `GENERATED ALWAYS AS (…)` column constraint makes a virtual column
+/// (computed when read, no rewrite): 18 added them (`generated_kind` 'v');
+/// on 15 every generated column is stored.
+pub fn generated_is_virtual(c: *mut pg_sys::Constraint) -> bool {
+    #[cfg(not(feature = "pg18"))]
+    {
+        let _ = c;
+        false
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        (*c).generated_kind as u8 == b'v'
+    }
+}

@@ -1,6 +1,6 @@
 //! Settings (GUCs). Defaults are chosen to keep a busy OLTP table healthy.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 /// How long one lock attempt may wait before zdm backs off and retries.
@@ -20,7 +20,42 @@ pub static ADAPTIVE_THROTTLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// How many per-batch history rows are kept per migration.
 pub static BATCH_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// What zdm.safe_ddl does with DDL on a large table (ddl::hook).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SafeDdl {
+    #[name = c"off"]
+    Off,
+    #[name = c"warn"]
+    Warn,
+    #[name = c"on"]
+    On,
+}
+
+/// DDL on a large table: refused (on), warned about (warn, the default) or
+/// left alone (off); with warn and on, lock waits are bounded too.
+pub static SAFE_DDL: GucSetting<SafeDdl> = GucSetting::<SafeDdl>::new(SafeDdl::Warn);
+/// From this size (kB, heap + TOAST) a table is large for zdm.safe_ddl.
+pub static LARGE_TABLE_KB: GucSetting<i32> = GucSetting::<i32>::new(100 * 1024);
+
 pub fn register() {
+    GucRegistry::define_enum_guc(
+        c"zdm.safe_ddl",
+        c"What zdm does with DDL that would lock a large table through a rewrite, scan or index build: off, warn or on (refuse).",
+        c"With warn or on, DDL that needs a lock blocking reads or writes also waits at most zdm.lock_timeout per attempt, retried zdm.lock_retries times, unless the session set lock_timeout.",
+        &SAFE_DDL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"zdm.large_table",
+        c"Table size (heap and TOAST) from which zdm.safe_ddl refuses or warns about rewrites, scans and index builds under a blocking lock.",
+        c"",
+        &LARGE_TABLE_KB,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
     GucRegistry::define_int_guc(
         c"zdm.lock_timeout",
         c"How long zdm waits for a table lock in one attempt.",

@@ -16,11 +16,13 @@ use pgrx::prelude::*;
 mod api;
 mod catalog;
 mod compat;
+mod ddl;
 mod engine;
 mod errors;
 mod guard;
 mod guc;
 mod introspect;
+mod locks;
 mod ops;
 mod parse;
 mod security;
@@ -95,6 +97,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     engine::register(ops::ALL);
+    ddl::hook::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         engine::launcher::register();
     }

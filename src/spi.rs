@@ -6,6 +6,29 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum};
 
+thread_local! {
+    static ZDM_SQL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `f` marked as zdm's own SQL: `zdm.safe_ddl` lets the DDL zdm runs
+/// through (its steps take their locks under zdm's own policy first).
+fn own<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ZDM_SQL.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    ZDM_SQL.with(|d| d.set(d.get() + 1));
+    let _reset = Reset;
+    f()
+}
+
+/// Whether the statement running now was issued by zdm through these helpers.
+pub fn in_zdm_sql() -> bool {
+    ZDM_SQL.with(|d| d.get() > 0)
+}
+
 /// Quote an identifier exactly like `quote_ident()`.
 pub fn ident(name: &str) -> String {
     pgrx::spi::quote_identifier(name)
@@ -44,23 +67,25 @@ pub fn qualified(schema: &str, name: &str) -> String {
 /// Run a statement; Postgres errors propagate as errors.
 pub fn exec(sql: &str) {
     pgrx::debug1!("zdm: {sql}");
-    Spi::run(sql).or_raise(sql);
+    own(|| Spi::run(sql)).or_raise(sql);
 }
 
 pub fn exec_args(sql: &str, args: &[DatumWithOid]) {
-    Spi::run_with_args(sql, args).or_raise(sql);
+    own(|| Spi::run_with_args(sql, args)).or_raise(sql);
 }
 
 /// Run a statement and return how many rows it processed.
 pub fn exec_count(sql: &str) -> i64 {
-    Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as i64)).or_raise(sql)
+    own(|| Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as i64))).or_raise(sql)
 }
 
 /// First column of the first row (None for no row or NULL).
 pub fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
-    Spi::connect_mut(|c| {
-        let t = c.update(sql, Some(1), args)?;
-        if t.is_empty() { Ok(None) } else { t.first().get_one::<T>() }
+    own(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(sql, Some(1), args)?;
+            if t.is_empty() { Ok(None) } else { t.first().get_one::<T>() }
+        })
     })
     .or_raise(sql)
 }
@@ -71,9 +96,11 @@ pub fn first_row<T>(
     args: &[DatumWithOid],
     f: impl FnOnce(&pgrx::spi::SpiTupleTable) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    Spi::connect_mut(|c| {
-        let t = c.update(sql, Some(1), args)?;
-        if t.is_empty() { Ok(None) } else { f(&t.first()).map(Some) }
+    own(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(sql, Some(1), args)?;
+            if t.is_empty() { Ok(None) } else { f(&t.first()).map(Some) }
+        })
     })
     .or_raise(sql)
 }
@@ -84,5 +111,37 @@ pub fn rows<T>(
     args: &[DatumWithOid],
     mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Vec<T> {
-    Spi::connect_mut(|c| c.update(sql, None, args)?.map(|r| f(&r)).collect::<Result<Vec<T>, _>>()).or_raise(sql)
+    own(|| Spi::connect_mut(|c| c.update(sql, None, args)?.map(|r| f(&r)).collect::<Result<Vec<T>, _>>())).or_raise(sql)
+}
+
+/// Read-only queries for code that runs inside someone else's statement
+/// (the `zdm.safe_ddl` hook, `zdm.plan`): unlike the helpers above (pgrx's
+/// `update`), they never assign a transaction id, which would make, e.g.,
+/// `DROP INDEX CONCURRENTLY` refuse to run ("must be first action").
+pub fn read_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
+    Spi::connect(|c| {
+        let t = c.select(sql, Some(1), args)?;
+        if t.is_empty() { Ok(None) } else { t.first().get_one::<T>() }
+    })
+    .or_raise(sql)
+}
+
+pub fn read_first_row<T>(
+    sql: &str,
+    args: &[DatumWithOid],
+    f: impl FnOnce(&pgrx::spi::SpiTupleTable) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    Spi::connect(|c| {
+        let t = c.select(sql, Some(1), args)?;
+        if t.is_empty() { Ok(None) } else { f(&t.first()).map(Some) }
+    })
+    .or_raise(sql)
+}
+
+pub fn read_rows<T>(
+    sql: &str,
+    args: &[DatumWithOid],
+    mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Vec<T> {
+    Spi::connect(|c| c.select(sql, None, args)?.map(|r| f(&r)).collect::<Result<Vec<T>, _>>()).or_raise(sql)
 }

@@ -9,6 +9,7 @@ mod constraints;
 mod index;
 mod jobs;
 mod lifecycle;
+mod plan;
 mod rename;
 mod update;
 

@@ -31,7 +31,7 @@
 //! deadlock (40P01), serialization failure (40001). Anything else is final.
 
 use crate::errors::{code_of, raise_with_detail, Code};
-use crate::{guc, security, spi, subxact};
+use crate::{guc, locks, security, spi, subxact};
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -164,13 +164,12 @@ pub fn interruptible_sleep(d: Duration) {
     }
 }
 
-fn blocking_pids(relid: pg_sys::Oid) -> Vec<i32> {
-    spi::one::<Vec<i32>>(
-        "SELECT coalesce(array_agg(DISTINCT pid ORDER BY pid), '{}') FROM pg_catalog.pg_locks \
-          WHERE locktype = 'relation' AND relation = $1 AND granted AND pid <> pg_catalog.pg_backend_pid()",
-        &[relid.into()],
-    )
-    .unwrap_or_default()
+/// The sessions holding a lock on `relid` that conflicts with `mode` (the
+/// SQL spelling, "ACCESS EXCLUSIVE").
+fn blocking_pids(relid: pg_sys::Oid, mode: &str) -> Vec<i32> {
+    let camel: String = mode.split_whitespace().map(|w| w.chars().take(1).collect::<String>() + &w.chars().skip(1).collect::<String>().to_lowercase()).collect();
+    let mode = locks::from_name(&format!("{camel}Lock")).unwrap_or(locks::ACCESS_EXCLUSIVE);
+    locks::conflicting(&[relid], mode).into_iter().map(|h| h.pid).collect()
 }
 
 /// `LOCK TABLE table IN mode MODE` under the current policy.
@@ -187,7 +186,7 @@ pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats 
         match outcome {
             Ok(()) => return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt },
             Err(e) if code_of(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
-                blockers = blocking_pids(relid);
+                blockers = blocking_pids(relid, mode);
                 if attempt <= retries {
                     interruptible_sleep(backoff(attempt));
                 }
@@ -195,6 +194,69 @@ pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats 
             Err(e) => e.rethrow(),
         }
     }
+    give_up(table_sql, mode, timeout_ms, retries, &blockers)
+}
+
+/// A relation `lock_relations` takes, in `mode`, with every partition below
+/// it when `recurse` (as the statement will: parent first, then down).
+pub struct Target {
+    pub relid: pg_sys::Oid,
+    pub mode: locks::Mode,
+    pub recurse: bool,
+}
+
+/// Take the locks a statement is about to take, under the current policy:
+/// all of them in one attempt of the lock timeout (a subtransaction, kept
+/// on success, so they stay held for the statement), retried like
+/// `lock_table`. For `zdm.safe_ddl`, before a user's DDL; read-only
+/// queries only (no transaction id is assigned).
+pub fn lock_relations(targets: &[Target]) -> LockStats {
+    let LockPolicy { timeout_ms, retries, .. } = LockPolicy::current();
+    let started = Instant::now();
+    let mut blockers: Vec<i32> = Vec::new();
+    let mut all: Vec<(pg_sys::Oid, locks::Mode)> = Vec::new();
+    for t in targets {
+        all.push((t.relid, t.mode));
+        if t.recurse {
+            let below = spi::read_rows(
+                &format!("SELECT relid FROM {} t WHERE t.level > 0 ORDER BY t.level", crate::tree::partition_tree_sql(1)),
+                &[t.relid.into()],
+                |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or_default()),
+            );
+            all.extend(below.into_iter().map(|r| (r, t.mode)));
+        }
+    }
+    for attempt in 1..=retries + 1 {
+        let outcome = subxact::attempt(|| {
+            with_lock_timeout(timeout_ms, || {
+                for (relid, mode) in &all {
+                    unsafe { pg_sys::LockRelationOid(*relid, *mode) };
+                }
+            })
+        });
+        match outcome {
+            Ok(()) => return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt },
+            Err(e) if code_of(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+                blockers = all.iter().flat_map(|(r, m)| locks::conflicting(&[*r], *m)).map(|h| h.pid).collect();
+                blockers.sort_unstable();
+                blockers.dedup();
+                if attempt <= retries {
+                    interruptible_sleep(backoff(attempt));
+                }
+            }
+            Err(e) => e.rethrow(),
+        }
+    }
+    let names = targets
+        .iter()
+        .map(|t| spi::read_one::<String>("SELECT $1::pg_catalog.regclass::pg_catalog.text", &[t.relid.into()]).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mode = targets.iter().map(|t| t.mode).max().unwrap_or(locks::ACCESS_EXCLUSIVE);
+    give_up(&names, &locks::sql_name(mode), timeout_ms, retries, &blockers)
+}
+
+fn give_up(table_sql: &str, mode: &str, timeout_ms: i32, retries: i32, blockers: &[i32]) -> ! {
     let pids = blockers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
     raise_with_detail(
         Code::ERRCODE_LOCK_NOT_AVAILABLE,

@@ -116,6 +116,21 @@ impl Cluster {
         as_postgres(&self.bindir.join(program), &all)
     }
 
+    /// `client_program` with environment variables (PGOPTIONS …).
+    pub fn client_program_env(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let port = self.port.to_string();
+        let host = self.dir.display().to_string();
+        let mut all = vec!["-h", host.as_str(), "-p", port.as_str()];
+        all.extend_from_slice(args);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        as_postgres_env(&self.bindir.join(program), &all, &env)
+    }
+
+    /// Where the server's Unix socket is (for other clients).
+    pub fn socket_dir(&self) -> String {
+        self.dir.display().to_string()
+    }
+
     pub fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }

@@ -1,0 +1,231 @@
+//! `zdm.safe_ddl`: a ProcessUtility hook that applies the analysis to every
+//! DDL statement, from any tool.
+//!
+//! * **Large tables**: a step that rewrites, scans or builds an index under
+//!   a lock that stops writes, on a table above `zdm.large_table`, is
+//!   refused (`on`, 54000) or warned about (`warn`), with the zdm call that
+//!   does it online in the hint. Temporary tables, tables created in this
+//!   transaction, extension scripts, binary upgrade and zdm's own DDL are
+//!   exempt.
+//! * **Bounded lock waits**: when the statement needs a lock that stops
+//!   reads or writes and the session has no `lock_timeout` of its own, the
+//!   locks are taken first under zdm's lock policy
+//!   (`engine::locking::lock_relations`: one attempt of `zdm.lock_timeout`
+//!   in a subtransaction, jittered backoff, `zdm.lock_retries`, 55P03 naming
+//!   the blockers), so nobody queues behind it longer than one attempt and a
+//!   migration tool's transaction survives a timed-out attempt. The
+//!   statement then finds its locks held. VACUUM FULL, and statements on
+//!   relations the user does not own (PostgreSQL refuses those before
+//!   locking), are left to PostgreSQL.
+//!
+//! Statements that are not DDL on a table never get past the first test
+//! (a node tag), and queries do not pass through ProcessUtility at all.
+//! PostgreSQL's own errors pass through this hook untouched (it calls the
+//! next hook outside any Rust frame that catches).
+
+use super::{Statement, Step, analyse, is_candidate, live};
+use crate::engine::locking;
+use crate::errors::Code;
+use crate::guc::{self, SafeDdl};
+use crate::locks;
+use pgrx::prelude::*;
+
+static mut PREV: pg_sys::ProcessUtility_hook_type = None;
+
+unsafe extern "C-unwind" {
+    /// PostgreSQL's own, unwrapped: its errors must reach the caller as they
+    /// are (every field, the cursor position), not re-raised by pgrx.
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+pub fn install() {
+    unsafe {
+        PREV = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    unsafe {
+        if guc::SAFE_DDL.get() != SafeDdl::Off
+            && is_candidate((*pstmt).utilityStmt)
+            && !pg_sys::creating_extension
+            && !pg_sys::IsBinaryUpgrade
+            && !crate::spi::in_zdm_sql()
+        {
+            pg_sys::submodules::panic::pgrx_extern_c_guard(|| check(pstmt, query));
+        }
+        // No Rust value needing a destructor is alive here: an error from
+        // PostgreSQL may jump straight over this frame.
+        match PREV {
+            Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
+            None => standard_process_utility(
+                pstmt,
+                query,
+                read_only_tree,
+                context,
+                params,
+                env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// The statement's own text out of a multi-statement query string.
+pub fn statement_text(query: &str, location: i32, len: i32) -> &str {
+    let start = (location.max(0) as usize).min(query.len());
+    let end = if len <= 0 {
+        query.len()
+    } else {
+        (start + len as usize).min(query.len())
+    };
+    query.get(start..end).unwrap_or(query)
+}
+
+fn check(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_char) {
+    unsafe {
+        if pg_sys::get_extension_oid(c"zdm".as_ptr(), true) == pg_sys::InvalidOid {
+            return;
+        }
+    }
+    let full = if query.is_null() {
+        String::new()
+    } else {
+        unsafe { std::ffi::CStr::from_ptr(query) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let text =
+        unsafe { statement_text(&full, (*pstmt).stmt_location, (*pstmt).stmt_len) }.to_string();
+    // pg_catalog first for zdm's own queries; the statement's names still
+    // resolve as they will for PostgreSQL (pg_catalog is searched first anyway
+    // unless the path lists it, and pg_temp first for relations).
+    let pinned = crate::security::catalog_first_search_path();
+    crate::security::with_guc_nest_level(&[(c"search_path", pinned.as_c_str())], || {
+        let steps = analyse(&Statement {
+            node: unsafe { (*pstmt).utilityStmt },
+            text: &text,
+        });
+        police(&steps);
+        if unsafe { pg_sys::LockTimeout } == 0
+            && unsafe { (*(*pstmt).utilityStmt).type_ } != pg_sys::NodeTag::T_VacuumStmt
+        {
+            bound_lock_waits(&steps);
+        }
+    });
+}
+
+/// Refuse or warn about heavy work under a blocking lock on a large table.
+fn police(steps: &[Step]) {
+    let limit = live::large_table_bytes();
+    for step in steps
+        .iter()
+        .filter(|s| s.blocking_work() && s.relid != pg_sys::InvalidOid)
+    {
+        if live::private(step.relid) {
+            continue;
+        }
+        let size = live::size(step.relid);
+        if size.bytes <= limit {
+            continue;
+        }
+        let table = super::relation_sql(step.relid);
+        let rows = size
+            .rows
+            .map(|r| format!(", about {r} rows"))
+            .unwrap_or_default();
+        let message = format!(
+            "zdm.safe_ddl: {} on {table} holds {} (blocking {}) through a {} of {:.1} MB{rows}",
+            step.action,
+            locks::sql_name(step.lock),
+            locks::blocks(step.lock),
+            step.work.text(),
+            size.bytes as f64 / 1e6,
+        );
+        let detail = format!(
+            "{table} is larger than zdm.large_table ({} kB){}.",
+            limit / 1024,
+            step.note
+                .as_ref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
+        );
+        let hint = match &step.alternative {
+            Some(alt) => {
+                format!("Do it online: {alt}. Or, for a planned outage: SET zdm.safe_ddl = off.")
+            }
+            None => "No online way in zdm; for a planned outage: SET zdm.safe_ddl = off.".into(),
+        };
+        match guc::SAFE_DDL.get() {
+            SafeDdl::On => pgrx::pg_sys::panic::ErrorReport::new(
+                Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                message,
+                "zdm",
+            )
+            .set_detail(detail)
+            .set_hint(hint)
+            .report(PgLogLevel::ERROR),
+            _ => pgrx::pg_sys::panic::ErrorReport::new(Code::ERRCODE_WARNING, message, "zdm")
+                .set_detail(detail)
+                .set_hint(hint)
+                .report(PgLogLevel::WARNING),
+        }
+    }
+}
+
+/// Take the statement's blocking locks first under zdm's lock policy.
+fn bound_lock_waits(steps: &[Step]) {
+    let mut targets: Vec<locking::Target> = Vec::new();
+    for s in steps {
+        if s.relid == pg_sys::InvalidOid || s.online || locks::blocks(s.lock) == "nothing" {
+            continue;
+        }
+        if unsafe { pg_sys::CheckRelationOidLockedByMe(s.relid, s.lock, true) } {
+            continue;
+        }
+        match targets.iter_mut().find(|t| t.relid == s.relid) {
+            Some(t) => {
+                t.mode = t.mode.max(s.lock);
+                t.recurse |= s.recurse;
+            }
+            None => targets.push(locking::Target {
+                relid: s.relid,
+                mode: s.lock,
+                recurse: s.recurse,
+            }),
+        }
+    }
+    // PostgreSQL checks ownership of the statement's table before it locks
+    // anything: a statement it will refuse must not wait here first.
+    let Some(first) = targets.first() else { return };
+    let owner = crate::spi::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1",
+        &[first.relid.into()],
+    );
+    if owner != Some(true) {
+        return;
+    }
+    locking::lock_relations(&targets);
+}
