@@ -191,7 +191,7 @@ fn large_tables_refused_small_and_new_ones_not() {
     // The escape hatch.
     c.batch_execute("SET zdm.safe_ddl = off; ALTER TABLE big ALTER COLUMN qty TYPE int; RESET zdm.safe_ddl").unwrap();
     // Per role: a role with safe_ddl off is not stopped.
-    c.batch_execute("CREATE ROLE ops LOGIN; ALTER TABLE big OWNER TO ops; ALTER ROLE ops IN DATABASE l SET zdm.safe_ddl = off").unwrap();
+    c.batch_execute("CREATE ROLE ops LOGIN; GRANT CREATE ON SCHEMA public TO ops; ALTER TABLE big OWNER TO ops; ALTER ROLE ops IN DATABASE l SET zdm.safe_ddl = off").unwrap();
     let mut ops = cluster.connect_as("l", "ops");
     let setting: String = ops.query_one("SHOW zdm.safe_ddl", &[]).unwrap().get(0);
     assert_eq!(setting, "off");
@@ -305,7 +305,7 @@ fn psql_single_transaction_and_alembic() {
         assert!(ok, "could not install Alembic into {venv}");
     }
     let ini = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/safe_ddl/alembic/alembic.ini");
-    let url = format!("postgresql+psycopg://postgres@/t?host={}&port={}", cluster.socket_dir(), cluster.port());
+    let url = format!("postgresql+psycopg://postgres@/t?host={}&port={}", cluster.socket_dir(), cluster.port);
     let alembic_run = |target: &str| {
         std::process::Command::new(&alembic).args(["-c", ini, "upgrade", target]).env("ZDM_TEST_URL", &url).output().unwrap()
     };
