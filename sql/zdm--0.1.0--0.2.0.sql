@@ -337,6 +337,23 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'update_in_batches_wrapper';
 COMMENT ON FUNCTION zdm.update_in_batches(regclass, text, text, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
   'Run UPDATE tbl SET set WHERE where as a background job in throttled batches over the table''s blocks, as its owner; returns the job id (= migration id)';
 
+CREATE FUNCTION zdm._plan(statement text) RETURNS jsonb STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_plan_wrapper';
+CREATE FUNCTION zdm.plan(statement text)
+RETURNS TABLE (step int, statement text, action text, relation text, lock text, blocks text, work text,
+               rows bigint, bytes bigint, estimate interval, estimate_basis text, blockers text[],
+               safe boolean, alternative text, note text)
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE sql
+AS $$
+  SELECT p.step, p.statement, p.action, p.relation, p.lock, p.blocks, p.work, p.rows, p.bytes,
+         pg_catalog.make_interval(secs => p.estimate_s), p.estimate_basis, p.blockers, p.safe, p.alternative, p.note
+    FROM pg_catalog.jsonb_to_recordset(zdm._plan(statement)) AS p(step int, statement text, action text, relation text,
+         lock text, blocks text, work text, rows bigint, bytes bigint, estimate_s float8, estimate_basis text,
+         blockers text[], safe boolean, alternative text, note text)
+$$;
+COMMENT ON FUNCTION zdm.plan(text) IS
+  'Explain DDL statements or zdm calls against the live database without running them: per step the lock and what it blocks, the work under it, rows, bytes, an estimate, who holds a conflicting lock now, and the zdm call that does it online';
+
 CREATE OR REPLACE FUNCTION zdm.guard() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'zdm_guard';
 COMMENT ON FUNCTION zdm.guard() IS
