@@ -176,3 +176,29 @@ pub fn generated_is_virtual(c: *mut pg_sys::Constraint) -> bool {
         (*c).generated_kind as u8 == b'v'
     }
 }
+
+/// A type name as written (`varchar(50)`, `public.money2`) parsed into a
+/// TypeName: 16 added the soft-error context argument.
+pub unsafe fn type_name(text: &std::ffi::CStr) -> *mut pg_sys::TypeName {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::typeStringToTypeName(text.as_ptr())
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::typeStringToTypeName(text.as_ptr(), std::ptr::null_mut())
+    }
+}
+
+/// A possibly qualified name as written (`public."Orders"`) split into its
+/// parts: 16 added the soft-error context argument.
+pub unsafe fn qualified_name_list(text: &std::ffi::CStr) -> *mut pg_sys::List {
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::stringToQualifiedNameList(text.as_ptr())
+    }
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::stringToQualifiedNameList(text.as_ptr(), std::ptr::null_mut())
+    }
+}

@@ -53,16 +53,6 @@ pub fn with_guc_nest_level<R>(pin: &[(&std::ffi::CStr, &std::ffi::CStr)], f: imp
     r
 }
 
-/// The session's search_path with pg_catalog first, for zdm's own queries
-/// in code that must still resolve a statement's names as the session
-/// does (pg_catalog is searched first anyway unless the path lists it, and
-/// pg_temp first for relations). An empty path (pg_dump's) is pg_catalog.
-pub fn catalog_first_search_path() -> std::ffi::CString {
-    let path = unsafe { std::ffi::CStr::from_ptr(pg_sys::namespace_search_path) }.to_string_lossy().trim().to_string();
-    let path = if path.is_empty() { "pg_catalog".to_string() } else { format!("pg_catalog, {path}") };
-    std::ffi::CString::new(path).unwrap_or_else(|_| c"pg_catalog".into())
-}
-
 /// Run `f` with zdm's pinned search_path (rolled back afterwards), and
 /// standard-conforming strings: a backslash in zdm's SQL, or in user text
 /// zdm recorded, means what it meant when it was checked.

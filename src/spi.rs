@@ -117,12 +117,14 @@ pub fn rows<T>(
 /// Read-only queries for code that runs inside someone else's statement
 /// (the `zdm.safe_ddl` hook, `zdm.plan`): unlike the helpers above (pgrx's
 /// `update`), they never assign a transaction id, which would make, e.g.,
-/// `DROP INDEX CONCURRENTLY` refuse to run ("must be first action").
+/// `DROP INDEX CONCURRENTLY` refuse to run ("must be first action"); and
+/// they run with zdm's pinned search_path, whatever the session's is (the
+/// statement's own names are resolved by the caller, with the session's).
 pub fn read_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
-    Spi::connect(|c| {
+    crate::security::pinned_search_path(|| Spi::connect(|c| {
         let t = c.select(sql, Some(1), args)?;
         if t.is_empty() { Ok(None) } else { t.first().get_one::<T>() }
-    })
+    }))
     .or_raise(sql)
 }
 
@@ -131,10 +133,10 @@ pub fn read_first_row<T>(
     args: &[DatumWithOid],
     f: impl FnOnce(&pgrx::spi::SpiTupleTable) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    Spi::connect(|c| {
+    crate::security::pinned_search_path(|| Spi::connect(|c| {
         let t = c.select(sql, Some(1), args)?;
         if t.is_empty() { Ok(None) } else { f(&t.first()).map(Some) }
-    })
+    }))
     .or_raise(sql)
 }
 
@@ -143,5 +145,6 @@ pub fn read_rows<T>(
     args: &[DatumWithOid],
     mut f: impl FnMut(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Vec<T> {
-    Spi::connect(|c| c.select(sql, None, args)?.map(|r| f(&r)).collect::<Result<Vec<T>, _>>()).or_raise(sql)
+    crate::security::pinned_search_path(|| Spi::connect(|c| c.select(sql, None, args)?.map(|r| f(&r)).collect::<Result<Vec<T>, _>>()))
+        .or_raise(sql)
 }

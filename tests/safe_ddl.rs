@@ -319,3 +319,54 @@ fn psql_single_transaction_and_alembic() {
     let version: String = c.query_one("SELECT version_num FROM alembic_version", &[]).unwrap().get(0);
     assert_eq!(version, "0001");
 }
+
+/// safe_ddl takes no lock PostgreSQL itself would not take: not for a role
+/// that does not own what it names (DROP INDEX of someone else's index —
+/// PostgreSQL refuses it before locking anything: 42501, not a wait, not
+/// 54000), not on the siblings of a partition being detached, and zdm.plan
+/// keeps no lock on the tables it looked at.
+#[test]
+fn no_lock_postgres_would_not_take() {
+    let cluster = Cluster::start("sdnolock", &[]);
+    let mut c = cluster.create_db("n");
+    big_and_small(&mut c);
+    c.batch_execute(
+        "ALTER DATABASE n SET zdm.safe_ddl = on; ALTER DATABASE n SET zdm.large_table = '512kB';
+         ALTER DATABASE n SET zdm.lock_timeout = '300ms'; ALTER DATABASE n SET zdm.lock_retries = 2;
+         CREATE INDEX big_v ON big (v);
+         CREATE ROLE mallory LOGIN; GRANT CREATE ON SCHEMA public TO mallory; GRANT SELECT ON big TO mallory;
+         CREATE TABLE pt (id int, k int) PARTITION BY RANGE (k);
+         CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) TO (10);
+         CREATE TABLE pt2 PARTITION OF pt FOR VALUES FROM (10) TO (20);
+         INSERT INTO pt SELECT g, g % 20 FROM generate_series(1, 1000) g;",
+    )
+    .unwrap();
+    let mut m = cluster.connect_as("n", "mallory");
+    m.batch_execute("CREATE TABLE mine (id int); CREATE INDEX mine_idx ON mine (id)").unwrap();
+    // A reader on big: a queued ACCESS EXCLUSIVE there would show.
+    let mut reader = cluster.connect("n");
+    reader.batch_execute("BEGIN; SELECT count(*) FROM big").unwrap();
+    // (Had zdm queued for big's lock first, these would end in 55P03.)
+    expect_err(&mut m, "DROP INDEX mine_idx, big_v", "42501");
+    expect_err(&mut m, "ALTER TABLE big ALTER COLUMN qty TYPE bigint", "42501");
+    // zdm.plan looks at big (a CHECK's expression is analysed against it)
+    // and keeps no lock on it.
+    m.batch_execute("BEGIN").unwrap();
+    m.query("SELECT * FROM zdm.plan('ALTER TABLE big ADD CONSTRAINT c CHECK (qty > 0)')", &[]).unwrap();
+    let held: i64 = m
+        .query_one("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND relation = 'big'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "zdm.plan left a lock on big");
+    m.batch_execute("COMMIT").unwrap();
+    reader.batch_execute("COMMIT").unwrap();
+    // A reader of partition pt2 does not hold up DETACH of pt1 (which locks
+    // pt and pt1 only) nor SET TABLESPACE of pt (pt alone, catalog only).
+    reader.batch_execute("BEGIN; SELECT count(*) FROM pt2").unwrap();
+    c.batch_execute("ALTER TABLE pt DETACH PARTITION pt1").unwrap();
+    c.batch_execute("ALTER TABLE pt SET TABLESPACE pg_default").unwrap();
+    // … but it does hold up a change every partition takes part in.
+    expect_err(&mut c, "ALTER TABLE pt ADD COLUMN note text", "55P03");
+    reader.batch_execute("COMMIT").unwrap();
+    c.batch_execute("ALTER TABLE pt ADD COLUMN note text").unwrap();
+}

@@ -32,6 +32,14 @@ fn expand_change_type(tbl: Option<pg_sys::Oid>, col: Option<&CStr>, new_type: Op
     // (as in ALTER TABLE); zdm's own SQL runs pinned.
     let caller_path = crate::spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
     let col = super::name_arg(col, "col");
+    // PostgreSQL's own rule (the one zdm.plan and zdm.safe_ddl apply): a
+    // binary-compatible change needs no shadow column at all.
+    if using_expr.is_none() && crate::ddl::plain_type_change_rewrites(tbl, &col, new_type) == Some(false) {
+        pgrx::notice!(
+            "zdm: PostgreSQL changes column {} to {new_type} without rewriting the table (binary-compatible): a plain ALTER TABLE … ALTER COLUMN … TYPE needs only a brief ACCESS EXCLUSIVE lock (bounded by zdm.safe_ddl); zdm goes on with a shadow column and a backfill",
+            crate::spi::ident(&col)
+        );
+    }
     crate::security::pinned_search_path(|| {
         let (id, created) = change_type::expand(tbl, &col, new_type, using_expr, &caller_path);
         // A repeated call leaves the job as it is (its worker may be running).

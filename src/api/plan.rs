@@ -27,18 +27,13 @@ COMMENT ON FUNCTION zdm.plan(text) IS
 ")]
 fn _plan(statement: &str) -> pgrx::JsonB {
     // Names in the statements resolve with the caller's search_path, as
-    // they will when run; zdm's own queries find pg_catalog first.
-    let pinned = crate::security::catalog_first_search_path();
-    crate::security::with_guc_nest_level(&[(c"search_path", pinned.as_c_str())], || {
-        pgrx::JsonB(plan(statement))
-    })
+    // they will when run; zdm's own queries pin theirs (spi::read_*).
+    pgrx::JsonB(plan(statement))
 }
 
 fn plan(text: &str) -> serde_json::Value {
     let c = std::ffi::CString::new(text).unwrap_or_default();
     let parsed = unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
-    let rates = live::rates();
-    let basis = live::basis(rates);
     let limit = live::large_table_bytes();
     let mut rows = Vec::new();
     let mut n = 0;
@@ -62,6 +57,7 @@ fn plan(text: &str) -> serde_json::Value {
         for s in steps {
             n += 1;
             let size = live::size(s.relid);
+            let rate = if s.work.heavy() && s.relid != pg_sys::InvalidOid { live::read_rate(s.relid) } else { None };
             let relation = (s.relid != pg_sys::InvalidOid).then(|| ddl::relation_sql(s.relid));
             let large =
                 size.bytes > limit && s.relid != pg_sys::InvalidOid && !live::private(s.relid);
@@ -88,8 +84,8 @@ fn plan(text: &str) -> serde_json::Value {
                 "work": s.work.text(),
                 "rows": size.rows,
                 "bytes": (s.relid != pg_sys::InvalidOid).then_some(size.bytes),
-                "estimate_s": if s.online && s.work == ddl::Work::Catalog { Some(0.0) } else { live::estimate(s.work, size.bytes, rates) },
-                "estimate_basis": if s.work.heavy() { Some(basis.clone()) } else { None },
+                "estimate_s": if s.online && s.work == ddl::Work::Catalog { Some(0.0) } else { live::estimate(s.work, size.bytes, rate) },
+                "estimate_basis": live::basis(s.work, rate),
                 "blockers": blockers,
                 "safe": !unsafe_step,
                 "alternative": s.alternative,

@@ -20,12 +20,13 @@ pub fn analyse(stmt: *mut pg_sys::AlterTableStmt) -> Vec<Step> {
         if relkind != b'r' && relkind != b'p' {
             return Vec::new();
         }
-        let recurse = relkind == b'p' && (*(*stmt).relation).inh;
+        let inh = relkind == b'p' && (*(*stmt).relation).inh;
         let mut steps = Vec::new();
         for cmd in list::<pg_sys::AlterTableCmd>((*stmt).cmds) {
             let lock =
                 pg_sys::AlterTableGetLockLevel(pg_sys::lappend(std::ptr::null_mut(), cmd.cast()))
                     as Mode;
+            let recurse = inh && recurses((*cmd).subtype);
             for mut step in command(relid, cmd, lock) {
                 step.recurse = step.relid == relid && recurse;
                 steps.push(step);
@@ -33,6 +34,26 @@ pub fn analyse(stmt: *mut pg_sys::AlterTableStmt) -> Vec<Step> {
         }
         steps
     }
+}
+
+/// Subcommands PostgreSQL applies to every partition too (ATPrepCmd's
+/// recursion), locking them in the same mode; the others (ATTACH, DETACH,
+/// SET TABLESPACE …) lock the partitioned table alone.
+#[allow(non_upper_case_globals)]
+fn recurses(subtype: pg_sys::AlterTableType::Type) -> bool {
+    use pg_sys::AlterTableType::*;
+    matches!(
+        subtype,
+        AT_AddColumn
+            | AT_DropColumn
+            | AT_AlterColumnType
+            | AT_SetNotNull
+            | AT_DropNotNull
+            | AT_ColumnDefault
+            | AT_AddConstraint
+            | AT_ValidateConstraint
+            | AT_DropConstraint
+    )
 }
 
 /// A column of the table: (attnum, type, typmod, collation, NOT NULL holds).
@@ -98,12 +119,20 @@ fn transformed(
     if raw.is_null() {
         return None;
     }
+    // A lock taken only for this is given back at once: holding it to the
+    // end of the transaction could make the statement's own ACCESS
+    // EXCLUSIVE an upgrade (a deadlock between two sessions running the same
+    // migration), and would let zdm.plan's caller hold any table.
+    let mut taken = false;
     if let Some(relid) = relid {
-        if !unsafe { pg_sys::ConditionalLockRelationOid(relid, pg_sys::AccessShareLock as _) } {
-            return None;
+        if !unsafe { pg_sys::CheckRelationOidLockedByMe(relid, pg_sys::AccessShareLock as _, true) } {
+            if !unsafe { pg_sys::ConditionalLockRelationOid(relid, pg_sys::AccessShareLock as _) } {
+                return None;
+            }
+            taken = true;
         }
     }
-    subxact::attempt(|| unsafe {
+    let result = subxact::attempt(|| unsafe {
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         if let Some(relid) = relid {
             let rel = pg_sys::relation_open(relid, pg_sys::NoLock as _);
@@ -121,7 +150,11 @@ fn transformed(
         let copy = pg_sys::copyObjectImpl(raw.cast()) as *mut pg_sys::Node;
         (pg_sys::transformExpr(pstate, copy, kind), pstate)
     })
-    .ok()
+    .ok();
+    if let (true, Some(relid)) = (taken, relid) {
+        unsafe { pg_sys::UnlockRelationOid(relid, pg_sys::AccessShareLock as _) };
+    }
+    result
 }
 
 fn deparse(expr: *mut pg_sys::Node, relid: Option<pg_sys::Oid>) -> Option<String> {
@@ -401,6 +434,9 @@ fn requires_rewrite(mut expr: *mut pg_sys::Node, attnum: i16) -> bool {
                     if !tz_conversion || pg_sys::TimestampTimestampTzRequiresRewrite() {
                         return true;
                     }
+                    if (*f).args.is_null() || (*(*f).args).length < 1 {
+                        return true;
+                    }
                     expr = (*(*(*f).args).elements).ptr_value as *mut pg_sys::Node;
                 }
                 _ => return true,
@@ -451,7 +487,7 @@ fn alter_type(
     alt.push(')');
     match type_change_rewrites(relid, name, tn, using) {
         Some(false) => Step::new(action, relid, lock, Work::Catalog)
-            .note("binary-compatible: no rewrite; indexes on the column are kept"),
+            .note("binary-compatible: no rewrite (an index on the column is rebuilt only if its operator family changes)"),
         Some(true) => Step::new(action, relid, lock, Work::Rewrite)
             .note("every row is converted into a new file and the table's indexes are rebuilt")
             .alternative(alt),
@@ -620,6 +656,7 @@ fn add_constraint(
             if let Some(pk) = pk {
                 out.push(
                     Step::new("lock the referenced table", pk, lock, Work::Catalog)
+                        .locked_before_rights()
                         .note("its writes wait while the key is added"),
                 );
             }
@@ -671,10 +708,24 @@ fn add_constraint(
 
 fn attach(relid: pg_sys::Oid, cmd: *mut pg_sys::PartitionCmd, lock: Mode) -> Vec<Step> {
     let mut out = vec![Step::new("attach a partition", relid, lock, Work::Catalog)];
+    // tablecmds.c locks the default partition first (its constraint
+    // changes; its rows are checked against the new bound), then the table.
+    let default = spi::read_one::<pg_sys::Oid>(
+        "SELECT partdefid FROM pg_catalog.pg_partitioned_table WHERE partrelid = $1 AND partdefid <> 0",
+        &[relid.into()],
+    );
+    if let Some(d) = default {
+        out.push(
+            Step::new("verify the default partition holds no rows of the new bound", d, locks::ACCESS_EXCLUSIVE, Work::Scan)
+                .note("skipped when the default partition's CHECK constraints exclude the bound")
+                .locked_before_rights(),
+        );
+    }
     if let Some(part) = resolve(unsafe { (*cmd).name }) {
         out.push(
             Step::new("verify the partition's rows match its bound", part, locks::ACCESS_EXCLUSIVE, Work::Scan)
                 .note("skipped when the partition's CHECK constraints imply its bound")
+                .locked_before_rights()
                 .alternative(format!(
                     "SELECT zdm.add_check({}, '<name>', '<the bound as an expression>') first; ATTACH then skips its scan",
                     lit(&relation_sql(part))

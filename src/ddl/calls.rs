@@ -94,11 +94,10 @@ fn call(stmt: *mut pg_sys::SelectStmt) -> Option<(String, Args)> {
 }
 
 fn table(args: &Args, i: usize, name: &str) -> Option<pg_sys::Oid> {
-    let text = args.get(i, name)?;
-    spi::read_one::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-        &[text.as_str().into()],
-    )
+    // Resolved as the call will resolve it: the session's search_path.
+    let text = std::ffi::CString::new(args.get(i, name)?).ok()?;
+    let names = crate::subxact::attempt(|| unsafe { crate::compat::qualified_name_list(&text) }).ok()?;
+    resolve(unsafe { pg_sys::makeRangeVarFromNameList(names) })
 }
 
 fn expand(relid: pg_sys::Oid, what: &str) -> Step {

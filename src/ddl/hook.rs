@@ -106,6 +106,11 @@ pub fn statement_text(query: &str, location: i32, len: i32) -> &str {
 
 fn check(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_char) {
     unsafe {
+        // A statement PostgreSQL will refuse anyway (read-only transaction,
+        // standby) is left to it; so is a database without zdm.
+        if pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() {
+            return;
+        }
         if pg_sys::get_extension_oid(c"zdm".as_ptr(), true) == pg_sys::InvalidOid {
             return;
         }
@@ -113,38 +118,34 @@ fn check(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_char) {
     let full = if query.is_null() {
         String::new()
     } else {
-        unsafe { std::ffi::CStr::from_ptr(query) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { std::ffi::CStr::from_ptr(query) }.to_string_lossy().into_owned()
     };
-    let text =
-        unsafe { statement_text(&full, (*pstmt).stmt_location, (*pstmt).stmt_len) }.to_string();
-    // pg_catalog first for zdm's own queries; the statement's names still
-    // resolve as they will for PostgreSQL (pg_catalog is searched first anyway
-    // unless the path lists it, and pg_temp first for relations).
-    let pinned = crate::security::catalog_first_search_path();
-    crate::security::with_guc_nest_level(&[(c"search_path", pinned.as_c_str())], || {
-        let steps = analyse(&Statement {
-            node: unsafe { (*pstmt).utilityStmt },
-            text: &text,
-        });
-        police(&steps);
-        if unsafe { pg_sys::LockTimeout } == 0
-            && unsafe { (*(*pstmt).utilityStmt).type_ } != pg_sys::NodeTag::T_VacuumStmt
-        {
-            bound_lock_waits(&steps);
-        }
-    });
+    let text = unsafe { statement_text(&full, (*pstmt).stmt_location, (*pstmt).stmt_len) }.to_string();
+    // The statement's names resolve with the session's search_path, as they
+    // will for PostgreSQL; zdm's own queries pin theirs (spi::read_*).
+    let steps = analyse(&Statement { node: unsafe { (*pstmt).utilityStmt }, text: &text });
+    police(&steps);
+    if unsafe { pg_sys::LockTimeout } == 0 && unsafe { (*(*pstmt).utilityStmt).type_ } != pg_sys::NodeTag::T_VacuumStmt {
+        bound_lock_waits(&steps);
+    }
+}
+
+/// The current user may act as the relation's owner (PostgreSQL checks
+/// this before it locks anything for the statements analysed here).
+fn owned(relid: pg_sys::Oid) -> bool {
+    crate::spi::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1",
+        &[relid.into()],
+    ) == Some(true)
 }
 
 /// Refuse or warn about heavy work under a blocking lock on a large table.
 fn police(steps: &[Step]) {
     let limit = live::large_table_bytes();
-    for step in steps
-        .iter()
-        .filter(|s| s.blocking_work() && s.relid != pg_sys::InvalidOid)
-    {
-        if live::private(step.relid) {
+    for step in steps.iter().filter(|s| s.blocking_work() && s.relid != pg_sys::InvalidOid) {
+        // Temporary, or created in this transaction: nobody else uses it. Not
+        // the user's: PostgreSQL refuses it with its own error.
+        if live::private(step.relid) || !owned(step.relid) {
             continue;
         }
         let size = live::size(step.relid);
@@ -195,9 +196,17 @@ fn police(steps: &[Step]) {
     }
 }
 
-/// Take the statement's blocking locks first under zdm's lock policy.
+/// Take the statement's blocking locks first under zdm's lock policy: the
+/// relations the user owns, and those PostgreSQL itself locks before it
+/// checks any right on them (a foreign key's referenced table, a partition
+/// being attached). Nothing when the statement's own table is not the
+/// user's: PostgreSQL refuses that before locking anything.
 fn bound_lock_waits(steps: &[Step]) {
     let mut targets: Vec<locking::Target> = Vec::new();
+    let Some(first) = steps.iter().find(|s| s.relid != pg_sys::InvalidOid) else { return };
+    if !owned(first.relid) {
+        return;
+    }
     for s in steps {
         if s.relid == pg_sys::InvalidOid || s.online || locks::blocks(s.lock) == "nothing" {
             continue;
@@ -205,27 +214,18 @@ fn bound_lock_waits(steps: &[Step]) {
         if unsafe { pg_sys::CheckRelationOidLockedByMe(s.relid, s.lock, true) } {
             continue;
         }
+        if !s.locked_before_rights && !owned(s.relid) {
+            continue;
+        }
         match targets.iter_mut().find(|t| t.relid == s.relid) {
             Some(t) => {
                 t.mode = t.mode.max(s.lock);
                 t.recurse |= s.recurse;
             }
-            None => targets.push(locking::Target {
-                relid: s.relid,
-                mode: s.lock,
-                recurse: s.recurse,
-            }),
+            None => targets.push(locking::Target { relid: s.relid, mode: s.lock, recurse: s.recurse }),
         }
     }
-    // PostgreSQL checks ownership of the statement's table before it locks
-    // anything: a statement it will refuse must not wait here first.
-    let Some(first) = targets.first() else { return };
-    let owner = crate::spi::read_one::<bool>(
-        "SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1",
-        &[first.relid.into()],
-    );
-    if owner != Some(true) {
-        return;
+    if !targets.is_empty() {
+        locking::lock_relations(&targets);
     }
-    locking::lock_relations(&targets);
 }

@@ -80,6 +80,9 @@ pub struct Step {
     /// A step of zdm's own that does not hold its lock through its work
     /// (e.g. a brief lock, then batches).
     pub online: bool,
+    /// PostgreSQL locks this relation before checking any right on it (a
+    /// foreign key's referenced table, a partition being attached).
+    pub locked_before_rights: bool,
 }
 
 impl Step {
@@ -93,6 +96,7 @@ impl Step {
             alternative: None,
             note: None,
             online: false,
+            locked_before_rights: false,
         }
     }
 
@@ -103,6 +107,11 @@ impl Step {
 
     pub fn note(mut self, note: impl Into<String>) -> Step {
         self.note = Some(note.into());
+        self
+    }
+
+    pub fn locked_before_rights(mut self) -> Step {
+        self.locked_before_rights = true;
         self
     }
 
@@ -240,4 +249,13 @@ pub(crate) fn has_option(options: *mut pg_sys::List, name: &str) -> bool {
         .any(|d| unsafe {
             cstr((*d).defname) == name && ((*d).arg.is_null() || pg_sys::defGetBoolean(d))
         })
+}
+
+/// Whether PostgreSQL would change `column` of `relid` to the type written
+/// `type_text` (no USING) without rewriting the table — alter's rule, for
+/// zdm's own calls. None: it cannot tell (no such column or type).
+pub fn plain_type_change_rewrites(relid: pg_sys::Oid, column: &str, type_text: &str) -> Option<bool> {
+    let text = std::ffi::CString::new(type_text).ok()?;
+    let tn = crate::subxact::attempt(|| unsafe { crate::compat::type_name(&text) }).ok()?;
+    alter::type_change_rewrites(relid, column, tn, std::ptr::null_mut())
 }

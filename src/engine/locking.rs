@@ -227,12 +227,14 @@ pub fn lock_relations(targets: &[Target]) -> LockStats {
         }
     }
     for attempt in 1..=retries + 1 {
+        // One attempt is one lock timeout for all of them together: each
+        // wait gets what is left of it.
+        let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms.max(1) as u64);
         let outcome = subxact::attempt(|| {
-            with_lock_timeout(timeout_ms, || {
-                for (relid, mode) in &all {
-                    unsafe { pg_sys::LockRelationOid(*relid, *mode) };
-                }
-            })
+            for (relid, mode) in &all {
+                let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as i32;
+                with_lock_timeout(left, || unsafe { pg_sys::LockRelationOid(*relid, *mode) });
+            }
         });
         match outcome {
             Ok(()) => return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt },
