@@ -35,6 +35,8 @@ fn plan(text: &str) -> serde_json::Value {
     let c = std::ffi::CString::new(text).unwrap_or_default();
     let parsed = unsafe { pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT) };
     let limit = live::large_table_bytes();
+    // Measured only when a step does work proportional to a table's size.
+    let mut measured: Option<Option<live::Rates>> = None;
     let mut rows = Vec::new();
     let mut n = 0;
     for raw in ddl::list::<pg_sys::RawStmt>(parsed) {
@@ -57,7 +59,7 @@ fn plan(text: &str) -> serde_json::Value {
         for s in steps {
             n += 1;
             let size = live::size(s.relid);
-            let rate = if s.work.heavy() && s.relid != pg_sys::InvalidOid { live::read_rate(s.relid) } else { None };
+            let rates = if s.work.heavy() { *measured.get_or_insert_with(live::rates) } else { None };
             let relation = (s.relid != pg_sys::InvalidOid).then(|| ddl::relation_sql(s.relid));
             let large =
                 size.bytes > limit && s.relid != pg_sys::InvalidOid && !live::private(s.relid);
@@ -84,8 +86,8 @@ fn plan(text: &str) -> serde_json::Value {
                 "work": s.work.text(),
                 "rows": size.rows,
                 "bytes": (s.relid != pg_sys::InvalidOid).then_some(size.bytes),
-                "estimate_s": if s.online && s.work == ddl::Work::Catalog { Some(0.0) } else { live::estimate(s.work, size.bytes, rate) },
-                "estimate_basis": live::basis(s.work, rate),
+                "estimate_s": if s.online && s.work == ddl::Work::Catalog { Some(0.0) } else { live::estimate(s.work, size.bytes, rates) },
+                "estimate_basis": if s.work.heavy() { Some(live::basis(rates)) } else { None },
                 "blockers": blockers,
                 "safe": !unsafe_step,
                 "alternative": s.alternative,
