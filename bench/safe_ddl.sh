@@ -3,8 +3,8 @@
 #   1. No DDL: pgbench select-only (-S: queries never reach ProcessUtility)
 #      and tpcb-like (BEGIN/END do) on the cluster without zdm preloaded (no
 #      hook in any session) and with it (the hook in every session).
-#   2. DDL-heavy: one client running ALTER TABLE ADD/DROP COLUMN and
-#      CREATE/DROP INDEX on a small table, in a database without zdm (no
+#   2. DDL-heavy: one client running ALTER TABLE SET/DROP DEFAULT, ADD/DROP
+#      CONSTRAINT and CREATE/DROP INDEX on a small table, in a database without zdm (no
 #      guard, no hook), with zdm and safe_ddl = off (its guard; the hook
 #      returns at its first test), and with safe_ddl = warn (the analysis and
 #      the lock taken under zdm's policy before each statement).
@@ -31,8 +31,10 @@ for d in "$DB" nozdm; do
     -c "INSERT INTO ddl_t SELECT g, g FROM generate_series(1, 1000) g" -c "VACUUM ANALYZE ddl_t"
 done
 cat > "$BENCH_DIR/ddl.sql" <<'SQL'
-ALTER TABLE ddl_t ADD COLUMN x int;
-ALTER TABLE ddl_t DROP COLUMN x;
+ALTER TABLE ddl_t ALTER COLUMN a SET DEFAULT 1;
+ALTER TABLE ddl_t ALTER COLUMN a DROP DEFAULT;
+ALTER TABLE ddl_t ADD CONSTRAINT ddl_c CHECK (a > 0) NOT VALID;
+ALTER TABLE ddl_t DROP CONSTRAINT ddl_c;
 CREATE INDEX ddl_i ON ddl_t (a);
 DROP INDEX ddl_i;
 SQL
@@ -59,7 +61,7 @@ echo "|---|---:|---:|---:|"
 echo "| pgbench -S (select only), 2 clients | $(m sel_off) | $(m sel_on) | $(ratio "$(m sel_on)" "$(m sel_off)") |"
 echo "| pgbench tpcb-like (BEGIN … END), 2 clients | $(m tpcb_off) | $(m tpcb_on) | $(ratio "$(m tpcb_on)" "$(m tpcb_off)") |"
 echo
-echo "| DDL-heavy (ADD/DROP COLUMN, CREATE/DROP INDEX on 1000 rows), 1 client | TPS | vs no zdm |"
+echo "| DDL-heavy (SET/DROP DEFAULT, ADD/DROP CONSTRAINT, CREATE/DROP INDEX on 1000 rows: 6 statements per transaction), 1 client | TPS | vs no zdm |"
 echo "|---|---:|---:|"
 echo "| database without zdm (no guard, no hook) | $(m ddl_none) | 1.00 |"
 echo "| zdm, safe_ddl = off (the guard; the hook returns at once) | $(m ddl_zdm_off) | $(ratio "$(m ddl_zdm_off)" "$(m ddl_none)") |"

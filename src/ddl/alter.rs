@@ -565,13 +565,12 @@ fn add_constraint(
     let validated = !c.skip_validation;
     match c.contype {
         CONSTR_CHECK => {
-            let expr = transformed(
-                Some(relid),
-                c.raw_expr,
-                pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT,
-            )
-            .and_then(|(e, _)| deparse(e, Some(relid)))
-            .unwrap_or_else(|| "<the CHECK expression>".into());
+            // The expression's text only matters for the alternative.
+            let expr = || {
+                transformed(Some(relid), c.raw_expr, pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT)
+                    .and_then(|(e, _)| deparse(e, Some(relid)))
+                    .unwrap_or_else(|| "<the CHECK expression>".into())
+            };
             let name = if conname.is_empty() {
                 format!("{}_check", cstr(unsafe { pg_sys::get_rel_name(relid) }))
             } else {
@@ -590,7 +589,7 @@ fn add_constraint(
                             "SELECT zdm.add_check({}, {}, {})",
                             lit(tbl),
                             lit(&name),
-                            lit(&expr)
+                            lit(&expr())
                         )),
                 ]
             } else {

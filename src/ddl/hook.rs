@@ -23,7 +23,7 @@
 //! PostgreSQL's own errors pass through this hook untouched (it calls the
 //! next hook outside any Rust frame that catches).
 
-use super::{Statement, Step, analyse, is_candidate, live};
+use super::{Statement, Step, analyse, is_candidate, live, owned};
 use crate::engine::locking;
 use crate::errors::Code;
 use crate::guc::{self, SafeDdl};
@@ -130,14 +130,6 @@ fn check(pstmt: *mut pg_sys::PlannedStmt, query: *const std::ffi::c_char) {
     }
 }
 
-/// The current user may act as the relation's owner (PostgreSQL checks
-/// this before it locks anything for the statements analysed here).
-fn owned(relid: pg_sys::Oid) -> bool {
-    crate::spi::read_one::<bool>(
-        "SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1",
-        &[relid.into()],
-    ) == Some(true)
-}
 
 /// Refuse or warn about heavy work under a blocking lock on a large table.
 fn police(steps: &[Step]) {

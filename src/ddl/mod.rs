@@ -194,12 +194,30 @@ pub(crate) fn resolve(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
 /// A relation's name as SQL, qualified and quoted (`regclass` output is
 /// unqualified on the search_path; zdm calls in hints must not depend on it).
 pub fn relation_sql(relid: pg_sys::Oid) -> String {
-    spi::read_one::<String>(
-        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[relid.into()],
-    )
-    .unwrap_or_else(|| format!("{}", u32::from(relid)))
+    // From the syscache: this runs before every DDL statement (no SPI).
+    unsafe {
+        let name = pg_sys::get_rel_name(relid);
+        let schema = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        if name.is_null() || schema.is_null() {
+            return u32::from(relid).to_string();
+        }
+        format!("{}.{}", spi::ident(&cstr(schema)), spi::ident(&cstr(name)))
+    }
+}
+
+/// The current user has the privileges of the relation's owner (what
+/// PostgreSQL checks before it locks anything for the statements analysed
+/// here). From the relcache: no SPI before every DDL statement.
+pub fn owned(relid: pg_sys::Oid) -> bool {
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return false;
+        }
+        let owner = (*(*rel).rd_rel).relowner;
+        pg_sys::RelationClose(rel);
+        pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner)
+    }
 }
 
 /// `s` as an SQL string literal.

@@ -226,6 +226,22 @@ pub fn lock_relations(targets: &[Target]) -> LockStats {
             all.extend(below.into_iter().map(|r| (r, t.mode)));
         }
     }
+    // Free at once (the common case): taken without a subtransaction.
+    let mut taken: Vec<(pg_sys::Oid, locks::Mode)> = Vec::new();
+    for (relid, mode) in &all {
+        if !unsafe { pg_sys::ConditionalLockRelationOid(*relid, *mode) } {
+            break;
+        }
+        taken.push((*relid, *mode));
+    }
+    if taken.len() == all.len() {
+        return LockStats { wait_ms: 0.0, attempts: 1 };
+    }
+    // Not all free: give back what was taken (nothing is held while we back
+    // off) and wait in bounded attempts.
+    for (relid, mode) in taken.into_iter().rev() {
+        unsafe { pg_sys::UnlockRelationOid(relid, mode) };
+    }
     for attempt in 1..=retries + 1 {
         // One attempt is one lock timeout for all of them together: each
         // wait gets what is left of it.
