@@ -482,6 +482,13 @@ SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'wait_wra
 COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
   'Wait for the background backfill, with progress NOTICEs; returns the final phase';
 
+CREATE FUNCTION zdm._serve_this_database() RETURNS void VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '_serve_this_database_wrapper';
+REVOKE ALL ON FUNCTION zdm._serve_this_database() FROM PUBLIC;
+COMMENT ON FUNCTION zdm._serve_this_database() IS
+  'zdm: ask the supervisor for a launcher in this database when the transaction commits (called by CREATE EXTENSION zdm)';
+SELECT zdm._serve_this_database();
+
 -- Last: the guard fires on DDL from here on (0.1.0 had none).
 CREATE EVENT TRIGGER zdm_guard_ddl ON ddl_command_start EXECUTE FUNCTION zdm.guard();
 CREATE EVENT TRIGGER zdm_guard_drop ON sql_drop EXECUTE FUNCTION zdm.guard();

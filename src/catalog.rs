@@ -721,7 +721,24 @@ pub struct Step<'a> {
     pub detail: Option<String>,
 }
 
-pub fn log_step(s: Step) {
+thread_local! {
+    /// Something a lower layer saw while a step ran (an anti-wraparound
+    /// vacuum waited out), added to the next event this process logs.
+    static NEXT_STEP_NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Add `text` to the detail of the next step logged.
+pub fn note_for_next_step(text: String) {
+    NEXT_STEP_NOTE.with(|n| *n.borrow_mut() = Some(text));
+}
+
+pub fn log_step(mut s: Step) {
+    if let Some(note) = NEXT_STEP_NOTE.with(|n| n.borrow_mut().take()) {
+        s.detail = Some(match s.detail.take() {
+            Some(d) => format!("{d}; {note}"),
+            None => note,
+        });
+    }
     as_catalog_owner(|| {
         spi::exec_args(
             "INSERT INTO zdm.events (migration_id, step, duration_ms, lock_wait_ms, lock_attempts, detail) \

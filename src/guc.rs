@@ -7,7 +7,8 @@ use std::ffi::CString;
 pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 /// How many times a lock is retried (with jittered exponential backoff) before 55P03.
 pub static LOCK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
-/// The database whose queued jobs the launcher runs (preload only).
+/// The databases zdm's launchers serve (preload only): a comma-separated
+/// list, or unset for every database where zdm is installed.
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// How many backfill workers the launcher runs at once.
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -37,7 +38,42 @@ pub static SAFE_DDL: GucSetting<SafeDdl> = GucSetting::<SafeDdl>::new(SafeDdl::W
 /// From this size (kB, heap + TOAST) a table is large for zdm.safe_ddl.
 pub static LARGE_TABLE_KB: GucSetting<i32> = GucSetting::<i32>::new(100 * 1024);
 
+/// WAL segments waiting to be archived above which backfills wait (0: off).
+pub static MAX_ARCHIVE_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(32);
+/// Backfills wait while autovacuum works on their table.
+pub static YIELD_TO_AUTOVACUUM: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// How long a brief step waits for an anti-wraparound autovacuum on its table.
+pub static WRAPAROUND_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
+
 pub fn register() {
+    GucRegistry::define_int_guc(
+        c"zdm.max_archive_backlog",
+        c"WAL segments waiting to be archived (archive_status/*.ready) above which background backfills wait; 0 turns the signal off.",
+        c"Only while archive_mode is on. A failing or slow archive_command keeps WAL in pg_wal until the disk fills.",
+        &MAX_ARCHIVE_BACKLOG,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"zdm.yield_to_autovacuum",
+        c"Background backfills wait while an autovacuum worker vacuums their table.",
+        c"",
+        &YIELD_TO_AUTOVACUUM,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"zdm.wraparound_wait",
+        c"How long a brief zdm step (expand, contract, abort, the constraint steps) waits for an anti-wraparound autovacuum on its table before asking for its lock.",
+        c"An anti-wraparound autovacuum does not give way to a lock request, so every attempt behind it would time out.",
+        &WRAPAROUND_WAIT_MS,
+        0,
+        86_400_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_enum_guc(
         c"zdm.safe_ddl",
         c"What zdm does with DDL that would lock a large table through a rewrite, scan or index build: off, warn or on (refuse).",
@@ -78,7 +114,7 @@ pub fn register() {
     );
     GucRegistry::define_string_guc(
         c"zdm.database",
-        c"Database in which the zdm launcher runs queued and interrupted jobs.",
+        c"Databases whose queued and interrupted jobs zdm's launchers run: a comma-separated list; unset (the default) for every database where zdm is installed.",
         c"Only used with shared_preload_libraries = 'zdm'.",
         &DATABASE,
         GucContext::Sighup,
@@ -130,4 +166,17 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+}
+
+/// `zdm.database` as a list of names (None: unset or empty, every database).
+pub fn served_databases() -> Option<Vec<String>> {
+    let raw = DATABASE.get()?;
+    let names: Vec<String> = raw
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    (!names.is_empty()).then_some(names)
 }

@@ -99,7 +99,7 @@ pub extern "C-unwind" fn _PG_init() {
     engine::register(ops::ALL);
     ddl::hook::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        engine::launcher::register();
+        engine::supervisor::register();
     }
 }
 

@@ -205,8 +205,9 @@ fn role_without_update_privilege_fails_visibly() {
 /// inside the transaction that queued the job.
 #[test]
 fn no_worker_slot_and_wait_in_own_transaction() {
-    // max_worker_processes = 2: the logical replication launcher and the zdm launcher take both.
-    let cluster = Cluster::start("slots", &["max_worker_processes = 2"]);
+    // max_worker_processes = 3: the logical replication launcher, the zdm
+    // supervisor and this database's zdm launcher take all three.
+    let cluster = Cluster::start("slots", &["max_worker_processes = 3", "zdm.database = 'slots'"]);
     let mut c = cluster.create_db("slots");
     make_table(&mut c, "t", 1000);
     wait_for("launcher", Duration::from_secs(30), || {

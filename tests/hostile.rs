@@ -470,7 +470,7 @@ fn error_texts_with_row_values_are_shown_to_the_owners_members_only() {
 }
 
 fn zdm_workers(c: &mut Client) -> i64 {
-    one_i64(c, "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'zdm %' AND backend_type <> 'zdm launcher'")
+    one_i64(c, "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'zdm %' AND backend_type NOT IN ('zdm launcher', 'zdm supervisor')")
 }
 
 /// A zdm call waiting for its transaction to commit holds no worker slot:

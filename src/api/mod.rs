@@ -11,6 +11,7 @@ mod jobs;
 mod lifecycle;
 mod plan;
 mod rename;
+mod serve;
 mod update;
 
 use crate::errors::{raise, Code};

@@ -67,6 +67,10 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     unsafe {
+        // DROP DATABASE and ALTER DATABASE … RENAME wait for no zdm process.
+        if let Some(db) = database_statement((*pstmt).utilityStmt) {
+            pg_sys::submodules::panic::pgrx_extern_c_guard(|| crate::engine::supervisor::stop_database_workers(&db));
+        }
         if guc::SAFE_DDL.get() != SafeDdl::Off
             && is_candidate((*pstmt).utilityStmt)
             && !pg_sys::creating_extension
@@ -90,6 +94,23 @@ unsafe extern "C-unwind" fn process_utility(
                 qc,
             ),
         }
+    }
+}
+
+/// The database a DROP DATABASE or ALTER DATABASE … RENAME names.
+fn database_statement(node: *mut pg_sys::Node) -> Option<String> {
+    unsafe {
+        if node.is_null() {
+            return None;
+        }
+        let name = match (*node).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => (*(node as *mut pg_sys::DropdbStmt)).dbname,
+            pg_sys::NodeTag::T_RenameStmt if (*(node as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_DATABASE => {
+                (*(node as *mut pg_sys::RenameStmt)).subname
+            }
+            _ => return None,
+        };
+        (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
     }
 }
 

@@ -226,6 +226,9 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             );
         }
     }
+    if let Some(reason) = super::health::gate(migration) {
+        return wait(1000.0, reason);
+    }
     if guc::ADAPTIVE_THROTTLE.get() && job.pause_ms > 0 {
         // (pause_ms = 0 asks for full speed: no gate)
         let waited = PENDING_WAIT.with(|w| w.borrow().0);
@@ -428,7 +431,7 @@ impl Helpers {
         let starting = self.slots.iter().flatten().filter(|(w, _)| matches!(w.pid(), Err(BackgroundWorkerStatus::NotYetStarted))).count();
         let running = transaction(|| {
             spi::one::<i64>(
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type LIKE 'zdm %' AND backend_type <> 'zdm launcher'",
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type LIKE 'zdm %' AND backend_type NOT IN ('zdm launcher', 'zdm supervisor')",
                 &[],
             )
         })

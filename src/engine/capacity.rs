@@ -94,6 +94,12 @@ pub fn per_role_limit() -> i64 {
     }
 }
 
+/// SQL for how many zdm workers run in the other databases of the cluster
+/// (`zdm.max_workers` bounds them all together).
+pub const OTHER_DATABASES_WORKERS: &str = "(SELECT count(*) FROM pg_catalog.pg_stat_activity a \
+      WHERE a.backend_type LIKE 'zdm %' AND a.backend_type NOT IN ('zdm launcher', 'zdm supervisor') \
+        AND a.datname IS DISTINCT FROM pg_catalog.current_database())";
+
 /// SQL condition on `j` (zdm.jobs) joined to `m` (zdm.migrations): the job
 /// works now and counts toward the limits.
 pub const WORKING: &str = "j.state IN ('running', 'paused') AND NOT j.parked";
@@ -113,6 +119,7 @@ pub fn refusal(migration: i64) -> Option<String> {
         |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))),
     )
     .unwrap_or((0, 0));
+    let busy = busy + spi::one::<i64>(&format!("SELECT {OTHER_DATABASES_WORKERS}"), &[]).unwrap_or(0);
     let max = guc::MAX_WORKERS.get() as i64;
     if busy >= max {
         return Some(format!("waiting for a free zdm worker (zdm.max_workers = {max})"));

@@ -1,15 +1,18 @@
-//! The launcher: a static background worker (needs shared_preload_libraries
-//! = 'zdm') connected to `zdm.database`. Once a second it starts a worker for
-//! every queued or running job that has no live worker — jobs whose worker
-//! failed to start, was killed, or died in a crash or restart — up to
-//! `zdm.max_workers`. It reads only zdm's catalog; it never touches user
-//! tables (the workers it starts run as each job's own role).
+//! A database's launcher: a dynamic background worker the supervisor
+//! (`engine::supervisor`) starts in every database where zdm is installed,
+//! connected to it by OID (a rename does not matter). Once a second it starts a
+//! worker for every queued or running job that has no live worker — jobs
+//! whose worker failed to start, was killed, or died in a crash or restart —
+//! while fewer than `zdm.max_workers` zdm workers run in the whole cluster.
+//! It reads only zdm's catalog; it never touches user tables (the workers it
+//! starts run as each job's own role).
 //!
 //! It never starts a second worker for a job whose worker is starting or
 //! alive: it keeps the handle of every worker it started and asks the
-//! postmaster about it, besides the pid recorded in the job row.
-//! `zdm.database` is honoured on SIGHUP: the launcher exits and the
-//! postmaster starts it again (5 s later) connected to the new database.
+//! postmaster about it, besides the pid recorded in the job row. One
+//! launcher per database: a second one (the supervisor restarted while the
+//! first lived) finds the first's advisory lock and exits. In a database
+//! without zdm, or once `DROP EXTENSION zdm` ran, it exits.
 
 use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
 use super::{capacity, jobs};
@@ -17,7 +20,6 @@ use crate::{catalog, guc, security, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// A job whose worker has not shown a heartbeat for this long, and is not
 /// alive, is resumed.
@@ -26,52 +28,61 @@ const ORPHAN_GRACE: &str = "3 seconds";
 /// Whether the launcher has said once that the extension needs an update.
 static VERSION_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-pub fn register() {
-    BackgroundWorkerBuilder::new("zdm launcher")
+/// Start the launcher of database `db` (`name` for display only).
+pub fn start(db: pg_sys::Oid, name: &str) -> Result<DynamicBackgroundWorker, String> {
+    BackgroundWorkerBuilder::new(&format!("zdm launcher ({name})"))
         .set_type("zdm launcher")
         .set_library("zdm")
         .set_function("zdm_launcher_main")
         .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
+        .set_argument(db.into_datum())
+        .set_restart_time(None) // the supervisor starts it again, if its database still exists
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .map_err(|e| format!("{e:?}"))
 }
+
+/// Key of the advisory lock (in each database) held by its one launcher.
+const LAUNCHER_LOCK: i64 = 0x7a64_6d5f_6c61_756e; // "zdm_laun"
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn zdm_launcher_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn zdm_launcher_main(arg: pg_sys::Datum) {
     install_signal_handlers();
-    let db = configured_database();
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let db = unsafe { pg_sys::Oid::from_datum(arg, false) }.unwrap_or(pg_sys::InvalidOid);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     security::pin_session_search_path();
     set_application_name("zdm launcher");
+    let first = transaction(|| {
+        catalog::installed_version().is_some()
+            && spi::one::<bool>("SELECT pg_catalog.pg_try_advisory_lock($1)", &[LAUNCHER_LOCK.into()]).unwrap_or(false)
+    });
+    if first != Ok(true) {
+        unsafe { pg_sys::proc_exit(0) }; // no zdm here, or another launcher serves it
+    }
     let mut started: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     loop {
         reload_config_if_asked();
-        if configured_database() != db {
-            pgrx::log!("zdm launcher: zdm.database changed from {db:?}; restarting to connect to {:?}", configured_database());
-            unsafe { pg_sys::proc_exit(1) }; // exit code 1: the postmaster restarts it
-        }
         set_activity("zdm launcher: looking for jobs without a worker");
         // Forget workers that have ended; the rest are starting or running.
         started.retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)));
-        if let Err(e) = transaction(|| resume_orphans(&mut started)) {
-            pgrx::log!("zdm launcher: {e}");
+        match transaction(|| resume_orphans(&mut started)) {
+            Ok(true) => {}
+            Ok(false) => {
+                pgrx::log!("zdm launcher: zdm is no longer installed in this database; exiting");
+                unsafe { pg_sys::proc_exit(0) };
+            }
+            Err(e) => pgrx::log!("zdm launcher: {e}"),
         }
         set_activity("zdm launcher: idle");
         sleep_ms(1000.0);
     }
 }
 
-fn configured_database() -> String {
-    guc::DATABASE
-        .get()
-        .and_then(|c| c.to_str().ok().map(str::to_string))
-        .unwrap_or_else(|| "postgres".to_string())
-}
-
-fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
+/// Start workers for orphaned jobs; false once zdm is not installed here.
+fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) -> bool {
     match catalog::installed_version() {
-        None => return,
+        None => return false,
         Some(v) if !catalog::catalog_matches(&v) => {
             // A new library before ALTER EXTENSION zdm UPDATE: the catalog
             // has the old shape. Jobs wait (sync triggers keep working).
@@ -82,24 +93,26 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
                     catalog::LIBRARY_VERSION
                 );
             }
-            return;
+            return true;
         }
         Some(_) => VERSION_WARNED.store(false, std::sync::atomic::Ordering::Relaxed),
     }
     if guc::PAUSE_ALL.get() {
-        return;
+        return true;
     }
     let alive = jobs::WORKER_ALIVE;
     let working = capacity::WORKING;
     let alive_j2 = jobs::worker_alive_of("j2");
+    // zdm.max_workers is cluster-wide: this database's working jobs, and the
+    // zdm workers of every other database.
     let busy = spi::one::<i64>(
-        &format!("SELECT count(*) FROM zdm.jobs j WHERE {working} AND {alive}"),
+        &format!("SELECT (SELECT count(*) FROM zdm.jobs j WHERE {working} AND {alive}) + {}", capacity::OTHER_DATABASES_WORKERS),
         &[],
     )
     .unwrap_or(0);
     let free = (guc::MAX_WORKERS.get() as i64 - busy).max(0);
     if free == 0 {
-        return;
+        return true;
     }
     // Jobs that can run now (not before run_after, not behind a backfill
     // they depend on), whose owner is under zdm.max_workers_per_role; the
@@ -149,4 +162,5 @@ fn resume_orphans(started: &mut HashMap<i64, DynamicBackgroundWorker>) {
             Err(e) => pgrx::log!("zdm launcher: could not start a worker for migration {id}: {e}"),
         }
     }
+    true
 }

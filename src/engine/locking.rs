@@ -176,6 +176,10 @@ fn blocking_pids(relid: pg_sys::Oid, mode: &str) -> Vec<i32> {
 pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats {
     let LockPolicy { timeout_ms, retries, .. } = LockPolicy::current();
     let started = Instant::now();
+    // Every mode from SHARE UPDATE EXCLUSIVE up conflicts with VACUUM.
+    if !matches!(mode, "ACCESS SHARE" | "ROW SHARE" | "ROW EXCLUSIVE") {
+        super::health::wait_out_wraparound(relid);
+    }
     let statement = format!("LOCK TABLE {table_sql} IN {mode} MODE");
     let mut blockers: Vec<i32> = Vec::new();
     for attempt in 1..=retries + 1 {

@@ -318,7 +318,7 @@ pub fn status_row(c: &mut Client, id: i64) -> (String, Option<String>, i64, Opti
 
 pub fn worker_pid(c: &mut Client, id: i64) -> Option<i32> {
     c.query_opt(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'zdm backfill' AND application_name = $1",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'zdm backfill' AND application_name = $1 AND datname = current_database()",
         &[&format!("zdm backfill {id}")],
     )
     .unwrap()

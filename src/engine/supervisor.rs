@@ -1,0 +1,231 @@
+//! The supervisor: the one static background worker (needs
+//! shared_preload_libraries = 'zdm'), connected to no database, like
+//! PostgreSQL's autovacuum launcher. It keeps a zdm launcher
+//! (`engine::launcher`) running in every database where zdm is installed
+//! — TimescaleDB's model — so that jobs everywhere are resumed after a
+//! crash or restart.
+//!
+//! * Once a second it reads pg_database (a shared catalog) and starts a
+//!   launcher, by database OID, in every database that accepts connections,
+//!   is not a template, is not being dropped and is allowed by
+//!   `zdm.database` (an optional list; unset: every database).
+//! * A launcher in a database without zdm finds no extension and exits at
+//!   once; the supervisor probes that database again only when asked
+//!   (`wake`: CREATE EXTENSION zdm, sending it SIGHUP) or every
+//!   `ABSENT_RECHECK`. A launcher that ran (zdm is there) and stopped — killed,
+//!   crashed, stopped for DROP DATABASE or ALTER DATABASE … RENAME — is started
+//!   again after `RESTART_DELAY`, if its database still exists.
+//! * It holds no connection to any database, so it never blocks DROP
+//!   DATABASE, CREATE DATABASE from a template, or a rename; launchers and
+//!   workers in a database about to be dropped or renamed are stopped by
+//!   `stop_database_workers` (called from the ProcessUtility hook).
+
+use super::process::{install_signal_handlers, set_activity, sleep_ms, transaction};
+use crate::guc;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A launcher that lived at least this long served a database with zdm (one
+/// without zdm exits at once, before its first one-second round).
+const SERVED_AFTER: Duration = Duration::from_secs(1);
+/// How long after a serving launcher stopped it is started again.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// How often a database without zdm is probed again without being asked.
+const ABSENT_RECHECK: Duration = Duration::from_secs(300);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("zdm supervisor")
+        .set_type("zdm supervisor")
+        .set_library("zdm")
+        .set_function("zdm_supervisor_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// A database's launcher, as the supervisor knows it.
+struct Served {
+    worker: Option<DynamicBackgroundWorker>,
+    started: Instant,
+    /// When to start it again if it is not running.
+    next_start: Instant,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn zdm_supervisor_main(_arg: pg_sys::Datum) {
+    install_signal_handlers();
+    // No database: pg_database is a shared catalog.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut served: HashMap<u32, Served> = HashMap::new();
+    loop {
+        let woken = unsafe { pg_sys::ConfigReloadPending != 0 };
+        if woken {
+            unsafe {
+                pg_sys::ConfigReloadPending = 0;
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+        }
+        set_activity("zdm supervisor: looking at the databases");
+        match transaction(databases) {
+            Ok(dbs) => supervise(&mut served, &dbs, woken),
+            Err(e) => pgrx::log!("zdm supervisor: {e}"),
+        }
+        set_activity("zdm supervisor: idle");
+        sleep_ms(1000.0);
+    }
+}
+
+fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], woken: bool) {
+    let now = Instant::now();
+    let allowed = guc::served_databases();
+    // Databases gone, or no longer allowed: stop their launchers.
+    served.retain(|oid, s| {
+        let keep = dbs.iter().any(|(o, name)| o.to_u32() == *oid && allowed.as_ref().is_none_or(|a| a.contains(name)));
+        if !keep {
+            if let Some(w) = s.worker.take() {
+                let _ = w.terminate();
+            }
+        }
+        keep
+    });
+    for (oid, name) in dbs {
+        if allowed.as_ref().is_some_and(|a| !a.contains(name)) {
+            continue;
+        }
+        let s = served.entry(oid.to_u32()).or_insert(Served { worker: None, started: now, next_start: now });
+        if let Some(w) = &s.worker {
+            match w.pid() {
+                Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => {
+                    // It ran and stopped: zdm is there (started again soon),
+                    // or it found no zdm (probed again when asked).
+                    let lived = now.duration_since(s.started);
+                    s.next_start = now + if lived >= SERVED_AFTER { RESTART_DELAY } else { ABSENT_RECHECK };
+                    s.worker = None;
+                }
+                _ => continue, // starting or running
+            }
+        }
+        if woken {
+            // (CREATE EXTENSION wakes us just before it commits.)
+            s.next_start = s.next_start.min(now + Duration::from_secs(1));
+        }
+        if now < s.next_start {
+            continue;
+        }
+        s.started = now;
+        s.next_start = now + ABSENT_RECHECK;
+        // The handle must outlive this loop's allocations.
+        let launched = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let r = super::launcher::start(*oid, name);
+            pg_sys::MemoryContextSwitchTo(old);
+            r
+        };
+        match launched {
+            Ok(w) => s.worker = Some(w),
+            Err(e) => pgrx::log!("zdm supervisor: could not start a launcher for database {name}: {e}"),
+        }
+    }
+}
+
+/// The databases a launcher may connect to: not templates, accepting
+/// connections, not half-dropped (`datconnlimit` -2). Read from pg_database
+/// directly (a shared catalog; no database connection needed).
+fn databases() -> Vec<(pg_sys::Oid, String)> {
+    let mut out = Vec::new();
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as _);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let header = (*tuple).t_data;
+            let form = (header as *mut u8).add((*header).t_hoff as usize) as *mut pg_sys::FormData_pg_database;
+            if (*form).datistemplate || !(*form).datallowconn || (*form).datconnlimit == -2 {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr()).to_string_lossy().into_owned();
+            out.push(((*form).oid, name));
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+    }
+    out
+}
+
+/// Ask the supervisor to look at every database again once this
+/// transaction commits (CREATE EXTENSION zdm): its pid is looked up now,
+/// SIGHUP is sent just before the commit completes (the supervisor waits a
+/// second before it starts the launcher, which then sees the extension).
+pub fn wake_at_commit() {
+    let pids = supervisor_pids();
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, move || {
+        for pid in pids.iter().filter(|p| **p > 0) {
+            unsafe { libc_kill(*pid, pg_sys::SIGHUP as i32) };
+        }
+    });
+}
+
+fn supervisor_pids() -> Vec<i32> {
+    crate::spi::read_rows(
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'zdm supervisor'",
+        &[],
+        |r| Ok(r.get::<i32>(1)?.unwrap_or(0)),
+    )
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Stop zdm's launcher and workers connected to database `name`, and wait
+/// (up to 10 s) until they are gone: DROP DATABASE and ALTER DATABASE …
+/// RENAME refuse to run while any session is connected to it. Their jobs
+/// stay queued; after a rename the supervisor starts the launcher again,
+/// which resumes them. For a user who may drop or rename the database only
+/// (its owner, or a superuser): PostgreSQL refuses the others.
+pub fn stop_database_workers(name: &str) {
+    let may = crate::spi::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(datdba, 'USAGE') FROM pg_catalog.pg_database WHERE datname = $1",
+        &[name.into()],
+    );
+    if may != Some(true) {
+        return;
+    }
+    let find = || {
+        crate::spi::read_rows(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND backend_type LIKE 'zdm %' AND backend_type <> 'zdm supervisor'",
+            &[name.into()],
+            |r| Ok(r.get::<i32>(1)?.unwrap_or(0)),
+        )
+    };
+    let pids = find();
+    if pids.is_empty() {
+        return;
+    }
+    for pid in &pids {
+        unsafe { libc_kill(*pid, pg_sys::SIGTERM as i32) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let left = find().into_iter().filter(|p| pids.contains(p)).count();
+        if left == 0 {
+            break;
+        }
+        super::locking::interruptible_sleep(Duration::from_millis(50));
+        unsafe { pg_sys::pgstat_clear_snapshot() };
+    }
+    // Woken, the supervisor starts the launcher again a second later (by
+    // OID: after a rename it serves the renamed database; a launcher that
+    // arrives while the statement runs waits for it at connection, and
+    // finds no database after a DROP).
+    for pid in supervisor_pids().into_iter().filter(|p| *p > 0) {
+        unsafe { libc_kill(pid, pg_sys::SIGHUP as i32) };
+    }
+}

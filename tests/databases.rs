@@ -1,0 +1,148 @@
+//! Host side: every database served (issue 29) — a launcher in each
+//! database where zdm is installed, under the supervisor, with
+//! `zdm.database` unset: jobs in two databases resumed after a crash; a
+//! database created at runtime served once CREATE EXTENSION commits; DROP
+//! DATABASE (with and without FORCE) and ALTER DATABASE … RENAME while a
+//! job runs there never blocked; zdm.max_workers bounding workers across
+//! databases; templates untouched.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::time::Duration;
+
+const EVERY_DATABASE: &str = "zdm.database = ''";
+
+fn slow_rename(c: &mut Client, rows: i64) -> i64 {
+    make_table(c, "t", rows);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, batch_size => 1000, pause_ms => 50, target_batch_ms => 0)", &[&id]).unwrap();
+    id
+}
+
+fn rows_done(c: &mut Client, id: i64) -> i64 {
+    c.query_one("SELECT rows_done FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0)
+}
+
+fn launchers_in(c: &mut Client, db: &str) -> i64 {
+    c.query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'zdm launcher' AND datname = $1", &[&db])
+        .unwrap()
+        .get(0)
+}
+
+/// Half-done renames in two databases, an immediate restart: both are
+/// resumed and finish (before, only `zdm.database`'s were). Template
+/// databases get no zdm process, so CREATE DATABASE from template1 works.
+#[test]
+fn jobs_in_every_database_resume_after_a_crash() {
+    let cluster = Cluster::start("everydb", &[EVERY_DATABASE]);
+    let mut a = cluster.create_db("shop_a");
+    let mut b = cluster.create_db("shop_b");
+    let (ia, ib) = (slow_rename(&mut a, 200_000), slow_rename(&mut b, 200_000));
+    wait_for("progress in both", Duration::from_secs(60), || (rows_done(&mut a, ia) > 5_000 && rows_done(&mut b, ib) > 5_000).then_some(()));
+    drop((a, b));
+    cluster.restart_immediate();
+    let mut admin = cluster.connect("postgres");
+    for (db, id) in [("shop_a", ia), ("shop_b", ib)] {
+        let mut c = cluster.connect(db);
+        c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();
+        let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
+        assert_eq!(phase, "backfilled", "{db}");
+        assert_eq!(launchers_in(&mut admin, db), 1, "{db}");
+    }
+    let on_templates: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname IN ('template0', 'template1')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(on_templates, 0);
+    admin.batch_execute("CREATE DATABASE from_template").unwrap();
+    // A database without zdm keeps no zdm process either.
+    wait_for("no launcher where zdm is not installed", Duration::from_secs(30), || {
+        (launchers_in(&mut admin, "postgres") == 0 && launchers_in(&mut admin, "from_template") == 0).then_some(())
+    });
+}
+
+/// CREATE DATABASE + CREATE EXTENSION at runtime: a launcher serves it once
+/// the extension's transaction commits, and resumes a killed worker's job.
+/// DROP EXTENSION: the launcher goes.
+#[test]
+fn a_database_created_at_runtime_is_served() {
+    let cluster = Cluster::start("newdb", &[EVERY_DATABASE]);
+    let mut admin = cluster.connect("postgres");
+    let mut c = cluster.create_db("late");
+    wait_for("a launcher in the new database", Duration::from_secs(30), || (launchers_in(&mut admin, "late") == 1).then_some(()));
+    let id = slow_rename(&mut c, 100_000);
+    let pid = wait_for("worker", Duration::from_secs(30), || worker_pid(&mut c, id));
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    wait_for("the job resumed", Duration::from_secs(30), || worker_pid(&mut c, id).filter(|p| *p != pid));
+    c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.batch_execute(&format!("SELECT zdm.abort({id}); DROP EXTENSION zdm CASCADE")).unwrap();
+    wait_for("the launcher gone after DROP EXTENSION", Duration::from_secs(30), || (launchers_in(&mut admin, "late") == 0).then_some(()));
+}
+
+/// DROP DATABASE (plain and WITH (FORCE)) and ALTER DATABASE … RENAME while
+/// a job runs there: never blocked by a zdm process; after the rename the
+/// job goes on in the renamed database.
+#[test]
+fn drop_and_rename_database_while_a_job_runs() {
+    let cluster = Cluster::start("dropdb", &[EVERY_DATABASE]);
+    let mut admin = cluster.connect("postgres");
+    for db in ["gone", "gone_forced", "renamed"] {
+        let mut c = cluster.create_db(db);
+        let id = slow_rename(&mut c, 100_000);
+        wait_for("a worker", Duration::from_secs(30), || worker_pid(&mut c, id));
+        wait_for("a launcher", Duration::from_secs(30), || (launchers_in(&mut admin, db) == 1).then_some(()));
+    }
+    admin.batch_execute("DROP DATABASE gone").unwrap();
+    admin.batch_execute("DROP DATABASE gone_forced WITH (FORCE)").unwrap();
+    admin.batch_execute("ALTER DATABASE renamed RENAME TO renamed_2").unwrap();
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM pg_database WHERE datname IN ('gone', 'gone_forced')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // The launcher, stopped for the rename, is started again by OID.
+    wait_for("the launcher back", Duration::from_secs(30), || (launchers_in(&mut admin, "renamed_2") == 1).then_some(()));
+    let mut c = cluster.connect("renamed_2");
+    let id: i64 = c.query_one("SELECT max(id) FROM zdm.migrations", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    assert_eq!(launchers_in(&mut admin, "renamed_2"), 1);
+}
+
+/// zdm.max_workers = 1 across two databases: one job works at a time — the
+/// batches of one database's job all end before the other's begin — and
+/// both finish.
+#[test]
+fn max_workers_counts_every_database() {
+    let cluster = Cluster::start("maxw", &[EVERY_DATABASE, "zdm.max_workers = 1"]);
+    let mut a = cluster.create_db("mw_a");
+    let mut b = cluster.create_db("mw_b");
+    make_table(&mut a, "t", 60_000);
+    make_table(&mut b, "t", 60_000);
+    let ia: i64 = a.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    let ib: i64 = b.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    a.query_one("SELECT zdm.start_backfill($1, batch_size => 1000, pause_ms => 20)", &[&ia]).unwrap();
+    b.query_one("SELECT zdm.start_backfill($1, batch_size => 1000, pause_ms => 20)", &[&ib]).unwrap();
+    for (c, id) in [(&mut a, ia), (&mut b, ib)] {
+        let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
+        assert_eq!(phase, "backfilled");
+    }
+    let span = |c: &mut Client, id: i64| -> (f64, f64) {
+        let r = c
+            .query_one(
+                "SELECT extract(epoch FROM min(at))::float8 - (array_agg(duration_ms ORDER BY at))[1] / 1000, extract(epoch FROM max(at))::float8 \
+                   FROM zdm.batches WHERE migration_id = $1 AND rows > 0",
+                &[&id],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let (sa, ea) = span(&mut a, ia);
+    let (sb, eb) = span(&mut b, ib);
+    assert!(ea <= sb || eb <= sa, "the two databases' jobs worked at once: a {sa}..{ea}, b {sb}..{eb}");
+}
