@@ -63,7 +63,9 @@ fn brief_step_waits_out_an_anti_wraparound_vacuum() {
     let mut c = cluster.create_db("wrap");
     c.batch_execute(
         "CREATE TABLE w (id bigint PRIMARY KEY, a text, pad text)
-           WITH (autovacuum_freeze_max_age = 100000, autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1);
+           WITH (autovacuum_freeze_max_age = 100000, autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1,
+                 autovacuum_vacuum_threshold = 2000000000, autovacuum_analyze_threshold = 2000000000,
+                 autovacuum_vacuum_insert_threshold = -1);
          INSERT INTO w SELECT g, 'orig-' || g, repeat('x', 200) FROM generate_series(1, 3000) g;
          CREATE TABLE burn (x int);",
     )
@@ -81,7 +83,12 @@ fn brief_step_waits_out_an_anti_wraparound_vacuum() {
         .unwrap()
         .map(|r| r.get(0))
     });
-    c.batch_execute("SET zdm.lock_timeout = '200ms'; SET zdm.lock_retries = 2").unwrap();
+    // Only the forced (anti-wraparound) vacuum may run on w: its thresholds
+    // keep plain autovacuum and autoanalyze away. Attempts of 1.5 s (longer
+    // than deadlock_timeout, after which PostgreSQL cancels a plain
+    // autovacuum in a lock's way), 3 in all: spent long before the vacuum
+    // (~90 pages at one page per 100 ms) ends.
+    c.batch_execute("SET zdm.lock_timeout = '1500ms'; SET zdm.lock_retries = 2").unwrap();
     let id: i64 = c.query_one("SELECT zdm.expand_rename('w', 'a', 'b', background => false)", &[]).unwrap().get(0);
     let gone: bool = c
         .query_one("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%to prevent wraparound%')", &[&pid])
