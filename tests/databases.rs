@@ -83,9 +83,10 @@ fn a_database_created_at_runtime_is_served() {
     wait_for("the launcher gone after DROP EXTENSION", Duration::from_secs(30), || (launchers_in(&mut admin, "late") == 0).then_some(()));
 }
 
-/// DROP DATABASE (plain and WITH (FORCE)) and ALTER DATABASE … RENAME while
-/// a job runs there: never blocked by a zdm process; after the rename the
-/// job goes on in the renamed database.
+/// DROP DATABASE (plain, by its owner who is not a superuser, and WITH
+/// (FORCE)) and ALTER DATABASE … RENAME while a job runs there: never
+/// blocked by a zdm process; after the rename the job goes on in the
+/// renamed database.
 #[test]
 fn drop_and_rename_database_while_a_job_runs() {
     let cluster = Cluster::start("dropdb", &[EVERY_DATABASE]);
@@ -96,7 +97,11 @@ fn drop_and_rename_database_while_a_job_runs() {
         wait_for("a worker", Duration::from_secs(30), || worker_pid(&mut c, id));
         wait_for("a launcher", Duration::from_secs(30), || (launchers_in(&mut admin, db) == 1).then_some(()));
     }
-    admin.batch_execute("DROP DATABASE gone").unwrap();
+    // A database owner who is not a superuser drops their own database
+    // while zdm's launcher and a worker run there.
+    admin.batch_execute("CREATE ROLE tenant LOGIN CREATEDB; ALTER DATABASE gone OWNER TO tenant").unwrap();
+    let mut tenant = cluster.connect_as("postgres", "tenant");
+    tenant.batch_execute("DROP DATABASE gone").unwrap();
     admin.batch_execute("DROP DATABASE gone_forced WITH (FORCE)").unwrap();
     admin.batch_execute("ALTER DATABASE renamed RENAME TO renamed_2").unwrap();
     let left: i64 = admin

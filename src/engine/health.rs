@@ -42,11 +42,18 @@ fn archive_backlog() -> Option<String> {
 
 /// An autovacuum worker vacuuming one of `relids`: (pid, anti-wraparound).
 fn autovacuum_of(relid: pg_sys::Oid) -> Option<(i32, bool)> {
+    // As the bootstrap superuser (a fixed query, no user code): a table
+    // owner without pg_read_all_stats sees NULL for autovacuum's columns.
+    crate::security::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), || autovacuum_query(relid))
+}
+
+fn autovacuum_query(relid: pg_sys::Oid) -> Option<(i32, bool)> {
     spi::read_first_row(
         &format!(
             "SELECT a.pid, coalesce(a.query LIKE '%to prevent wraparound%', false) FROM pg_catalog.pg_stat_progress_vacuum v \
                JOIN pg_catalog.pg_stat_activity a ON a.pid = v.pid \
-              WHERE a.backend_type = 'autovacuum worker' AND v.relid IN (SELECT t.relid FROM {} t) \
+              WHERE a.backend_type = 'autovacuum worker' AND v.datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+                AND v.relid IN (SELECT t.relid FROM {} t) \
               ORDER BY 2 DESC LIMIT 1",
             tree::partition_tree_sql(1)
         ),

@@ -109,7 +109,7 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
             }
         }
         if woken {
-            // (CREATE EXTENSION wakes us just before it commits.)
+            // (CREATE EXTENSION wakes us as it commits.)
             s.next_start = s.next_start.min(now + Duration::from_secs(1));
         }
         if now < s.next_start {
@@ -160,23 +160,30 @@ fn databases() -> Vec<(pg_sys::Oid, String)> {
 
 /// Ask the supervisor to look at every database again once this
 /// transaction commits (CREATE EXTENSION zdm): its pid is looked up now,
-/// SIGHUP is sent just before the commit completes (the supervisor waits a
-/// second before it starts the launcher, which then sees the extension).
+/// SIGHUP is sent once the commit is visible (no SQL then), and the
+/// supervisor starts the launcher a second later.
 pub fn wake_at_commit() {
     let pids = supervisor_pids();
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, move || {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
         for pid in pids.iter().filter(|p| **p > 0) {
             unsafe { libc_kill(*pid, pg_sys::SIGHUP as i32) };
         }
     });
 }
 
+/// Run `f` (a fixed query of pg_stat_activity, no user code) as the
+/// bootstrap superuser: other roles see NULL for a zdm process's
+/// `backend_type`, and zdm's processes must be found whoever asks.
+fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    crate::security::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), f)
+}
+
 fn supervisor_pids() -> Vec<i32> {
-    crate::spi::read_rows(
+    as_superuser(|| crate::spi::read_rows(
         "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'zdm supervisor'",
         &[],
         |r| Ok(r.get::<i32>(1)?.unwrap_or(0)),
-    )
+    ))
 }
 
 unsafe extern "C" {
@@ -199,11 +206,11 @@ pub fn stop_database_workers(name: &str) {
         return;
     }
     let find = || {
-        crate::spi::read_rows(
+        as_superuser(|| crate::spi::read_rows(
             "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND backend_type LIKE 'zdm %' AND backend_type <> 'zdm supervisor'",
             &[name.into()],
             |r| Ok(r.get::<i32>(1)?.unwrap_or(0)),
-        )
+        ))
     };
     let pids = find();
     if pids.is_empty() {
@@ -214,9 +221,15 @@ pub fn stop_database_workers(name: &str) {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let left = find().into_iter().filter(|p| pids.contains(p)).count();
-        if left == 0 {
+        // Any zdm process still there — including one that started after
+        // the first round (a helper, a worker registered just before) — is
+        // told again.
+        let left = find();
+        if left.is_empty() {
             break;
+        }
+        for pid in &left {
+            unsafe { libc_kill(*pid, pg_sys::SIGTERM as i32) };
         }
         super::locking::interruptible_sleep(Duration::from_millis(50));
         unsafe { pg_sys::pgstat_clear_snapshot() };
