@@ -9,6 +9,12 @@
 # the transactions that ended while the backfill ran, the backfill's rate,
 # their medians, and a plot of round 1 (bench/results/live.png).
 # Bar (issue 12): ≥ 0.95× TPS and p99 ≤ 1.5× at default settings.
+# Then the same workload rate-limited (pgbench -R) to half of the saturated
+# TPS measured in round 1 — a server at half load — without a migration and
+# during an adaptive backfill, beside a backfill on the idle server: how much
+# of the capacity the workload leaves the backfill takes (issue 29's goal:
+# ≥ 50% of its idle-server speed, the workload's p99 ≤ 1.2×); plotted in
+# bench/results/live_rate.png.
 # Usage: [ZDM_LIVE_ROUNDS=N] bench/live.sh ROWS SECONDS
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-1000000}"
@@ -23,7 +29,7 @@ SCALE=$(( ROWS >= 1000000 ? 10 : 2 ))
 ROUNDS="${ZDM_LIVE_ROUNDS:-3}"
 "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 tables="live_base"
-for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r"; done
+for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r live_rate_$r"; done
 for t in $tables; do
   make_bench_table "$t" "$ROWS"
   cat > "$BENCH_DIR/mig-$t.sql" <<SQL
@@ -33,10 +39,10 @@ SELECT a FROM $t WHERE id = :id;
 SQL
 done
 
-workload() { # table [log prefix, default the table]; runs pgbench, leaves the per-transaction log
+workload() { # table [log prefix, default the table] [rate]; runs pgbench, leaves the per-transaction log
   local prefix="${2:-$1}"
   rm -f "$BENCH_DIR/$prefix".[0-9]*
-  (cd "$BENCH_DIR" && "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$SECS" \
+  (cd "$BENCH_DIR" && "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$SECS" ${3:+-R "$3"} \
      -b tpcb-like@1 -f "mig-$1.sql@1" --log --log-prefix="$prefix" "$DB" >/dev/null 2>&1)
 }
 set_adaptive() { q -c "ALTER SYSTEM SET zdm.adaptive_throttle = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 1; }
@@ -75,10 +81,35 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   set_adaptive on
   base_run $((r + 1))
+  # Half load: the same workload at half of round 1's saturated TPS, alone
+  # (latency includes pgbench's schedule lag) and during an adaptive backfill.
+  RATE_LIMIT=$(( TPS[base,1] / 2 ))
+  settle
+  workload live_base "live_rbase_$r" "$RATE_LIMIT"
+  read -r TPS[rbase,$r] P99[rbase,$r] < <(window_stats "live_rbase_$r")
+  settle
+  t="live_rate_$r"
+  ID[rate,$r]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
+  workload "$t" "$t" "$RATE_LIMIT"
+  # rows/s while pgbench ran: progress when it stopped (or at the end of the backfill)
+  RATE[rate,$r]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM coalesce(backfilled_at, clock_timestamp()) - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[rate,$r]}")
+  STATE[rate,$r]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[rate,$r]}")
+  end=$(epoch)
+  val "SELECT zdm.wait(${ID[rate,$r]}, '10 minutes')" >/dev/null 2>&1 || true
+  read -r from to BUSY[rate,$r] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($end))), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[rate,$r]}" | tr '|' ' ')
+  read -r TPS[rate,$r] P99[rate,$r] < <(window_stats "$t" "$from" "$to")
 done
+# The reference: the same backfill on the idle server.
+make_bench_table live_idle "$ROWS"
+settle
+ID[idle]=$(val "SELECT zdm.expand_rename('live_idle', 'a', 'b')")
+val "SELECT zdm.wait(${ID[idle]}, '10 minutes')" >/dev/null 2>&1 || true
+RATE[idle]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM backfilled_at - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[idle]}")
 defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = ${ID[adaptive,1]}")
 ids=$(for r in $(seq 1 "$ROUNDS"); do printf '%s,' "${ID[adaptive,$r]}"; done)
-reasons=$(val "SELECT string_agg(r || ' ×' || n, '; ' ORDER BY n DESC) FROM (SELECT regexp_replace(regexp_replace(wait_reason, ': pause [0-9]+ ms', ''), '\(([0-9]+% idle|[0-9]+ active sessions)', '(…', 'g') AS r, count(*) AS n FROM zdm.batches WHERE migration_id IN (${ids%,}) AND wait_reason IS NOT NULL GROUP BY 1) x")
+# why batches waited, by kind (figures left out: every pause differs)
+why() { val "SELECT string_agg(r || ' ×' || n, '; ' ORDER BY n DESC) FROM (SELECT regexp_replace(wait_reason, '[0-9][0-9.]*', 'N', 'g') AS r, count(*) AS n FROM zdm.batches WHERE migration_id IN ($1) AND wait_reason IS NOT NULL GROUP BY 1) x"; }
+reasons=$(why "${ids%,}")
 
 echo "### Live workload during a background backfill of $ROWS rows ($(machine))"
 echo
@@ -87,6 +118,7 @@ echo
 echo "| round | run | TPS | p99 latency ms | vs no migration (mean of the runs before and after) | backfill | backfill rows/s |"
 echo "|---|---|---:|---:|---|---|---:|"
 declare -A RT RP
+RI=""
 for r in $(seq 1 "$ROUNDS"); do
   echo "| $r | no migration | ${TPS[base,$r]} | ${P99[base,$r]} | | | |"
   ref_tps=$(( (TPS[base,$r] + TPS[base,$((r + 1))]) / 2 ))
@@ -109,6 +141,25 @@ summary() { # mode
 echo "Sync trigger alone (expanded, no backfill), median of $ROUNDS rounds (range): $(summary trigger)."
 echo
 echo "live workload during backfill, median of $ROUNDS rounds (range): adaptive (the default) $(summary adaptive); fixed $(summary fixed)"
+echo
+echo "#### Half load: pgbench -R $RATE_LIMIT (half of round 1's saturated TPS)"
+echo
+echo "The same workload rate-limited; its latency counts from each transaction's scheduled start (pgbench -R), so a stall delays the transactions queued behind it too. The backfill's speed is its rows/s while pgbench ran, against the same backfill on the idle server: ${RATE[idle]} rows/s."
+echo
+echo "| round | run | TPS | p99 latency ms | vs no migration | backfill | backfill rows/s while pgbench ran | vs idle server |"
+echo "|---|---|---:|---:|---|---|---:|---:|"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "| $r | no migration | ${TPS[rbase,$r]} | ${P99[rbase,$r]} | | | | |"
+  RT[rate]+="$(ratio "${TPS[rate,$r]}" "${TPS[rbase,$r]}") "; RP[rate]+="$(ratio "${P99[rate,$r]}" "${P99[rbase,$r]}") "
+  RI+="$(ratio "${RATE[rate,$r]}" "${RATE[idle]}") "
+  echo "| $r | adaptive throttle | ${TPS[rate,$r]} | ${P99[rate,$r]} | $(ratio "${TPS[rate,$r]}" "${TPS[rbase,$r]}")× TPS, $(ratio "${P99[rate,$r]}" "${P99[rbase,$r]}")× p99 | ${BUSY[rate,$r]}s (${STATE[rate,$r]} when pgbench stopped) | ${RATE[rate,$r]} | $(ratio "${RATE[rate,$r]}" "${RATE[idle]}")× |"
+done
+rids=$(for r in $(seq 1 "$ROUNDS"); do printf '%s,' "${ID[rate,$r]}"; done)
+rshape=$(val "SELECT format('%s rows in %s ms, %s ms waited', round(avg(rows)), round(avg(duration_ms)::numeric, 1), round(avg(wait_ms)::numeric, 1)) FROM zdm.batches WHERE migration_id IN (${rids%,})")
+echo
+echo "Batches at half load, on average: $rshape. Why they waited: $(why "${rids%,}")."
+echo
+echo "half load, median of $ROUNDS rounds (range): backfill $(echo "$RI" | median)× its idle-server speed ($(echo "$RI" | tr ' ' '\n' | grep . | span)); workload $(summary rate)"
 
 # The picture: TPS and p99 per second of the three runs laid end to end, and
 # each backfill's rows/s on a second axis.
@@ -156,6 +207,34 @@ plot "$BENCH_DIR/plot-base.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
      "$BENCH_DIR/plot-adaptive.dat" using 1:(\$3*100) notitle lc rgb "#ff7f0e", \
      "$BENCH_DIR/plot-rows.dat" index 0 using 1:2 axes x1y2 title "backfill rows/s" with steps lw 2 lc rgb "#d62728", \
      "$BENCH_DIR/plot-rows.dat" index 1 using 1:2 axes x1y2 notitle with steps lw 2 lc rgb "#d62728"
+GP
+  # Half load, round 1: no migration | adaptive backfill.
+  per_second live_rbase_1 0 > "$BENCH_DIR/plot-rbase.dat"
+  per_second live_rate_1 "$gap" > "$BENCH_DIR/plot-rate.dat"
+  { t0=$(first_t live_rate_1)
+    val "SELECT extract(epoch FROM at) - $t0 + $gap, rows FROM zdm.batches WHERE migration_id = ${ID[rate,1]} ORDER BY at" | tr '|' ' ' \
+      | awk '{ s = int($1); r[s] += $2; if (s > mx) mx = s; if (mn == "" || s < mn) mn = s } END { if (mn != "") for (s = mn; s <= mx; s++) print s, r[s] + 0 }'
+  } > "$BENCH_DIR/plot-rrows.dat"
+  gnuplot <<GP
+set terminal pngcairo size 1000,520 font ",10"
+set output "$(dirname "$PLOT")/live_rate.png"
+set title "pgbench -R $RATE_LIMIT (half load, 2 cores): no migration | zdm backfill of $ROWS rows, adaptive throttle; idle-server backfill ${RATE[idle]} rows/s"
+set xlabel "seconds"
+set ylabel "TPS; p99 latency (ms) x100"
+set y2label "backfill rows/s"
+set ytics nomirror
+set y2tics
+set yrange [0:*]
+set y2range [0:*]
+set key outside bottom center horizontal
+set style data lines
+set arrow from $((gap - 1)), graph 0 to $((gap - 1)), graph 1 nohead dt 2
+plot "$BENCH_DIR/plot-rbase.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
+     "$BENCH_DIR/plot-rate.dat" using 1:2 notitle lw 2 lc rgb "#1f77b4", \
+     "$BENCH_DIR/plot-rbase.dat" using 1:(\$3*100) title "p99 ms x100" lc rgb "#ff7f0e", \
+     "$BENCH_DIR/plot-rate.dat" using 1:(\$3*100) notitle lc rgb "#ff7f0e", \
+     "$BENCH_DIR/plot-rrows.dat" using 1:2 axes x1y2 title "backfill rows/s" with steps lw 2 lc rgb "#d62728", \
+     $((RATE[idle])) axes x1y2 title "idle-server backfill rows/s" dt 3 lc rgb "#d62728"
 GP
   echo
   echo "Plot: [live.png](live.png) — round 1: TPS and p99 per second, each backfill's rows/s on the right axis (written to bench/results/live.png; \`bench/run full\` copies it to bench/live.png)."

@@ -724,16 +724,23 @@ pub struct Step<'a> {
 thread_local! {
     /// Something a lower layer saw while a step ran (an anti-wraparound
     /// vacuum waited out), added to the next event this process logs.
-    static NEXT_STEP_NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// (with the start of the transaction it was seen in: a note from a
+    /// step that failed and rolled back is not added to a later one)
+    static NEXT_STEP_NOTE: std::cell::RefCell<Option<(i64, String)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Add `text` to the detail of the next step logged.
+fn transaction_started() -> i64 {
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+/// Add `text` to the detail of the next step logged in this transaction.
 pub fn note_for_next_step(text: String) {
-    NEXT_STEP_NOTE.with(|n| *n.borrow_mut() = Some(text));
+    NEXT_STEP_NOTE.with(|n| *n.borrow_mut() = Some((transaction_started(), text)));
 }
 
 pub fn log_step(mut s: Step) {
-    if let Some(note) = NEXT_STEP_NOTE.with(|n| n.borrow_mut().take()) {
+    let note = NEXT_STEP_NOTE.with(|n| n.borrow_mut().take()).and_then(|(at, note)| (at == transaction_started()).then_some(note));
+    if let Some(note) = note {
         s.detail = Some(match s.detail.take() {
             Some(d) => format!("{d}; {note}"),
             None => note,

@@ -272,9 +272,9 @@ fn pause_all_and_statement_timeout_retries() {
     assert_eq!(rows_done(&mut c, id2), 0, "timed-out batches roll back with their cursor");
 }
 
-/// The adaptive throttle: while as many sessions run statements as there are
-/// cores, batches wait longer and say why in zdm.batches; once nobody else
-/// works, they wait less and say so.
+/// The adaptive throttle: while as many sessions as there are cores keep the
+/// CPUs busy, batches wait longer and say why in zdm.batches; once nobody
+/// else works, they wait less and say so.
 #[test]
 fn adaptive_throttle_follows_the_workload() {
     let cluster = Cluster::start("adaptive", &[]);
@@ -285,13 +285,19 @@ fn adaptive_throttle_follows_the_workload() {
     let busy: Vec<_> = (0..cores)
         .map(|_| {
             let mut s = cluster.connect("adaptive");
-            std::thread::spawn(move || s.batch_execute("SELECT pg_sleep(4)").unwrap())
+            std::thread::spawn(move || {
+                s.batch_execute("DO $$ BEGIN WHILE clock_timestamp() < now() + interval '4 s' LOOP END LOOP; END $$").unwrap()
+            })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     c.query_one("SELECT zdm.start_backfill($1, batch_size => 200, pause_ms => 100, target_batch_ms => 0)", &[&id]).unwrap();
     wait_for("a batch that waited for the busy workload", Duration::from_secs(30), || {
-        c.query_opt("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason LIKE '%workload busy%' LIMIT 1", &[&id])
+        c.query_opt(
+            "SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 \
+                AND (wait_reason LIKE '%CPU saturated%' OR wait_reason ~ 'workload uses [1-9][0-9]*\\.[0-9] of') LIMIT 1",
+            &[&id],
+        )
             .unwrap()
             .map(|r| r.get::<_, String>(0))
     });

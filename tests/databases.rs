@@ -2,8 +2,9 @@
 //! database where zdm is installed, under the supervisor, with
 //! `zdm.database` unset: jobs in two databases resumed after a crash; a
 //! database created at runtime served once CREATE EXTENSION commits; DROP
-//! DATABASE (with and without FORCE) and ALTER DATABASE … RENAME while a
-//! job runs there never blocked; zdm.max_workers bounding workers across
+//! DATABASE (with and without FORCE), ALTER DATABASE … RENAME / SET
+//! TABLESPACE and CREATE DATABASE … TEMPLATE while a job runs there never
+//! blocked; zdm.max_workers bounding workers across
 //! databases; templates untouched.
 
 mod common;
@@ -84,14 +85,16 @@ fn a_database_created_at_runtime_is_served() {
 }
 
 /// DROP DATABASE (plain, by its owner who is not a superuser, and WITH
-/// (FORCE)) and ALTER DATABASE … RENAME while a job runs there: never
-/// blocked by a zdm process; after the rename the job goes on in the
-/// renamed database.
+/// (FORCE)), ALTER DATABASE … RENAME and SET TABLESPACE, and CREATE
+/// DATABASE … TEMPLATE while a job runs there: never blocked by a zdm
+/// process (PostgreSQL refuses them while another session is connected);
+/// afterwards the jobs go on in the renamed, moved and copied databases —
+/// the copy's half-done job too, in the copy.
 #[test]
 fn drop_and_rename_database_while_a_job_runs() {
-    let cluster = Cluster::start("dropdb", &[EVERY_DATABASE]);
+    let cluster = Cluster::start("dropdb", &[EVERY_DATABASE, "zdm.max_workers = 8"]);
     let mut admin = cluster.connect("postgres");
-    for db in ["gone", "gone_forced", "renamed"] {
+    for db in ["gone", "gone_forced", "renamed", "moved", "source"] {
         let mut c = cluster.create_db(db);
         let id = slow_rename(&mut c, 100_000);
         wait_for("a worker", Duration::from_secs(30), || worker_pid(&mut c, id));
@@ -109,14 +112,22 @@ fn drop_and_rename_database_while_a_job_runs() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
-    // The launcher, stopped for the rename, is started again by OID.
-    wait_for("the launcher back", Duration::from_secs(30), || (launchers_in(&mut admin, "renamed_2") == 1).then_some(()));
-    let mut c = cluster.connect("renamed_2");
-    let id: i64 = c.query_one("SELECT max(id) FROM zdm.migrations", &[]).unwrap().get(0);
-    c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();
-    let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
-    assert_eq!(phase, "backfilled");
-    assert_eq!(launchers_in(&mut admin, "renamed_2"), 1);
+    let dir = cluster.tablespace_dir("ts");
+    admin.batch_execute(&format!("CREATE TABLESPACE ts LOCATION '{dir}'")).unwrap();
+    admin.batch_execute("ALTER DATABASE moved SET TABLESPACE ts").unwrap();
+    admin.batch_execute("CREATE DATABASE copy TEMPLATE source").unwrap();
+    // The launchers, stopped for the statements, are started again by OID.
+    for db in ["renamed_2", "moved", "source", "copy"] {
+        wait_for("the launcher back", Duration::from_secs(30), || (launchers_in(&mut admin, db) == 1).then_some(()));
+        let mut c = cluster.connect(db);
+        let id: i64 = c.query_one("SELECT max(id) FROM zdm.migrations", &[]).unwrap().get(0);
+        c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();
+        let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
+        assert_eq!(phase, "backfilled", "in {db}");
+        let behind: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+        assert_eq!(behind, 0, "rows not backfilled in {db}");
+        assert_eq!(launchers_in(&mut admin, db), 1);
+    }
 }
 
 /// zdm.max_workers = 1 across two databases: one job works at a time — the

@@ -56,7 +56,8 @@ fn failing_archive_pauses_the_backfill() {
 /// autovacuum_freeze_max_age, 110k transaction ids consumed, a cost delay
 /// that makes it last): expand on that table waits for it and succeeds —
 /// with a lock timeout and retries that would all have been spent behind it
-/// — and its event says it waited.
+/// — and its event says it waited; the same step inside a transaction that
+/// holds another table gives up at once instead.
 #[test]
 fn brief_step_waits_out_an_anti_wraparound_vacuum() {
     let cluster = Cluster::start("wrap", &["autovacuum = on", "autovacuum_naptime = 1", "zdm.database = ''"]);
@@ -66,7 +67,7 @@ fn brief_step_waits_out_an_anti_wraparound_vacuum() {
            WITH (autovacuum_freeze_max_age = 100000, autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1,
                  autovacuum_vacuum_threshold = 2000000000, autovacuum_analyze_threshold = 2000000000,
                  autovacuum_vacuum_insert_threshold = -1);
-         INSERT INTO w SELECT g, 'orig-' || g, repeat('x', 200) FROM generate_series(1, 3000) g;
+         INSERT INTO w SELECT g, 'orig-' || g, repeat('x', 200) FROM generate_series(1, 6000) g;
          CREATE TABLE burn (x int);",
     )
     .unwrap();
@@ -87,8 +88,17 @@ fn brief_step_waits_out_an_anti_wraparound_vacuum() {
     // keep plain autovacuum and autoanalyze away. Attempts of 1.5 s (longer
     // than deadlock_timeout, after which PostgreSQL cancels a plain
     // autovacuum in a lock's way), 3 in all: spent long before the vacuum
-    // (~90 pages at one page per 100 ms) ends.
+    // (~180 pages at one page per 100 ms) ends.
     c.batch_execute("SET zdm.lock_timeout = '1500ms'; SET zdm.lock_retries = 2").unwrap();
+    // A step that already holds a lock blocking writers of another table
+    // does not wait (it would stall that table as long): it asks at once,
+    // and its bounded attempts give up with 55P03.
+    c.batch_execute("SET zdm.lock_timeout = '300ms'; BEGIN; LOCK TABLE burn IN ACCESS EXCLUSIVE MODE").unwrap();
+    let started = std::time::Instant::now();
+    let (code, message) = sqlstate(c.query_one("SELECT zdm.expand_rename('w', 'a', 'b', background => false)", &[]));
+    assert_eq!(code, "55P03", "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "waited for the vacuum while holding burn");
+    c.batch_execute("ROLLBACK; SET zdm.lock_timeout = '1500ms'").unwrap();
     let id: i64 = c.query_one("SELECT zdm.expand_rename('w', 'a', 'b', background => false)", &[]).unwrap().get(0);
     let gone: bool = c
         .query_one("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%to prevent wraparound%')", &[&pid])
@@ -99,5 +109,5 @@ fn brief_step_waits_out_an_anti_wraparound_vacuum() {
         .query_one("SELECT string_agg(coalesce(detail, ''), ' | ') FROM zdm.events WHERE migration_id = $1 AND step = 'expand'", &[&id])
         .unwrap()
         .get(0);
-    assert!(detail.contains("anti-wraparound autovacuum"), "{detail}");
+    assert!(detail.contains("waited ") && detail.contains("anti-wraparound autovacuum"), "{detail}");
 }

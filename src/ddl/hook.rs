@@ -67,10 +67,13 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     unsafe {
-        // DROP DATABASE and ALTER DATABASE … RENAME wait for no zdm process.
-        if let Some(db) = database_statement((*pstmt).utilityStmt) {
-            pg_sys::submodules::panic::pgrx_extern_c_guard(|| crate::engine::supervisor::stop_database_workers(&db));
-        }
+        // DROP DATABASE, ALTER DATABASE … RENAME / SET TABLESPACE and CREATE
+        // DATABASE … TEMPLATE wait for no zdm process.
+        pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
+            if let Some(db) = database_statement((*pstmt).utilityStmt) {
+                crate::engine::supervisor::stop_database_workers(&db);
+            }
+        });
         if guc::SAFE_DDL.get() != SafeDdl::Off
             && is_candidate((*pstmt).utilityStmt)
             && !pg_sys::creating_extension
@@ -97,7 +100,8 @@ unsafe extern "C-unwind" fn process_utility(
     }
 }
 
-/// The database a DROP DATABASE or ALTER DATABASE … RENAME names.
+/// The database a DROP DATABASE, ALTER DATABASE … RENAME or SET TABLESPACE,
+/// or CREATE DATABASE … TEMPLATE needs free of other sessions.
 fn database_statement(node: *mut pg_sys::Node) -> Option<String> {
     unsafe {
         if node.is_null() {
@@ -108,9 +112,30 @@ fn database_statement(node: *mut pg_sys::Node) -> Option<String> {
             pg_sys::NodeTag::T_RenameStmt if (*(node as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_DATABASE => {
                 (*(node as *mut pg_sys::RenameStmt)).subname
             }
+            // CREATE DATABASE … TEMPLATE db copies a database nobody else is
+            // connected to; so does ALTER DATABASE db SET TABLESPACE move one.
+            pg_sys::NodeTag::T_CreatedbStmt => option_string((*(node as *mut pg_sys::CreatedbStmt)).options, c"template")?,
+            pg_sys::NodeTag::T_AlterDatabaseStmt => {
+                let stmt = node as *mut pg_sys::AlterDatabaseStmt;
+                option_string((*stmt).options, c"tablespace")?;
+                (*stmt).dbname
+            }
             _ => return None,
         };
         (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
+/// The string value of option `name` in a statement's DefElem list.
+unsafe fn option_string(options: *mut pg_sys::List, name: &std::ffi::CStr) -> Option<*mut std::ffi::c_char> {
+    unsafe {
+        let list = pgrx::PgList::<pg_sys::DefElem>::from_pg(options);
+        let found = list.iter_ptr().find(|d| !(**d).defname.is_null() && std::ffi::CStr::from_ptr((**d).defname) == name)?;
+        // (no argument, or DEFAULT: nothing to wait for)
+        if (*found).arg.is_null() {
+            return None;
+        }
+        Some(pg_sys::defGetString(found))
     }
 }
 

@@ -185,6 +185,8 @@ struct LoopState {
     /// the CPU gate (`load::cpu_gate`): CPU time when the last batch or wait ended, and that batch's duration
     cpu_mark: Option<super::load::CpuTicks>,
     last_batch_ms: f64,
+    /// the CPU the workload uses, over batches and pauses (`load::CpuMeter`)
+    cpu_meter: super::load::CpuMeter,
 }
 
 /// One attempt at one batch, in its own transaction (with the history row).
@@ -259,7 +261,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 return Next::Done;
             }
             record_batch(migration, &out, size, took_ms);
-            let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration));
+            let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration, st.cpu_meter.read()));
             let target = match &load {
                 Some(load) => super::load::target_batch_ms(job.target_batch_ms, load),
                 None => job.target_batch_ms,
@@ -270,7 +272,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 return Next::Done;
             }
             let (pause_ms, reason) = match load {
-                Some(load) => super::load::pause(job.pause_ms, &load),
+                Some(load) => super::load::pause(job.pause_ms, &load, took_ms),
                 None => (job.pause_ms, None),
             };
             Next::Continue { pause_ms, reason, workers: job.workers, next_size }

@@ -47,6 +47,18 @@ fn autovacuum_of(relid: pg_sys::Oid) -> Option<(i32, bool)> {
     crate::security::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), || autovacuum_query(relid))
 }
 
+/// Whether this transaction holds a lock stronger than ROW EXCLUSIVE (one
+/// that blocks writers) on a relation other than `relid`.
+fn holds_other_blocking_locks(relid: pg_sys::Oid) -> bool {
+    spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'relation' \
+            AND granted AND relation <> $1 AND mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock') \
+            AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))",
+        &[relid.into()],
+    )
+    .unwrap_or(false)
+}
+
 fn autovacuum_query(relid: pg_sys::Oid) -> Option<(i32, bool)> {
     spi::read_first_row(
         &format!(
@@ -80,6 +92,20 @@ pub fn wait_out_wraparound(relid: pg_sys::Oid) -> Duration {
     let started = Instant::now();
     let limit = Duration::from_millis(guc::WRAPAROUND_WAIT_MS.get().max(0) as u64);
     let mut seen: Option<i32> = None;
+    // Waiting while this step already holds a lock that blocks writers on
+    // another table (a partition, a referenced table) would stall them for
+    // as long: the step asks at once instead, and its bounded attempts fail
+    // with the blocker named, releasing those locks.
+    if let Some((pid, true)) = autovacuum_of(relid) {
+        if holds_other_blocking_locks(relid) {
+            let text = format!(
+                "an anti-wraparound autovacuum (pid {pid}) holds the table; not waiting for it while this step holds locks on other tables"
+            );
+            pgrx::log!("zdm: {text}");
+            catalog::note_for_next_step(text);
+            return Duration::ZERO;
+        }
+    }
     while let Some((pid, true)) = autovacuum_of(relid) {
         seen = Some(pid);
         if started.elapsed() >= limit {

@@ -11,7 +11,7 @@
 //! alive: it keeps the handle of every worker it started and asks the
 //! postmaster about it, besides the pid recorded in the job row. One
 //! launcher per database: a second one (the supervisor restarted while the
-//! first lived) finds the first's advisory lock and exits. In a database
+//! first lived) finds the first's advisory lock and waits for it. In a database
 //! without zdm, or once `DROP EXTENSION zdm` ran, it exits.
 
 use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
@@ -53,12 +53,23 @@ pub extern "C-unwind" fn zdm_launcher_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     security::pin_session_search_path();
     set_application_name("zdm launcher");
-    let first = transaction(|| {
-        catalog::installed_version().is_some()
-            && spi::one::<bool>("SELECT pg_catalog.pg_try_advisory_lock($1)", &[LAUNCHER_LOCK.into()]).unwrap_or(false)
-    });
-    if first != Ok(true) {
-        unsafe { pg_sys::proc_exit(0) }; // no zdm here, or another launcher serves it
+    // One launcher per database. A second one waits for the first to end
+    // rather than exit: a launcher that exits at once tells the supervisor
+    // that zdm is not installed here, and the database would be probed
+    // again only minutes later.
+    loop {
+        let ours = transaction(|| {
+            catalog::installed_version()
+                .map(|_| spi::one::<bool>("SELECT pg_catalog.pg_try_advisory_lock($1)", &[LAUNCHER_LOCK.into()]).unwrap_or(false))
+        });
+        match ours {
+            Ok(Some(true)) => break,
+            Ok(Some(false)) => {
+                set_activity("zdm launcher: another launcher serves this database; waiting for it to end");
+                sleep_ms(1000.0);
+            }
+            _ => unsafe { pg_sys::proc_exit(0) }, // no zdm here
+        }
     }
     let mut started: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     loop {

@@ -1,15 +1,26 @@
 //! Adaptive throttling: how busy the database is, read after each batch,
 //! decides the pause before the next one (`zdm.adaptive_throttle`, on by
 //! default). The backfill yields while the workload needs the machine or
-//! waits for locks on the migrating table, and hurries while nobody else
-//! works. The configured `pause_ms` is the middle setting; why a pause was
-//! longer or shorter is recorded with the next batch (`zdm.batches`).
+//! waits for locks on the migrating table, takes a share of the CPU the
+//! workload leaves, and hurries while nobody else works. The configured
+//! `pause_ms` scales every pause; why a pause differed from it is recorded
+//! with the next batch (`zdm.batches`).
 //!
-//! Before each batch the worker also looks at the machine's CPUs during the
-//! wait it just took (Linux `/proc/stat`): if less than half a core was
-//! idle while it slept, the workload alone fills them, and every batch
-//! would take CPU from it — so batches are held to a small share of the
-//! time until the CPUs have room again.
+//! The CPU the workload uses is measured on Linux (`/proc/stat`) over the
+//! last batch and pause together, minus this process's own CPU time
+//! (`CpuMeter`). Three regimes follow:
+//!
+//! * idle (the others use less than a fifth of a core): configured batches,
+//!   a quarter of `pause_ms`;
+//! * spare capacity: batches of at most `SPARE_TARGET_MS` — a batch's WAL
+//!   is flushed by every commit that follows it, so a long batch stalls the
+//!   workload's commits in one burst, and its rows stay locked until it
+//!   commits — taking `SPARE_SHARE` of the idle cores beyond half a core as
+//!   their share of the time;
+//! * saturated (less than half a core left): batches held to
+//!   `SATURATED_DUTY` of the time, checked before each batch (`cpu_gate`).
+//!
+//! Without `/proc/stat` the pause follows the number of active sessions.
 
 use crate::spi;
 
@@ -20,13 +31,16 @@ pub struct Load {
     /// sessions waiting for a lock on the migrating table
     pub waiting: i64,
     pub cores: i64,
+    /// cores' worth of CPU the other processes used over the last batch and
+    /// pause (None: not measured here)
+    pub others: Option<f64>,
 }
 
 fn cores() -> i64 {
     std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)
 }
 
-pub fn sample(migration: i64) -> Load {
+pub fn sample(migration: i64, others: Option<f64>) -> Load {
     let cores = cores();
     let (active, waiting) = spi::first_row(
         "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
@@ -37,28 +51,71 @@ pub fn sample(migration: i64) -> Load {
         |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))),
     )
     .unwrap_or((0, 0));
-    Load { active, waiting, cores }
+    Load { active, waiting, cores, others }
 }
+
+/// Below this many cores' worth of CPU used by others, the machine is idle.
+pub const IDLE_CORES: f64 = 0.2;
+/// While the workload leaves capacity, batches take this share of the idle
+/// cores beyond the half core that marks saturation (one batch runs on one
+/// core) as their share of the time …
+pub const SPARE_SHARE: f64 = 0.8;
+/// … at most this much; at least SATURATED_DUTY, as when saturated.
+pub const SPARE_DUTY_MAX: f64 = 0.5;
+/// … and last at most this long (unless `target_batch_ms` is smaller).
+pub const SPARE_TARGET_MS: i32 = 10;
+/// `pause_ms`'s default: the pauses scale with the configured one.
+const DEFAULT_PAUSE_MS: f64 = 400.0;
 
 impl Load {
     /// The workload needs the machine (or the table) now.
     pub fn busy(&self) -> bool {
         self.waiting > 0 || self.active >= self.cores
     }
+
+    /// Somebody else works: batches are kept short.
+    fn workload(&self) -> bool {
+        match self.others {
+            Some(others) => self.waiting > 0 || others >= IDLE_CORES,
+            None => self.busy(),
+        }
+    }
 }
 
-/// The batch time to steer the next batch size to: half the configured one
-/// while the workload is busy — rows a batch updates stay locked until it
-/// commits, so shorter batches keep the workload's tail latency down.
+/// The batch time to steer the next batch size to: while anybody else works,
+/// at most SPARE_TARGET_MS (half the configured one without a CPU reading)
+/// — rows a batch updates stay locked, and its WAL waits for the next
+/// commit's flush, until it commits.
 pub fn target_batch_ms(target: Option<i32>, load: &Load) -> Option<i32> {
-    target.map(|t| if load.busy() { (t / 2).max(1) } else { t })
+    target.map(|t| match (load.workload(), load.others) {
+        (false, _) => t,
+        (true, Some(_)) => t.min(SPARE_TARGET_MS).max(1),
+        (true, None) => (t / 2).max(1),
+    })
 }
 
 /// The pause before the next batch, and why it differs from `pause_ms`.
-pub fn pause(pause_ms: i32, load: &Load) -> (i32, Option<String>) {
+pub fn pause(pause_ms: i32, load: &Load, last_batch_ms: f64) -> (i32, Option<String>) {
     if load.waiting > 0 {
         let ms = (pause_ms.saturating_mul(4)).max(1000);
         return (ms, Some(format!("{} session(s) waiting for locks on the table: pause {ms} ms", load.waiting)));
+    }
+    if let Some(others) = load.others {
+        if others < IDLE_CORES && load.active == 0 {
+            let ms = pause_ms / 4;
+            return (ms, Some(format!("database idle: pause {ms} ms")));
+        }
+        let spare = (load.cores as f64 - others).max(0.0);
+        let duty = (SPARE_SHARE * (spare - SATURATED_IDLE_CORES)).clamp(SATURATED_DUTY, SPARE_DUTY_MAX);
+        let ms = (last_batch_ms * (1.0 / duty - 1.0) * pause_ms as f64 / DEFAULT_PAUSE_MS).round().clamp(0.0, 60_000.0) as i32;
+        return (
+            ms,
+            Some(format!(
+                "workload uses {others:.1} of {} cores: batches take {:.0}% of the time, pause {ms} ms",
+                load.cores,
+                duty * 100.0
+            )),
+        );
     }
     if load.active >= load.cores {
         // Proportional: twice as many active sessions as cores, three times the pause.
@@ -92,6 +149,47 @@ pub fn cpu_ticks() -> Option<CpuTicks> {
 pub fn idle_share(from: CpuTicks, to: CpuTicks) -> Option<f64> {
     let total = to.total.saturating_sub(from.total);
     (total >= 20).then(|| to.idle.saturating_sub(from.idle) as f64 / total as f64)
+}
+
+/// This process's CPU time so far (`/proc/self/stat` utime + stime), in
+/// the same ticks as `/proc/stat`.
+fn own_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // after "pid (comm) ": state is field 0 here, utime 11, stime 12
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The CPU the other processes use, measured over windows of at least 0.1 s
+/// of CPU time (several batches and pauses when they are short): the
+/// machine's busy time minus this process's own.
+#[derive(Default)]
+pub struct CpuMeter {
+    mark: Option<(CpuTicks, u64)>,
+    others: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Cores' worth of CPU the others used in the last complete window.
+    pub fn read(&mut self) -> Option<f64> {
+        let now = (cpu_ticks()?, own_ticks()?);
+        match self.mark {
+            Some((from, own)) if now.0.total.saturating_sub(from.total) >= 20 => {
+                self.others = Some(others_cores(from, now.0, now.1.saturating_sub(own), cores()));
+                self.mark = Some(now);
+            }
+            Some(_) => {}
+            None => self.mark = Some(now),
+        }
+        self.others
+    }
+}
+
+/// Cores' worth of CPU used between two readings by all but `own` ticks.
+fn others_cores(from: CpuTicks, to: CpuTicks, own: u64, cores: i64) -> f64 {
+    let total = to.total.saturating_sub(from.total).max(1);
+    let busy = total.saturating_sub(to.idle.saturating_sub(from.idle));
+    busy.saturating_sub(own) as f64 / total as f64 * cores as f64
 }
 
 /// The CPUs are saturated when less than this many cores' worth of time
@@ -152,15 +250,52 @@ mod tests {
 
     #[test]
     fn pause_follows_the_workload() {
-        let l = |active, waiting| Load { active, waiting, cores: 2 };
-        assert_eq!(pause(400, &l(1, 0)), (400, None));
-        assert_eq!(pause(400, &l(0, 0)).0, 100);
-        assert_eq!(pause(400, &l(4, 0)).0, 1200);
-        assert_eq!(pause(400, &l(2, 0)).0, 800);
-        assert_eq!(pause(400, &l(0, 1)).0, 1600);
-        assert_eq!(pause(0, &l(2, 0)).0, 100);
+        // without a CPU reading: the number of active sessions
+        let l = |active, waiting| Load { active, waiting, cores: 2, others: None };
+        assert_eq!(pause(400, &l(1, 0), 100.0), (400, None));
+        assert_eq!(pause(400, &l(0, 0), 100.0).0, 100);
+        assert_eq!(pause(400, &l(4, 0), 100.0).0, 1200);
+        assert_eq!(pause(400, &l(2, 0), 100.0).0, 800);
+        assert_eq!(pause(400, &l(0, 1), 100.0).0, 1600);
+        assert_eq!(pause(0, &l(2, 0), 100.0).0, 100);
         assert_eq!(super::target_batch_ms(Some(100), &l(2, 0)), Some(50));
         assert_eq!(super::target_batch_ms(Some(100), &l(1, 0)), Some(100));
         assert_eq!(super::target_batch_ms(None, &l(4, 0)), None);
+    }
+
+    #[test]
+    fn batches_take_a_share_of_the_spare_cpu() {
+        let l = |active, waiting, others| Load { active, waiting, cores: 2, others: Some(others) };
+        // idle: a quarter of pause_ms, configured batches
+        assert_eq!(pause(400, &l(0, 0, 0.1), 10.0).0, 100);
+        assert_eq!(super::target_batch_ms(Some(100), &l(0, 0, 0.1)), Some(100));
+        // a core left: 40% of the time, short batches
+        let (ms, why) = pause(400, &l(2, 0, 1.0), 10.0);
+        assert_eq!(ms, 15);
+        assert!(why.unwrap().contains("batches take 40% of the time"));
+        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0, 1.0)), Some(super::SPARE_TARGET_MS));
+        assert_eq!(super::target_batch_ms(Some(5), &l(2, 0, 1.0)), Some(5));
+        // a little more than half a core idle: 8%; saturated: the floor, 2%
+        assert_eq!(pause(400, &l(4, 0, 1.4), 10.0).0, 115);
+        assert_eq!(pause(400, &l(4, 0, 1.6), 10.0).0, 490);
+        // nearly idle: at most half the time
+        assert_eq!(pause(400, &l(1, 0, 0.3), 10.0).0, 10);
+        // pause_ms scales it; lock waiters come first
+        assert_eq!(pause(800, &l(2, 0, 1.0), 10.0).0, 30);
+        assert_eq!(pause(400, &l(0, 1, 1.0), 10.0).0, 1600);
+        assert_eq!(super::target_batch_ms(Some(100), &l(0, 1, 0.0)), Some(super::SPARE_TARGET_MS));
+    }
+
+    #[test]
+    fn the_others_cpu_excludes_this_process() {
+        use super::{others_cores, CpuTicks};
+        let t = |idle, total| CpuTicks { idle, total };
+        assert_eq!(others_cores(t(0, 0), t(100, 200), 50, 2), 0.5, "100 busy ticks, 50 of them ours");
+        assert_eq!(others_cores(t(0, 0), t(0, 200), 0, 2), 2.0);
+        assert_eq!(others_cores(t(0, 0), t(200, 200), 10, 2), 0.0);
+        let mut meter = super::CpuMeter::default();
+        if meter.read().is_none() && std::path::Path::new("/proc/self/stat").exists() {
+            assert!(super::own_ticks().is_some());
+        }
     }
 }

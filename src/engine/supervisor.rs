@@ -12,7 +12,7 @@
 //! * A launcher in a database without zdm finds no extension and exits at
 //!   once; the supervisor probes that database again only when asked
 //!   (`wake`: CREATE EXTENSION zdm, sending it SIGHUP) or every
-//!   `ABSENT_RECHECK`. A launcher that ran (zdm is there) and stopped — killed,
+//!   `ABSENT_RECHECK`, at most `PROBES_PER_ROUND` databases a second. A launcher that ran (zdm is there) and stopped — killed,
 //!   crashed, stopped for DROP DATABASE or ALTER DATABASE … RENAME — is started
 //!   again after `RESTART_DELAY`, if its database still exists.
 //! * It holds no connection to any database, so it never blocks DROP
@@ -45,12 +45,18 @@ pub fn register() {
         .load();
 }
 
+/// At most this many databases not known to have zdm are probed per round
+/// (a SIGHUP — any configuration reload — asks for a probe of every one).
+const PROBES_PER_ROUND: usize = 4;
+
 /// A database's launcher, as the supervisor knows it.
 struct Served {
-    worker: Option<DynamicBackgroundWorker>,
+    worker: Option<Launcher>,
     started: Instant,
     /// When to start it again if it is not running.
     next_start: Instant,
+    /// Its last launcher served it (zdm is installed there).
+    serving: bool,
 }
 
 #[pg_guard]
@@ -86,24 +92,27 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
         let keep = dbs.iter().any(|(o, name)| o.to_u32() == *oid && allowed.as_ref().is_none_or(|a| a.contains(name)));
         if !keep {
             if let Some(w) = s.worker.take() {
-                let _ = w.terminate();
+                w.terminate();
             }
         }
         keep
     });
+    let mut probes = 0;
     for (oid, name) in dbs {
         if allowed.as_ref().is_some_and(|a| !a.contains(name)) {
             continue;
         }
-        let s = served.entry(oid.to_u32()).or_insert(Served { worker: None, started: now, next_start: now });
+        let s = served.entry(oid.to_u32()).or_insert(Served { worker: None, started: now, next_start: now, serving: false });
         if let Some(w) = &s.worker {
-            match w.pid() {
+            match w.handle.pid() {
                 Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => {
                     // It ran and stopped: zdm is there (started again soon),
                     // or it found no zdm (probed again when asked).
-                    let lived = now.duration_since(s.started);
-                    s.next_start = now + if lived >= SERVED_AFTER { RESTART_DELAY } else { ABSENT_RECHECK };
-                    s.worker = None;
+                    s.serving = now.duration_since(s.started) >= SERVED_AFTER;
+                    s.next_start = now + if s.serving { RESTART_DELAY } else { ABSENT_RECHECK };
+                    if let Some(w) = s.worker.take() {
+                        w.forget();
+                    }
                 }
                 _ => continue, // starting or running
             }
@@ -115,19 +124,62 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
         if now < s.next_start {
             continue;
         }
+        if !s.serving {
+            if probes >= PROBES_PER_ROUND {
+                continue; // next round
+            }
+            probes += 1;
+        }
         s.started = now;
         s.next_start = now + ABSENT_RECHECK;
-        // The handle must outlive this loop's allocations.
-        let launched = unsafe {
-            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            let r = super::launcher::start(*oid, name);
-            pg_sys::MemoryContextSwitchTo(old);
-            r
-        };
-        match launched {
+        match Launcher::start(*oid, name) {
             Ok(w) => s.worker = Some(w),
-            Err(e) => pgrx::log!("zdm supervisor: could not start a launcher for database {name}: {e}"),
+            Err(e) => {
+                // (no free background worker slot): try again soon
+                s.next_start = now + RESTART_DELAY;
+                pgrx::log!("zdm supervisor: could not start a launcher for database {name}: {e}");
+            }
         }
+    }
+}
+
+/// A launcher's handle, in a memory context of its own (the handle must
+/// outlive this loop's allocations; deleting the context frees it, where
+/// one started every few minutes for years would otherwise add up).
+struct Launcher {
+    handle: DynamicBackgroundWorker,
+    context: pg_sys::MemoryContext,
+}
+
+impl Launcher {
+    fn start(oid: pg_sys::Oid, name: &str) -> Result<Launcher, String> {
+        unsafe {
+            let context = pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"zdm launcher handle".as_ptr(), 0, 1024, 8192);
+            let old = pg_sys::MemoryContextSwitchTo(context);
+            let r = super::launcher::start(oid, name);
+            pg_sys::MemoryContextSwitchTo(old);
+            match r {
+                Ok(handle) => Ok(Launcher { handle, context }),
+                Err(e) => {
+                    pg_sys::MemoryContextDelete(context);
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Ask it to stop, and forget it.
+    fn terminate(self) {
+        let Launcher { handle, context } = self;
+        drop(handle.terminate());
+        unsafe { pg_sys::MemoryContextDelete(context) };
+    }
+
+    /// It has stopped: forget it.
+    fn forget(self) {
+        let Launcher { handle, context } = self;
+        drop(handle);
+        unsafe { pg_sys::MemoryContextDelete(context) };
     }
 }
 

@@ -185,6 +185,16 @@ impl Cluster {
         self.connect_as(db, "postgres")
     }
 
+    /// An empty directory owned by the server's OS user (CREATE TABLESPACE).
+    pub fn tablespace_dir(&self, name: &str) -> String {
+        let d = self.dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        if is_root() {
+            Command::new("chown").arg("postgres").arg(&d).status().unwrap();
+        }
+        d.display().to_string()
+    }
+
     /// A fresh database with zdm installed.
     pub fn create_db(&self, db: &str) -> Client {
         let mut admin = self.connect("postgres");
