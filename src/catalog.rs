@@ -735,7 +735,12 @@ fn transaction_started() -> i64 {
 
 /// Add `text` to the detail of the next step logged in this transaction.
 pub fn note_for_next_step(text: String) {
-    NEXT_STEP_NOTE.with(|n| *n.borrow_mut() = Some((transaction_started(), text)));
+    let now = transaction_started();
+    let first = NEXT_STEP_NOTE.with(|n| n.borrow_mut().replace((now, text)).is_none_or(|(at, _)| at != now));
+    if first {
+        // (a step that fails takes its note with it)
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || NEXT_STEP_NOTE.with(|n| *n.borrow_mut() = None));
+    }
 }
 
 pub fn log_step(mut s: Step) {

@@ -66,7 +66,8 @@ fn jobs_in_every_database_resume_after_a_crash() {
 
 /// CREATE DATABASE + CREATE EXTENSION at runtime: a launcher serves it once
 /// the extension's transaction commits, and resumes a killed worker's job.
-/// DROP EXTENSION: the launcher goes.
+/// The supervisor terminated: its successor's launcher takes over. DROP
+/// EXTENSION: the launcher goes.
 #[test]
 fn a_database_created_at_runtime_is_served() {
     let cluster = Cluster::start("newdb", &[EVERY_DATABASE]);
@@ -77,6 +78,22 @@ fn a_database_created_at_runtime_is_served() {
     let pid = wait_for("worker", Duration::from_secs(30), || worker_pid(&mut c, id));
     c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
     wait_for("the job resumed", Duration::from_secs(30), || worker_pid(&mut c, id).filter(|p| *p != pid));
+    // The supervisor terminated: the new one's launcher takes over from the
+    // old one's (which leaves), and one launcher serves the database.
+    let launcher = |admin: &mut Client| -> Vec<i32> {
+        admin
+            .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'zdm launcher' AND datname = 'late'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let old = launcher(&mut admin);
+    admin.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'zdm supervisor'").unwrap();
+    wait_for("the new supervisor's launcher alone", Duration::from_secs(60), || {
+        let now = launcher(&mut admin);
+        (now.len() == 1 && !old.contains(&now[0])).then_some(())
+    });
     c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();
     let phase: String = c.query_one("SELECT zdm.wait($1, '3 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");

@@ -104,7 +104,8 @@ unsafe extern "C-unwind" fn process_utility(
 /// or CREATE DATABASE … TEMPLATE needs free of other sessions.
 fn database_statement(node: *mut pg_sys::Node) -> Option<String> {
     unsafe {
-        if node.is_null() {
+        // (inside a transaction block PostgreSQL refuses them all)
+        if node.is_null() || pg_sys::IsTransactionBlock() {
             return None;
         }
         let name = match (*node).type_ {

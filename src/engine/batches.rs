@@ -185,8 +185,8 @@ struct LoopState {
     /// the CPU gate (`load::cpu_gate`): CPU time when the last batch or wait ended, and that batch's duration
     cpu_mark: Option<super::load::CpuTicks>,
     last_batch_ms: f64,
-    /// the CPU the workload uses, over batches and pauses (`load::CpuMeter`)
-    cpu_meter: super::load::CpuMeter,
+    /// the workload, looked at every 250 ms at most (`load::Sampler`)
+    sampler: super::load::Sampler,
 }
 
 /// One attempt at one batch, in its own transaction (with the history row).
@@ -234,7 +234,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     if guc::ADAPTIVE_THROTTLE.get() && job.pause_ms > 0 {
         // (pause_ms = 0 asks for full speed: no gate)
         let waited = PENDING_WAIT.with(|w| w.borrow().0);
-        if let Some((ms, reason)) = super::load::cpu_gate(&mut st.cpu_mark, st.last_batch_ms, waited) {
+        if let Some((ms, reason)) = super::load::cpu_gate(&mut st.cpu_mark, st.last_batch_ms, waited, st.sampler.others()) {
             return wait(ms, reason);
         }
     }
@@ -261,9 +261,9 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 return Next::Done;
             }
             record_batch(migration, &out, size, took_ms);
-            let load = guc::ADAPTIVE_THROTTLE.get().then(|| super::load::sample(migration, st.cpu_meter.read()));
-            let target = match &load {
-                Some(load) => super::load::target_batch_ms(job.target_batch_ms, load),
+            let load = guc::ADAPTIVE_THROTTLE.get().then(|| st.sampler.sample(migration));
+            let target = match load {
+                Some(load) => super::load::target_batch_ms(job.target_batch_ms, load, job.pause_ms),
                 None => job.target_batch_ms,
             };
             let next_size = next_batch_size(size, job.configured_batch_size, target, took_ms);
@@ -272,7 +272,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 return Next::Done;
             }
             let (pause_ms, reason) = match load {
-                Some(load) => super::load::pause(job.pause_ms, &load, took_ms),
+                Some(load) => super::load::pause(job.pause_ms, load, took_ms),
                 None => (job.pause_ms, None),
             };
             Next::Continue { pause_ms, reason, workers: job.workers, next_size }

@@ -47,12 +47,12 @@ fn autovacuum_of(relid: pg_sys::Oid) -> Option<(i32, bool)> {
     crate::security::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), || autovacuum_query(relid))
 }
 
-/// Whether this transaction holds a lock stronger than ROW EXCLUSIVE (one
-/// that blocks writers) on a relation other than `relid`.
+/// Whether this transaction holds a lock that blocks writers (SHARE or
+/// stronger) on a relation other than `relid`.
 fn holds_other_blocking_locks(relid: pg_sys::Oid) -> bool {
     spi::read_one::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'relation' \
-            AND granted AND relation <> $1 AND mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock') \
+            AND granted AND relation <> $1 AND mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
             AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))",
         &[relid.into()],
     )

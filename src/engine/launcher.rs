@@ -11,7 +11,8 @@
 //! alive: it keeps the handle of every worker it started and asks the
 //! postmaster about it, besides the pid recorded in the job row. One
 //! launcher per database: a second one (the supervisor restarted while the
-//! first lived) finds the first's advisory lock and waits for it. In a database
+//! first lived) finds the first's advisory lock and waits for it; the first
+//! sees that its supervisor is gone and another runs, and exits. In a database
 //! without zdm, or once `DROP EXTENSION zdm` ran, it exits.
 
 use super::process::{install_signal_handlers, reload_config_if_asked, set_activity, set_application_name, sleep_ms, transaction};
@@ -74,6 +75,10 @@ pub extern "C-unwind" fn zdm_launcher_main(arg: pg_sys::Datum) {
     let mut started: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     loop {
         reload_config_if_asked();
+        if transaction(superseded).unwrap_or(false) {
+            pgrx::log!("zdm launcher: the zdm supervisor that started this launcher is gone and another runs; exiting (its launcher takes over)");
+            unsafe { pg_sys::proc_exit(0) };
+        }
         set_activity("zdm launcher: looking for jobs without a worker");
         // Forget workers that have ended; the rest are starting or running.
         started.retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)));
@@ -88,6 +93,18 @@ pub extern "C-unwind" fn zdm_launcher_main(arg: pg_sys::Datum) {
         set_activity("zdm launcher: idle");
         sleep_ms(1000.0);
     }
+}
+
+/// The supervisor that started this launcher was restarted: a new one runs
+/// (with a launcher of its own waiting here for this one's lock).
+fn superseded() -> bool {
+    let mine = unsafe { pg_sys::MyBgworkerEntry.as_ref().map(|e| e.bgw_notify_pid).unwrap_or(0) };
+    mine != 0
+        && spi::one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'zdm supervisor' AND pid <> $1)",
+            &[mine.into()],
+        )
+        .unwrap_or(false)
 }
 
 /// Start workers for orphaned jobs; false once zdm is not installed here.

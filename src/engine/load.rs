@@ -6,9 +6,10 @@
 //! `pause_ms` scales every pause; why a pause differed from it is recorded
 //! with the next batch (`zdm.batches`).
 //!
-//! The CPU the workload uses is measured on Linux (`/proc/stat`) over the
-//! last batch and pause together, minus this process's own CPU time
-//! (`CpuMeter`). Three regimes follow:
+//! The CPU the workload uses is measured on Linux (`/proc/stat`, I/O wait
+//! counted as busy) over windows of at least 250 ms of batches and pauses,
+//! minus the CPU time of zdm's own workers (`CpuMeter`). Three regimes
+//! follow:
 //!
 //! * idle (the others use less than a fifth of a core): configured batches,
 //!   a quarter of `pause_ms`;
@@ -36,22 +37,55 @@ pub struct Load {
     pub others: Option<f64>,
 }
 
+/// The machine's CPUs: the `cpuN` lines of `/proc/stat`, whose times the
+/// readings below share out (not the CPUs this process may run on).
 fn cores() -> i64 {
-    std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)
+    static CORES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .map(|s| s.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count() as i64)
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2))
+    })
 }
 
-pub fn sample(migration: i64, others: Option<f64>) -> Load {
-    let cores = cores();
-    let (active, waiting) = spi::first_row(
-        "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
-                  WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_catalog.pg_backend_pid()), \
-                (SELECT count(*) FROM pg_catalog.pg_locks l JOIN zdm.migrations m ON l.relation = m.relid::pg_catalog.oid \
-                  WHERE m.id = $1 AND NOT l.granted)",
-        &[migration.into()],
-        |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))),
-    )
-    .unwrap_or((0, 0));
-    Load { active, waiting, cores, others }
+/// How often the workload is looked at (pg_stat_activity, pg_locks, the
+/// CPU): batches of 10 ms would otherwise read them 50 times a second.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The last sample, reused for SAMPLE_EVERY.
+#[derive(Default)]
+pub struct Sampler {
+    last: Option<(std::time::Instant, Load)>,
+    meter: CpuMeter,
+}
+
+impl Sampler {
+    pub fn sample(&mut self, migration: i64) -> &Load {
+        let fresh = self.last.as_ref().is_some_and(|(at, _)| at.elapsed() < SAMPLE_EVERY);
+        if !fresh {
+            let (active, waiting, zdm_pids) = spi::first_row(
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
+                          WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_catalog.pg_backend_pid()), \
+                        (SELECT count(*) FROM pg_catalog.pg_locks l JOIN zdm.migrations m ON l.relation = m.relid::pg_catalog.oid \
+                          WHERE m.id = $1 AND NOT l.granted), \
+                        (SELECT pg_catalog.array_agg(a.pid) FROM pg_catalog.pg_stat_activity a \
+                          WHERE a.backend_type LIKE 'zdm %' AND a.backend_type NOT IN ('zdm launcher', 'zdm supervisor'))",
+                &[migration.into()],
+                |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0), r.get::<Vec<i32>>(3)?.unwrap_or_default())),
+            )
+            .unwrap_or((0, 0, Vec::new()));
+            let others = self.meter.read(&zdm_pids);
+            self.last = Some((std::time::Instant::now(), Load { active, waiting, cores: cores(), others }));
+        }
+        &self.last.as_ref().expect("sampled").1
+    }
+
+    /// The CPU the others used in the last complete window (see CpuMeter).
+    pub fn others(&self) -> Option<f64> {
+        self.meter.others
+    }
 }
 
 /// Below this many cores' worth of CPU used by others, the machine is idle.
@@ -59,7 +93,7 @@ pub const IDLE_CORES: f64 = 0.2;
 /// While the workload leaves capacity, batches take this share of the idle
 /// cores beyond the half core that marks saturation (one batch runs on one
 /// core) as their share of the time …
-pub const SPARE_SHARE: f64 = 0.8;
+pub const SPARE_SHARE: f64 = 1.0;
 /// … at most this much; at least SATURATED_DUTY, as when saturated.
 pub const SPARE_DUTY_MAX: f64 = 0.5;
 /// … and last at most this long (unless `target_batch_ms` is smaller).
@@ -85,9 +119,9 @@ impl Load {
 /// The batch time to steer the next batch size to: while anybody else works,
 /// at most SPARE_TARGET_MS (half the configured one without a CPU reading)
 /// — rows a batch updates stay locked, and its WAL waits for the next
-/// commit's flush, until it commits.
-pub fn target_batch_ms(target: Option<i32>, load: &Load) -> Option<i32> {
-    target.map(|t| match (load.workload(), load.others) {
+/// commit's flush, until it commits. `pause_ms` = 0 (full speed): as configured.
+pub fn target_batch_ms(target: Option<i32>, load: &Load, pause_ms: i32) -> Option<i32> {
+    target.map(|t| match (load.workload() && pause_ms > 0, load.others) {
         (false, _) => t,
         (true, Some(_)) => t.min(SPARE_TARGET_MS).max(1),
         (true, None) => (t / 2).max(1),
@@ -140,8 +174,9 @@ pub struct CpuTicks {
 pub fn cpu_ticks() -> Option<CpuTicks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal
-    (fields.len() >= 5).then(|| CpuTicks { idle: fields[3] + fields[4], total: fields.iter().take(8).sum() })
+    // user nice system idle iowait irq softirq steal: time waiting for I/O
+    // counts as busy (a disk-bound workload needs the room too)
+    (fields.len() >= 5).then(|| CpuTicks { idle: fields[3], total: fields.iter().take(8).sum() })
 }
 
 /// The share of the machine's CPU time left idle between two readings, if
@@ -151,35 +186,49 @@ pub fn idle_share(from: CpuTicks, to: CpuTicks) -> Option<f64> {
     (total >= 20).then(|| to.idle.saturating_sub(from.idle) as f64 / total as f64)
 }
 
-/// This process's CPU time so far (`/proc/self/stat` utime + stime), in
-/// the same ticks as `/proc/stat`.
-fn own_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// A process's CPU time so far (`/proc/<pid>/stat` utime + stime), in the
+/// same ticks as `/proc/stat`.
+fn process_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // after "pid (comm) ": state is field 0 here, utime 11, stime 12
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// The CPU the other processes use, measured over windows of at least 0.1 s
-/// of CPU time (several batches and pauses when they are short): the
-/// machine's busy time minus this process's own.
+/// A window is at least this long: enough ticks (100 a second per CPU) to
+/// tell, and several short batches and pauses averaged.
+const WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The CPU the workload uses: the machine's busy time (I/O wait included)
+/// minus that of zdm's own workers (this one, its helpers, other jobs'),
+/// over windows of at least WINDOW.
 #[derive(Default)]
 pub struct CpuMeter {
-    mark: Option<(CpuTicks, u64)>,
+    mark: Option<(std::time::Instant, CpuTicks, std::collections::HashMap<i32, u64>)>,
     others: Option<f64>,
 }
 
 impl CpuMeter {
-    /// Cores' worth of CPU the others used in the last complete window.
-    pub fn read(&mut self) -> Option<f64> {
-        let now = (cpu_ticks()?, own_ticks()?);
-        match self.mark {
-            Some((from, own)) if now.0.total.saturating_sub(from.total) >= 20 => {
-                self.others = Some(others_cores(from, now.0, now.1.saturating_sub(own), cores()));
-                self.mark = Some(now);
+    /// Cores' worth of CPU the others used in the last complete window;
+    /// `zdm_pids`: zdm's workers now (this process is always counted).
+    pub fn read(&mut self, zdm_pids: &[i32]) -> Option<f64> {
+        let ticks = cpu_ticks()?;
+        let me = unsafe { pgrx::pg_sys::MyProcPid };
+        let zdm: std::collections::HashMap<i32, u64> = zdm_pids
+            .iter()
+            .copied()
+            .chain(std::iter::once(me))
+            .filter_map(|pid| Some((pid, process_ticks(pid)?)))
+            .collect();
+        match &self.mark {
+            Some((at, from, before)) if at.elapsed() >= WINDOW => {
+                // (a worker that started within the window: all its time)
+                let own: u64 = zdm.iter().map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0))).sum();
+                self.others = Some(others_cores(*from, ticks, own, cores()));
+                self.mark = Some((std::time::Instant::now(), ticks, zdm));
             }
             Some(_) => {}
-            None => self.mark = Some(now),
+            None => self.mark = Some((std::time::Instant::now(), ticks, zdm)),
         }
         self.others
     }
@@ -193,7 +242,7 @@ fn others_cores(from: CpuTicks, to: CpuTicks, own: u64, cores: i64) -> f64 {
 }
 
 /// The CPUs are saturated when less than this many cores' worth of time
-/// was idle: a batch (one core) would take most of its CPU from the workload.
+/// was idle (I/O wait counts as busy): a batch (one core) would take most of its CPU from the workload.
 pub const SATURATED_IDLE_CORES: f64 = 0.5;
 /// While they are, batches take at most this share of the time. A batch
 /// costs the workload more than its CPU time (its WAL is flushed ahead of
@@ -217,11 +266,12 @@ pub fn saturated_wait(idle: f64, cores: i64, last_batch_ms: f64, waited_ms: f64)
 /// The CPU gate before a batch: compares the CPU time since `mark` (set
 /// when the last batch or wait ended) and moves the mark to now. Returns
 /// how long to wait, and why.
-pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64) -> Option<(f64, String)> {
+pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64, others: Option<f64>) -> Option<(f64, String)> {
     let now = cpu_ticks()?;
     let idle = idle_share((*mark)?, now);
     *mark = Some(now);
-    let idle = idle?;
+    // A wait too short to tell (short pauses): the meter's last window.
+    let idle = idle.or_else(|| others.map(|o| ((cores() as f64 - o) / cores() as f64).max(0.0)))?;
     let ms = saturated_wait(idle, cores(), last_batch_ms, waited_ms)?;
     Some((
         ms,
@@ -258,9 +308,9 @@ mod tests {
         assert_eq!(pause(400, &l(2, 0), 100.0).0, 800);
         assert_eq!(pause(400, &l(0, 1), 100.0).0, 1600);
         assert_eq!(pause(0, &l(2, 0), 100.0).0, 100);
-        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0)), Some(50));
-        assert_eq!(super::target_batch_ms(Some(100), &l(1, 0)), Some(100));
-        assert_eq!(super::target_batch_ms(None, &l(4, 0)), None);
+        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0), 400), Some(50));
+        assert_eq!(super::target_batch_ms(Some(100), &l(1, 0), 400), Some(100));
+        assert_eq!(super::target_batch_ms(None, &l(4, 0), 400), None);
     }
 
     #[test]
@@ -268,22 +318,26 @@ mod tests {
         let l = |active, waiting, others| Load { active, waiting, cores: 2, others: Some(others) };
         // idle: a quarter of pause_ms, configured batches
         assert_eq!(pause(400, &l(0, 0, 0.1), 10.0).0, 100);
-        assert_eq!(super::target_batch_ms(Some(100), &l(0, 0, 0.1)), Some(100));
-        // a core left: 40% of the time, short batches
+        assert_eq!(super::target_batch_ms(Some(100), &l(0, 0, 0.1), 400), Some(100));
+        // a core left: half of the time, short batches
         let (ms, why) = pause(400, &l(2, 0, 1.0), 10.0);
-        assert_eq!(ms, 15);
-        assert!(why.unwrap().contains("batches take 40% of the time"));
-        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0, 1.0)), Some(super::SPARE_TARGET_MS));
-        assert_eq!(super::target_batch_ms(Some(5), &l(2, 0, 1.0)), Some(5));
-        // a little more than half a core idle: 8%; saturated: the floor, 2%
-        assert_eq!(pause(400, &l(4, 0, 1.4), 10.0).0, 115);
+        assert_eq!(ms, 10);
+        assert!(why.unwrap().contains("batches take 50% of the time"));
+        let (ms, why) = pause(400, &l(2, 0, 1.2), 10.0);
+        assert_eq!(ms, 23);
+        assert!(why.unwrap().contains("batches take 30% of the time"));
+        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0, 1.0), 400), Some(super::SPARE_TARGET_MS));
+        assert_eq!(super::target_batch_ms(Some(5), &l(2, 0, 1.0), 400), Some(5));
+        assert_eq!(super::target_batch_ms(Some(100), &l(2, 0, 1.0), 0), Some(100), "pause_ms 0: full speed");
+        // a little more than half a core idle: 10%; saturated: the floor, 2%
+        assert_eq!(pause(400, &l(4, 0, 1.4), 10.0).0, 90);
         assert_eq!(pause(400, &l(4, 0, 1.6), 10.0).0, 490);
         // nearly idle: at most half the time
         assert_eq!(pause(400, &l(1, 0, 0.3), 10.0).0, 10);
         // pause_ms scales it; lock waiters come first
-        assert_eq!(pause(800, &l(2, 0, 1.0), 10.0).0, 30);
+        assert_eq!(pause(800, &l(2, 0, 1.2), 10.0).0, 47);
         assert_eq!(pause(400, &l(0, 1, 1.0), 10.0).0, 1600);
-        assert_eq!(super::target_batch_ms(Some(100), &l(0, 1, 0.0)), Some(super::SPARE_TARGET_MS));
+        assert_eq!(super::target_batch_ms(Some(100), &l(0, 1, 0.0), 400), Some(super::SPARE_TARGET_MS));
     }
 
     #[test]
@@ -293,9 +347,9 @@ mod tests {
         assert_eq!(others_cores(t(0, 0), t(100, 200), 50, 2), 0.5, "100 busy ticks, 50 of them ours");
         assert_eq!(others_cores(t(0, 0), t(0, 200), 0, 2), 2.0);
         assert_eq!(others_cores(t(0, 0), t(200, 200), 10, 2), 0.0);
-        let mut meter = super::CpuMeter::default();
-        if meter.read().is_none() && std::path::Path::new("/proc/self/stat").exists() {
-            assert!(super::own_ticks().is_some());
+        if std::path::Path::new("/proc/self/stat").exists() {
+            assert!(super::process_ticks(std::process::id() as i32).is_some());
+            assert!(super::cores() >= 1);
         }
     }
 }

@@ -12,7 +12,7 @@
 //! * A launcher in a database without zdm finds no extension and exits at
 //!   once; the supervisor probes that database again only when asked
 //!   (`wake`: CREATE EXTENSION zdm, sending it SIGHUP) or every
-//!   `ABSENT_RECHECK`, at most `PROBES_PER_ROUND` databases a second. A launcher that ran (zdm is there) and stopped — killed,
+//!   `ABSENT_RECHECK`, at most `PROBES_PER_SECOND` databases a second. A launcher that ran (zdm is there) and stopped — killed,
 //!   crashed, stopped for DROP DATABASE or ALTER DATABASE … RENAME — is started
 //!   again after `RESTART_DELAY`, if its database still exists.
 //! * It holds no connection to any database, so it never blocks DROP
@@ -45,9 +45,26 @@ pub fn register() {
         .load();
 }
 
-/// At most this many databases not known to have zdm are probed per round
-/// (a SIGHUP — any configuration reload — asks for a probe of every one).
-const PROBES_PER_ROUND: usize = 4;
+/// At most this many databases not known to have zdm are probed per second
+/// of wall-clock time (a SIGHUP — any configuration reload — asks for a probe
+/// of every one, and every launcher that starts or stops wakes the
+/// supervisor).
+const PROBES_PER_SECOND: f64 = 4.0;
+
+/// Probes allowed now: refilled at PROBES_PER_SECOND, at most one second's.
+struct ProbeBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl ProbeBudget {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * PROBES_PER_SECOND).min(PROBES_PER_SECOND);
+        self.at = now;
+        (self.tokens >= 1.0).then(|| self.tokens -= 1.0).is_some()
+    }
+}
 
 /// A database's launcher, as the supervisor knows it.
 struct Served {
@@ -66,6 +83,7 @@ pub extern "C-unwind" fn zdm_supervisor_main(_arg: pg_sys::Datum) {
     // No database: pg_database is a shared catalog.
     BackgroundWorker::connect_worker_to_spi(None, None);
     let mut served: HashMap<u32, Served> = HashMap::new();
+    let mut budget = ProbeBudget { tokens: PROBES_PER_SECOND, at: Instant::now() };
     loop {
         let woken = unsafe { pg_sys::ConfigReloadPending != 0 };
         if woken {
@@ -76,7 +94,7 @@ pub extern "C-unwind" fn zdm_supervisor_main(_arg: pg_sys::Datum) {
         }
         set_activity("zdm supervisor: looking at the databases");
         match transaction(databases) {
-            Ok(dbs) => supervise(&mut served, &dbs, woken),
+            Ok(dbs) => supervise(&mut served, &dbs, woken, &mut budget),
             Err(e) => pgrx::log!("zdm supervisor: {e}"),
         }
         set_activity("zdm supervisor: idle");
@@ -84,7 +102,7 @@ pub extern "C-unwind" fn zdm_supervisor_main(_arg: pg_sys::Datum) {
     }
 }
 
-fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], woken: bool) {
+fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], woken: bool, budget: &mut ProbeBudget) {
     let now = Instant::now();
     let allowed = guc::served_databases();
     // Databases gone, or no longer allowed: stop their launchers.
@@ -97,7 +115,6 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
         }
         keep
     });
-    let mut probes = 0;
     for (oid, name) in dbs {
         if allowed.as_ref().is_some_and(|a| !a.contains(name)) {
             continue;
@@ -124,11 +141,8 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
         if now < s.next_start {
             continue;
         }
-        if !s.serving {
-            if probes >= PROBES_PER_ROUND {
-                continue; // next round
-            }
-            probes += 1;
+        if !s.serving && !budget.take() {
+            continue; // a later round
         }
         s.started = now;
         s.next_start = now + ABSENT_RECHECK;
