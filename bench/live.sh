@@ -218,7 +218,7 @@ GP
   gnuplot <<GP
 set terminal pngcairo size 1000,520 font ",10"
 set output "$(dirname "$PLOT")/live_rate.png"
-set title "pgbench -R $RATE_LIMIT (half load, 2 cores): no migration | zdm backfill of $ROWS rows, adaptive throttle; idle-server backfill ${RATE[idle]} rows/s"
+set title "pgbench -R $RATE_LIMIT (half load, $(nproc) cores): no migration | zdm backfill of $ROWS rows, adaptive throttle; idle-server backfill ${RATE[idle]} rows/s"
 set xlabel "seconds"
 set ylabel "TPS; p99 latency (ms) x100"
 set y2label "backfill rows/s"
@@ -237,5 +237,5 @@ plot "$BENCH_DIR/plot-rbase.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
      $((RATE[idle])) axes x1y2 title "idle-server backfill rows/s" dt 3 lc rgb "#d62728"
 GP
   echo
-  echo "Plot: [live.png](live.png) — round 1: TPS and p99 per second, each backfill's rows/s on the right axis (written to bench/results/live.png; \`bench/run full\` copies it to bench/live.png)."
+  echo "Plot: [live.png](live.png) — round 1: TPS and p99 per second, each backfill's rows/s on the right axis (written to bench/results/live.png; \`bench/run full\` copies it to bench/live.png). Half load: [live_rate.png](live_rate.png), round 1 (bench/results/live_rate.png, copied likewise)."
 fi
