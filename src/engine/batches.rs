@@ -234,7 +234,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     if guc::ADAPTIVE_THROTTLE.get() && job.pause_ms > 0 {
         // (pause_ms = 0 asks for full speed: no gate)
         let waited = PENDING_WAIT.with(|w| w.borrow().0);
-        if let Some((ms, reason)) = super::load::cpu_gate(&mut st.cpu_mark, st.last_batch_ms, waited, st.sampler.others()) {
+        if let Some((ms, reason)) = super::load::cpu_gate(&mut st.cpu_mark, st.last_batch_ms, waited, st.sampler.others(), job.pause_ms) {
             return wait(ms, reason);
         }
     }

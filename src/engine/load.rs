@@ -267,19 +267,22 @@ pub fn saturated_wait(idle: f64, cores: i64, last_batch_ms: f64, waited_ms: f64)
 /// The CPU gate before a batch: compares the CPU time since `mark` (set
 /// when the last batch or wait ended) and moves the mark to now. Returns
 /// how long to wait, and why.
-pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64, others: Option<f64>) -> Option<(f64, String)> {
+/// Like every pause, the wait scales with `pause_ms` (400 is 1×): the 2% is
+/// the default's.
+pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64, others: Option<f64>, pause_ms: i32) -> Option<(f64, String)> {
     let now = cpu_ticks()?;
     let idle = idle_share((*mark)?, now);
     *mark = Some(now);
     // A wait too short to tell (short pauses): the meter's last window.
     let idle = idle.or_else(|| others.map(|o| ((cores() as f64 - o) / cores() as f64).max(0.0)))?;
-    let ms = saturated_wait(idle, cores(), last_batch_ms, waited_ms)?;
+    let scale = pause_ms.max(0) as f64 / DEFAULT_PAUSE_MS;
+    let ms = saturated_wait(idle, cores(), last_batch_ms * scale, waited_ms)?;
     Some((
         ms,
         format!(
             "CPU saturated ({:.0}% idle while the backfill waited): batches held to {:.0}% of the time",
             idle * 100.0,
-            SATURATED_DUTY * 100.0
+            100.0 / (1.0 + (1.0 / SATURATED_DUTY - 1.0) * scale)
         ),
     ))
 }
