@@ -179,15 +179,8 @@ if command -v gnuplot >/dev/null; then
       | awk '{ s = int($1); r[s] += $2; if (s > mx) mx = s; if (mn == "" || s < mn) mn = s } END { if (mn != "") for (s = mn; s <= mx; s++) print s, r[s] + 0 }'
   }
   gap=$((SECS + 2))
-  per_second live_base_1 0 > "$BENCH_DIR/plot-base.dat"
-  per_second live_fixed_1 "$gap" > "$BENCH_DIR/plot-fixed.dat"
-  per_second live_adaptive_1 "$((2 * gap))" > "$BENCH_DIR/plot-adaptive.dat"
-  { rows_per_second fixed "$gap"; echo; echo; rows_per_second adaptive "$((2 * gap))"; } > "$BENCH_DIR/plot-rows.dat"
-  mkdir -p "$(dirname "$PLOT")"
-  gnuplot <<GP
-set terminal pngcairo size 1200,560 font ",10"
-set output "$PLOT"
-set title "pgbench (4 clients, 2 cores): no migration | zdm backfill of $ROWS rows, fixed throttle | same, adaptive throttle (default)"
+  axes() { # both plots: TPS and p99 on the left, rows/s on the right, a line where each run begins
+    cat <<GP
 set xlabel "seconds"
 set ylabel "TPS; p99 latency (ms) x100"
 set y2label "backfill rows/s"
@@ -198,6 +191,18 @@ set y2range [0:*]
 set key outside bottom center horizontal
 set style data lines
 set arrow from $((gap - 1)), graph 0 to $((gap - 1)), graph 1 nohead dt 2
+GP
+  }
+  per_second live_base_1 0 > "$BENCH_DIR/plot-base.dat"
+  per_second live_fixed_1 "$gap" > "$BENCH_DIR/plot-fixed.dat"
+  per_second live_adaptive_1 "$((2 * gap))" > "$BENCH_DIR/plot-adaptive.dat"
+  { rows_per_second fixed "$gap"; echo; echo; rows_per_second adaptive "$((2 * gap))"; } > "$BENCH_DIR/plot-rows.dat"
+  mkdir -p "$(dirname "$PLOT")"
+  gnuplot <<GP
+set terminal pngcairo size 1200,560 font ",10"
+set output "$PLOT"
+set title "pgbench (4 clients, 2 cores): no migration | zdm backfill of $ROWS rows, fixed throttle | same, adaptive throttle (default)"
+$(axes)
 set arrow from $((2 * gap - 1)), graph 0 to $((2 * gap - 1)), graph 1 nohead dt 2
 plot "$BENCH_DIR/plot-base.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
      "$BENCH_DIR/plot-fixed.dat" using 1:2 notitle lw 2 lc rgb "#1f77b4", \
@@ -211,24 +216,12 @@ GP
   # Half load, round 1: no migration | adaptive backfill.
   per_second live_rbase_1 0 > "$BENCH_DIR/plot-rbase.dat"
   per_second live_rate_1 "$gap" > "$BENCH_DIR/plot-rate.dat"
-  { t0=$(first_t live_rate_1)
-    val "SELECT extract(epoch FROM at) - $t0 + $gap, rows FROM zdm.batches WHERE migration_id = ${ID[rate,1]} ORDER BY at" | tr '|' ' ' \
-      | awk '{ s = int($1); r[s] += $2; if (s > mx) mx = s; if (mn == "" || s < mn) mn = s } END { if (mn != "") for (s = mn; s <= mx; s++) print s, r[s] + 0 }'
-  } > "$BENCH_DIR/plot-rrows.dat"
+  rows_per_second rate "$gap" > "$BENCH_DIR/plot-rrows.dat"
   gnuplot <<GP
 set terminal pngcairo size 1000,520 font ",10"
 set output "$(dirname "$PLOT")/live_rate.png"
 set title "pgbench -R $RATE_LIMIT (half load, $(nproc) cores): no migration | zdm backfill of $ROWS rows, adaptive throttle; idle-server backfill ${RATE[idle]} rows/s"
-set xlabel "seconds"
-set ylabel "TPS; p99 latency (ms) x100"
-set y2label "backfill rows/s"
-set ytics nomirror
-set y2tics
-set yrange [0:*]
-set y2range [0:*]
-set key outside bottom center horizontal
-set style data lines
-set arrow from $((gap - 1)), graph 0 to $((gap - 1)), graph 1 nohead dt 2
+$(axes)
 plot "$BENCH_DIR/plot-rbase.dat" using 1:2 title "TPS" lw 2 lc rgb "#1f77b4", \
      "$BENCH_DIR/plot-rate.dat" using 1:2 notitle lw 2 lc rgb "#1f77b4", \
      "$BENCH_DIR/plot-rbase.dat" using 1:(\$3*100) title "p99 ms x100" lc rgb "#ff7f0e", \

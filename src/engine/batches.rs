@@ -432,10 +432,7 @@ impl Helpers {
         }
         let starting = self.slots.iter().flatten().filter(|(w, _)| matches!(w.pid(), Err(BackgroundWorkerStatus::NotYetStarted))).count();
         let running = transaction(|| {
-            spi::one::<i64>(
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type LIKE 'zdm %' AND backend_type NOT IN ('zdm launcher', 'zdm supervisor')",
-                &[],
-            )
+            spi::one::<i64>(&format!("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE {}", capacity::IS_ZDM_WORKER), &[])
         })
         .ok()
         .flatten()

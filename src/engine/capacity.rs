@@ -94,11 +94,22 @@ pub fn per_role_limit() -> i64 {
     }
 }
 
+/// SQL condition on a pg_stat_activity row: a zdm worker (a job's process,
+/// not a launcher nor the supervisor).
+macro_rules! zdm_worker_sql {
+    () => {
+        "backend_type LIKE 'zdm %' AND backend_type NOT IN ('zdm launcher', 'zdm supervisor')"
+    };
+}
+pub const IS_ZDM_WORKER: &str = zdm_worker_sql!();
+
 /// SQL for how many zdm workers run in the other databases of the cluster
 /// (`zdm.max_workers` bounds them all together).
-pub const OTHER_DATABASES_WORKERS: &str = "(SELECT count(*) FROM pg_catalog.pg_stat_activity a \
-      WHERE a.backend_type LIKE 'zdm %' AND a.backend_type NOT IN ('zdm launcher', 'zdm supervisor') \
-        AND a.datname IS DISTINCT FROM pg_catalog.current_database())";
+pub const OTHER_DATABASES_WORKERS: &str = concat!(
+    "(SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE ",
+    zdm_worker_sql!(),
+    " AND datname IS DISTINCT FROM pg_catalog.current_database())"
+);
 
 /// SQL condition on `j` (zdm.jobs) joined to `m` (zdm.migrations): the job
 /// works now and counts toward the limits.

@@ -66,12 +66,14 @@ impl Sampler {
         let fresh = self.last.as_ref().is_some_and(|(at, _)| at.elapsed() < SAMPLE_EVERY);
         if !fresh {
             let (active, waiting, zdm_pids) = spi::first_row(
-                "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
-                          WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_catalog.pg_backend_pid()), \
-                        (SELECT count(*) FROM pg_catalog.pg_locks l JOIN zdm.migrations m ON l.relation = m.relid::pg_catalog.oid \
-                          WHERE m.id = $1 AND NOT l.granted), \
-                        (SELECT pg_catalog.array_agg(a.pid) FROM pg_catalog.pg_stat_activity a \
-                          WHERE a.backend_type LIKE 'zdm %' AND a.backend_type NOT IN ('zdm launcher', 'zdm supervisor'))",
+                &format!(
+                    "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
+                              WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_catalog.pg_backend_pid()), \
+                            (SELECT count(*) FROM pg_catalog.pg_locks l JOIN zdm.migrations m ON l.relation = m.relid::pg_catalog.oid \
+                              WHERE m.id = $1 AND NOT l.granted), \
+                            (SELECT pg_catalog.array_agg(pid) FROM pg_catalog.pg_stat_activity WHERE {})",
+                    super::capacity::IS_ZDM_WORKER
+                ),
                 &[migration.into()],
                 |r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0), r.get::<Vec<i32>>(3)?.unwrap_or_default())),
             )
@@ -135,14 +137,15 @@ pub fn pause(pause_ms: i32, load: &Load, last_batch_ms: f64) -> (i32, Option<Str
         let ms = (pause_ms.saturating_mul(4)).max(1000);
         return (ms, Some(format!("{} session(s) waiting for locks on the table: pause {ms} ms", load.waiting)));
     }
+    // Nobody else works: no active session, and (when measured) next to no CPU.
+    if load.active == 0 && load.others.is_none_or(|o| o < IDLE_CORES) {
+        let ms = pause_ms / 4;
+        return (ms, Some(format!("database idle: pause {ms} ms")));
+    }
     if let Some(others) = load.others {
-        if others < IDLE_CORES && load.active == 0 {
-            let ms = pause_ms / 4;
-            return (ms, Some(format!("database idle: pause {ms} ms")));
-        }
         let spare = (load.cores as f64 - others).max(0.0);
         let duty = (SPARE_SHARE * (spare - SATURATED_IDLE_CORES)).clamp(SATURATED_DUTY, SPARE_DUTY_MAX);
-        let ms = (last_batch_ms * (1.0 / duty - 1.0) * pause_ms as f64 / DEFAULT_PAUSE_MS).round().clamp(0.0, 60_000.0) as i32;
+        let ms = (last_batch_ms * (1.0 / duty - 1.0) * scale(pause_ms)).round().clamp(0.0, 60_000.0) as i32;
         return (
             ms,
             Some(format!(
@@ -158,11 +161,13 @@ pub fn pause(pause_ms: i32, load: &Load, last_batch_ms: f64) -> (i32, Option<Str
         let ms = ((pause_ms.max(50) as f64) * factor).round() as i32;
         return (ms, Some(format!("workload busy ({} active sessions on {} cores): pause {ms} ms", load.active, load.cores)));
     }
-    if load.active == 0 {
-        let ms = pause_ms / 4;
-        return (ms, Some(format!("database idle: pause {ms} ms")));
-    }
     (pause_ms, None)
+}
+
+/// How much longer than the default's every pause and wait is (`pause_ms`
+/// 400 is 1×).
+fn scale(pause_ms: i32) -> f64 {
+    pause_ms.max(0) as f64 / DEFAULT_PAUSE_MS
 }
 
 /// The machine's CPU time so far (Linux `/proc/stat`): (idle, total) ticks.
@@ -275,7 +280,7 @@ pub fn cpu_gate(mark: &mut Option<CpuTicks>, last_batch_ms: f64, waited_ms: f64,
     *mark = Some(now);
     // A wait too short to tell (short pauses): the meter's last window.
     let idle = idle.or_else(|| others.map(|o| ((cores() as f64 - o) / cores() as f64).max(0.0)))?;
-    let scale = pause_ms.max(0) as f64 / DEFAULT_PAUSE_MS;
+    let scale = scale(pause_ms);
     let ms = saturated_wait(idle, cores(), last_batch_ms * scale, waited_ms)?;
     Some((
         ms,
