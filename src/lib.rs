@@ -98,6 +98,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     engine::register(ops::ALL);
     ddl::hook::install();
+    trigger::bypass::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         engine::supervisor::register();
     }

@@ -598,3 +598,79 @@ fn pg_dump_restore_with_a_migration_in_flight() {
     let ty: String = owner.query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'u'::regclass AND attname = 'n'", &[]).unwrap().get(0);
     assert_eq!((wrong, ty.as_str()), (0, "bigint"), "the restored type change finishes");
 }
+
+/// Calls of a zdm trigger function counted in this transaction
+/// (`track_functions = all` counts C functions).
+fn trigger_calls(c: &mut postgres::Transaction, function: &str) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions WHERE schemaname = 'zdm' AND funcname = $1",
+        &[&function],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A rename's batches run without the migration's own sync trigger (their
+/// `SET new = old` leaves each row as it would; PostgreSQL would lock every
+/// row before calling it): it is not called for a backfilled row, yet it is
+/// for a write a user's AFTER trigger makes after a batch row and for the
+/// application's writes; the user's triggers fire for every backfilled row.
+/// Beside a user's BEFORE UPDATE trigger that changes the old column, the
+/// batches keep the sync trigger (it mends what that trigger did): every
+/// row in sync. A type change's batches still call its convert trigger.
+#[test]
+fn a_renames_batches_leave_out_only_its_own_trigger() {
+    let cluster = Cluster::start("bypass", &[]);
+    let mut c = cluster.create_db("bypass");
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a text);
+         INSERT INTO t (id, a) SELECT g, 'orig-' || g FROM generate_series(1, 2000) g;
+         CREATE TABLE log (id int);
+         CREATE FUNCTION logit() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO public.log VALUES (NEW.id);
+             IF NEW.id = 7 AND NEW.a = 'orig-7' THEN UPDATE public.t SET a = 'nested' WHERE id = 8; END IF;
+             RETURN NULL;
+           END $$;
+         CREATE TRIGGER z_log AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION logit();
+         CREATE TABLE u (id int PRIMARY KEY, a text);
+         INSERT INTO u (id, a) SELECT g, 'orig-' || g FROM generate_series(1, 300) g;
+         CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN NEW.a := upper(NEW.a); RETURN NEW; END $$;
+         CREATE TRIGGER a_shout BEFORE UPDATE ON u FOR EACH ROW EXECUTE FUNCTION shout();
+         CREATE TABLE n (id int PRIMARY KEY, v int);
+         INSERT INTO n SELECT g, g FROM generate_series(1, 500) g;",
+    )
+    .unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    let shouted: i64 = c.query_one("SELECT zdm.expand_rename('u', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    let ct: i64 = c.query_one("SELECT zdm.expand_change_type('n', 'v', 'bigint', background => false)", &[]).unwrap().get(0);
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("SET LOCAL track_functions = 'all'").unwrap();
+    while tx.query_one("SELECT zdm.backfill_batch($1, 100000)", &[&id]).unwrap().get::<_, i64>(0) > 0 {}
+    // Only the write the user's AFTER trigger made (row 8) went through it.
+    assert_eq!(trigger_calls(&mut tx, "sync_trigger"), 1, "the sync trigger ran for backfilled rows");
+    tx.batch_execute("UPDATE t SET a = 'app' WHERE id = 1").unwrap();
+    assert_eq!(trigger_calls(&mut tx, "sync_trigger"), 2, "the application's write must go through the sync trigger");
+    while tx.query_one("SELECT zdm.backfill_batch($1, 100000)", &[&shouted]).unwrap().get::<_, i64>(0) > 0 {}
+    assert_eq!(trigger_calls(&mut tx, "sync_trigger"), 2 + 300, "beside another BEFORE UPDATE trigger the batches keep the sync trigger");
+    while tx.query_one("SELECT zdm.backfill_batch($1, 100000)", &[&ct]).unwrap().get::<_, i64>(0) > 0 {}
+    let converted = trigger_calls(&mut tx, "convert_trigger");
+    assert!(converted >= 500, "a type change's batches convert through their trigger ({converted} calls for 500 rows)");
+    tx.commit().unwrap();
+    for table in ["t", "u"] {
+        let out_of_sync: i64 = c.query_one(&format!("SELECT count(*) FROM {table} WHERE a IS DISTINCT FROM b"), &[]).unwrap().get(0);
+        assert_eq!(out_of_sync, 0, "rows of {table} out of sync");
+    }
+    let row8: String = c.query_one("SELECT b FROM t WHERE id = 8", &[]).unwrap().get(0);
+    assert_eq!(row8, "nested");
+    let row1: String = c.query_one("SELECT b FROM t WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(row1, "app");
+    let logged: i64 = c.query_one("SELECT count(*) FROM log", &[]).unwrap().get(0);
+    assert_eq!(logged, 2000 + 1 + 1, "the user's AFTER trigger fires for every backfilled row, the nested write and the application's");
+    for m in [id, shouted, ct] {
+        c.execute("SELECT zdm.contract($1)", &[&m]).unwrap();
+    }
+    let unconverted: i64 = c.query_one("SELECT count(*) FROM n WHERE v IS DISTINCT FROM id::bigint", &[]).unwrap().get(0);
+    assert_eq!(unconverted, 0);
+}

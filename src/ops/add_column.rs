@@ -58,7 +58,7 @@ impl Operation for AddColumn {
 /// to NULL and the fill trigger computes it (naming the row if it fails).
 fn fill_rows(m: &Migration) -> backfill::Rows {
     let c = ident(m.new_col());
-    backfill::Rows { todo: format!("{c} IS NULL"), set: format!("{c} = NULL"), synced: true, search_path: None, count_visited: false }
+    backfill::Rows { todo: format!("{c} IS NULL"), set: format!("{c} = NULL"), synced: true, search_path: None, count_visited: false, without_trigger: None }
 }
 
 /// What the caller asked for.

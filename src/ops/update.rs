@@ -73,6 +73,7 @@ fn update_rows(m: &Migration) -> backfill::Rows {
         synced: false,
         search_path: path,
         count_visited: true,
+        without_trigger: None,
     }
 }
 

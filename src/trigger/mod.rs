@@ -16,6 +16,7 @@
 //! spliced from them (`splice`). Since it runs no SQL, search_path cannot
 //! influence it; it is installed schema-qualified.
 
+pub mod bypass;
 mod compare;
 pub mod convert;
 pub mod fill;

@@ -54,6 +54,9 @@ pub struct Rows {
     pub search_path: Option<String>,
     /// count the rows each batch visits as well as those it updates
     pub count_visited: bool,
+    /// the sync trigger the batch's UPDATE runs without, when its SET
+    /// leaves every row as that trigger would (`trigger::bypass`)
+    pub without_trigger: Option<String>,
 }
 
 /// How an operation describes its rows for a migration (read in the batch's
@@ -128,7 +131,7 @@ pub fn step(migration: i64, batch_size: i32, par: Share, work: Work) -> Batch {
     let per_block = if m.rows_per_block > 0.0 { m.rows_per_block } else { 1.0 };
     let blocks = batch_blocks(batch_size, per_block, introspect::rows_per_block(m.relid), nblocks - cursor);
     let end = cursor + blocks;
-    let (rows, visited) = update_blocks(&rows_work, &format!("ONLY {}", m.table_sql()), cursor, end);
+    let (rows, visited) = update_blocks(&rows_work, &format!("ONLY {}", m.table_sql()), m.relid, cursor, end);
     catalog::save_progress(m.id, end, rows, visited, next_density(per_block, rows, blocks, batch_size));
     Batch { rows, blocks, first_block: cursor, ..Batch::default() }
 }
@@ -163,7 +166,8 @@ fn range_batch(migration: i64, batch_size: i32, par: Share, work: Work) -> Batch
     let per_block = if r.rows_per_block > 0.0 { r.rows_per_block } else { 1.0 };
     let blocks = batch_blocks(batch_size, per_block, density, r.end_block - r.next_block);
     let first = r.next_block;
-    let (rows, visited) = update_blocks(&rows_work, &heap, first, first + blocks);
+    let heap_relid = if r.relid == pg_sys::InvalidOid { m.relid } else { r.relid };
+    let (rows, visited) = update_blocks(&rows_work, &heap, heap_relid, first, first + blocks);
     r.next_block = first + blocks;
     r.rows_per_block = next_density(per_block, rows, blocks, batch_size);
     // Fewer ranges with blocks left than workers: one of them has nothing to
@@ -450,13 +454,17 @@ pub fn column_rows(m: &Migration) -> Rows {
     } else {
         (format!("{new} IS NULL AND {old} IS NOT NULL"), format!("{new} = {old}"))
     };
-    Rows { todo, set, synced: true, search_path: None, count_visited: false }
+    // A rename's `new = old` is what its sync trigger would do to the row:
+    // the batch spares every row the lock PostgreSQL takes before calling
+    // it. A type change's batch needs its trigger to convert.
+    let without_trigger = if m.using_expr.is_none() { m.trigger_name.clone() } else { None };
+    Rows { todo, set, synced: true, search_path: None, count_visited: false, without_trigger }
 }
 
 /// The batch's UPDATE over heap blocks `[first, end)` of `heap` (`ONLY`
-/// the table or one of its leaves); returns rows updated, and rows visited
-/// when the operation counts them (else 0).
-fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
+/// the table or one of its leaves, `relid`); returns rows updated, and rows
+/// visited when the operation counts them (else 0).
+fn update_blocks(rows: &Rows, heap: &str, relid: pg_sys::Oid, first: i64, end: i64) -> (i64, i64) {
     // ONLY: inheritance is refused up front, and a child added later must not
     // be half-filled by the parent's block range. Operators are qualified:
     // nothing on a search_path may stand in for them. The operation's text
@@ -465,10 +473,11 @@ fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
     let range = format!(
         "ctid OPERATOR(pg_catalog.>=) '({first},0)'::pg_catalog.tid AND ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid"
     );
-    // The sync trigger fires for these UPDATEs like for any other write (it
-    // sees new = old and leaves the row alone), and so do every other
-    // migration's and user's triggers: nothing a batch causes — including
-    // writes a user trigger makes to other rows — escapes syncing.
+    // Every other migration's and user's triggers fire for these UPDATEs
+    // like for any other write: nothing a batch causes — including writes a
+    // user trigger makes to other rows — escapes syncing. The migration's
+    // own sync trigger would see new = old and leave the row alone: a
+    // rename's batch runs without it (`Rows::without_trigger`).
     let run = || {
         // Counted before the UPDATE: a row it moves to another block is no
         // longer in this range afterwards.
@@ -477,7 +486,11 @@ fn update_blocks(rows: &Rows, heap: &str, first: i64, end: i64) -> (i64, i64) {
         } else {
             0
         };
-        (update_naming_row(rows, heap, &range), visited)
+        let updated = match &rows.without_trigger {
+            Some(trigger) => crate::trigger::bypass::without(relid, trigger, || update_naming_row(rows, heap, &range)),
+            None => update_naming_row(rows, heap, &range),
+        };
+        (updated, visited)
     };
     match &rows.search_path {
         Some(path) => {
