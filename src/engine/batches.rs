@@ -85,9 +85,9 @@ fn hold(reason: String) -> Next {
 pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     // Whom the work runs as: the owner's name resolved now, checked again
     // before every batch.
-    let owner = match transaction(|| {
+    let (owner, workers) = match transaction(|| {
         let job = jobs::load_row(migration)?;
-        Some((security::resolve_owner(&job.owner_name, migration), job.owner_name))
+        Some(((security::resolve_owner(&job.owner_name, migration), job.owner_name), job.workers))
     }) {
         Ok(Some(owner)) => owner,
         Ok(None) => return false,
@@ -102,6 +102,11 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     // Held (paused, scheduled, outside a window): parked, no share of
     // zdm.max_workers; batches go on once the hold ends and a share is free.
     let mut held = false;
+    if matches!(role, Role::Leader) && workers > 1 {
+        // At once, not after the first batch: whoever comes first splits
+        // the scan (under the migration's row lock), the other takes a range.
+        helpers.keep(migration, workers, name);
+    }
     loop {
         reload_config_if_asked();
         if held {
@@ -303,6 +308,9 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
 /// After a batch committed: heartbeat, the size the next batch uses, and no
 /// throttle reason (a wait before the next one sets its own).
 fn batch_done(migration: i64, next_size: i32) {
+    // Not worth a WAL flush of its own per batch: a crash loses only the
+    // heartbeat (the batch and its cursor committed before, durably).
+    super::process::commit_without_waiting();
     as_catalog_owner(|| {
         spi::exec_args(
             "UPDATE zdm.jobs SET heartbeat_at = clock_timestamp(), current_batch_size = $2, throttle_reason = NULL \

@@ -66,6 +66,24 @@ pub fn caught_transaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
     }
 }
 
+/// This transaction's commit does not wait for its WAL to reach the disk
+/// (`synchronous_commit = off` until it ends): for bookkeeping a crash may
+/// lose (a heartbeat), not for a batch or anything a caller relies on.
+pub fn commit_without_waiting() {
+    unsafe {
+        pg_sys::set_config_option(
+            c"synchronous_commit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
 /// Sleep on the latch; SIGTERM wakes it and exits through CHECK_FOR_INTERRUPTS.
 pub fn sleep_ms(ms: f64) {
     super::locking::interruptible_sleep(std::time::Duration::from_millis(ms.max(1.0) as u64));

@@ -12,14 +12,18 @@
 //! SET formed it, which the sync trigger would mend): every other trigger,
 //! AFTER ROW and statement triggers included, fires as before.
 //!
-//! How: an ExecutorStart hook. `without` arms it for the next UPDATE whose
-//! result relation is the given table; after PostgreSQL has initialised that
+//! How: an ExecutorStart hook. `without` arms it for one statement: the
+//! UPDATE of the given table with the given text that sets the command tag
+//! (not a rule's action, which comes from the same text), on a table without
+//! rules (an INSTEAD rule's UPDATE would stand in for it), whose trigger of
+//! that name runs the given function. After PostgreSQL has initialised that
 //! statement — before any row or any trigger ran, statement triggers
-//! included — the result relation gets a copy of its trigger list without
-//! the named trigger. Nothing in the relcache changes; the copy lives in the
-//! statement's memory. Statements the batch runs inside (a user trigger's
-//! SQL) start after the batch's own and find the hook disarmed. Unarmed, the
-//! hook costs one thread-local read per statement.
+//! included — its result relation gets a copy of its trigger list without
+//! that trigger. Nothing in the relcache changes; the copy lives in the
+//! statement's memory. Any other statement, one the batch runs inside (a
+//! user trigger's SQL) or one before it (a rule's action, a function the
+//! planner calls), keeps every trigger. Unarmed, the hook costs one
+//! thread-local read per statement.
 
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -27,9 +31,16 @@ use std::ffi::CStr;
 
 static mut PREV: pg_sys::ExecutorStart_hook_type = None;
 
+/// The statement a trigger is left out of, and which trigger.
+struct Armed {
+    relid: pg_sys::Oid,
+    sql: String,
+    trigger: String,
+    function: pg_sys::Oid,
+}
+
 thread_local! {
-    /// The table and the trigger the next UPDATE on it runs without.
-    static ARMED: RefCell<Option<(pg_sys::Oid, String)>> = const { RefCell::new(None) };
+    static ARMED: RefCell<Option<Armed>> = const { RefCell::new(None) };
 }
 
 unsafe extern "C-unwind" {
@@ -45,16 +56,17 @@ pub fn install() {
     }
 }
 
-/// Run `f` (one UPDATE of `relid`) without `trigger` on `relid`. Disarmed
-/// afterwards whatever happened, an error included.
-pub fn without<R>(relid: pg_sys::Oid, trigger: &str, f: impl FnOnce() -> R) -> R {
+/// Run `f`, which runs the UPDATE `sql` of `relid`, without `relid`'s
+/// trigger `trigger` (calling `function`). Disarmed afterwards whatever
+/// happened, an error included.
+pub fn without<R>(relid: pg_sys::Oid, sql: &str, trigger: &str, function: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     struct Disarm;
     impl Drop for Disarm {
         fn drop(&mut self) {
             ARMED.with(|a| a.borrow_mut().take());
         }
     }
-    ARMED.with(|a| *a.borrow_mut() = Some((relid, trigger.to_string())));
+    ARMED.with(|a| *a.borrow_mut() = Some(Armed { relid, sql: sql.to_string(), trigger: trigger.to_string(), function }));
     let _disarm = Disarm;
     f()
 }
@@ -77,35 +89,36 @@ unsafe fn leave_out(query: *mut pg_sys::QueryDesc) {
     unsafe {
         let estate = (*query).estate;
         let rels = (*estate).es_opened_result_relations;
-        if rels.is_null() {
+        if rels.is_null() || (*query).sourceText.is_null() || !(*(*query).plannedstmt).canSetTag {
             return;
         }
+        let text = CStr::from_ptr((*query).sourceText).to_bytes();
         for i in 0..(*rels).length as usize {
             let rri = (*(*rels).elements.add(i)).ptr_value as *mut pg_sys::ResultRelInfo;
-            let relid = (*(*rri).ri_RelationDesc).rd_id;
-            let Some(name) = ARMED.with(|a| a.borrow().as_ref().filter(|(r, _)| *r == relid).map(|(_, n)| n.clone())) else {
+            let rel = (*rri).ri_RelationDesc;
+            let Some(armed) = ARMED.with(|a| a.borrow_mut().take_if(|a| a.relid == (*rel).rd_id && a.sql.as_bytes() == text)) else {
                 continue;
             };
-            ARMED.with(|a| a.borrow_mut().take()); // this statement only
-            if !(*rri).ri_TrigDesc.is_null() {
-                (*rri).ri_TrigDesc = without_trigger((*rri).ri_TrigDesc, &name, (*estate).es_query_cxt);
+            if !(*(*rel).rd_rel).relhasrules && !(*rri).ri_TrigDesc.is_null() {
+                (*rri).ri_TrigDesc = without_trigger((*rri).ri_TrigDesc, &armed, (*estate).es_query_cxt);
             }
             return;
         }
     }
 }
 
-/// A copy of `desc` (in the statement's memory) without the BEFORE ROW
-/// trigger `name`, its flags recomputed from what is left. The executor's
+/// A copy of `desc` (in the statement's memory) without the armed BEFORE
+/// ROW trigger, its flags recomputed from what is left. The executor's
 /// per-trigger caches (functions, WHEN states) are indexed like the list
 /// but filled at a trigger's first call: none has been called yet.
-unsafe fn without_trigger(desc: *mut pg_sys::TriggerDesc, name: &str, cxt: pg_sys::MemoryContext) -> *mut pg_sys::TriggerDesc {
+unsafe fn without_trigger(desc: *mut pg_sys::TriggerDesc, armed: &Armed, cxt: pg_sys::MemoryContext) -> *mut pg_sys::TriggerDesc {
     unsafe {
         let all = std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers.max(0) as usize);
         let before_row = (pg_sys::TRIGGER_TYPE_ROW | pg_sys::TRIGGER_TYPE_BEFORE) as i16;
         let is_it = |t: &pg_sys::Trigger| {
             t.tgtype & (before_row | pg_sys::TRIGGER_TYPE_INSTEAD as i16) == before_row
-                && CStr::from_ptr(t.tgname).to_bytes() == name.as_bytes()
+                && t.tgfoid == armed.function
+                && CStr::from_ptr(t.tgname).to_bytes() == armed.trigger.as_bytes()
         };
         if !all.iter().any(is_it) {
             return desc;

@@ -54,9 +54,9 @@ pub struct Rows {
     pub search_path: Option<String>,
     /// count the rows each batch visits as well as those it updates
     pub count_visited: bool,
-    /// the sync trigger the batch's UPDATE runs without, when its SET
-    /// leaves every row as that trigger would (`trigger::bypass`)
-    pub without_trigger: Option<String>,
+    /// the trigger (name, function) the batch's UPDATE runs without, when
+    /// its SET leaves every row as that trigger would (`trigger::bypass`)
+    pub without_trigger: Option<(String, &'static str)>,
 }
 
 /// How an operation describes its rows for a migration (read in the batch's
@@ -457,7 +457,10 @@ pub fn column_rows(m: &Migration) -> Rows {
     // A rename's `new = old` is what its sync trigger would do to the row:
     // the batch spares every row the lock PostgreSQL takes before calling
     // it. A type change's batch needs its trigger to convert.
-    let without_trigger = if m.using_expr.is_none() { m.trigger_name.clone() } else { None };
+    let without_trigger = match (&m.using_expr, &m.trigger_name) {
+        (None, Some(name)) => Some((name.clone(), "zdm.sync_trigger()")),
+        _ => None,
+    };
     Rows { todo, set, synced: true, search_path: None, count_visited: false, without_trigger }
 }
 
@@ -487,7 +490,12 @@ fn update_blocks(rows: &Rows, heap: &str, relid: pg_sys::Oid, first: i64, end: i
             0
         };
         let updated = match &rows.without_trigger {
-            Some(trigger) => crate::trigger::bypass::without(relid, trigger, || update_naming_row(rows, heap, &range)),
+            Some((trigger, function)) => {
+                let function = spi::one::<pg_sys::Oid>(&format!("SELECT {}::pg_catalog.regprocedure::pg_catalog.oid", spi::literal(function)), &[])
+                    .unwrap_or(pg_sys::InvalidOid);
+                let sql = statement(heap, &rows.set, &rows.todo, &range);
+                crate::trigger::bypass::without(relid, &sql, trigger, function, || update_naming_row(rows, heap, &range))
+            }
             None => update_naming_row(rows, heap, &range),
         };
         (updated, visited)
