@@ -145,7 +145,8 @@ TOML
   else done=$(val "SELECT count(*) FROM $t WHERE b IS NOT DISTINCT FROM a"); fi
   if [ "$done" -lt "$ROWS" ] && [ -z "${NOTE[$m]:-}" ]; then NOTE[$m]="stopped after ${CAP}s at $(( done * 100 / ROWS ))%"; fi
   MS[$m]=$ms; DONE[$m]=$done
-  ALL_MS[$m]="${ALL_MS[$m]:-} $ms"; RATES[$m]="${RATES[$m]:-}${RATES[$m]:+, }$(rate "$done" "$ms")"
+  ALL_MS[$m]="${ALL_MS[$m]:-} $ms"; ALL_RATES[$m]="${ALL_RATES[$m]:-} $(rate "$done" "$ms")"
+  RATES[$m]="${RATES[$m]:-}${RATES[$m]:+, }$(rate "$done" "$ms")"
   drop_bench_table "$t"   # CASCADE: Reshape leaves a view schema on it
   if [[ $m == reshape* ]]; then QDB=postgres q -c "DROP DATABASE $QDB"; fi
   QDB=$DB
@@ -154,8 +155,9 @@ TOML
   fi
 }
 
-declare -A DONE ALL_MS RATES
+declare -A DONE ALL_MS RATES ALL_RATES
 ROUNDS="${ZDM_BACKFILL_ROUNDS:-1}"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ZDM_BACKFILL_ROUNDS must be a positive number of rounds, not '$ROUNDS'" >&2; exit 2; }
 methods="${ZDM_BACKFILL_METHODS:-update update-x2 update-trigger update-batched zdm-bg zdm-bg-x2 zdm-bg-x4 zdm-client plpgsql ctid-limit}"
 if [ -n "${ZDM_BACKFILL_METHODS:-}" ]; then :; elif command -v reshape >/dev/null 2>&1; then methods="$methods reshape-copy reshape-rename"; else NOTE[reshape]="skipped: reshape not installed (cargo install reshape --version 0.11.2 --locked)"; fi
 # Throttling off: no pause, fixed batches, and no adaptive pauses either.
@@ -170,7 +172,7 @@ q -c "ALTER SYSTEM RESET zdm.adaptive_throttle" -c "SELECT pg_reload_conf()" >/d
 echo "### Backfill of $ROWS rows ($(machine))"
 echo
 if [ "$ROUNDS" -gt 1 ]; then
-  echo "$ROUNDS interleaved rounds; time and rows/s are each method's median round, the ratio is of the medians."
+  echo "$ROUNDS interleaved rounds; time and rows/s are each method's median round, the ratio is of the medians; WAL and size are the last round's."
   echo
   for m in $methods; do NOTE[$m]="${NOTE[$m]:-}${NOTE[$m]:+; }rounds: ${RATES[$m]} rows/s"; done
 fi
@@ -191,6 +193,7 @@ x() { ratio "$(rate "${DONE[$1]:-0}" "${MS[$1]:-0}")" "$base"; }
 echo "backfill $ROWS rows: zdm background = $(x zdm-bg)× the single UPDATE with 1 worker, $(x zdm-bg-x2)× with 2, $(x zdm-bg-x4)× with 4 ($(rate "${DONE[zdm-bg]:-0}" "${MS[zdm-bg]:-0}"), $(rate "${DONE[zdm-bg-x2]:-0}" "${MS[zdm-bg-x2]:-0}"), $(rate "${DONE[zdm-bg-x4]:-0}" "${MS[zdm-bg-x4]:-0}") vs $base rows/s); two UPDATEs at once: $(x update-x2)×, with a do-nothing BEFORE ROW trigger: $(x update-trigger)× (two at once: $(x update-x2-trigger)×), in committed batches of 20000 rows: $(x update-batched)×"
 if [ "$ROUNDS" -gt 1 ] && [ -n "${ALL_MS[update]:-}" ]; then
   # the ratio within each round (the methods of one round ran minutes apart, not hours)
-  per_round() { paste <(echo ${ALL_MS[update]} | tr ' ' '\n') <(echo ${ALL_MS[$1]:-} | tr ' ' '\n') | awk '$2 > 0 { printf "%s%.2f", (n++ ? ", " : ""), $1 / $2 }'; }
-  echo "per round, vs that round's single UPDATE: $(for m in $methods; do [ "$m" = update ] || printf '%s %s×; ' "$m" "$(per_round "$m")"; done)"
+  # (rates, not times: a method stopped at the time cap moved fewer rows)
+  per_round() { paste <(echo ${ALL_RATES[update]} | tr ' ' '\n') <(echo ${ALL_RATES[$1]:-} | tr ' ' '\n') | awk '$1 > 0 { printf "%s%.2f", (n++ ? ", " : ""), $2 / $1 }'; }
+  echo "per round, vs that round's single UPDATE: $(for m in $methods; do [ "$m" = update ] || [ "$m" = reshape-rename ] || printf '%s %s×; ' "$m" "$(per_round "$m")"; done)"
 fi

@@ -30,8 +30,13 @@ counted() { # statement
   rm -f "$out" "$out.txt"
   stop_cluster
   echo "$1" | as_pg valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$BIN/postgres" --single -D "$BENCH_DIR/data" "$DB" >/dev/null 2>"$BENCH_DIR/valgrind.log"
+    "$BIN/postgres" --single -D "$BENCH_DIR/data" "$DB" >"$BENCH_DIR/single.log" 2>"$BENCH_DIR/valgrind.log"
   start_cluster
+  # a single-user backend reports a failed statement and exits 0
+  if grep -q "ERROR:" "$BENCH_DIR/single.log" "$BENCH_DIR/valgrind.log"; then
+    echo "batch_instructions: the statement failed: $(grep -h -m1 "ERROR:" "$BENCH_DIR/single.log" "$BENCH_DIR/valgrind.log")" >&2
+    exit 1
+  fi
   local total
   total=$(awk '/^(summary|totals):/ { print $2; exit }' "$out")
   echo "${total:-0}"

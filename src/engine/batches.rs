@@ -85,9 +85,9 @@ fn hold(reason: String) -> Next {
 pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     // Whom the work runs as: the owner's name resolved now, checked again
     // before every batch.
-    let (owner, workers) = match transaction(|| {
+    let owner = match transaction(|| {
         let job = jobs::load_row(migration)?;
-        Some(((security::resolve_owner(&job.owner_name, migration), job.owner_name), job.workers))
+        Some((security::resolve_owner(&job.owner_name, migration), job.owner_name))
     }) {
         Ok(Some(owner)) => owner,
         Ok(None) => return false,
@@ -102,11 +102,6 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
     // Held (paused, scheduled, outside a window): parked, no share of
     // zdm.max_workers; batches go on once the hold ends and a share is free.
     let mut held = false;
-    if matches!(role, Role::Leader) && workers > 1 {
-        // At once, not after the first batch: whoever comes first splits
-        // the scan (under the migration's row lock), the other takes a range.
-        helpers.keep(migration, workers, name);
-    }
     loop {
         reload_config_if_asked();
         if held {

@@ -153,9 +153,10 @@ unsafe fn sync_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         };
         // The row as written already holds the same value in both columns:
         // whatever happened, there is nothing to sync (every action below
-        // would copy an equal value). This is the common case — the
-        // backfill's own UPDATE, and application writes to other columns of
-        // rows already in sync — so it is decided from the new row alone,
+        // would copy an equal value). This is the common case — application
+        // writes to other columns of rows already in sync (a rename's own
+        // backfill UPDATE runs without this trigger: `bypass`) — so it is
+        // decided from the new row alone,
         // first by the stored bytes (no detoasting).
         if raw_same(att, old_null, old_val, new_null, new_val) {
             return pg_sys::Datum::from(row);

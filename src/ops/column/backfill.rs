@@ -489,14 +489,14 @@ fn update_blocks(rows: &Rows, heap: &str, relid: pg_sys::Oid, first: i64, end: i
         } else {
             0
         };
+        let sql = statement(heap, &rows.set, &rows.todo, &range);
         let updated = match &rows.without_trigger {
             Some((trigger, function)) => {
                 let function = spi::one::<pg_sys::Oid>(&format!("SELECT {}::pg_catalog.regprocedure::pg_catalog.oid", spi::literal(function)), &[])
                     .unwrap_or(pg_sys::InvalidOid);
-                let sql = statement(heap, &rows.set, &rows.todo, &range);
-                crate::trigger::bypass::without(relid, &sql, trigger, function, || update_naming_row(rows, heap, &range))
+                crate::trigger::bypass::without(relid, &sql, trigger, function, || update_naming_row(rows, heap, &range, &sql))
             }
-            None => update_naming_row(rows, heap, &range),
+            None => update_naming_row(rows, heap, &range, &sql),
         };
         (updated, visited)
     };
@@ -509,18 +509,17 @@ fn update_blocks(rows: &Rows, heap: &str, relid: pg_sys::Oid, first: i64, end: i
     }
 }
 
-/// Run the batch's UPDATE. A failure in a row of a job without a trigger
-/// (an update job: no trigger names the row) is retraced to its row — each
-/// row of the range tried alone, rolled back — and raised naming it, with
-/// its SQLSTATE. Only on the failure path; lock and statement timeouts pass
-/// through for the engine to retry.
-fn update_naming_row(rows: &Rows, heap: &str, range: &str) -> i64 {
-    let sql = statement(heap, &rows.set, &rows.todo, range);
+/// Run the batch's UPDATE (`sql`, over `range` of `heap`). A failure in a
+/// row of a job without a trigger (an update job: no trigger names the row)
+/// is retraced to its row — each row of the range tried alone, rolled back —
+/// and raised naming it, with its SQLSTATE. Only on the failure path; lock
+/// and statement timeouts pass through for the engine to retry.
+fn update_naming_row(rows: &Rows, heap: &str, range: &str, sql: &str) -> i64 {
     if rows.synced {
-        return spi::exec_count(&sql);
+        return spi::exec_count(sql);
     }
     let retryable = |e: &pgrx::pg_sys::panic::CaughtError| crate::engine::locking::retryable(crate::errors::code_of(e));
-    match crate::subxact::attempt(|| spi::exec_count(&sql)) {
+    match crate::subxact::attempt(|| spi::exec_count(sql)) {
         Ok(n) => n,
         Err(e) if retryable(&e) => e.rethrow(),
         Err(e) => {
