@@ -26,7 +26,7 @@ use pgrx::prelude::*;
 /// default (`ALTER DATABASE … SET search_path`) or a user's code set.
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
-fn set_guc(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
+pub(crate) fn set_guc(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),

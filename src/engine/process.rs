@@ -70,18 +70,7 @@ pub fn caught_transaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
 /// (`synchronous_commit = off` until it ends): for bookkeeping a crash may
 /// lose (a heartbeat), not for a batch or anything a caller relies on.
 pub fn commit_without_waiting() {
-    unsafe {
-        pg_sys::set_config_option(
-            c"synchronous_commit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::security::set_guc(c"synchronous_commit", c"off", pg_sys::GucAction::GUC_ACTION_LOCAL);
 }
 
 /// Sleep on the latch; SIGTERM wakes it and exits through CHECK_FOR_INTERRUPTS.
