@@ -14,7 +14,10 @@
 # during an adaptive backfill, beside a backfill on the idle server: how much
 # of the capacity the workload leaves the backfill takes (issue 29's goal:
 # ≥ 50% of its idle-server speed, the workload's p99 ≤ 1.2×); plotted in
-# bench/results/live_rate.png.
+# bench/results/live_rate.png. Beside it, what a user would write by hand:
+# the same rename's UPDATE in committed TID-range batches of zdm's size,
+# paced to zdm's speed in that round, and paced to a tenth of zdm's idle-server speed —
+# where the workload's p99 lies for any backfill at those speeds.
 # Usage: [ZDM_LIVE_ROUNDS=N] bench/live.sh ROWS SECONDS
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-1000000}"
@@ -29,7 +32,7 @@ SCALE=$(( ROWS >= 1000000 ? 10 : 2 ))
 ROUNDS="${ZDM_LIVE_ROUNDS:-3}"
 "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 tables="live_base"
-for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r live_rate_$r"; done
+for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r live_rate_$r live_paced_$r live_tenth_$r"; done
 for t in $tables; do
   make_bench_table "$t" "$ROWS"
   cat > "$BENCH_DIR/mig-$t.sql" <<SQL
@@ -47,8 +50,54 @@ workload() { # table [log prefix, default the table] [rate]; runs pgbench, leave
 }
 set_adaptive() { q -c "ALTER SYSTEM SET zdm.adaptive_throttle = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 1; }
 span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
+# The hand-written backfill: SET b = a in committed batches of PAGES heap
+# pages up to the heap's end as it was, sleeping to hold ROWS_PER_S.
+q >/dev/null <<'SQL'
+CREATE OR REPLACE PROCEDURE bench_paced_update(t regclass, rows_per_s int, pages int) LANGUAGE plpgsql AS $$
+DECLARE
+  n bigint := pg_relation_size(t) / 8192; s bigint := 0; done bigint := 0; k bigint; ahead float8;
+  t0 timestamptz := clock_timestamp();
+BEGIN
+  WHILE s < n LOOP
+    EXECUTE format('UPDATE %s SET b = a WHERE ctid >= $1 AND ctid < $2', t)
+      USING format('(%s,0)', s)::tid, format('(%s,0)', least(s + pages, n))::tid;
+    GET DIAGNOSTICS k = ROW_COUNT;
+    done := done + k; s := s + pages;
+    COMMIT;
+    ahead := done::float8 / rows_per_s - extract(epoch FROM clock_timestamp() - t0);
+    IF ahead > 0 THEN PERFORM pg_sleep(ahead); END IF;
+  END LOOP;
+END $$;
+SQL
+# The median over the seconds of [from, to] of each second's p99 (ms): the
+# workload's typical tail, which one stall of this VM's disk (p99 up to
+# ~0.7 s without any migration) does not decide.
+second_p99() { # prefix from to
+  cat "$BENCH_DIR/$1".[0-9]* | awk -v f="${2:-0}" -v t="${3:-0}" '{ x = $5 + $6 / 1e6; if (f > 0 && (x < f || x > t)) next; print int(x), $3 }' \
+    | sort -k1,1n -k2,2n \
+    | awk 'function fl() { i = int(k * 0.99); if (i < 1) i = 1; printf "%.1f\n", v[i] / 1000; k = 0 } { if ($1 != c && k) fl(); c = $1; v[++k] = $2 } END { if (k) fl() }' \
+    | median
+}
+paced_run() { # kind round rows/s pages: the hand-written backfill during the half-load workload
+  local t="live_$1_$2" start stop pid
+  settle
+  q -c "ALTER TABLE $t ADD COLUMN b text" >/dev/null
+  rm -f "$BENCH_DIR/$t.end"
+  start=$(epoch)
+  ( q -c "CALL bench_paced_update('$t', $(( $3 > 100 ? $3 : 100 )), $4)" >/dev/null 2>&1; epoch > "$BENCH_DIR/$t.end" ) &
+  pid=$!
+  workload "$t" "$t" "$RATE_LIMIT"
+  stop=$(epoch)
+  # a loop still running when pgbench stops is cancelled (its batches so far stay)
+  val "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL bench_paced_update%' AND pid <> pg_backend_pid()" >/dev/null
+  wait "$pid" || true
+  [ -s "$BENCH_DIR/$t.end" ] && stop=$(awk -v a="$stop" -v b="$(cat "$BENCH_DIR/$t.end")" 'BEGIN { print (a < b ? a : b) }')
+  RATE[$1,$2]=$(awk -v n="$(val "SELECT count(b) FROM $t")" -v a="$start" -v b="$stop" 'BEGIN { printf "%d", n / (b - a) }')
+  read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$start" "$stop")
+  SP99[$1,$2]=$(second_p99 "$t" "$start" "$stop")
+}
 
-declare -A TPS P99 BUSY RATE STATE ID
+declare -A TPS P99 SP99 BUSY RATE STATE ID
 # Each run starts from the same state: pgbench's tables vacuumed (its history
 # table grows and its accounts bloat run after run), a checkpoint, and `sync`
 # to flush what the last run left dirty in the page cache (its writeback
@@ -59,6 +108,12 @@ base_run() { # round
   workload live_base "live_base_$1"
   read -r TPS[base,$1] P99[base,$1] < <(window_stats "live_base_$1")
 }
+# The reference for half load: the same backfill on the idle server.
+make_bench_table live_idle "$ROWS"
+settle
+ID[idle]=$(val "SELECT zdm.expand_rename('live_idle', 'a', 'b')")
+val "SELECT zdm.wait(${ID[idle]}, '10 minutes')" >/dev/null 2>&1 || true
+RATE[idle]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM backfilled_at - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[idle]}")
 base_run 1
 for r in $(seq 1 "$ROUNDS"); do
   # "trigger": expanded, no backfill — what the sync trigger alone costs
@@ -87,6 +142,7 @@ for r in $(seq 1 "$ROUNDS"); do
   settle
   workload live_base "live_rbase_$r" "$RATE_LIMIT"
   read -r TPS[rbase,$r] P99[rbase,$r] < <(window_stats "live_rbase_$r")
+  SP99[rbase,$r]=$(second_p99 "live_rbase_$r")
   settle
   t="live_rate_$r"
   ID[rate,$r]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
@@ -98,13 +154,13 @@ for r in $(seq 1 "$ROUNDS"); do
   val "SELECT zdm.wait(${ID[rate,$r]}, '10 minutes')" >/dev/null 2>&1 || true
   read -r from to BUSY[rate,$r] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($end))), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[rate,$r]}" | tr '|' ' ')
   read -r TPS[rate,$r] P99[rate,$r] < <(window_stats "$t" "$from" "$to")
+  SP99[rate,$r]=$(second_p99 "$t" "$from" "$to")
+  # By hand, in batches of zdm's average size in this run, at zdm's speed
+  # and at a tenth of its idle-server speed.
+  pages=$(val "SELECT greatest(1, round(avg(b.rows) * pg_relation_size('live_paced_$r') / 8192 / $ROWS))::int FROM zdm.batches b WHERE migration_id = ${ID[rate,$r]}")
+  paced_run paced "$r" "${RATE[rate,$r]}" "${pages:-20}"
+  paced_run tenth "$r" "$(( RATE[idle] / 10 ))" "${pages:-20}"
 done
-# The reference: the same backfill on the idle server.
-make_bench_table live_idle "$ROWS"
-settle
-ID[idle]=$(val "SELECT zdm.expand_rename('live_idle', 'a', 'b')")
-val "SELECT zdm.wait(${ID[idle]}, '10 minutes')" >/dev/null 2>&1 || true
-RATE[idle]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM backfilled_at - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[idle]}")
 defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = ${ID[adaptive,1]}")
 ids=$(for r in $(seq 1 "$ROUNDS"); do printf '%s,' "${ID[adaptive,$r]}"; done)
 # why batches waited, by kind (figures left out: every pause differs)
@@ -146,20 +202,29 @@ echo "#### Half load: pgbench -R $RATE_LIMIT (half of round 1's saturated TPS)"
 echo
 echo "The same workload rate-limited; its latency counts from each transaction's scheduled start (pgbench -R), so a stall delays the transactions queued behind it too. The backfill's speed is its rows/s while pgbench ran, against the same backfill on the idle server: ${RATE[idle]} rows/s."
 echo
-echo "| round | run | TPS | p99 latency ms | vs no migration | backfill | backfill rows/s while pgbench ran | vs idle server |"
-echo "|---|---|---:|---:|---|---|---:|---:|"
+echo "| round | run | TPS | p99 ms | per-second p99 ms (median) | vs no migration | backfill | backfill rows/s while pgbench ran | vs idle server |"
+echo "|---|---|---:|---:|---:|---|---|---:|---:|"
+declare -A RS
+declare -A label=([rate]="zdm, adaptive throttle" [paced]="by hand, paced to zdm's speed" [tenth]="by hand, paced to a tenth of zdm's idle speed")
 for r in $(seq 1 "$ROUNDS"); do
-  echo "| $r | no migration | ${TPS[rbase,$r]} | ${P99[rbase,$r]} | | | | |"
-  RT[rate]+="$(ratio "${TPS[rate,$r]}" "${TPS[rbase,$r]}") "; RP[rate]+="$(ratio "${P99[rate,$r]}" "${P99[rbase,$r]}") "
+  echo "| $r | no migration | ${TPS[rbase,$r]} | ${P99[rbase,$r]} | ${SP99[rbase,$r]} | | | | |"
   RI+="$(ratio "${RATE[rate,$r]}" "${RATE[idle]}") "
-  echo "| $r | adaptive throttle | ${TPS[rate,$r]} | ${P99[rate,$r]} | $(ratio "${TPS[rate,$r]}" "${TPS[rbase,$r]}")× TPS, $(ratio "${P99[rate,$r]}" "${P99[rbase,$r]}")× p99 | ${BUSY[rate,$r]}s (${STATE[rate,$r]} when pgbench stopped) | ${RATE[rate,$r]} | $(ratio "${RATE[rate,$r]}" "${RATE[idle]}")× |"
+  for k in rate paced tenth; do
+    RT[$k]+="$(ratio "${TPS[$k,$r]}" "${TPS[rbase,$r]}") "; RP[$k]+="$(ratio "${P99[$k,$r]}" "${P99[rbase,$r]}") "
+    RS[$k]+="$(ratio "${SP99[$k,$r]}" "${SP99[rbase,$r]}") "
+    what=""; [ "$k" = rate ] && what="${BUSY[rate,$r]}s (${STATE[rate,$r]} when pgbench stopped)"
+    echo "| $r | ${label[$k]} | ${TPS[$k,$r]} | ${P99[$k,$r]} | ${SP99[$k,$r]} | $(ratio "${TPS[$k,$r]}" "${TPS[rbase,$r]}")× TPS, $(ratio "${P99[$k,$r]}" "${P99[rbase,$r]}")× p99, $(ratio "${SP99[$k,$r]}" "${SP99[rbase,$r]}")× per-second p99 | $what | ${RATE[$k,$r]} | $(ratio "${RATE[$k,$r]}" "${RATE[idle]}")× |"
+  done
 done
 rids=$(for r in $(seq 1 "$ROUNDS"); do printf '%s,' "${ID[rate,$r]}"; done)
 rshape=$(val "SELECT format('%s rows in %s ms, %s ms waited', round(avg(rows)), round(avg(duration_ms)::numeric, 1), round(avg(wait_ms)::numeric, 1)) FROM zdm.batches WHERE migration_id IN (${rids%,})")
 echo
 echo "Batches at half load, on average: $rshape. Why they waited: $(why "${rids%,}")."
 echo
-echo "half load, median of $ROUNDS rounds (range): backfill $(echo "$RI" | median)× its idle-server speed ($(echo "$RI" | tr ' ' '\n' | grep . | span)); workload $(summary rate)"
+sp() { local v; v=$(echo "${RS[$1]}" | tr ' ' '\n' | grep .); echo "$(echo "$v" | median)× per-second p99 ($(echo "$v" | span))"; }
+echo "half load, median of $ROUNDS rounds (range): backfill $(echo "$RI" | median)× its idle-server speed ($(echo "$RI" | tr ' ' '\n' | grep . | span)); workload $(summary rate), $(sp rate)"
+echo
+echo "half load, by hand at zdm's speed: workload $(summary paced), $(sp paced); by hand at a tenth of zdm's idle speed: $(summary tenth), $(sp tenth)"
 
 # The picture: TPS and p99 per second of the three runs laid end to end, and
 # each backfill's rows/s on a second axis.
