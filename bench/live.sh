@@ -79,23 +79,26 @@ second_p99() { # prefix from to
     | median
 }
 paced_run() { # kind round rows/s pages: the hand-written backfill during the half-load workload
-  local t="live_$1_$2" start stop pid
+  local t="live_$1_$2" start stop pid end="$BENCH_DIR/end-live_$1_$2.txt" log="$BENCH_DIR/paced-live_$1_$2.log"
   settle
   q -c "ALTER TABLE $t ADD COLUMN b text" >/dev/null
-  rm -f "$BENCH_DIR/$t.end"
+  rm -f "$end"
   start=$(epoch)
-  ( q -c "CALL bench_paced_update('$t', $(( $3 > 100 ? $3 : 100 )), $4)" >/dev/null 2>&1; epoch > "$BENCH_DIR/$t.end" ) &
+  ( q -c "CALL bench_paced_update('$t', $(( ${3:-0} > 100 ? ${3:-0} : 100 )), ${4:-20})" >/dev/null 2>"$log"; epoch > "$end" ) &
   pid=$!
   workload "$t" "$t" "$RATE_LIMIT"
   stop=$(epoch)
   # a loop still running when pgbench stops is cancelled (its batches so far stay)
-  val "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL bench_paced_update%' AND pid <> pg_backend_pid()" >/dev/null
+  cancel_paced
   wait "$pid" || true
-  [ -s "$BENCH_DIR/$t.end" ] && stop=$(awk -v a="$stop" -v b="$(cat "$BENCH_DIR/$t.end")" 'BEGIN { print (a < b ? a : b) }')
+  if grep -v "canceling statement due to user request" "$log" | grep -q ERROR; then cat "$log" >&2; exit 1; fi
+  [ -s "$end" ] && stop=$(awk -v a="$stop" -v b="$(cat "$end")" 'BEGIN { print (a < b ? a : b) }')
   RATE[$1,$2]=$(awk -v n="$(val "SELECT count(b) FROM $t")" -v a="$start" -v b="$stop" 'BEGIN { printf "%d", n / (b - a) }')
   read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$start" "$stop")
   SP99[$1,$2]=$(second_p99 "$t" "$start" "$stop")
 }
+cancel_paced() { val "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL bench_paced_update%' AND pid <> pg_backend_pid()" >/dev/null 2>&1 || true; }
+trap cancel_paced EXIT
 
 declare -A TPS P99 SP99 BUSY RATE STATE ID
 # Each run starts from the same state: pgbench's tables vacuumed (its history
@@ -110,6 +113,7 @@ base_run() { # round
 }
 # The reference for half load: the same backfill on the idle server.
 make_bench_table live_idle "$ROWS"
+set_adaptive on
 settle
 ID[idle]=$(val "SELECT zdm.expand_rename('live_idle', 'a', 'b')")
 val "SELECT zdm.wait(${ID[idle]}, '10 minutes')" >/dev/null 2>&1 || true
@@ -157,9 +161,9 @@ for r in $(seq 1 "$ROUNDS"); do
   SP99[rate,$r]=$(second_p99 "$t" "$from" "$to")
   # By hand, in batches of zdm's average size in this run, at zdm's speed
   # and at a tenth of its idle-server speed.
-  pages=$(val "SELECT greatest(1, round(avg(b.rows) * pg_relation_size('live_paced_$r') / 8192 / $ROWS))::int FROM zdm.batches b WHERE migration_id = ${ID[rate,$r]}")
-  paced_run paced "$r" "${RATE[rate,$r]}" "${pages:-20}"
-  paced_run tenth "$r" "$(( RATE[idle] / 10 ))" "${pages:-20}"
+  pages=$(val "SELECT coalesce(greatest(1, round(avg(blocks)))::int, 20) FROM zdm.batches WHERE migration_id = ${ID[rate,$r]}")
+  paced_run paced "$r" "${RATE[rate,$r]:-0}" "$pages"
+  paced_run tenth "$r" "$(( ${RATE[idle]:-0} / 10 ))" "$pages"
 done
 defaults=$(val "SELECT format('batch %s adaptive to %s ms, %s ms pause', batch_size, target_batch_ms, pause_ms) FROM zdm.jobs WHERE migration_id = ${ID[adaptive,1]}")
 ids=$(for r in $(seq 1 "$ROUNDS"); do printf '%s,' "${ID[adaptive,$r]}"; done)
