@@ -146,7 +146,6 @@ TOML
   if [ "$done" -lt "$ROWS" ] && [ -z "${NOTE[$m]:-}" ]; then NOTE[$m]="stopped after ${CAP}s at $(( done * 100 / ROWS ))%"; fi
   MS[$m]=$ms; DONE[$m]=$done
   ALL_MS[$m]="${ALL_MS[$m]:-} $ms"; ALL_RATES[$m]="${ALL_RATES[$m]:-} $(rate "$done" "$ms")"
-  RATES[$m]="${RATES[$m]:-}${RATES[$m]:+, }$(rate "$done" "$ms")"
   drop_bench_table "$t"   # CASCADE: Reshape leaves a view schema on it
   if [[ $m == reshape* ]]; then QDB=postgres q -c "DROP DATABASE $QDB"; fi
   QDB=$DB
@@ -155,7 +154,7 @@ TOML
   fi
 }
 
-declare -A DONE ALL_MS RATES ALL_RATES
+declare -A DONE ALL_MS ALL_RATES
 ROUNDS="${ZDM_BACKFILL_ROUNDS:-1}"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ZDM_BACKFILL_ROUNDS must be a positive number of rounds, not '$ROUNDS'" >&2; exit 2; }
 methods="${ZDM_BACKFILL_METHODS:-update update-x2 update-trigger update-batched zdm-bg zdm-bg-x2 zdm-bg-x4 zdm-client plpgsql ctid-limit}"
@@ -174,7 +173,7 @@ echo
 if [ "$ROUNDS" -gt 1 ]; then
   echo "$ROUNDS interleaved rounds; time and rows/s are each method's median round, the ratio is of the medians; WAL and size are the last round's."
   echo
-  for m in $methods; do NOTE[$m]="${NOTE[$m]:-}${NOTE[$m]:+; }rounds: ${RATES[$m]} rows/s"; done
+  for m in $methods; do NOTE[$m]="${NOTE[$m]:-}${NOTE[$m]:+; }rounds: $(echo ${ALL_RATES[$m]} | sed 's/ /, /g') rows/s"; done
 fi
 echo "| method | time s | rows/s | vs single UPDATE | WAL MB | table MB after | note |"
 echo "|---|---:|---:|---:|---:|---:|---|"

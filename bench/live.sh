@@ -69,15 +69,18 @@ BEGIN
   END LOOP;
 END $$;
 SQL
+# Each second of a pgbench log's [from, to] (all of it when from is 0),
+# counted from t0: "second transactions p99_ms".
+seconds() { # prefix from to t0
+  cat "$BENCH_DIR/$1".[0-9]* | awk -v f="${2:-0}" -v t="${3:-0}" -v t0="${4:-0}" '{ x = $5 + $6 / 1e6; if (f > 0 && (x < f || x > t)) next; print int(x - t0), $3 }' \
+    | sort -k1,1n -k2,2n \
+    | awk 'function flush() { i = int(k * 0.99); if (i < 1) i = 1; printf "%d %d %.1f\n", cur, k, v[i] / 1000; k = 0; delete v }
+        { if ($1 != cur && k > 0) flush(); cur = $1; v[++k] = $2 } END { if (k) flush() }'
+}
 # The median over the seconds of [from, to] of each second's p99 (ms): the
 # workload's typical tail, which one stall of this VM's disk (p99 up to
 # ~0.7 s without any migration) does not decide.
-second_p99() { # prefix from to
-  cat "$BENCH_DIR/$1".[0-9]* | awk -v f="${2:-0}" -v t="${3:-0}" '{ x = $5 + $6 / 1e6; if (f > 0 && (x < f || x > t)) next; print int(x), $3 }' \
-    | sort -k1,1n -k2,2n \
-    | awk 'function fl() { i = int(k * 0.99); if (i < 1) i = 1; printf "%.1f\n", v[i] / 1000; k = 0 } { if ($1 != c && k) fl(); c = $1; v[++k] = $2 } END { if (k) fl() }' \
-    | median
-}
+second_p99() { seconds "$1" "${2:-0}" "${3:-0}" | awk '{ print $3 }' | median; }
 paced_run() { # kind round rows/s pages: the hand-written backfill during the half-load workload
   local t="live_$1_$2" start stop pid end="$BENCH_DIR/end-live_$1_$2.txt" log="$BENCH_DIR/paced-live_$1_$2.log"
   settle
@@ -194,10 +197,11 @@ echo "| $((ROUNDS + 1)) | no migration | ${TPS[base,$((ROUNDS + 1))]} | ${P99[ba
 echo
 echo "Adaptive throttle, why batches waited: ${reasons:-no adjustment}."
 echo
-summary() { # mode
-  local t p; t=$(echo "${RT[$1]}" | tr ' ' '\n' | grep . ); p=$(echo "${RP[$1]}" | tr ' ' '\n' | grep .)
-  echo "$(echo "$t" | median)× TPS ($(echo "$t" | span)), $(echo "$p" | median)× p99 ($(echo "$p" | span))"
+med_span() { # label; ratios on stdin → "median× label (lowest–highest)"
+  local v; v=$(tr ' ' '\n' | grep .)
+  echo "$(echo "$v" | median)× $1 ($(echo "$v" | span))"
 }
+summary() { echo "$(med_span TPS <<< "${RT[$1]}"), $(med_span p99 <<< "${RP[$1]}")"; } # mode
 echo "Sync trigger alone (expanded, no backfill), median of $ROUNDS rounds (range): $(summary trigger)."
 echo
 echo "live workload during backfill, median of $ROUNDS rounds (range): adaptive (the default) $(summary adaptive); fixed $(summary fixed)"
@@ -225,8 +229,8 @@ rshape=$(val "SELECT format('%s rows in %s ms, %s ms waited', round(avg(rows)), 
 echo
 echo "Batches at half load, on average: $rshape. Why they waited: $(why "${rids%,}")."
 echo
-sp() { local v; v=$(echo "${RS[$1]}" | tr ' ' '\n' | grep .); echo "$(echo "$v" | median)× per-second p99 ($(echo "$v" | span))"; }
-echo "half load, median of $ROUNDS rounds (range): backfill $(echo "$RI" | median)× its idle-server speed ($(echo "$RI" | tr ' ' '\n' | grep . | span)); workload $(summary rate), $(sp rate)"
+sp() { med_span "per-second p99" <<< "${RS[$1]}"; } # mode
+echo "half load, median of $ROUNDS rounds (range): backfill $(med_span "its idle-server speed" <<< "$RI"); workload $(summary rate), $(sp rate)"
 echo
 echo "half load, by hand at zdm's speed: workload $(summary paced), $(sp paced); by hand at a tenth of zdm's idle speed: $(summary tenth), $(sp tenth)"
 
@@ -237,10 +241,7 @@ command -v gnuplot >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install 
 if command -v gnuplot >/dev/null; then
   first_t() { cat "$BENCH_DIR/$1".[0-9]* | awk '{ t = $5 + $6 / 1e6; if (m == "" || t < m) m = t } END { printf "%.3f", m }'; }
   per_second() { # log prefix, offset seconds → "t tps p99_ms" per second
-    local t0; t0=$(first_t "$1")
-    cat "$BENCH_DIR/$1".[0-9]* | awk -v off="$2" -v t0="$t0" '{ print int($5 + $6 / 1e6 - t0) + off, $3 }' \
-      | sort -k1,1n -k2,2n | awk 'function flush() { i = int(k * 0.99); if (i < 1) i = 1; printf "%d %d %.1f\n", cur, k, v[i] / 1000; k = 0; delete v }
-          { if ($1 != cur && k > 0) flush(); cur = $1; v[++k] = $2 } END { if (k) flush() }'
+    seconds "$1" 0 0 "$(first_t "$1")" | awk -v off="$2" '{ print $1 + off, $2, $3 }'
   }
   rows_per_second() { # mode, offset
     local t0; t0=$(first_t "live_$1_1")
