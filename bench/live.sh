@@ -17,7 +17,9 @@
 # bench/results/live_rate.png. Beside it, what a user would write by hand:
 # the same rename's UPDATE in committed TID-range batches of zdm's size,
 # paced to zdm's speed in that round, and paced to a tenth of zdm's idle-server speed —
-# where the workload's p99 lies for any backfill at those speeds.
+# where the workload's p99 lies for any backfill at those speeds — and zdm
+# held to that tenth by its own cap (max_rows_per_second), the latency-first
+# choice.
 # Usage: [ZDM_LIVE_ROUNDS=N] bench/live.sh ROWS SECONDS
 source "$(dirname "$0")/lib.sh"
 ROWS="${1:-1000000}"
@@ -32,7 +34,7 @@ SCALE=$(( ROWS >= 1000000 ? 10 : 2 ))
 ROUNDS="${ZDM_LIVE_ROUNDS:-3}"
 "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 tables="live_base"
-for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r live_rate_$r live_paced_$r live_tenth_$r"; done
+for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r live_rate_$r live_capped_$r live_paced_$r live_tenth_$r"; done
 for t in $tables; do
   make_bench_table "$t" "$ROWS"
   cat > "$BENCH_DIR/mig-$t.sql" <<SQL
@@ -84,7 +86,8 @@ second_p99() { seconds "$1" "${2:-0}" "${3:-0}" | awk '{ print $3 }' | median; }
 paced_run() { # kind round rows/s pages: the hand-written backfill during the half-load workload
   local t="live_$1_$2" start stop pid end="$BENCH_DIR/end-live_$1_$2.txt" log="$BENCH_DIR/paced-live_$1_$2.log"
   settle
-  q -c "ALTER TABLE $t ADD COLUMN b text" >/dev/null
+  # zdm's sync trigger, as on zdm's runs: the loop differs from zdm's backfill only in its batches
+  val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)" >/dev/null
   rm -f "$end"
   start=$(epoch)
   ( q -c "CALL bench_paced_update('$t', $(( ${3:-0} > 100 ? ${3:-0} : 100 )), ${4:-20})" >/dev/null 2>"$log"; epoch > "$end" ) &
@@ -99,6 +102,27 @@ paced_run() { # kind round rows/s pages: the hand-written backfill during the ha
   RATE[$1,$2]=$(awk -v n="$(val "SELECT count(b) FROM $t")" -v a="$start" -v b="$stop" 'BEGIN { printf "%d", n / (b - a) }')
   read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$start" "$stop")
   SP99[$1,$2]=$(second_p99 "$t" "$start" "$stop")
+}
+zdm_run() { # kind round [start_backfill options]: zdm's backfill during the half-load workload
+  local t="live_$1_$2" end from to
+  settle
+  if [ -n "${3:-}" ]; then
+    ID[$1,$2]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)")
+    val "SELECT zdm.start_backfill(${ID[$1,$2]}, $3)" >/dev/null
+  else
+    ID[$1,$2]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
+  fi
+  workload "$t" "$t" "$RATE_LIMIT"
+  # rows/s while pgbench ran: progress when it stopped (or at the end of the backfill)
+  RATE[$1,$2]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM coalesce(backfilled_at, clock_timestamp()) - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[$1,$2]}")
+  STATE[$1,$2]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[$1,$2]}")
+  end=$(epoch)
+  # (a cap has done its part: the rest at full speed)
+  val "SELECT zdm.set_options(${ID[$1,$2]}, max_rows_per_second => 0)" >/dev/null 2>&1 || true
+  val "SELECT zdm.wait(${ID[$1,$2]}, '10 minutes')" >/dev/null 2>&1 || true
+  read -r from to BUSY[$1,$2] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($end))), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[$1,$2]}" | tr '|' ' ')
+  read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$from" "$to")
+  SP99[$1,$2]=$(second_p99 "$t" "$from" "$to")
 }
 cancel_paced() { val "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL bench_paced_update%' AND pid <> pg_backend_pid()" >/dev/null 2>&1 || true; }
 trap cancel_paced EXIT
@@ -150,18 +174,8 @@ for r in $(seq 1 "$ROUNDS"); do
   workload live_base "live_rbase_$r" "$RATE_LIMIT"
   read -r TPS[rbase,$r] P99[rbase,$r] < <(window_stats "live_rbase_$r")
   SP99[rbase,$r]=$(second_p99 "live_rbase_$r")
-  settle
-  t="live_rate_$r"
-  ID[rate,$r]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
-  workload "$t" "$t" "$RATE_LIMIT"
-  # rows/s while pgbench ran: progress when it stopped (or at the end of the backfill)
-  RATE[rate,$r]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM coalesce(backfilled_at, clock_timestamp()) - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[rate,$r]}")
-  STATE[rate,$r]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[rate,$r]}")
-  end=$(epoch)
-  val "SELECT zdm.wait(${ID[rate,$r]}, '10 minutes')" >/dev/null 2>&1 || true
-  read -r from to BUSY[rate,$r] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($end))), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[rate,$r]}" | tr '|' ' ')
-  read -r TPS[rate,$r] P99[rate,$r] < <(window_stats "$t" "$from" "$to")
-  SP99[rate,$r]=$(second_p99 "$t" "$from" "$to")
+  zdm_run rate "$r"
+  zdm_run capped "$r" "max_rows_per_second => $(( ${RATE[idle]:-0} / 10 > 1 ? ${RATE[idle]:-0} / 10 : 1 ))"
   # By hand, in batches of zdm's average size in this run, at zdm's speed
   # and at a tenth of its idle-server speed.
   pages=$(val "SELECT coalesce(greatest(1, round(avg(blocks)))::int, 20) FROM zdm.batches WHERE migration_id = ${ID[rate,$r]}")
@@ -213,14 +227,14 @@ echo
 echo "| round | run | TPS | p99 ms | per-second p99 ms (median) | vs no migration | backfill | backfill rows/s while pgbench ran | vs idle server |"
 echo "|---|---|---:|---:|---:|---|---|---:|---:|"
 declare -A RS
-declare -A label=([rate]="zdm, adaptive throttle" [paced]="by hand, paced to zdm's speed" [tenth]="by hand, paced to a tenth of zdm's idle speed")
+declare -A label=([rate]="zdm, adaptive throttle" [capped]="zdm, capped at a tenth of its idle speed (max_rows_per_second)" [paced]="by hand, paced to zdm's speed" [tenth]="by hand, paced to a tenth of zdm's idle speed")
 for r in $(seq 1 "$ROUNDS"); do
   echo "| $r | no migration | ${TPS[rbase,$r]} | ${P99[rbase,$r]} | ${SP99[rbase,$r]} | | | | |"
   RI+="$(ratio "${RATE[rate,$r]}" "${RATE[idle]}") "
-  for k in rate paced tenth; do
+  for k in rate capped paced tenth; do
     RT[$k]+="$(ratio "${TPS[$k,$r]}" "${TPS[rbase,$r]}") "; RP[$k]+="$(ratio "${P99[$k,$r]}" "${P99[rbase,$r]}") "
     RS[$k]+="$(ratio "${SP99[$k,$r]}" "${SP99[rbase,$r]}") "
-    what=""; [ "$k" = rate ] && what="${BUSY[rate,$r]}s (${STATE[rate,$r]} when pgbench stopped)"
+    what=""; [ -n "${BUSY[$k,$r]:-}" ] && what="${BUSY[$k,$r]}s (${STATE[$k,$r]} when pgbench stopped)"
     echo "| $r | ${label[$k]} | ${TPS[$k,$r]} | ${P99[$k,$r]} | ${SP99[$k,$r]} | $(ratio "${TPS[$k,$r]}" "${TPS[rbase,$r]}")× TPS, $(ratio "${P99[$k,$r]}" "${P99[rbase,$r]}")× p99, $(ratio "${SP99[$k,$r]}" "${SP99[rbase,$r]}")× per-second p99 | $what | ${RATE[$k,$r]} | $(ratio "${RATE[$k,$r]}" "${RATE[idle]}")× |"
   done
 done
@@ -231,6 +245,8 @@ echo "Batches at half load, on average: $rshape. Why they waited: $(why "${rids%
 echo
 sp() { med_span "per-second p99" <<< "${RS[$1]}"; } # mode
 echo "half load, median of $ROUNDS rounds (range): backfill $(med_span "its idle-server speed" <<< "$RI"); workload $(summary rate), $(sp rate)"
+echo
+echo "half load, zdm capped at a tenth of its idle speed (max_rows_per_second): workload $(summary capped), $(sp capped)"
 echo
 echo "half load, by hand at zdm's speed: workload $(summary paced), $(sp paced); by hand at a tenth of zdm's idle speed: $(summary tenth), $(sp tenth)"
 

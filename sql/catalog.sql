@@ -123,6 +123,7 @@ CREATE TABLE zdm.jobs (
     pause_ms            int         NOT NULL DEFAULT 400 CHECK (pause_ms >= 0),
     target_batch_ms     int         DEFAULT 100 CHECK (target_batch_ms > 0),
     max_replica_lag     interval    DEFAULT '10 seconds',
+    max_rows_per_second int         CHECK (max_rows_per_second > 0),  -- a cap on rows written a second (all workers); NULL: none
     lock_timeout_ms     int         NOT NULL DEFAULT 1000 CHECK (lock_timeout_ms > 0),
     lock_retries        int         NOT NULL DEFAULT 10 CHECK (lock_retries >= 0),   -- for constraint steps
     statement_timeout_ms int        NOT NULL DEFAULT 30000 CHECK (statement_timeout_ms > 0),

@@ -127,6 +127,7 @@ ALTER TABLE zdm.jobs
     ADD COLUMN depends_on bigint REFERENCES zdm.migrations (id) ON DELETE SET NULL,
     ADD COLUMN windows text[],
     ADD COLUMN workers int NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32),
+    ADD COLUMN max_rows_per_second int CHECK (max_rows_per_second > 0),
     ADD COLUMN parked boolean NOT NULL DEFAULT false;
 
 -- zdm.batches ----------------------------------------------------------------
@@ -331,10 +332,10 @@ COMMENT ON FUNCTION zdm.add_column(regclass, name, text, text, boolean, text, bo
 CREATE FUNCTION zdm.update_in_batches(tbl regclass, set text, "where" text DEFAULT NULL, batch_size int DEFAULT NULL,
     pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL,
     lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL,
-    windows text[] DEFAULT NULL, workers int DEFAULT NULL)
+    windows text[] DEFAULT NULL, workers int DEFAULT NULL, max_rows_per_second int DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'update_in_batches_wrapper';
-COMMENT ON FUNCTION zdm.update_in_batches(regclass, text, text, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
+COMMENT ON FUNCTION zdm.update_in_batches(regclass, text, text, int, int, int, interval, interval, interval, timestamptz, text[], int, int) IS
   'Run UPDATE tbl SET set WHERE where as a background job in throttled batches over the table''s blocks, as its owner; returns the job id (= migration id)';
 
 CREATE FUNCTION zdm._plan(statement text) RETURNS jsonb STRICT VOLATILE PARALLEL UNSAFE
@@ -457,19 +458,19 @@ COMMENT ON FUNCTION zdm.resume(bigint) IS 'Resume a paused background backfill';
 CREATE OR REPLACE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
     statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
-    workers int DEFAULT NULL)
+    workers int DEFAULT NULL, max_rows_per_second int DEFAULT NULL)
 RETURNS void VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'set_options_wrapper';
-COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
-  'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int, int) IS
+  'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag / max_rows_per_second off); applied at the next batch';
 
 CREATE OR REPLACE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
     statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
-    workers int DEFAULT NULL)
+    workers int DEFAULT NULL, max_rows_per_second int DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', 'start_backfill_wrapper';
-COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int, int) IS
   'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
 
 CREATE OR REPLACE FUNCTION zdm.validate_not_null(tbl regclass, col name) RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE

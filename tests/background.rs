@@ -362,3 +362,87 @@ fn batches_stay_near_their_size_after_rows_already_done() {
     assert_eq!((left, wrong), (0, 0));
     assert!(most > 0 && most <= 2000, "largest batch {most} rows for batch_size 200");
 }
+
+/// The rows a job's batches wrote per second, per worker and all together,
+/// over the batches after each worker's first (a batch's `at` is recorded
+/// after its work, so the time between two of them holds the pause before
+/// the second and its work): (largest per worker, all workers, largest batch).
+fn written_rate(c: &mut postgres::Client, id: i64, filter: &str) -> (f64, f64, i64) {
+    let r = c
+        .query_one(
+            &format!(
+                "WITH b AS (SELECT worker_pid, rows, at, row_number() OVER w AS n, first_value(at) OVER w AS first \
+                              FROM zdm.batches WHERE migration_id = $1 AND {filter} WINDOW w AS (PARTITION BY worker_pid ORDER BY id)), \
+                      per AS (SELECT sum(rows) FILTER (WHERE n > 1)::float8 AS rows, extract(epoch FROM max(at) - min(first))::float8 AS secs \
+                                FROM b GROUP BY worker_pid) \
+                 SELECT (SELECT max(rows / nullif(secs, 0)) FROM per), \
+                        (SELECT sum(rows) FROM per) / nullif((SELECT extract(epoch FROM max(at) - min(at))::float8 FROM b), 0), \
+                        (SELECT max(rows) FROM b)"
+            ),
+            &[&id],
+        )
+        .unwrap();
+    (r.get::<_, Option<f64>>(0).unwrap_or(0.0), r.get::<_, Option<f64>>(1).unwrap_or(0.0), r.get::<_, Option<i64>>(2).unwrap_or(0))
+}
+
+/// `max_rows_per_second` holds a backfill to that many rows written a
+/// second, all workers together, in batches of at most a fifth of a
+/// second's worth — even where the throttle would run at full speed (an idle
+/// database, `pause_ms => 0`); the pauses say why; `set_options` removes it
+/// live (0), and a negative cap is 22023.
+#[test]
+fn max_rows_per_second_caps_the_backfill() {
+    let cluster = Cluster::start("cap", &[]);
+    let mut c = cluster.create_db("cap");
+    make_table(&mut c, "t", 40_000);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    expect_err(&mut c, &format!("SELECT zdm.start_backfill({id}, max_rows_per_second => -1)"), "22023");
+    c.query_one("SELECT zdm.start_backfill($1, pause_ms => 0, batch_size => 5000, max_rows_per_second => 5000)", &[&id]).unwrap();
+    expect_err(&mut c, &format!("SELECT zdm.set_options({id}, max_rows_per_second => -5)"), "22023");
+    wait_for("12000 rows under the cap", Duration::from_secs(60), || (rows_done(&mut c, id) >= 12_000).then_some(()));
+    c.execute("SELECT zdm.set_options($1, max_rows_per_second => 0)", &[&id]).unwrap();
+    let capped_until: i64 = c.query_one("SELECT max(id) FROM zdm.batches WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    let (one, all, largest) = written_rate(&mut c, id, &format!("id <= {capped_until}"));
+    println!("capped at 5000 rows/s: {one:.0} rows/s, batches of at most {largest} rows");
+    assert!(one > 0.0 && one <= 5000.0 * 1.02 && all <= 5000.0 * 1.02, "{one:.0} rows/s under a cap of 5000");
+    // (a batch covers whole pages: its size in rows is approximate)
+    assert!(largest <= 1250, "batches of about a fifth of a second's worth (1000 rows), got {largest}");
+    let why: String = c
+        .query_one("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason IS NOT NULL AND id <= $2 LIMIT 1", &[&id, &capped_until])
+        .unwrap()
+        .get(0);
+    assert!(why.contains("max_rows_per_second 5000: pause"), "{why}");
+    // the cap removed: batches grow again, the job finishes, every row in sync
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let (cap, grown): (Option<i32>, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT max_rows_per_second FROM zdm.jobs WHERE migration_id = $1), \
+                        (SELECT max(rows) FROM zdm.batches WHERE migration_id = $1 AND id > $2::bigint + 1)",
+                &[&id, &capped_until],
+            )
+            .unwrap();
+        (r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0))
+    };
+    assert_eq!(cap, None);
+    assert!(grown > 1000, "batches grow once the cap is gone, got {grown}");
+    let wrong: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+    assert_eq!(wrong, 0);
+
+    // Two workers share one cap; update_in_batches takes it too.
+    make_table(&mut c, "u", 20_000);
+    let id: i64 = c
+        .query_one("SELECT zdm.update_in_batches('u', 'pad = upper(pad)', \"where\" => 'pad <> upper(pad)', workers => 2, pause_ms => 0, max_rows_per_second => 4000)", &[])
+        .unwrap()
+        .get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "contracted");
+    let (one, all, largest) = written_rate(&mut c, id, "true");
+    let workers: i64 = c.query_one("SELECT count(DISTINCT worker_pid) FROM zdm.batches WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    println!("2 workers capped at 4000 rows/s: {all:.0} rows/s together, {one:.0} the faster one, batches of at most {largest} rows, {workers} workers");
+    assert!(one <= 2000.0 * 1.02 && all <= 4000.0 * 1.02, "{all:.0} rows/s together, {one:.0} one worker, under a cap of 4000");
+    assert!(largest <= 500, "about a fifth of a second of one worker's share (400 rows), got {largest}");
+    let left: i64 = c.query_one("SELECT count(*) FROM u WHERE pad <> upper(pad)", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}

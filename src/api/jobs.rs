@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 const OPTION_ARGS: &str = "batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, \
     max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, \
-    run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL, workers int DEFAULT NULL";
+    run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL, workers int DEFAULT NULL, \
+    max_rows_per_second int DEFAULT NULL";
 const _: &str = OPTION_ARGS; // documented in README; repeated literally in the SQL below
 
 fn required(migration: Option<i64>) -> i64 {
@@ -44,8 +45,20 @@ pub(super) fn options(
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
     workers: Option<i32>,
+    max_rows_per_second: Option<i32>,
 ) -> Options {
-    let o = Options { batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers };
+    let o = Options {
+        batch_size,
+        pause_ms,
+        target_batch_ms,
+        max_replica_lag,
+        lock_timeout,
+        statement_timeout,
+        run_after,
+        windows,
+        workers,
+        max_rows_per_second,
+    };
     o.validate();
     o
 }
@@ -57,10 +70,10 @@ pub(super) fn options(
 CREATE FUNCTION zdm.start_backfill(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
     statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
-    workers int DEFAULT NULL)
+    workers int DEFAULT NULL, max_rows_per_second int DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
+COMMENT ON FUNCTION zdm.start_backfill(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int, int) IS
   'Run the backfill in a background worker, after the calling transaction commits; returns the job id (= migration id)';
 ")]
 #[allow(clippy::too_many_arguments)]
@@ -75,9 +88,10 @@ fn start_backfill(
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
     workers: Option<i32>,
+    max_rows_per_second: Option<i32>,
 ) -> i64 {
     let id = required(migration);
-    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers, max_rows_per_second);
     let m = owned_backfillable(id);
     // A backfilled rename's job may still have index builds or validations
     // to finish (e.g. after a failed unique build and fixed data, or a
@@ -112,11 +126,11 @@ fn start_backfill(
 CREATE FUNCTION zdm.set_options(migration bigint, batch_size int DEFAULT NULL, pause_ms int DEFAULT NULL,
     target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL, lock_timeout interval DEFAULT NULL,
     statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL, windows text[] DEFAULT NULL,
-    workers int DEFAULT NULL)
+    workers int DEFAULT NULL, max_rows_per_second int DEFAULT NULL)
 RETURNS void VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
-  'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag off); applied at the next batch';
+COMMENT ON FUNCTION zdm.set_options(bigint, int, int, int, interval, interval, interval, timestamptz, text[], int, int) IS
+  'Change background backfill options (NULL keeps a value; 0 turns target_batch_ms / max_replica_lag / max_rows_per_second off); applied at the next batch';
 ")]
 #[allow(clippy::too_many_arguments)]
 fn set_options(
@@ -130,9 +144,10 @@ fn set_options(
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
     workers: Option<i32>,
+    max_rows_per_second: Option<i32>,
 ) {
     let id = required(migration);
-    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers);
+    let opts = options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers, max_rows_per_second);
     catalog::load_for(id, "change the options of", false);
     if jobs::state(id).is_none() {
         raise(

@@ -19,10 +19,10 @@ pgrx::extension_sql!(
 CREATE FUNCTION zdm.update_in_batches(tbl regclass, set text, \"where\" text DEFAULT NULL, batch_size int DEFAULT NULL,
     pause_ms int DEFAULT NULL, target_batch_ms int DEFAULT NULL, max_replica_lag interval DEFAULT NULL,
     lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL, run_after timestamptz DEFAULT NULL,
-    windows text[] DEFAULT NULL, workers int DEFAULT NULL)
+    windows text[] DEFAULT NULL, workers int DEFAULT NULL, max_rows_per_second int DEFAULT NULL)
 RETURNS bigint VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-COMMENT ON FUNCTION zdm.update_in_batches(regclass, text, text, int, int, int, interval, interval, interval, timestamptz, text[], int) IS
+COMMENT ON FUNCTION zdm.update_in_batches(regclass, text, text, int, int, int, interval, interval, interval, timestamptz, text[], int, int) IS
   'Run UPDATE tbl SET set WHERE where as a background job in throttled batches over the table''s blocks, as its owner; returns the job id (= migration id)';
 ")]
 #[allow(clippy::too_many_arguments)]
@@ -39,6 +39,7 @@ fn update_in_batches(
     run_after: Option<TimestampWithTimeZone>,
     windows: Option<Vec<String>>,
     workers: Option<i32>,
+    max_rows_per_second: Option<i32>,
 ) -> i64 {
     let (Some(tbl), Some(set)) = (tbl, set) else {
         raise(
@@ -47,7 +48,7 @@ fn update_in_batches(
             "Call zdm.update_in_batches('orders', set => 'status = lower(status)', \"where\" => 'status <> lower(status)').",
         )
     };
-    let opts = super::jobs::options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers);
+    let opts = super::jobs::options(batch_size, pause_ms, target_batch_ms, max_replica_lag, lock_timeout, statement_timeout, run_after, windows, workers, max_rows_per_second);
     let caller_path = crate::spi::one::<String>("SELECT pg_catalog.current_setting('search_path')", &[]).unwrap_or_default();
     crate::security::pinned_search_path(|| {
         let (id, created) = update::start(tbl, set, r#where, &caller_path);

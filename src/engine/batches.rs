@@ -23,7 +23,7 @@
 use super::locking;
 use crate::errors::{code_of, message_of};
 use crate::subxact;
-use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
+use super::process::{reload_config_if_asked, set_activity, sleep_full_ms, sleep_ms, transaction, with_statement_timeout};
 use super::{capacity, gate, jobs, Operation, Share};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
@@ -138,7 +138,7 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                 if pause_ms > 0 {
                     note_wait(pause_ms as f64, reason);
                     set_activity(&format!("{name}: pause_ms between batches"));
-                    sleep_ms(pause_ms as f64);
+                    sleep_full_ms(pause_ms as f64);
                 }
             }
             Next::Retry { reason, ms } => {
@@ -238,7 +238,10 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
             return wait(ms, reason);
         }
     }
-    let size = st.retry_size.unwrap_or(job.batch_size);
+    let mut size = st.retry_size.unwrap_or(job.batch_size);
+    if let Some(cap) = job.max_rows_per_second {
+        size = size.min(rate_cap(cap, job.workers, 0, 0.0).1); // a cap set since the last batch
+    }
     let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }), wait: false };
     let started = Instant::now();
     let outcome = subxact::attempt(|| {
@@ -266,15 +269,25 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 Some(load) => super::load::target_batch_ms(job.target_batch_ms, load, job.pause_ms),
                 None => job.target_batch_ms,
             };
-            let next_size = next_batch_size(size, job.configured_batch_size, target, took_ms);
+            let mut next_size = next_batch_size(size, job.configured_batch_size, target, took_ms);
+            let cap = job.max_rows_per_second.map(|cap| (cap, rate_cap(cap, job.workers, out.rows, took_ms)));
+            if let Some((_, (_, most))) = cap {
+                next_size = next_size.min(most);
+            }
             st.last_size = next_size;
             if out.done {
                 return Next::Done;
             }
-            let (pause_ms, reason) = match load {
+            let (mut pause_ms, mut reason) = match load {
                 Some(load) => super::load::pause(job.pause_ms, load, took_ms),
                 None => (job.pause_ms, None),
             };
+            // The cap holds whatever the throttle says, and with it off.
+            if let Some((cap, (at_least, _))) = cap {
+                if at_least > pause_ms {
+                    (pause_ms, reason) = (at_least, Some(format!("max_rows_per_second {cap}: pause {at_least} ms")));
+                }
+            }
             Next::Continue { pause_ms, reason, workers: job.workers, next_size }
         }
         Err(e) if locking::retryable(code_of(&e)) => {
@@ -313,6 +326,18 @@ fn batch_done(migration: i64, next_size: i32) {
             &[migration.into(), next_size.max(1).into()],
         )
     });
+}
+
+/// A job's `max_rows_per_second`, shared by its `workers`: the pause after
+/// a batch that wrote `rows` in `took_ms` so that this worker writes at most
+/// its share, and the largest next batch — a fifth of a second of that share,
+/// so that the rows (and their WAL, which the workload's commits flush) come
+/// steadily rather than in bursts. A latency-first job: the workload's tail
+/// grows with the rows written a second, whatever CPU is spare.
+pub fn rate_cap(cap: i32, workers: i32, rows: i64, took_ms: f64) -> (i32, i32) {
+    let share = cap.max(1) as f64 / workers.max(1) as f64;
+    let at_least = (rows.max(0) as f64 / share * 1000.0 - took_ms).clamp(0.0, 60_000.0).round() as i32;
+    (at_least, (share / 5.0).floor().clamp(1.0, MAX_ADAPTIVE_BATCH as f64) as i32)
 }
 
 /// Adaptive sizing toward `target_batch_ms`: grow at most ×1.2 per batch,
@@ -474,6 +499,20 @@ fn prune_history(migration: i64) {
 #[cfg(test)]
 mod tests {
     use super::next_batch_size;
+
+    #[test]
+    fn a_rate_cap_spaces_batches_and_keeps_them_small() {
+        use super::rate_cap;
+        // 1000 rows at 10000 rows/s: 100 ms a batch, 20 of them spent writing
+        assert_eq!(rate_cap(10_000, 1, 1000, 20.0), (80, 2000));
+        // shared by 4 workers: 2500 rows/s each
+        assert_eq!(rate_cap(10_000, 4, 1000, 20.0), (380, 500));
+        // a batch slower than the cap allows: no pause; a tiny cap: 1-row batches
+        assert_eq!(rate_cap(10_000, 1, 100, 50.0), (0, 2000));
+        assert_eq!(rate_cap(3, 1, 1, 0.0), (333, 1));
+        assert_eq!(rate_cap(1, 32, 1, 0.0).0, 32_000);
+        assert_eq!(rate_cap(1, 1, 100_000, 0.0).0, 60_000, "at most a minute");
+    }
 
     #[test]
     fn adaptive_size_grows_at_most_20_percent_and_shrinks_proportionally() {

@@ -10,7 +10,8 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
 /// Options a caller may set; None keeps the current value. For
-/// `target_batch_ms` and `max_replica_lag`, 0 turns the feature off.
+/// `target_batch_ms`, `max_replica_lag` and `max_rows_per_second`, 0 turns
+/// the feature off.
 #[derive(Default)]
 pub struct Options {
     pub batch_size: Option<i32>,
@@ -24,6 +25,9 @@ pub struct Options {
     pub windows: Option<Vec<String>>,
     /// processes sharing the backfill
     pub workers: Option<i32>,
+    /// a cap on the rows the job's batches write per second, all workers
+    /// together (a latency-first job: see `batches::rate_cap`)
+    pub max_rows_per_second: Option<i32>,
 }
 
 impl Options {
@@ -39,6 +43,9 @@ impl Options {
         }
         if matches!(self.target_batch_ms, Some(n) if n < 0) {
             bad("target_batch_ms must not be negative", "0 turns adaptive batch sizing off.");
+        }
+        if matches!(self.max_rows_per_second, Some(n) if n < 0) {
+            bad("max_rows_per_second must not be negative", "0 removes the cap; e.g. 10000 writes at most 10000 rows a second.");
         }
         if let Some(w) = &self.windows {
             super::window::validate(w);
@@ -75,7 +82,8 @@ const OPTION_ASSIGNMENTS: &str = "batch_size = coalesce($2, batch_size), \
      statement_timeout_ms = coalesce((extract(epoch FROM $7::interval) * 1000)::int, statement_timeout_ms), \
      run_after = coalesce($8, run_after), \
      windows = CASE WHEN $9::text[] IS NULL THEN windows WHEN cardinality($9::text[]) = 0 THEN NULL ELSE $9::text[] END, \
-     workers = coalesce($10, workers)";
+     workers = coalesce($10, workers), \
+     max_rows_per_second = CASE WHEN $11 IS NULL THEN max_rows_per_second WHEN $11 = 0 THEN NULL ELSE $11 END";
 
 /// Queue (or re-queue) the migration's job in the caller's transaction. The
 /// worker starts its work only once this transaction has committed. Whoever
@@ -114,6 +122,7 @@ fn set_options_row(migration: i64, o: &Options) {
             o.run_after.into(),
             o.windows.as_ref().map(|w| super::window::validate(w)).into(),
             o.workers.into(),
+            o.max_rows_per_second.into(),
         ],
     );
 }
@@ -270,6 +279,7 @@ pub struct JobRow {
     pub pause_ms: i32,
     pub target_batch_ms: Option<i32>,
     pub max_replica_lag_ms: Option<f64>,
+    pub max_rows_per_second: Option<i32>,
     pub lock_timeout_ms: i32,
     pub lock_retries: i32,
     pub statement_timeout_ms: i32,
@@ -329,7 +339,7 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                         greatest(0, extract(epoch FROM j.run_after - clock_timestamp()) * 1000)::float8, j.windows, \
                         j.workers, {WORKER_ALIVE}, j.worker_started_at::text, \
                         (SELECT d.id FROM zdm.migrations d WHERE d.id = j.depends_on AND d.phase IN ('expanded', 'backfilling')), \
-                        j.lock_retries \
+                        j.lock_retries, j.max_rows_per_second \
                    FROM zdm.jobs j JOIN zdm.migrations m ON m.id = j.migration_id WHERE j.migration_id = $1"),
             &[migration.into()],
             |r| Ok(JobRow {
@@ -351,6 +361,7 @@ pub fn load_row(migration: i64) -> Option<JobRow> {
                 worker_started_at: r.get::<String>(16)?.unwrap_or_default(),
                 waits_for: r.get::<i64>(17)?,
                 lock_retries: r.get::<i32>(18)?.unwrap_or(10),
+                max_rows_per_second: r.get::<i32>(19)?,
             }),
         )
     })
