@@ -386,9 +386,9 @@ fn written_rate(c: &mut postgres::Client, id: i64, filter: &str) -> (f64, f64, i
 }
 
 /// `max_rows_per_second` holds a backfill to that many rows written a
-/// second, all workers together, in batches of at most a fifth of a
-/// second's worth — even where the throttle would run at full speed (an idle
-/// database, `pause_ms => 0`); the pauses say why; `set_options` removes it
+/// second, all workers together, in batches of about a fifth of a second's
+/// worth — even where the throttle would run at full speed (an idle
+/// database, `pause_ms => 0`); the waits say why; `set_options` removes it
 /// live (0), and a negative cap is 22023.
 #[test]
 fn max_rows_per_second_caps_the_backfill() {
@@ -397,21 +397,32 @@ fn max_rows_per_second_caps_the_backfill() {
     make_table(&mut c, "t", 40_000);
     let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
     expect_err(&mut c, &format!("SELECT zdm.start_backfill({id}, max_rows_per_second => -1)"), "22023");
-    c.query_one("SELECT zdm.start_backfill($1, pause_ms => 0, batch_size => 5000, max_rows_per_second => 5000)", &[&id]).unwrap();
+    // (target_batch_ms 0: without the cap, batches grow ×1.2 a batch up to 5000 rows)
+    c.query_one("SELECT zdm.start_backfill($1, pause_ms => 0, batch_size => 5000, target_batch_ms => 0, max_rows_per_second => 5000)", &[&id])
+        .unwrap();
     expect_err(&mut c, &format!("SELECT zdm.set_options({id}, max_rows_per_second => -5)"), "22023");
+    // while it waits for the cap, zdm.status says so
+    wait_for("the cap as the throttle reason", Duration::from_secs(60), || {
+        let why: Option<String> = c.query_one("SELECT throttle_reason FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+        why.filter(|w| w.starts_with("max_rows_per_second 5000: next batch in"))
+    });
     wait_for("12000 rows under the cap", Duration::from_secs(60), || (rows_done(&mut c, id) >= 12_000).then_some(()));
-    c.execute("SELECT zdm.set_options($1, max_rows_per_second => 0)", &[&id]).unwrap();
     let capped_until: i64 = c.query_one("SELECT max(id) FROM zdm.batches WHERE migration_id = $1", &[&id]).unwrap().get(0);
+    c.execute("SELECT zdm.set_options($1, max_rows_per_second => 0)", &[&id]).unwrap();
     let (one, all, largest) = written_rate(&mut c, id, &format!("id <= {capped_until}"));
     println!("capped at 5000 rows/s: {one:.0} rows/s, batches of at most {largest} rows");
     assert!(one > 0.0 && one <= 5000.0 * 1.02 && all <= 5000.0 * 1.02, "{one:.0} rows/s under a cap of 5000");
     // (a batch covers whole pages: its size in rows is approximate)
     assert!(largest <= 1250, "batches of about a fifth of a second's worth (1000 rows), got {largest}");
     let why: String = c
-        .query_one("SELECT wait_reason FROM zdm.batches WHERE migration_id = $1 AND wait_reason IS NOT NULL AND id <= $2 LIMIT 1", &[&id, &capped_until])
+        .query_one(
+            "SELECT coalesce(string_agg(DISTINCT regexp_replace(wait_reason, '[0-9]+ ms', 'N ms'), ' | '), '') FROM zdm.batches \
+              WHERE migration_id = $1 AND id <= $2",
+            &[&id, &capped_until],
+        )
         .unwrap()
         .get(0);
-    assert!(why.contains("max_rows_per_second 5000: pause"), "{why}");
+    assert!(why.contains("max_rows_per_second 5000: next batch in N ms"), "{why}");
     // the cap removed: batches grow again, the job finishes, every row in sync
     let phase: String = c.query_one("SELECT zdm.wait($1, '5 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");
@@ -441,6 +452,7 @@ fn max_rows_per_second_caps_the_backfill() {
     let (one, all, largest) = written_rate(&mut c, id, "true");
     let workers: i64 = c.query_one("SELECT count(DISTINCT worker_pid) FROM zdm.batches WHERE migration_id = $1", &[&id]).unwrap().get(0);
     println!("2 workers capped at 4000 rows/s: {all:.0} rows/s together, {one:.0} the faster one, batches of at most {largest} rows, {workers} workers");
+    assert!(workers >= 2, "the job's two workers shared the cap");
     assert!(one <= 2000.0 * 1.02 && all <= 4000.0 * 1.02, "{all:.0} rows/s together, {one:.0} one worker, under a cap of 4000");
     assert!(largest <= 500, "about a fifth of a second of one worker's share (400 rows), got {largest}");
     let left: i64 = c.query_one("SELECT count(*) FROM u WHERE pad <> upper(pad)", &[]).unwrap().get(0);

@@ -23,7 +23,7 @@
 use super::locking;
 use crate::errors::{code_of, message_of};
 use crate::subxact;
-use super::process::{reload_config_if_asked, set_activity, sleep_full_ms, sleep_ms, transaction, with_statement_timeout};
+use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
 use super::{capacity, gate, jobs, Operation, Share};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
@@ -138,7 +138,7 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                 if pause_ms > 0 {
                     note_wait(pause_ms as f64, reason);
                     set_activity(&format!("{name}: pause_ms between batches"));
-                    sleep_full_ms(pause_ms as f64);
+                    sleep_ms(pause_ms as f64);
                 }
             }
             Next::Retry { reason, ms } => {
@@ -187,6 +187,8 @@ struct LoopState {
     last_batch_ms: f64,
     /// the workload, looked at every 250 ms at most (`load::Sampler`)
     sampler: super::load::Sampler,
+    /// when the last batch started and the rows it wrote (`max_rows_per_second`)
+    last_written: Option<(Instant, i64)>,
 }
 
 /// One attempt at one batch, in its own transaction (with the history row).
@@ -231,6 +233,17 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     if let Some(reason) = super::health::gate(migration) {
         return wait(1000.0, reason);
     }
+    // The cap holds whatever the throttle allows, and with it off; waited
+    // out a second at a time, so that a pause, a cancel or new options are
+    // seen on the way.
+    if let (Some(cap), Some((started, rows))) = (job.max_rows_per_second, st.last_written) {
+        let due = started + rate_gap(rate_share(cap, job.workers).0, rows);
+        let left = due.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            let ms = (left.as_secs_f64() * 1000.0).ceil();
+            return wait(ms.min(1000.0), format!("max_rows_per_second {cap}: next batch in {ms:.0} ms"));
+        }
+    }
     if guc::ADAPTIVE_THROTTLE.get() && job.pause_ms > 0 {
         // (pause_ms = 0 asks for full speed: no gate)
         let waited = PENDING_WAIT.with(|w| w.borrow().0);
@@ -240,7 +253,7 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     }
     let mut size = st.retry_size.unwrap_or(job.batch_size);
     if let Some(cap) = job.max_rows_per_second {
-        size = size.min(rate_cap(cap, job.workers, 0, 0.0).1); // a cap set since the last batch
+        size = size.min(rate_share(cap, job.workers).1); // a cap set since the last batch
     }
     let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }), wait: false };
     let started = Instant::now();
@@ -255,6 +268,9 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     });
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     (st.cpu_mark, st.last_batch_ms) = (super::load::cpu_ticks(), took_ms);
+    if let Ok(out) = &outcome {
+        st.last_written = Some((started, out.rows));
+    }
     match outcome {
         Ok(out) if out.busy => Next::Idle { workers: job.workers },
         Ok(out) => {
@@ -270,24 +286,17 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 None => job.target_batch_ms,
             };
             let mut next_size = next_batch_size(size, job.configured_batch_size, target, took_ms);
-            let cap = job.max_rows_per_second.map(|cap| (cap, rate_cap(cap, job.workers, out.rows, took_ms)));
-            if let Some((_, (_, most))) = cap {
-                next_size = next_size.min(most);
+            if let Some(cap) = job.max_rows_per_second {
+                next_size = next_size.min(rate_share(cap, job.workers).1);
             }
             st.last_size = next_size;
             if out.done {
                 return Next::Done;
             }
-            let (mut pause_ms, mut reason) = match load {
+            let (pause_ms, reason) = match load {
                 Some(load) => super::load::pause(job.pause_ms, load, took_ms),
                 None => (job.pause_ms, None),
             };
-            // The cap holds whatever the throttle says, and with it off.
-            if let Some((cap, (at_least, _))) = cap {
-                if at_least > pause_ms {
-                    (pause_ms, reason) = (at_least, Some(format!("max_rows_per_second {cap}: pause {at_least} ms")));
-                }
-            }
             Next::Continue { pause_ms, reason, workers: job.workers, next_size }
         }
         Err(e) if locking::retryable(code_of(&e)) => {
@@ -328,16 +337,21 @@ fn batch_done(migration: i64, next_size: i32) {
     });
 }
 
-/// A job's `max_rows_per_second`, shared by its `workers`: the pause after
-/// a batch that wrote `rows` in `took_ms` so that this worker writes at most
-/// its share, and the largest next batch — a fifth of a second of that share,
+/// A job's `max_rows_per_second`, shared by its `workers`: this worker's
+/// rows a second, and its largest batch — a fifth of a second of that share,
 /// so that the rows (and their WAL, which the workload's commits flush) come
 /// steadily rather than in bursts. A latency-first job: the workload's tail
 /// grows with the rows written a second, whatever CPU is spare.
-pub fn rate_cap(cap: i32, workers: i32, rows: i64, took_ms: f64) -> (i32, i32) {
+pub fn rate_share(cap: i32, workers: i32) -> (f64, i32) {
     let share = cap.max(1) as f64 / workers.max(1) as f64;
-    let at_least = (rows.max(0) as f64 / share * 1000.0 - took_ms).clamp(0.0, 60_000.0).round() as i32;
-    (at_least, (share / 5.0).floor().clamp(1.0, MAX_ADAPTIVE_BATCH as f64) as i32)
+    (share, (share / 5.0).floor().clamp(1.0, MAX_ADAPTIVE_BATCH as f64) as i32)
+}
+
+/// How long after a batch that wrote `rows` began the next one may begin,
+/// at `share` rows a second. (A batch covers whole pages, so it may write
+/// more rows than its size: the wait follows what it wrote.)
+pub fn rate_gap(share: f64, rows: i64) -> Duration {
+    Duration::from_secs_f64(rows.max(0) as f64 / share.max(f64::MIN_POSITIVE))
 }
 
 /// Adaptive sizing toward `target_batch_ms`: grow at most ×1.2 per batch,
@@ -352,7 +366,8 @@ pub fn next_batch_size(current: i32, configured: i32, target_ms: Option<i32>, to
             let min = MIN_ADAPTIVE_BATCH.min(configured).max(1) as f64;
             next.clamp(min, MAX_ADAPTIVE_BATCH as f64).round() as i32
         }
-        None => (current * 1.2).min(configured as f64).max(1.0).round() as i32,
+        // (at least a row more: 1 × 1.2 rounds back to 1)
+        None => (current * 1.2).max(current + 1.0).min(configured as f64).max(1.0).round() as i32,
     }
 }
 
@@ -502,16 +517,19 @@ mod tests {
 
     #[test]
     fn a_rate_cap_spaces_batches_and_keeps_them_small() {
-        use super::rate_cap;
-        // 1000 rows at 10000 rows/s: 100 ms a batch, 20 of them spent writing
-        assert_eq!(rate_cap(10_000, 1, 1000, 20.0), (80, 2000));
+        use super::{rate_gap, rate_share};
+        use std::time::Duration;
+        // 10000 rows/s: batches of at most 2000 rows, 1000 rows every 100 ms
+        assert_eq!(rate_share(10_000, 1), (10_000.0, 2000));
+        assert_eq!(rate_gap(10_000.0, 1000), Duration::from_millis(100));
         // shared by 4 workers: 2500 rows/s each
-        assert_eq!(rate_cap(10_000, 4, 1000, 20.0), (380, 500));
-        // a batch slower than the cap allows: no pause; a tiny cap: 1-row batches
-        assert_eq!(rate_cap(10_000, 1, 100, 50.0), (0, 2000));
-        assert_eq!(rate_cap(3, 1, 1, 0.0), (333, 1));
-        assert_eq!(rate_cap(1, 32, 1, 0.0).0, 32_000);
-        assert_eq!(rate_cap(1, 1, 100_000, 0.0).0, 60_000, "at most a minute");
+        assert_eq!(rate_share(10_000, 4), (2500.0, 500));
+        assert_eq!(rate_gap(2500.0, 1000), Duration::from_millis(400));
+        // a tiny cap: 1-row batches, however long a page of rows then waits
+        assert_eq!(rate_share(1, 32).1, 1);
+        assert_eq!(rate_gap(rate_share(1, 32).0, 100), Duration::from_secs(3200));
+        assert_eq!(rate_share(i32::MAX, 1).1, super::MAX_ADAPTIVE_BATCH);
+        assert_eq!(rate_gap(10.0, 0), Duration::ZERO);
     }
 
     #[test]

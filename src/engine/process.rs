@@ -78,21 +78,6 @@ pub fn sleep_ms(ms: f64) {
     super::locking::interruptible_sleep(std::time::Duration::from_millis(ms.max(1.0) as u64));
 }
 
-/// Sleep all of `ms`, whatever sets the latch meanwhile (a helper's exit, a
-/// reload signal): a pause that spaces batches (`max_rows_per_second`) must
-/// not end early. SIGTERM still ends it.
-pub fn sleep_full_ms(ms: f64) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
-    loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        // (WaitLatch's timeout is whole milliseconds: round up)
-        super::locking::interruptible_sleep(left.max(std::time::Duration::from_millis(1)) + std::time::Duration::from_micros(999));
-    }
-}
-
 pub fn set_activity(text: &str) {
     let c = CString::new(text).unwrap_or_default();
     unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, c.as_ptr()) };
