@@ -94,3 +94,37 @@ SQL
 }
 
 machine() { echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m), PostgreSQL $("$BIN/postgres" --version | awk '{print $3}')"; }
+
+# The live workload (live.sh, cap.sh): pgbench's TPC-B-like transactions
+# plus single-row reads and writes on a bench table, SECS seconds a run.
+live_table() { # name rows: the table and its pgbench script
+  make_bench_table "$1" "$2"
+  cat > "$BENCH_DIR/mig-$1.sql" <<SQL
+\set id random(1, $2)
+UPDATE $1 SET qty = qty + 1 WHERE id = :id;
+SELECT a FROM $1 WHERE id = :id;
+SQL
+}
+workload() { # table [log prefix, default the table] [rate]; runs pgbench, leaves the per-transaction log
+  local prefix="${2:-$1}"
+  rm -f "$BENCH_DIR/$prefix".[0-9]*
+  (cd "$BENCH_DIR" && "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$SECS" ${3:+-R "$3"} \
+     -b tpcb-like@1 -f "mig-$1.sql@1" --log --log-prefix="$prefix" "$DB" >/dev/null 2>&1)
+}
+# Each run starts from the same state: pgbench's tables vacuumed (its history
+# table grows and its accounts bloat run after run), a checkpoint, and `sync`
+# to flush what the last run left dirty in the page cache (its writeback
+# would stall the next run's commits).
+settle() { q -c "VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history" -c "CHECKPOINT"; sync; sleep 2; }
+# Each second of a pgbench log's [from, to] (all of it when from is 0),
+# counted from t0: "second transactions p99_ms".
+seconds() { # prefix from to t0
+  cat "$BENCH_DIR/$1".[0-9]* | awk -v f="${2:-0}" -v t="${3:-0}" -v t0="${4:-0}" '{ x = $5 + $6 / 1e6; if (f > 0 && (x < f || x > t)) next; print int(x - t0), $3 }' \
+    | sort -k1,1n -k2,2n \
+    | awk 'function flush() { i = int(k * 0.99); if (i < 1) i = 1; printf "%d %d %.1f\n", cur, k, v[i] / 1000; k = 0; delete v }
+        { if ($1 != cur && k > 0) flush(); cur = $1; v[++k] = $2 } END { if (k) flush() }'
+}
+# The median over the seconds of [from, to] of each second's p99 (ms): the
+# workload's typical tail, which one stall of this VM's disk (p99 up to
+# ~0.7 s without any migration) does not decide.
+second_p99() { seconds "$1" "${2:-0}" "${3:-0}" | awk '{ print $3 }' | median; }

@@ -35,21 +35,8 @@ ROUNDS="${ZDM_LIVE_ROUNDS:-3}"
 "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -i -q -s "$SCALE" "$DB" >/dev/null 2>&1
 tables="live_base"
 for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_adaptive_$r live_rate_$r live_capped_$r live_paced_$r live_tenth_$r"; done
-for t in $tables; do
-  make_bench_table "$t" "$ROWS"
-  cat > "$BENCH_DIR/mig-$t.sql" <<SQL
-\set id random(1, $ROWS)
-UPDATE $t SET qty = qty + 1 WHERE id = :id;
-SELECT a FROM $t WHERE id = :id;
-SQL
-done
+for t in $tables; do live_table "$t" "$ROWS"; done
 
-workload() { # table [log prefix, default the table] [rate]; runs pgbench, leaves the per-transaction log
-  local prefix="${2:-$1}"
-  rm -f "$BENCH_DIR/$prefix".[0-9]*
-  (cd "$BENCH_DIR" && "$BIN/pgbench" -h "$BENCH_DIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$SECS" ${3:+-R "$3"} \
-     -b tpcb-like@1 -f "mig-$1.sql@1" --log --log-prefix="$prefix" "$DB" >/dev/null 2>&1)
-}
 set_adaptive() { q -c "ALTER SYSTEM SET zdm.adaptive_throttle = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 1; }
 span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 # The hand-written backfill: SET b = a in committed batches of PAGES heap
@@ -71,18 +58,6 @@ BEGIN
   END LOOP;
 END $$;
 SQL
-# Each second of a pgbench log's [from, to] (all of it when from is 0),
-# counted from t0: "second transactions p99_ms".
-seconds() { # prefix from to t0
-  cat "$BENCH_DIR/$1".[0-9]* | awk -v f="${2:-0}" -v t="${3:-0}" -v t0="${4:-0}" '{ x = $5 + $6 / 1e6; if (f > 0 && (x < f || x > t)) next; print int(x - t0), $3 }' \
-    | sort -k1,1n -k2,2n \
-    | awk 'function flush() { i = int(k * 0.99); if (i < 1) i = 1; printf "%d %d %.1f\n", cur, k, v[i] / 1000; k = 0; delete v }
-        { if ($1 != cur && k > 0) flush(); cur = $1; v[++k] = $2 } END { if (k) flush() }'
-}
-# The median over the seconds of [from, to] of each second's p99 (ms): the
-# workload's typical tail, which one stall of this VM's disk (p99 up to
-# ~0.7 s without any migration) does not decide.
-second_p99() { seconds "$1" "${2:-0}" "${3:-0}" | awk '{ print $3 }' | median; }
 paced_run() { # kind round rows/s pages: the hand-written backfill during the half-load workload
   local t="live_$1_$2" start stop pid end="$BENCH_DIR/end-live_$1_$2.txt" log="$BENCH_DIR/paced-live_$1_$2.log"
   settle
@@ -128,11 +103,6 @@ cancel_paced() { val "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE 
 trap cancel_paced EXIT
 
 declare -A TPS P99 SP99 BUSY RATE STATE ID
-# Each run starts from the same state: pgbench's tables vacuumed (its history
-# table grows and its accounts bloat run after run), a checkpoint, and `sync`
-# to flush what the last run left dirty in the page cache (its writeback
-# would stall the next run's commits).
-settle() { q -c "VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history" -c "CHECKPOINT"; sync; sleep 2; }
 base_run() { # round
   settle
   workload live_base "live_base_$1"

@@ -457,4 +457,6 @@ fn max_rows_per_second_caps_the_backfill() {
     assert!(largest <= 500, "about a fifth of a second of one worker's share (400 rows), got {largest}");
     let left: i64 = c.query_one("SELECT count(*) FROM u WHERE pad <> upper(pad)", &[]).unwrap().get(0);
     assert_eq!(left, 0);
+    // (the WHERE excludes rows done: each row updated once, README "Which rows")
+    assert_eq!(status_row(&mut c, id).2, 20_000);
 }
