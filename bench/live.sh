@@ -42,6 +42,8 @@ span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi 
 # The hand-written backfill: SET b = a in committed batches of PAGES heap
 # pages up to the heap's end as it was, sleeping to hold ROWS_PER_S.
 q >/dev/null <<'SQL'
+-- the loop's own count (the sync trigger fills b on the workload's writes too)
+CREATE TABLE IF NOT EXISTS bench_paced_progress (tbl text PRIMARY KEY, rows_done bigint NOT NULL);
 CREATE OR REPLACE PROCEDURE bench_paced_update(t regclass, rows_per_s int, pages int) LANGUAGE plpgsql AS $$
 DECLARE
   n bigint := pg_relation_size(t) / 8192; s bigint := 0; done bigint := 0; k bigint; ahead float8;
@@ -52,6 +54,7 @@ BEGIN
       USING format('(%s,0)', s)::tid, format('(%s,0)', least(s + pages, n))::tid;
     GET DIAGNOSTICS k = ROW_COUNT;
     done := done + k; s := s + pages;
+    INSERT INTO bench_paced_progress VALUES (t::text, done) ON CONFLICT (tbl) DO UPDATE SET rows_done = excluded.rows_done;
     COMMIT;
     ahead := done::float8 / rows_per_s - extract(epoch FROM clock_timestamp() - t0);
     IF ahead > 0 THEN PERFORM pg_sleep(ahead); END IF;
@@ -63,6 +66,7 @@ paced_run() { # kind round rows/s pages: the hand-written backfill during the ha
   settle
   # zdm's sync trigger, as on zdm's runs: the loop differs from zdm's backfill only in its batches
   val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)" >/dev/null
+  q -c "DELETE FROM bench_paced_progress WHERE tbl = '$t'" >/dev/null
   rm -f "$end"
   start=$(epoch)
   ( q -c "CALL bench_paced_update('$t', $(( ${3:-0} > 100 ? ${3:-0} : 100 )), ${4:-20})" >/dev/null 2>"$log"; epoch > "$end" ) &
@@ -74,7 +78,7 @@ paced_run() { # kind round rows/s pages: the hand-written backfill during the ha
   wait "$pid" || true
   if grep -v "canceling statement due to user request" "$log" | grep -q ERROR; then cat "$log" >&2; exit 1; fi
   [ -s "$end" ] && stop=$(awk -v a="$stop" -v b="$(cat "$end")" 'BEGIN { print (a < b ? a : b) }')
-  RATE[$1,$2]=$(awk -v n="$(val "SELECT count(b) FROM $t")" -v a="$start" -v b="$stop" 'BEGIN { printf "%d", n / (b - a) }')
+  RATE[$1,$2]=$(awk -v n="$(val "SELECT coalesce((SELECT rows_done FROM bench_paced_progress WHERE tbl = '$t'), 0)")" -v a="$start" -v b="$stop" 'BEGIN { printf "%d", n / (b - a) }')
   read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$start" "$stop")
   SP99[$1,$2]=$(second_p99 "$t" "$start" "$stop")
 }

@@ -160,7 +160,12 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
             }
             Next::Wait { ms, reason } => {
                 set_activity(&format!("{name}: waiting: {reason}"));
-                let _ = transaction(|| jobs::set_throttle_reason(migration, Some(&reason)));
+                // (bookkeeping, as in batch_done: no WAL flush of its own —
+                // a cap waits so before nearly every batch)
+                let _ = transaction(|| {
+                    super::process::commit_without_waiting();
+                    jobs::set_throttle_reason(migration, Some(&reason))
+                });
                 note_wait(ms, Some(reason));
                 sleep_ms(ms);
             }
@@ -502,6 +507,7 @@ impl Helpers {
 }
 
 fn prune_history(migration: i64) {
+    super::process::commit_without_waiting(); // (a crash keeps a few more rows)
     as_catalog_owner(|| {
         spi::exec_args(
             "DELETE FROM zdm.batches WHERE migration_id = $1 AND id <= \

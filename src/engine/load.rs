@@ -65,12 +65,15 @@ impl Sampler {
     pub fn sample(&mut self, migration: i64) -> &Load {
         let fresh = self.last.as_ref().is_some_and(|(at, _)| at.elapsed() < SAMPLE_EVERY);
         if !fresh {
+            // (pg_locks takes every lock partition's lock: read only while
+            // somebody waits for a lock)
             let (active, waiting, zdm_pids) = spi::first_row(
                 &format!(
                     "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
                               WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_catalog.pg_backend_pid()), \
-                            (SELECT count(*) FROM pg_catalog.pg_locks l JOIN zdm.migrations m ON l.relation = m.relid::pg_catalog.oid \
-                              WHERE m.id = $1 AND NOT l.granted), \
+                            CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_stat_activity w WHERE w.wait_event_type = 'Lock') \
+                            THEN (SELECT count(*) FROM pg_catalog.pg_locks l JOIN zdm.migrations m ON l.relation = m.relid::pg_catalog.oid \
+                                   WHERE m.id = $1 AND NOT l.granted) ELSE 0 END, \
                             (SELECT pg_catalog.array_agg(pid) FROM pg_catalog.pg_stat_activity WHERE {})",
                     super::capacity::IS_ZDM_WORKER
                 ),
