@@ -65,8 +65,11 @@ impl Sampler {
     pub fn sample(&mut self, migration: i64) -> &Load {
         let fresh = self.last.as_ref().is_some_and(|(at, _)| at.elapsed() < SAMPLE_EVERY);
         if !fresh {
+            // pg_stat_activity afresh: this transaction's copy was taken
+            // before the batch and misses sessions that connected since.
             // (pg_locks takes every lock partition's lock: read only while
-            // somebody waits for a lock)
+            // somebody waits for a lock.)
+            unsafe { pgrx::pg_sys::pgstat_clear_snapshot() };
             let (active, waiting, zdm_pids) = spi::first_row(
                 &format!(
                     "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity a \
