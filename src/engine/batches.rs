@@ -241,8 +241,10 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
     // The cap holds whatever the throttle allows, and with it off; waited
     // out a second at a time, so that a pause, a cancel or new options are
     // seen on the way.
-    if let (Some(cap), Some((started, rows))) = (job.max_rows_per_second, st.last_written) {
-        let due = started + rate_gap(rate_share(cap, job.workers).0, rows);
+    // (this worker's rows a second and largest batch under the cap)
+    let cap = job.max_rows_per_second.map(|cap| (cap, rate_share(cap, job.workers)));
+    if let (Some((cap, (share, _))), Some((started, rows))) = (cap, st.last_written) {
+        let due = started + rate_gap(share, rows);
         let left = due.saturating_duration_since(Instant::now());
         if !left.is_zero() {
             let ms = (left.as_secs_f64() * 1000.0).ceil();
@@ -257,8 +259,8 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
         }
     }
     let mut size = st.retry_size.unwrap_or(job.batch_size);
-    if let Some(cap) = job.max_rows_per_second {
-        size = size.min(rate_share(cap, job.workers).1); // a cap set since the last batch
+    if let Some((_, (_, most))) = cap {
+        size = size.min(most); // a cap set since the last batch
     }
     let share = Share { workers: job.workers, helper: matches!(role, Role::Helper { .. }), wait: false };
     let started = Instant::now();
@@ -291,8 +293,8 @@ fn one_batch(migration: i64, op: &dyn Operation, owner: &(pg_sys::Oid, String), 
                 None => job.target_batch_ms,
             };
             let mut next_size = next_batch_size(size, job.configured_batch_size, target, took_ms);
-            if let Some(cap) = job.max_rows_per_second {
-                next_size = next_size.min(rate_share(cap, job.workers).1);
+            if let Some((_, (_, most))) = cap {
+                next_size = next_size.min(most);
             }
             st.last_size = next_size;
             if out.done {

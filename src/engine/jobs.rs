@@ -26,7 +26,7 @@ pub struct Options {
     /// processes sharing the backfill
     pub workers: Option<i32>,
     /// a cap on the rows the job's batches write per second, all workers
-    /// together (a latency-first job: see `batches::rate_cap`)
+    /// together (a latency-first job: see `batches::rate_share`)
     pub max_rows_per_second: Option<i32>,
 }
 
