@@ -23,7 +23,7 @@ SCALE=$(( ROWS >= 1000000 ? 10 : 2 ))
 live_table cap_base "$ROWS"
 q -c "ALTER SYSTEM SET zdm.adaptive_throttle = on" -c "SELECT pg_reload_conf()" >/dev/null
 
-declare -A TPS SP99 RATE RT RS RR
+declare -A TPS P99 SP99 RATE STATE BUSY ID RT RS RR
 n=0
 base_run() { # index
   settle
@@ -47,32 +47,20 @@ for r in $(seq 1 "$ROUNDS"); do
   for cap in $CAPS; do
     t="cap_${cap}_$r"
     live_table "$t" "$ROWS"
-    settle
-    id=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)")
     if [ "$cap" = trigger ]; then
+      settle
+      val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)" >/dev/null
       workload "$t" "$t" "$RATE_LIMIT"
       read -r TPS[$cap,$r] _ < <(window_stats "$t")
       SP99[$cap,$r]=$(second_p99 "$t")
       RATE[$cap,$r]=0
-      compare "$cap" "$r" "$t"
-      continue
+    else
+      zdm_run "$cap,$r" "$t" "max_rows_per_second => $cap"
     fi
-    val "SELECT zdm.start_backfill($id, max_rows_per_second => $cap)" >/dev/null
-    workload "$t" "$t" "$RATE_LIMIT"
-    stop=$(epoch)
-    RATE[$cap,$r]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM coalesce(backfilled_at, clock_timestamp()) - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = $id")
-    # the rest at full speed, then out of the way
-    val "SELECT zdm.set_options($id, max_rows_per_second => 0, pause_ms => 0)" >/dev/null
-    val "SELECT zdm.wait($id, '10 minutes')" >/dev/null 2>&1 || true
-    # the seconds while it ran, up to pgbench's end
-    read -r from to < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($stop))) FROM zdm.migrations WHERE id = $id" | tr '|' ' ')
-    read -r TPS[$cap,$r] _ < <(window_stats "$t" "$from" "$to")
-    SP99[$cap,$r]=$(second_p99 "$t" "$from" "$to")
     compare "$cap" "$r" "$t"
   done
 done
 
-span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 med() { local v; v=$(tr ' ' '\n' | grep .); echo "$(echo "$v" | median) ($(echo "$v" | span))"; }
 echo "### max_rows_per_second at half load: pgbench -R $RATE_LIMIT, $ROWS rows ($(machine))"
 echo

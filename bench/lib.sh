@@ -128,3 +128,26 @@ seconds() { # prefix from to t0
 # workload's typical tail, which one stall of this VM's disk (p99 up to
 # ~0.7 s without any migration) does not decide.
 second_p99() { seconds "$1" "${2:-0}" "${3:-0}" | awk '{ print $3 }' | median; }
+zdm_run() { # key table [start_backfill options]: zdm's backfill of the table during the workload
+  # at RATE_LIMIT; its figures go to ID, RATE, STATE, BUSY, TPS, P99, SP99[key]
+  local t="$2" end from to
+  settle
+  if [ -n "${3:-}" ]; then
+    ID[$1]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)")
+    val "SELECT zdm.start_backfill(${ID[$1]}, $3)" >/dev/null
+  else
+    ID[$1]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
+  fi
+  workload "$t" "$t" "$RATE_LIMIT"
+  # rows/s while pgbench ran: progress when it stopped (or at the end of the backfill)
+  RATE[$1]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM coalesce(backfilled_at, clock_timestamp()) - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[$1]}")
+  STATE[$1]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[$1]}")
+  end=$(epoch)
+  # (a cap has done its part: the rest at full speed)
+  val "SELECT zdm.set_options(${ID[$1]}, max_rows_per_second => 0)" >/dev/null 2>&1 || true
+  val "SELECT zdm.wait(${ID[$1]}, '10 minutes')" >/dev/null 2>&1 || true
+  read -r from to BUSY[$1] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($end))), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[$1]}" | tr '|' ' ')
+  read -r TPS[$1] P99[$1] < <(window_stats "$t" "$from" "$to")
+  SP99[$1]=$(second_p99 "$t" "$from" "$to")
+}
+span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }

@@ -38,7 +38,6 @@ for r in $(seq 1 "$ROUNDS"); do tables+=" live_trigger_$r live_fixed_$r live_ada
 for t in $tables; do live_table "$t" "$ROWS"; done
 
 set_adaptive() { q -c "ALTER SYSTEM SET zdm.adaptive_throttle = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 1; }
-span() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }'; }
 # The hand-written backfill: SET b = a in committed batches of PAGES heap
 # pages up to the heap's end as it was, sleeping to hold ROWS_PER_S.
 q >/dev/null <<'SQL'
@@ -81,27 +80,6 @@ paced_run() { # kind round rows/s pages: the hand-written backfill during the ha
   RATE[$1,$2]=$(awk -v n="$(val "SELECT coalesce((SELECT rows_done FROM bench_paced_progress WHERE tbl = '$t'), 0)")" -v a="$start" -v b="$stop" 'BEGIN { printf "%d", n / (b - a) }')
   read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$start" "$stop")
   SP99[$1,$2]=$(second_p99 "$t" "$start" "$stop")
-}
-zdm_run() { # kind round [start_backfill options]: zdm's backfill during the half-load workload
-  local t="live_$1_$2" end from to
-  settle
-  if [ -n "${3:-}" ]; then
-    ID[$1,$2]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b', background => false)")
-    val "SELECT zdm.start_backfill(${ID[$1,$2]}, $3)" >/dev/null
-  else
-    ID[$1,$2]=$(val "SELECT zdm.expand_rename('$t', 'a', 'b')")
-  fi
-  workload "$t" "$t" "$RATE_LIMIT"
-  # rows/s while pgbench ran: progress when it stopped (or at the end of the backfill)
-  RATE[$1,$2]=$(val "SELECT round(rows_done / greatest(extract(epoch FROM coalesce(backfilled_at, clock_timestamp()) - backfill_started_at), 0.001))::bigint FROM zdm.migrations WHERE id = ${ID[$1,$2]}")
-  STATE[$1,$2]=$(val "SELECT phase || ' ' || percent || '%' FROM zdm.status WHERE id = ${ID[$1,$2]}")
-  end=$(epoch)
-  # (a cap has done its part: the rest at full speed)
-  val "SELECT zdm.set_options(${ID[$1,$2]}, max_rows_per_second => 0)" >/dev/null 2>&1 || true
-  val "SELECT zdm.wait(${ID[$1,$2]}, '10 minutes')" >/dev/null 2>&1 || true
-  read -r from to BUSY[$1,$2] < <(val "SELECT extract(epoch FROM backfill_started_at), extract(epoch FROM least(backfilled_at, to_timestamp($end))), round(extract(epoch FROM backfilled_at - backfill_started_at)::numeric, 1) FROM zdm.migrations WHERE id = ${ID[$1,$2]}" | tr '|' ' ')
-  read -r TPS[$1,$2] P99[$1,$2] < <(window_stats "$t" "$from" "$to")
-  SP99[$1,$2]=$(second_p99 "$t" "$from" "$to")
 }
 cancel_paced() { val "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL bench_paced_update%' AND pid <> pg_backend_pid()" >/dev/null 2>&1 || true; }
 trap cancel_paced EXIT
@@ -148,8 +126,8 @@ for r in $(seq 1 "$ROUNDS"); do
   workload live_base "live_rbase_$r" "$RATE_LIMIT"
   read -r TPS[rbase,$r] P99[rbase,$r] < <(window_stats "live_rbase_$r")
   SP99[rbase,$r]=$(second_p99 "live_rbase_$r")
-  zdm_run rate "$r"
-  zdm_run capped "$r" "max_rows_per_second => $(( ${RATE[idle]:-0} / 10 > 1 ? ${RATE[idle]:-0} / 10 : 1 ))"
+  zdm_run "rate,$r" "live_rate_$r"
+  zdm_run "capped,$r" "live_capped_$r" "max_rows_per_second => $(( ${RATE[idle]:-0} / 10 > 1 ? ${RATE[idle]:-0} / 10 : 1 ))"
   # By hand, in batches of zdm's average size in this run, at zdm's speed
   # and at a tenth of its idle-server speed.
   pages=$(val "SELECT coalesce(greatest(1, round(avg(blocks)))::int, 20) FROM zdm.batches WHERE migration_id = ${ID[rate,$r]}")
