@@ -2,10 +2,12 @@
 //! attempt waits at most zdm.lock_timeout, then backs off (letting queued
 //! readers through) and retries; after zdm.lock_retries it fails with 55P03
 //! naming the blocking pid. Once the blocker ends, the step succeeds.
+//! In a deadlock with a session, a worker is the one PostgreSQL cancels.
 
 mod common;
 
 use common::*;
+use postgres::Client;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -80,4 +82,122 @@ fn expand_and_contract_succeed_once_the_blocker_ends() {
     release.join().unwrap();
     let attempts: i32 = c.query_one("SELECT lock_attempts FROM zdm.events WHERE migration_id = $1 AND step = 'contract'", &[&id]).unwrap().get(0);
     assert!(attempts > 1, "contract should have retried, attempts = {attempts}");
+}
+
+/// A worker whose batch is held by a user trigger at row 5 (waiting for an
+/// advisory lock the test holds): `t` has rows 1..2000, batches of 1000.
+fn held_batch(cluster: &Cluster, db: &str) -> (Client, Client, i64, i32) {
+    let mut c = cluster.create_db(db);
+    make_table(&mut c, "t", 2000);
+    c.batch_execute(
+        "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.id = 5 THEN PERFORM pg_advisory_xact_lock_shared(42); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER hold BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION hold();",
+    )
+    .unwrap();
+    let mut holder = cluster.connect(db);
+    holder.batch_execute("SELECT pg_advisory_lock(42)").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    c.execute(
+        "SELECT zdm.start_backfill($1, batch_size => 1000, target_batch_ms => 0, pause_ms => 0, lock_timeout => '1 min')",
+        &[&id],
+    )
+    .unwrap();
+    let pid = wait_for("the worker's batch held at row 5", Duration::from_secs(30), || {
+        let pid = worker_pid(&mut c, id)?;
+        waiting(&mut c, pid).then_some(pid)
+    });
+    (c, holder, id, pid)
+}
+
+fn waiting(c: &mut Client, pid: i32) -> bool {
+    c.query_one("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", &[&pid]).unwrap().get(0)
+}
+
+/// Let the held batch go on a little after `session` began to wait for it,
+/// so that the deadlock closes while the session's own deadlock_timeout
+/// still runs: PostgreSQL cancels whichever side checks first.
+fn release_after_session_waits(c: &mut Client, holder: &mut Client, session: i32) {
+    wait_for("the session waiting for the batch", Duration::from_secs(30), || waiting(c, session).then_some(()));
+    std::thread::sleep(Duration::from_millis(300));
+    holder.batch_execute("SELECT pg_advisory_unlock(42)").unwrap();
+}
+
+/// In a deadlock between an application's transaction and a batch, zdm
+/// loses (its processes check after a tenth of deadlock_timeout): the
+/// application's UPDATE goes through, the batch is retried, and every row
+/// ends in sync.
+#[test]
+fn a_deadlock_with_a_batch_cancels_the_batch_not_the_application() {
+    let cluster = Cluster::start("lock3", &[]);
+    let (mut c, mut holder, id, _) = held_batch(&cluster, "l3");
+    // The application holds row 600 (ahead of the batch) and then wants
+    // row 3 (which the batch holds); the batch will want row 600.
+    let mut app = cluster.connect("l3");
+    app.batch_execute("BEGIN; UPDATE t SET a = 'app-600' WHERE id = 600").unwrap();
+    let app_pid: i32 = app.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let h = std::thread::spawn(move || {
+        let r = app.batch_execute("UPDATE t SET a = 'app-3' WHERE id = 3");
+        (app, r)
+    });
+    release_after_session_waits(&mut c, &mut holder, app_pid);
+    let (mut app, r) = h.join().unwrap();
+    let (code, msg) = if r.is_ok() { (String::new(), String::new()) } else { sqlstate(r) };
+    assert_eq!(code, "", "the application's UPDATE lost the deadlock: {msg}");
+    app.batch_execute("COMMIT").unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let out: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+    assert_eq!(out, 0, "rows out of sync");
+    let apps: i64 = c.query_one("SELECT count(*) FROM t WHERE b IN ('app-3', 'app-600')", &[]).unwrap().get(0);
+    assert_eq!(apps, 2);
+}
+
+/// DROP EXTENSION zdm CASCADE while a batch runs: it waits for the batch
+/// (to drop the sync trigger) holding zdm's catalog, which the batch's
+/// bookkeeping then wants. The worker loses the deadlock, not the DROP, and
+/// the worker and launcher leave.
+#[test]
+fn drop_extension_during_a_batch_wins_the_deadlock() {
+    let cluster = Cluster::start("lock4", &[]);
+    let (mut c, mut holder, _, _) = held_batch(&cluster, "l4");
+    let mut dropper = cluster.connect("l4");
+    let dropper_pid: i32 = dropper.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let h = std::thread::spawn(move || dropper.batch_execute("DROP EXTENSION zdm CASCADE"));
+    release_after_session_waits(&mut c, &mut holder, dropper_pid);
+    let r = h.join().unwrap();
+    let (code, msg) = if r.is_ok() { (String::new(), String::new()) } else { sqlstate(r) };
+    assert_eq!(code, "", "DROP EXTENSION lost the deadlock: {msg}");
+    wait_for("no zdm process left in the database", Duration::from_secs(30), || {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = 'l4' AND backend_type LIKE 'zdm%'", &[])
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    });
+}
+
+/// The deadlock closes on zdm's own bookkeeping after the batch (its history
+/// row), as with an upgrade's DDL on zdm's catalog: the worker loses it, the
+/// batch rolls back with it and is tried again; the job does not fail.
+#[test]
+fn a_deadlock_on_zdm_bookkeeping_retries_the_batch() {
+    let cluster = Cluster::start("lock5", &[]);
+    let (mut c, mut holder, id, _) = held_batch(&cluster, "l5");
+    let mut ddl = cluster.connect("l5");
+    ddl.batch_execute("BEGIN; LOCK TABLE zdm.batches IN EXCLUSIVE MODE").unwrap();
+    let ddl_pid: i32 = ddl.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let h = std::thread::spawn(move || {
+        let r = ddl.batch_execute("LOCK TABLE t IN SHARE MODE");
+        (ddl, r)
+    });
+    release_after_session_waits(&mut c, &mut holder, ddl_pid);
+    let (mut ddl, r) = h.join().unwrap();
+    let (code, msg) = if r.is_ok() { (String::new(), String::new()) } else { sqlstate(r) };
+    assert_eq!(code, "", "the session lost the deadlock: {msg}");
+    ddl.batch_execute("COMMIT").unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let out: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+    assert_eq!(out, 0, "rows out of sync");
 }

@@ -23,7 +23,7 @@
 use super::locking;
 use crate::errors::{code_of, message_of};
 use crate::subxact;
-use super::process::{reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
+use super::process::{caught_transaction, reload_config_if_asked, set_activity, sleep_ms, transaction, with_statement_timeout};
 use super::{capacity, gate, jobs, Operation, Share};
 use crate::catalog::as_catalog_owner;
 use crate::{guc, security, spi};
@@ -37,6 +37,8 @@ const MIN_ADAPTIVE_BATCH: i32 = 100;
 const MAX_ADAPTIVE_BATCH: i32 = 1_000_000;
 /// How often the history is trimmed to `zdm.batch_history` rows.
 const PRUNE_EVERY: i64 = 100;
+/// Deadlocks in a row that zdm's bookkeeping may lose before the job fails.
+const MAX_LOST_DEADLOCKS: i32 = 10;
 
 thread_local! {
     /// Time waited since the last batch, and why: recorded with the next batch.
@@ -113,11 +115,29 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
             held = false;
         }
         set_activity(&format!("{name}: batch {}", batches + 1));
-        let next = transaction(|| one_batch(migration, op, &owner, role, &mut loop_state)).unwrap_or_else(|e| {
-            // An error outside the batch itself (catalog, options): record it.
-            let _ = transaction(|| jobs::fail(migration, "backfill failed", &e));
-            Next::Stop
-        });
+        let next = match caught_transaction(|| one_batch(migration, op, &owner, role, &mut loop_state)) {
+            Ok(next) => {
+                loop_state.lost_deadlocks = 0;
+                next
+            }
+            // zdm's own bookkeeping lost a deadlock (`process::lose_deadlocks`:
+            // with DROP EXTENSION, an upgrade): the batch rolled back with it
+            // and is tried again.
+            Err(e) if matches!(
+                code_of(&e),
+                PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+            ) && loop_state.lost_deadlocks < MAX_LOST_DEADLOCKS =>
+            {
+                loop_state.lost_deadlocks += 1;
+                let ms = locking::retry_pause(loop_state.lost_deadlocks).as_secs_f64() * 1000.0;
+                Next::Wait { ms, reason: format!("the batch was rolled back ({}); trying again", message_of(&e)) }
+            }
+            Err(e) => {
+                // An error outside the batch itself (catalog, options): record it.
+                let _ = transaction(|| jobs::fail(migration, "backfill failed", &message_of(&e)));
+                Next::Stop
+            }
+        };
         if let (Role::Leader, Next::Continue { workers, .. } | Next::Idle { workers }) = (role, &next) {
             helpers.keep(migration, *workers, name);
         }
@@ -194,6 +214,8 @@ struct LoopState {
     sampler: super::load::Sampler,
     /// when the last batch started and the rows it wrote (`max_rows_per_second`)
     last_written: Option<(Instant, i64)>,
+    /// batch transactions in a row that lost a deadlock outside the batch
+    lost_deadlocks: i32,
 }
 
 /// One attempt at one batch, in its own transaction (with the history row).
