@@ -232,6 +232,35 @@ fn no_worker_slot_and_wait_in_own_transaction() {
     assert_eq!(code, "25001", "{msg}");
 }
 
+/// zdm.wait in a transaction that holds what the worker needs — the job's
+/// row (set_options, pause in the same transaction, a savepoint's too) or a
+/// lock that blocks the worker's writes — refuses with 25001 rather than wait
+/// for itself; a transaction that only read the table waits and returns.
+#[test]
+fn wait_refuses_to_wait_for_its_own_transaction() {
+    let cluster = Cluster::start("ownwait", &[]);
+    let mut c = cluster.create_db("ownwait");
+    make_table(&mut c, "t", 20_000);
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.pause($1)", &[&id]).unwrap();
+    for (before, names) in [
+        (format!("SELECT zdm.set_options({id}, pause_ms => 10)"), "changed zdm migration"),
+        (format!("SAVEPOINT s; SELECT zdm.resume({id}); RELEASE s"), "changed zdm migration"),
+        ("LOCK TABLE t IN SHARE MODE".to_string(), "ShareLock on public.t"),
+    ] {
+        c.batch_execute(&format!("BEGIN; {before}")).unwrap();
+        let (code, msg) = sqlstate(c.query_one("SELECT zdm.wait($1)", &[&id]));
+        assert_eq!(code, "25001", "{before}: {msg}");
+        assert!(msg.contains(names), "{before}: {msg}");
+        c.batch_execute("ROLLBACK").unwrap();
+    }
+    c.execute("SELECT zdm.resume($1)", &[&id]).unwrap();
+    c.batch_execute("BEGIN; SELECT count(*) FROM t").unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    c.batch_execute("COMMIT").unwrap();
+}
+
 /// The global kill switch holds every worker; a batch that exceeds its
 /// statement_timeout is retried with half the size, a bounded number of
 /// times, then the job fails with the reason.

@@ -340,3 +340,54 @@ fn every_kind_passes_the_same_gate_and_takes_the_callers_lock_policy() {
     let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");
 }
+
+/// A CHECK function that sleeps 10 ms a row while table `slow_flag` has a row.
+const SLOW_CHECK: &str = "CREATE TABLE slow_flag (on_ boolean);
+     CREATE FUNCTION slow_ok(x text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
+       $$ BEGIN IF EXISTS (SELECT FROM public.slow_flag) THEN PERFORM pg_sleep(0.01); END IF; RETURN x IS NOT NULL; END $$;";
+
+/// `zdm.abort` while the job's worker validates (for ~20 minutes): abort
+/// stops the worker first — a constraint's VALIDATE holds the migration's
+/// row, a rename's validation of its carried check a lock that abort's
+/// ACCESS EXCLUSIVE waits for — then goes through, leaving nothing behind.
+#[test]
+fn abort_during_a_long_validation_stops_the_worker() {
+    let cluster = Cluster::start("nn7", &[]);
+    let mut c = cluster.create_db("nn7");
+    c.batch_execute(SLOW_CHECK).unwrap();
+    c.batch_execute(
+        "CREATE TABLE s (id int PRIMARY KEY, a text, CONSTRAINT a_ok CHECK (slow_ok(a)));
+         INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 100000) g;
+         INSERT INTO slow_flag VALUES (true);",
+    )
+    .unwrap();
+    let validating = |c: &mut postgres::Client| {
+        c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'zdm %' AND query ILIKE '%validat%'", &[])
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    };
+    c.batch_execute("SET statement_timeout = '60s'").unwrap();
+    // A constraint migration: its caller waits for it, and gets the abort.
+    let mut caller = cluster.connect("nn7");
+    let call = std::thread::spawn(move || caller.query_one("SELECT zdm.add_check('s', 'a_slow', 'slow_ok(a)')", &[]).map(|_| ()));
+    wait_for("the constraint's VALIDATE", Duration::from_secs(60), || validating(&mut c));
+    let id: i64 = c.query_one("SELECT max(id) FROM zdm.migrations", &[]).unwrap().get(0);
+    c.execute("SELECT zdm.abort($1)", &[&id]).unwrap();
+    assert!(call.join().unwrap().is_err(), "the caller hears of the abort");
+    assert_eq!(constraint_names(&mut c, "s"), vec!["a_ok".to_string(), "s_pkey".to_string()]);
+    // A rename: backfilled by hand while the check is fast, then its worker
+    // builds the carried index and validates the carried copy of a_ok.
+    c.batch_execute("DELETE FROM slow_flag; CREATE INDEX ON s (a)").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('s', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    while c.query_one("SELECT zdm.backfill_batch($1, 10000)", &[&id]).unwrap().get::<_, i64>(0) > 0 {}
+    c.batch_execute("INSERT INTO slow_flag VALUES (true)").unwrap();
+    c.execute("SELECT zdm.start_backfill($1)", &[&id]).unwrap();
+    wait_for("the rename's validation of its carried check", Duration::from_secs(60), || validating(&mut c));
+    c.execute("SELECT zdm.abort($1)", &[&id]).unwrap();
+    let phase: String = c.query_one("SELECT phase FROM zdm.status WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "aborted");
+    let cols: i64 = c.query_one("SELECT count(*) FROM pg_attribute WHERE attrelid = 's'::regclass AND attname = 'b'", &[]).unwrap().get(0);
+    assert_eq!(cols, 0);
+    assert_eq!(constraint_names(&mut c, "s"), vec!["a_ok".to_string(), "s_pkey".to_string()]);
+    wait_for("no zdm worker left", Duration::from_secs(30), || validating(&mut c).is_none().then_some(()));
+}

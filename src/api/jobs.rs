@@ -318,6 +318,13 @@ fn wait(migration: i64, timeout: Interval) -> String {
             format!("The backfill starts only after this transaction commits: COMMIT first, then call zdm.wait({id})."),
         );
     }
+    if let Some(why) = jobs::held_by_this_transaction(id) {
+        raise(
+            Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("zdm.wait({id}) would wait for its own transaction: {why}"),
+            format!("The migration's worker cannot go on until this transaction ends: COMMIT first, then call zdm.wait({id})."),
+        );
+    }
     let isolation = spi::one::<String>("SELECT current_setting('transaction_isolation')", &[]).unwrap_or_default();
     if isolation != "read committed" {
         raise(

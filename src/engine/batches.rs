@@ -120,7 +120,7 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
                 loop_state.lost_deadlocks = 0;
                 next
             }
-            // zdm's own bookkeeping lost a deadlock (`process::lose_deadlocks`:
+            // zdm's own bookkeeping lost a deadlock (`locking::lose_deadlocks`:
             // with DROP EXTENSION, an upgrade): the batch rolled back with it
             // and is tried again.
             Err(e) if matches!(
@@ -129,6 +129,7 @@ pub fn run(migration: i64, op: &dyn Operation, name: &str, role: Role) -> bool {
             ) && loop_state.lost_deadlocks < MAX_LOST_DEADLOCKS =>
             {
                 loop_state.lost_deadlocks += 1;
+                loop_state.last_written = None; // (rolled back: not written)
                 let ms = locking::retry_pause(loop_state.lost_deadlocks).as_secs_f64() * 1000.0;
                 Next::Wait { ms, reason: format!("the batch was rolled back ({}); trying again", message_of(&e)) }
             }

@@ -203,6 +203,56 @@ pub fn worker_alive(migration: i64) -> bool {
     .unwrap_or(false)
 }
 
+/// Stop the job's worker processes (its helpers too) and wait until they
+/// are gone: what they were doing rolls back. Only this database's (ids are
+/// per database). As the catalog owner: they run as the bootstrap superuser,
+/// whom the migration's owner may not signal; the caller's right to act on
+/// the migration was checked.
+pub fn stop_workers(migration: i64, worker_type: &str) {
+    let name = format!("{worker_type} {migration}");
+    let query = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a \
+                  WHERE a.backend_type OPERATOR(pg_catalog.=) $1 \
+                    AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+                    AND (a.application_name OPERATOR(pg_catalog.=) $2 \
+                         OR pg_catalog.starts_with(a.application_name, $2 OPERATOR(pg_catalog.||) ' worker '))";
+    for _ in 0..300 {
+        unsafe { pg_sys::pgstat_clear_snapshot() }; // read pg_stat_activity afresh
+        if as_catalog_owner(|| spi::one::<i64>(query, &[worker_type.into(), name.as_str().into()])).unwrap_or(0) == 0 {
+            return;
+        }
+        super::locking::interruptible_sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Why the job's worker cannot go on while this transaction lasts, if it
+/// cannot: the transaction wrote the job's or the migration's row
+/// (`set_options`, `pause`, … before `zdm.wait` in one transaction), or
+/// holds a lock on the table (or a partition) that blocks the worker's
+/// writes (`LOCK`, another migration's expand).
+pub fn held_by_this_transaction(migration: i64) -> Option<String> {
+    let (job, row, relid) = as_catalog_owner(|| {
+        spi::first_row(
+            "SELECT j.xmin, m.xmin, m.relid FROM zdm.migrations m LEFT JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
+            &[migration.into()],
+            |r| Ok((r.get::<pg_sys::TransactionId>(1)?, r.get::<pg_sys::TransactionId>(2)?, r.get::<pg_sys::Oid>(3)?)),
+        )
+    })?;
+    // (a subtransaction's xid counts as this transaction's)
+    let mine = |x: Option<pg_sys::TransactionId>| x.is_some_and(|x| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(x) });
+    if mine(job) || mine(row) {
+        return Some(format!("this transaction changed zdm migration {migration} or its job"));
+    }
+    let held = spi::first_row(
+        "SELECT l.mode, l.relation::regclass::text FROM pg_catalog.pg_locks l \
+          WHERE l.pid = pg_catalog.pg_backend_pid() AND l.granted AND l.locktype = 'relation' \
+            AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
+            AND (l.relation = $1 OR l.relation IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1::oid::regclass) t)) LIMIT 1",
+        &[relid?.into()],
+        |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+    )?;
+    Some(format!("this transaction holds a {} on {}, which the worker's writes wait for", held.0, held.1))
+}
+
 fn kind_of(migration: i64) -> String {
     as_catalog_owner(|| spi::one::<String>("SELECT kind FROM zdm.migrations WHERE id = $1", &[migration.into()]))
         .unwrap_or_default()

@@ -53,7 +53,7 @@ pub extern "C-unwind" fn zdm_launcher_main(arg: pg_sys::Datum) {
     let db = unsafe { pg_sys::Oid::from_datum(arg, false) }.unwrap_or(pg_sys::InvalidOid);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     security::pin_session_search_path();
-    super::process::lose_deadlocks();
+    super::locking::lose_deadlocks();
     set_application_name("zdm launcher");
     // One launcher per database. A second one waits for the first to end
     // rather than exit: a launcher that exits at once tells the supervisor

@@ -26,14 +26,18 @@ pub fn backfill_batch(id: i64, batch_size: i32) -> i64 {
         );
     }
     let owner = security::resolve_owner(&m.owner_name, id);
-    security::as_owner(owner, || loop {
-        let out = op.backfill_batch(id, batch_size, Share::CALLER);
-        if out.done {
-            return 0;
-        }
-        if out.rows > 0 {
-            return out.rows;
-        }
+    // In a deadlock with the application, the batch is the side cancelled,
+    // as a worker's would be.
+    super::locking::losing_deadlocks(|| {
+        security::as_owner(owner, || loop {
+            let out = op.backfill_batch(id, batch_size, Share::CALLER);
+            if out.done {
+                return 0;
+            }
+            if out.rows > 0 {
+                return out.rows;
+            }
+        })
     })
 }
 
@@ -62,6 +66,15 @@ pub fn contract(id: i64) {
 
 pub fn abort(id: i64) {
     let started = Instant::now();
+    // Rights first, then the job's workers are stopped before abort takes
+    // the migration's row and the table: a worker may hold them for minutes
+    // (a constraint's VALIDATE holds the row, a rename's index build a lock
+    // that conflicts with ACCESS EXCLUSIVE), and abort would wait behind
+    // its own job's work, or give up naming zdm's worker.
+    let m = catalog::load_for(id, "abort", false);
+    if m.phase.in_flight() {
+        jobs::stop_workers(id, operation(&m.kind).worker_type());
+    }
     let m = catalog::load_for(id, "abort", true);
     if m.phase == Phase::Aborted {
         pgrx::notice!("zdm migration {id} is already aborted; nothing to do");

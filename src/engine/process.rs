@@ -32,28 +32,11 @@ pub fn reload_config_if_asked() {
         if pg_sys::ConfigReloadPending != 0 {
             pg_sys::ConfigReloadPending = 0;
             pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
-            lose_deadlocks();
+            super::locking::lose_deadlocks();
         }
     }
 }
 
-/// A zdm process checks for a deadlock after a tenth of the server's
-/// `deadlock_timeout` (10 ms at least, never later than the server), so in
-/// a deadlock with a session — an application's transaction, DROP EXTENSION,
-/// an upgrade — it is nearly always zdm that PostgreSQL cancels: its batch
-/// or bookkeeping is retried, and the session goes on. (The server's value
-/// is the reset value, which a reload updates under this session's own.)
-pub fn lose_deadlocks() {
-    let configured = unsafe {
-        let s = pg_sys::GetConfigOptionResetString(c"deadlock_timeout".as_ptr());
-        (!s.is_null()).then(|| std::ffi::CStr::from_ptr(s).to_string_lossy().trim_end_matches("ms").parse::<i32>().ok()).flatten()
-    };
-    let ms = configured.unwrap_or(1000);
-    let ours = CString::new(format!("{}ms", ms.min((ms / 10).max(10)))).unwrap_or_default();
-    unsafe {
-        pg_sys::SetConfigOption(c"deadlock_timeout".as_ptr(), ours.as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_SESSION)
-    };
-}
 
 /// One transaction. An ERROR inside is caught, the transaction aborted, and
 /// the message returned; FATAL (SIGTERM) still ends the process.

@@ -45,7 +45,7 @@ pub extern "C-unwind" fn zdm_worker_main(arg: pg_sys::Datum) {
     // search_path someone else chose (ALTER DATABASE … SET included).
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     security::pin_session_search_path();
-    super::process::lose_deadlocks();
+    super::locking::lose_deadlocks();
     let name = BackgroundWorker::get_name().to_string();
     set_application_name(&name);
 

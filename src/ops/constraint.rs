@@ -13,7 +13,7 @@
 //! the number of violating rows; nothing half-added stays behind.
 
 use crate::catalog::{self, as_catalog_owner, Migration, Phase, Step};
-use crate::engine::locking::{LockPolicy, LockStats};
+use crate::engine::locking::{self, LockPolicy, LockStats};
 use crate::errors::{code_of, message_of};
 use crate::subxact;
 use crate::engine::process::{set_activity, transaction};
@@ -190,8 +190,29 @@ impl StepResult for Option<LockStats> {
 impl StepResult for (i64, String, String, Option<String>, String) {}
 
 /// Run one step in its own transaction, as the migration's role; an error
-/// rolls the step back and comes back with its SQLSTATE.
-fn step<R: StepResult>(id: i64, name: &str, f: impl FnOnce(&Plan) -> R) -> Result<Option<R>, Failure> {
+/// rolls the step back and comes back with its SQLSTATE. A deadlock (which
+/// a worker loses on purpose: `locking::lose_deadlocks`) or a serialization
+/// failure rolls back the whole step: it is run again, up to the job's
+/// attempts, after the usual backoff.
+fn step<R: StepResult>(id: i64, name: &str, f: impl Fn(&Plan) -> R) -> Result<Option<R>, Failure> {
+    let mut attempt = 1;
+    loop {
+        match step_once(id, name, &f) {
+            Err(e) if matches!(
+                e.code,
+                PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+            ) && attempt < LockPolicy::current().attempts =>
+            {
+                set_activity(&format!("zdm constraint {id}: {name}: attempt {attempt} failed ({}); trying again", e.message));
+                locking::interruptible_sleep(locking::retry_pause(attempt));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn step_once<R: StepResult>(id: i64, name: &str, f: &impl Fn(&Plan) -> R) -> Result<Option<R>, Failure> {
     let started = Instant::now();
     let outcome = transaction(|| {
         let Some(plan) = load_plan(id) else { return Ok(None) };

@@ -52,10 +52,10 @@ impl Operation for Index {
     }
     fn abort(&self, m: &Migration) {
         let started = Instant::now();
-        // Stop the worker (a build in progress is rolled back by PostgreSQL,
-        // leaving an INVALID index), then drop what a build left behind.
+        // The worker is stopped (`lifecycle::abort`: a build in progress is
+        // rolled back by PostgreSQL, leaving an INVALID index); drop what a
+        // build left behind.
         jobs::finish_for_migration(m.id, "cancelled");
-        stop_worker(m.id);
         if m.kind == "create_index" {
             let index = as_catalog_owner(|| {
                 spi::one::<String>("SELECT object_name::text FROM zdm.migrations WHERE id = $1", &[m.id.into()])
@@ -83,24 +83,6 @@ impl Operation for Index {
         }
         catalog::set_phase(m.id, Phase::Aborted);
         catalog::log_abort(m.id, started, None, "cancelled the index operation; removed the index it built, if any".into());
-    }
-}
-
-/// Terminate the migration's index worker and wait (up to 30 s) until it is
-/// gone, so that nothing it does afterwards — finishing the build, recording
-/// it — races the abort (and no lock it holds meets abort's in a deadlock).
-fn stop_worker(id: i64) {
-    let name = format!("zdm index {id}");
-    let query = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a \
-                  WHERE a.backend_type OPERATOR(pg_catalog.=) 'zdm index' AND a.application_name OPERATOR(pg_catalog.=) $1";
-    for _ in 0..300 {
-        unsafe { pg_sys::pgstat_clear_snapshot() }; // read pg_stat_activity afresh
-        // zdm's own worker (it connects as the bootstrap superuser, whom the
-        // owner may not signal); the caller's right to abort was checked.
-        if as_catalog_owner(|| spi::one::<i64>(query, &[name.as_str().into()])).unwrap_or(0) == 0 {
-            return;
-        }
-        crate::engine::locking::interruptible_sleep(std::time::Duration::from_millis(100));
     }
 }
 
