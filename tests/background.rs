@@ -233,31 +233,45 @@ fn no_worker_slot_and_wait_in_own_transaction() {
 }
 
 /// zdm.wait in a transaction that holds what the worker needs — the job's
-/// row (set_options, pause in the same transaction, a savepoint's too) or a
-/// lock that blocks the worker's writes — refuses with 25001 rather than wait
-/// for itself; a transaction that only read the table waits and returns.
+/// row (set_options in the same transaction, a savepoint's too), a lock that
+/// blocks the worker's writes, rows the worker's batch waits for — refuses
+/// with 25001 rather than wait for itself; after a plain read it waits and
+/// returns, and a migration this transaction finished (abort) is answered.
 #[test]
 fn wait_refuses_to_wait_for_its_own_transaction() {
     let cluster = Cluster::start("ownwait", &[]);
     let mut c = cluster.create_db("ownwait");
     make_table(&mut c, "t", 20_000);
-    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap().get(0);
-    c.execute("SELECT zdm.pause($1)", &[&id]).unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    // slow enough to be running throughout (about 200 batches a second apart)
+    c.execute(
+        "SELECT zdm.start_backfill($1, batch_size => 100, target_batch_ms => 0, pause_ms => 1000, lock_timeout => '20s')",
+        &[&id],
+    )
+    .unwrap();
     for (before, names) in [
-        (format!("SELECT zdm.set_options({id}, pause_ms => 10)"), "changed zdm migration"),
-        (format!("SAVEPOINT s; SELECT zdm.resume({id}); RELEASE s"), "changed zdm migration"),
+        (format!("SELECT zdm.set_options({id}, pause_ms => 900)"), "changed zdm migration"),
+        (format!("SAVEPOINT s; SELECT zdm.set_options({id}, pause_ms => 900); RELEASE s"), "changed zdm migration"),
         ("LOCK TABLE t IN SHARE MODE".to_string(), "ShareLock on public.t"),
+        // every row: the worker's next batch waits for this transaction
+        ("UPDATE t SET pad = pad".to_string(), "waits for a lock this transaction holds"),
     ] {
         c.batch_execute(&format!("BEGIN; {before}")).unwrap();
-        let (code, msg) = sqlstate(c.query_one("SELECT zdm.wait($1)", &[&id]));
+        let (code, msg) = sqlstate(c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]));
         assert_eq!(code, "25001", "{before}: {msg}");
         assert!(msg.contains(names), "{before}: {msg}");
         c.batch_execute("ROLLBACK").unwrap();
     }
-    c.execute("SELECT zdm.resume($1)", &[&id]).unwrap();
+    c.execute("SELECT zdm.set_options($1, pause_ms => 0, batch_size => 5000)", &[&id]).unwrap();
     c.batch_execute("BEGIN; SELECT count(*) FROM t").unwrap();
     let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
     assert_eq!(phase, "backfilled");
+    c.batch_execute("COMMIT").unwrap();
+    c.batch_execute("CREATE TABLE u (id int PRIMARY KEY, a text)").unwrap();
+    let id2: i64 = c.query_one("SELECT zdm.expand_rename('u', 'a', 'b', background => false)", &[]).unwrap().get(0);
+    c.batch_execute(&format!("BEGIN; SELECT zdm.abort({id2})")).unwrap();
+    let phase: String = c.query_one("SELECT zdm.wait($1)", &[&id2]).unwrap().get(0);
+    assert_eq!(phase, "aborted");
     c.batch_execute("COMMIT").unwrap();
 }
 

@@ -305,7 +305,8 @@ COMMENT ON FUNCTION zdm.wait(bigint, interval) IS
 fn wait(migration: i64, timeout: Interval) -> String {
     let id = migration;
     let kind = catalog::load_for(id, "wait for", false).kind;
-    let backfills = crate::engine::operation(&kind).has_backfill();
+    let op = crate::engine::operation(&kind);
+    let backfills = op.has_backfill();
     let timeout_ms = jobs::interval_ms(&timeout);
     let mine = spi::one::<bool>(
         "SELECT created_xid = pg_catalog.pg_current_xact_id_if_assigned() FROM zdm.jobs WHERE migration_id = $1",
@@ -316,13 +317,6 @@ fn wait(migration: i64, timeout: Interval) -> String {
             Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
             format!("zdm.wait({id}) cannot run in the transaction that started the backfill of migration {id}"),
             format!("The backfill starts only after this transaction commits: COMMIT first, then call zdm.wait({id})."),
-        );
-    }
-    if let Some(why) = jobs::held_by_this_transaction(id) {
-        raise(
-            Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
-            format!("zdm.wait({id}) would wait for its own transaction: {why}"),
-            format!("The migration's worker cannot go on until this transaction ends: COMMIT first, then call zdm.wait({id})."),
         );
     }
     let isolation = spi::one::<String>("SELECT current_setting('transaction_isolation')", &[]).unwrap_or_default();
@@ -373,6 +367,14 @@ fn wait(migration: i64, timeout: Interval) -> String {
                 format!("Restart it with zdm.start_backfill({id}); it resumes from its cursor."),
             ),
             Some(state) => raise_if_abandoned(id, state),
+        }
+        // Not finished: would it be waiting for this very transaction?
+        if let Some(why) = jobs::held_by_this_transaction(id, op.worker_type()) {
+            raise(
+                Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
+                format!("zdm.wait({id}) would wait for its own transaction: {why}"),
+                format!("The migration's worker cannot go on until this transaction ends: COMMIT first, then call zdm.wait({id})."),
+            );
         }
         let due = last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         // Index builds (a backfill's carried indexes; a kind without a

@@ -210,26 +210,36 @@ pub fn worker_alive(migration: i64) -> bool {
 /// the migration was checked.
 pub fn stop_workers(migration: i64, worker_type: &str) {
     let name = format!("{worker_type} {migration}");
-    let query = "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a \
-                  WHERE a.backend_type OPERATOR(pg_catalog.=) $1 \
-                    AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
-                    AND (a.application_name OPERATOR(pg_catalog.=) $2 \
-                         OR pg_catalog.starts_with(a.application_name, $2 OPERATOR(pg_catalog.||) ' worker '))";
+    let query = format!("SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) FROM pg_catalog.pg_stat_activity a WHERE {WORKERS_OF_JOB}");
     for _ in 0..300 {
         unsafe { pg_sys::pgstat_clear_snapshot() }; // read pg_stat_activity afresh
-        if as_catalog_owner(|| spi::one::<i64>(query, &[worker_type.into(), name.as_str().into()])).unwrap_or(0) == 0 {
+        if as_catalog_owner(|| spi::one::<i64>(&query, &[worker_type.into(), name.as_str().into()])).unwrap_or(0) == 0 {
             return;
         }
         super::locking::interruptible_sleep(std::time::Duration::from_millis(100));
     }
 }
 
+/// Lock the job's row until this transaction ends (after the migration's:
+/// the order every caller takes them in). A worker's claim skips it.
+pub fn lock_row(migration: i64) {
+    as_catalog_owner(|| spi::exec_args("SELECT 1 FROM zdm.jobs WHERE migration_id = $1 FOR UPDATE", &[migration.into()]));
+}
+
+/// The job's worker processes (its helpers too) in this database, as
+/// pg_stat_activity rows `a` (`$1` worker type, `$2` its process name).
+const WORKERS_OF_JOB: &str = "a.backend_type OPERATOR(pg_catalog.=) $1 \
+     AND a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+     AND (a.application_name OPERATOR(pg_catalog.=) $2 \
+          OR pg_catalog.starts_with(a.application_name, $2 OPERATOR(pg_catalog.||) ' worker '))";
+
 /// Why the job's worker cannot go on while this transaction lasts, if it
 /// cannot: the transaction wrote the job's or the migration's row
-/// (`set_options`, `pause`, … before `zdm.wait` in one transaction), or
-/// holds a lock on the table (or a partition) that blocks the worker's
-/// writes (`LOCK`, another migration's expand).
-pub fn held_by_this_transaction(migration: i64) -> Option<String> {
+/// (`set_options`, `pause`, … before `zdm.wait` in one transaction), holds
+/// a lock on the table (or a partition) that blocks the worker's writes
+/// (`LOCK`, another migration's expand), or is what a worker waits for
+/// now (any other lock: a row it updated, a lock an index build needs).
+pub fn held_by_this_transaction(migration: i64, worker_type: &str) -> Option<String> {
     let (job, row, relid) = as_catalog_owner(|| {
         spi::first_row(
             "SELECT j.xmin, m.xmin, m.relid FROM zdm.migrations m LEFT JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
@@ -237,6 +247,7 @@ pub fn held_by_this_transaction(migration: i64) -> Option<String> {
             |r| Ok((r.get::<pg_sys::TransactionId>(1)?, r.get::<pg_sys::TransactionId>(2)?, r.get::<pg_sys::Oid>(3)?)),
         )
     })?;
+    let relid = relid?;
     // (a subtransaction's xid counts as this transaction's)
     let mine = |x: Option<pg_sys::TransactionId>| x.is_some_and(|x| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(x) });
     if mine(job) || mine(row) {
@@ -247,10 +258,24 @@ pub fn held_by_this_transaction(migration: i64) -> Option<String> {
           WHERE l.pid = pg_catalog.pg_backend_pid() AND l.granted AND l.locktype = 'relation' \
             AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
             AND (l.relation = $1 OR l.relation IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1::oid::regclass) t)) LIMIT 1",
-        &[relid?.into()],
+        &[relid.into()],
         |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
-    )?;
-    Some(format!("this transaction holds a {} on {}, which the worker's writes wait for", held.0, held.1))
+    );
+    if let Some((mode, rel)) = held {
+        return Some(format!("this transaction holds a {mode} on {rel}, which the worker's writes wait for"));
+    }
+    let name = format!("{worker_type} {migration}");
+    unsafe { pg_sys::pgstat_clear_snapshot() }; // pg_stat_activity afresh at each of wait's polls
+    let blocked = as_catalog_owner(|| {
+        spi::one::<String>(
+            &format!(
+                "SELECT a.application_name FROM pg_catalog.pg_stat_activity a \
+                  WHERE {WORKERS_OF_JOB} AND pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) ANY (pg_catalog.pg_blocking_pids(a.pid)) LIMIT 1"
+            ),
+            &[worker_type.into(), name.as_str().into()],
+        )
+    })?;
+    Some(format!("{blocked} waits for a lock this transaction holds"))
 }
 
 fn kind_of(migration: i64) -> String {

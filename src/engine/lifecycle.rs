@@ -76,6 +76,13 @@ pub fn abort(id: i64) {
         jobs::stop_workers(id, operation(&m.kind).worker_type());
     }
     let m = catalog::load_for(id, "abort", true);
+    if m.phase.in_flight() {
+        // The job's row too, then once more: a worker the launcher started
+        // meanwhile goes, and the next one finds the row taken until this
+        // transaction ends (and the job cancelled once it commits).
+        jobs::lock_row(id);
+        jobs::stop_workers(id, operation(&m.kind).worker_type());
+    }
     if m.phase == Phase::Aborted {
         pgrx::notice!("zdm migration {id} is already aborted; nothing to do");
         return;

@@ -108,8 +108,8 @@ pub fn with_lock_timeout<R>(ms: i32, f: impl FnOnce() -> R) -> R {
     security::with_guc_nest_level(&[(c"lock_timeout", timeout.as_c_str())], f)
 }
 
-/// zdm's `deadlock_timeout`: a tenth of the server's (10 ms at least, never
-/// later than the server's), so in a deadlock with a session — an
+/// zdm's `deadlock_timeout`: a tenth of the server's (100 ms at least: each
+/// check takes every lock partition's lock; never later than the server's), so in a deadlock with a session — an
 /// application's transaction, DROP EXTENSION, an upgrade — it is nearly
 /// always zdm that PostgreSQL cancels (whoever checks first is), and zdm
 /// tries its batch or step again while the session goes on. The server's
@@ -121,7 +121,7 @@ fn losing_deadlock_timeout() -> std::ffi::CString {
         (!s.is_null()).then(|| std::ffi::CStr::from_ptr(s).to_string_lossy().trim_end_matches("ms").parse::<i32>().ok()).flatten()
     };
     let ms = configured.unwrap_or(1000);
-    std::ffi::CString::new(format!("{}ms", ms.min((ms / 10).max(10)))).unwrap_or_default()
+    std::ffi::CString::new(format!("{}ms", ms.min((ms / 10).max(100)))).unwrap_or_default()
 }
 
 fn set_deadlock_timeout(value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {

@@ -16,7 +16,7 @@ use crate::catalog::{self, as_catalog_owner, Migration, Phase, Step};
 use crate::engine::locking::{self, LockPolicy, LockStats};
 use crate::errors::{code_of, message_of};
 use crate::subxact;
-use crate::engine::process::{set_activity, transaction};
+use crate::engine::process::{caught_transaction, set_activity, transaction};
 use crate::engine::{gate, jobs, steps, Operation};
 use crate::errors::{raise_with_detail, Code};
 use crate::spi::{self, ident};
@@ -214,7 +214,9 @@ fn step<R: StepResult>(id: i64, name: &str, f: impl Fn(&Plan) -> R) -> Result<Op
 
 fn step_once<R: StepResult>(id: i64, name: &str, f: &impl Fn(&Plan) -> R) -> Result<Option<R>, Failure> {
     let started = Instant::now();
-    let outcome = transaction(|| {
+    // (caught: a deadlock outside the step's body — taking the migration's
+    // row, logging the step — keeps its SQLSTATE and is retried too)
+    let outcome = caught_transaction(|| {
         let Some(plan) = load_plan(id) else { return Ok(None) };
         set_activity(&format!("zdm constraint {id}: {name} on {}", plan.table));
         let r = subxact::attempt(|| security::as_owner(plan.owner, || f(&plan)));
@@ -236,7 +238,8 @@ fn step_once<R: StepResult>(id: i64, name: &str, f: &impl Fn(&Plan) -> R) -> Res
     });
     match outcome {
         Ok(r) => r,
-        Err(message) => Err(Failure { code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, recorded: false }),
+        Err(e) if locking::retryable(code_of(&e)) => Err(Failure { code: code_of(&e), message: message_of(&e), recorded: false }),
+        Err(e) => Err(Failure { code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message: message_of(&e), recorded: false }),
     }
 }
 
