@@ -369,7 +369,7 @@ fn wait(migration: i64, timeout: Interval) -> String {
             Some(state) => raise_if_abandoned(id, state),
         }
         // Not finished: would it be waiting for this very transaction?
-        if let Some(why) = jobs::held_by_this_transaction(id, op.worker_type()) {
+        if let Some(why) = jobs::held_by_this_transaction(id) {
             raise(
                 Code::ERRCODE_ACTIVE_SQL_TRANSACTION,
                 format!("zdm.wait({id}) would wait for its own transaction: {why}"),

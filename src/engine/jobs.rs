@@ -237,9 +237,10 @@ const WORKERS_OF_JOB: &str = "a.backend_type OPERATOR(pg_catalog.=) $1 \
 /// cannot: the transaction wrote the job's or the migration's row
 /// (`set_options`, `pause`, … before `zdm.wait` in one transaction), holds
 /// a lock on the table (or a partition) that blocks the worker's writes
-/// (`LOCK`, another migration's expand), or is what a worker waits for
-/// now (any other lock: a row it updated, a lock an index build needs).
-pub fn held_by_this_transaction(migration: i64, worker_type: &str) -> Option<String> {
+/// (`LOCK`, another migration's expand). (Not "a worker waits for this
+/// transaction now": an index build waits for the snapshots of every
+/// session, `zdm.wait`'s own polls included, for a moment.)
+pub fn held_by_this_transaction(migration: i64) -> Option<String> {
     let (job, row, relid) = as_catalog_owner(|| {
         spi::first_row(
             "SELECT j.xmin, m.xmin, m.relid FROM zdm.migrations m LEFT JOIN zdm.jobs j ON j.migration_id = m.id WHERE m.id = $1",
@@ -261,21 +262,7 @@ pub fn held_by_this_transaction(migration: i64, worker_type: &str) -> Option<Str
         &[relid.into()],
         |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
     );
-    if let Some((mode, rel)) = held {
-        return Some(format!("this transaction holds a {mode} on {rel}, which the worker's writes wait for"));
-    }
-    let name = format!("{worker_type} {migration}");
-    unsafe { pg_sys::pgstat_clear_snapshot() }; // pg_stat_activity afresh at each of wait's polls
-    let blocked = as_catalog_owner(|| {
-        spi::one::<String>(
-            &format!(
-                "SELECT a.application_name FROM pg_catalog.pg_stat_activity a \
-                  WHERE {WORKERS_OF_JOB} AND pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) ANY (pg_catalog.pg_blocking_pids(a.pid)) LIMIT 1"
-            ),
-            &[worker_type.into(), name.as_str().into()],
-        )
-    })?;
-    Some(format!("{blocked} waits for a lock this transaction holds"))
+    held.map(|(mode, rel)| format!("this transaction holds a {mode} on {rel}, which the worker's writes wait for"))
 }
 
 fn kind_of(migration: i64) -> String {
