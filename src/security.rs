@@ -27,11 +27,17 @@ use pgrx::prelude::*;
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
 pub(crate) fn set_guc(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
+    set_guc_as(pg_sys::GucContext::PGC_USERSET, name, value, action)
+}
+
+/// `set_guc` in `context`: `PGC_SUSET` for a superuser's setting that zdm
+/// sets for its own work only (`deadlock_timeout`), whoever the caller is.
+pub(crate) fn set_guc_as(context: pg_sys::GucContext::Type, name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
+            context,
             pg_sys::GucSource::PGC_S_SESSION,
             action,
             true,
@@ -44,9 +50,14 @@ pub(crate) fn set_guc(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_
 /// A GUC nest level: settings made inside are rolled back when it ends
 /// (`AtEOXact_GUC(false, …)`, as VACUUM does), whatever set them.
 pub fn with_guc_nest_level<R>(pin: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
+    with_guc_nest_level_as(pg_sys::GucContext::PGC_USERSET, pin, f)
+}
+
+/// `with_guc_nest_level`, the settings made in `context` (`set_guc_as`).
+pub fn with_guc_nest_level_as<R>(context: pg_sys::GucContext::Type, pin: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
     let level = unsafe { pg_sys::NewGUCNestLevel() };
     for (name, value) in pin {
-        set_guc(name, value, pg_sys::GucAction::GUC_ACTION_SAVE);
+        set_guc_as(context, name, value, pg_sys::GucAction::GUC_ACTION_SAVE);
     }
     let r = f();
     unsafe { pg_sys::AtEOXact_GUC(false, level) };

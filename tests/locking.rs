@@ -86,7 +86,7 @@ fn expand_and_contract_succeed_once_the_blocker_ends() {
 
 /// A worker whose batch is held by a user trigger at row 5 (waiting for an
 /// advisory lock the test holds): `t` has rows 1..2000, batches of 1000.
-fn held_batch(cluster: &Cluster, db: &str) -> (Client, Client, i64, i32) {
+fn held_batch(cluster: &Cluster, db: &str) -> (Client, Client, i64) {
     let mut c = cluster.create_db(db);
     make_table(&mut c, "t", 2000);
     c.batch_execute(
@@ -103,24 +103,50 @@ fn held_batch(cluster: &Cluster, db: &str) -> (Client, Client, i64, i32) {
         &[&id],
     )
     .unwrap();
-    let pid = wait_for("the worker's batch held at row 5", Duration::from_secs(30), || {
+    wait_for("the worker's batch held at row 5", Duration::from_secs(30), || {
         let pid = worker_pid(&mut c, id)?;
-        waiting(&mut c, pid).then_some(pid)
+        waiting(&mut c, pid).then_some(())
     });
-    (c, holder, id, pid)
+    (c, holder, id)
 }
 
 fn waiting(c: &mut Client, pid: i32) -> bool {
     c.query_one("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", &[&pid]).unwrap().get(0)
 }
 
-/// Let the held batch go on a little after `session` began to wait for it,
-/// so that the deadlock closes while the session's own deadlock_timeout
-/// still runs: PostgreSQL cancels whichever side checks first.
-fn release_after_session_waits(c: &mut Client, holder: &mut Client, session: i32) {
-    wait_for("the session waiting for the batch", Duration::from_secs(30), || waiting(c, session).then_some(()));
+/// A session runs `second` (after `BEGIN; first`, and COMMIT afterwards,
+/// when `first` is given), which waits for the held batch; the batch goes on
+/// 300 ms after the session began to wait, so that the deadlock closes while
+/// the session's own deadlock_timeout still runs — PostgreSQL cancels
+/// whichever side checks first. The session's statement must go through.
+fn session_goes_through(cluster: &Cluster, db: &str, c: &mut Client, holder: &mut Client, first: Option<&str>, second: &'static str) {
+    let mut session = cluster.connect(db);
+    if let Some(first) = first {
+        session.batch_execute(&format!("BEGIN; {first}")).unwrap();
+    }
+    let pid: i32 = session.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let h = std::thread::spawn(move || {
+        let r = session.batch_execute(second);
+        (session, r)
+    });
+    wait_for("the session waiting for the batch", Duration::from_secs(30), || waiting(c, pid).then_some(()));
     std::thread::sleep(Duration::from_millis(300));
     holder.batch_execute("SELECT pg_advisory_unlock(42)").unwrap();
+    let (mut session, r) = h.join().unwrap();
+    if let Err(e) = r {
+        panic!("{second} lost the deadlock: {e}");
+    }
+    if first.is_some() {
+        session.batch_execute("COMMIT").unwrap();
+    }
+}
+
+/// The job finishes, every row in sync.
+fn backfilled_in_sync(c: &mut Client, id: i64) {
+    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    let out: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
+    assert_eq!(out, 0, "rows out of sync");
 }
 
 /// In a deadlock between an application's transaction and a batch, zdm
@@ -130,25 +156,12 @@ fn release_after_session_waits(c: &mut Client, holder: &mut Client, session: i32
 #[test]
 fn a_deadlock_with_a_batch_cancels_the_batch_not_the_application() {
     let cluster = Cluster::start("lock3", &[]);
-    let (mut c, mut holder, id, _) = held_batch(&cluster, "l3");
+    let (mut c, mut holder, id) = held_batch(&cluster, "l3");
     // The application holds row 600 (ahead of the batch) and then wants
     // row 3 (which the batch holds); the batch will want row 600.
-    let mut app = cluster.connect("l3");
-    app.batch_execute("BEGIN; UPDATE t SET a = 'app-600' WHERE id = 600").unwrap();
-    let app_pid: i32 = app.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let h = std::thread::spawn(move || {
-        let r = app.batch_execute("UPDATE t SET a = 'app-3' WHERE id = 3");
-        (app, r)
-    });
-    release_after_session_waits(&mut c, &mut holder, app_pid);
-    let (mut app, r) = h.join().unwrap();
-    let (code, msg) = if r.is_ok() { (String::new(), String::new()) } else { sqlstate(r) };
-    assert_eq!(code, "", "the application's UPDATE lost the deadlock: {msg}");
-    app.batch_execute("COMMIT").unwrap();
-    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
-    assert_eq!(phase, "backfilled");
-    let out: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
-    assert_eq!(out, 0, "rows out of sync");
+    let (first, second) = ("UPDATE t SET a = 'app-600' WHERE id = 600", "UPDATE t SET a = 'app-3' WHERE id = 3");
+    session_goes_through(&cluster, "l3", &mut c, &mut holder, Some(first), second);
+    backfilled_in_sync(&mut c, id);
     let apps: i64 = c.query_one("SELECT count(*) FROM t WHERE b IN ('app-3', 'app-600')", &[]).unwrap().get(0);
     assert_eq!(apps, 2);
 }
@@ -160,14 +173,8 @@ fn a_deadlock_with_a_batch_cancels_the_batch_not_the_application() {
 #[test]
 fn drop_extension_during_a_batch_wins_the_deadlock() {
     let cluster = Cluster::start("lock4", &[]);
-    let (mut c, mut holder, _, _) = held_batch(&cluster, "l4");
-    let mut dropper = cluster.connect("l4");
-    let dropper_pid: i32 = dropper.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let h = std::thread::spawn(move || dropper.batch_execute("DROP EXTENSION zdm CASCADE"));
-    release_after_session_waits(&mut c, &mut holder, dropper_pid);
-    let r = h.join().unwrap();
-    let (code, msg) = if r.is_ok() { (String::new(), String::new()) } else { sqlstate(r) };
-    assert_eq!(code, "", "DROP EXTENSION lost the deadlock: {msg}");
+    let (mut c, mut holder, _) = held_batch(&cluster, "l4");
+    session_goes_through(&cluster, "l4", &mut c, &mut holder, None, "DROP EXTENSION zdm CASCADE");
     wait_for("no zdm process left in the database", Duration::from_secs(30), || {
         let n: i64 = c
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = 'l4' AND backend_type LIKE 'zdm%'", &[])
@@ -183,21 +190,7 @@ fn drop_extension_during_a_batch_wins_the_deadlock() {
 #[test]
 fn a_deadlock_on_zdm_bookkeeping_retries_the_batch() {
     let cluster = Cluster::start("lock5", &[]);
-    let (mut c, mut holder, id, _) = held_batch(&cluster, "l5");
-    let mut ddl = cluster.connect("l5");
-    ddl.batch_execute("BEGIN; LOCK TABLE zdm.batches IN EXCLUSIVE MODE").unwrap();
-    let ddl_pid: i32 = ddl.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let h = std::thread::spawn(move || {
-        let r = ddl.batch_execute("LOCK TABLE t IN SHARE MODE");
-        (ddl, r)
-    });
-    release_after_session_waits(&mut c, &mut holder, ddl_pid);
-    let (mut ddl, r) = h.join().unwrap();
-    let (code, msg) = if r.is_ok() { (String::new(), String::new()) } else { sqlstate(r) };
-    assert_eq!(code, "", "the session lost the deadlock: {msg}");
-    ddl.batch_execute("COMMIT").unwrap();
-    let phase: String = c.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
-    assert_eq!(phase, "backfilled");
-    let out: i64 = c.query_one("SELECT count(*) FROM t WHERE b IS DISTINCT FROM a", &[]).unwrap().get(0);
-    assert_eq!(out, 0, "rows out of sync");
+    let (mut c, mut holder, id) = held_batch(&cluster, "l5");
+    session_goes_through(&cluster, "l5", &mut c, &mut holder, Some("LOCK TABLE zdm.batches IN EXCLUSIVE MODE"), "LOCK TABLE t IN SHARE MODE");
+    backfilled_in_sync(&mut c, id);
 }

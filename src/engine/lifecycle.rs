@@ -72,8 +72,9 @@ pub fn abort(id: i64) {
     // that conflicts with ACCESS EXCLUSIVE), and abort would wait behind
     // its own job's work, or give up naming zdm's worker.
     let m = catalog::load_for(id, "abort", false);
+    let workers = operation(&m.kind).worker_type();
     if m.phase.in_flight() {
-        jobs::stop_workers(id, operation(&m.kind).worker_type());
+        jobs::stop_workers(id, workers);
     }
     let m = catalog::load_for(id, "abort", true);
     if m.phase.in_flight() {
@@ -81,7 +82,7 @@ pub fn abort(id: i64) {
         // meanwhile goes, and the next one finds the row taken until this
         // transaction ends (and the job cancelled once it commits).
         jobs::lock_row(id);
-        jobs::stop_workers(id, operation(&m.kind).worker_type());
+        jobs::stop_workers(id, workers);
     }
     if m.phase == Phase::Aborted {
         pgrx::notice!("zdm migration {id} is already aborted; nothing to do");

@@ -108,12 +108,13 @@ pub fn with_lock_timeout<R>(ms: i32, f: impl FnOnce() -> R) -> R {
     security::with_guc_nest_level(&[(c"lock_timeout", timeout.as_c_str())], f)
 }
 
-/// zdm's `deadlock_timeout`: a tenth of the server's (100 ms at least: each
-/// check takes every lock partition's lock; never later than the server's), so in a deadlock with a session — an
-/// application's transaction, DROP EXTENSION, an upgrade — it is nearly
-/// always zdm that PostgreSQL cancels (whoever checks first is), and zdm
-/// tries its batch or step again while the session goes on. The server's
-/// value is the reset value, which a reload updates under a session's own.
+/// zdm's `deadlock_timeout`: a tenth of the server's (100 ms at least, as
+/// each check takes every lock partition's lock; never later than the
+/// server's), so in a deadlock with a session — an application's
+/// transaction, DROP EXTENSION, an upgrade — it is nearly always zdm that
+/// PostgreSQL cancels (whoever checks first is), and zdm tries its batch or
+/// step again while the session goes on. The server's value is the reset
+/// value, which a reload updates under a session's own.
 fn losing_deadlock_timeout() -> std::ffi::CString {
     let configured = unsafe {
         let s = pg_sys::GetConfigOptionResetString(c"deadlock_timeout".as_ptr());
@@ -124,35 +125,17 @@ fn losing_deadlock_timeout() -> std::ffi::CString {
     std::ffi::CString::new(format!("{}ms", ms.min((ms / 10).max(100)))).unwrap_or_default()
 }
 
-fn set_deadlock_timeout(value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
-    // (a superuser's setting, set by zdm for its own work only)
-    unsafe {
-        pg_sys::set_config_option(
-            c"deadlock_timeout".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            0,
-            false,
-        );
-    }
-}
-
 /// For a zdm process's whole session (at start and after a reload).
 pub fn lose_deadlocks() {
-    set_deadlock_timeout(&losing_deadlock_timeout(), pg_sys::GucAction::GUC_ACTION_SET);
+    let value = losing_deadlock_timeout();
+    security::set_guc_as(pg_sys::GucContext::PGC_SUSET, c"deadlock_timeout", &value, pg_sys::GucAction::GUC_ACTION_SET);
 }
 
 /// For zdm's work in a caller's session (`zdm.backfill_batch`): the
 /// caller's own deadlock_timeout is back afterwards.
 pub fn losing_deadlocks<R>(f: impl FnOnce() -> R) -> R {
-    let level = unsafe { pg_sys::NewGUCNestLevel() };
-    set_deadlock_timeout(&losing_deadlock_timeout(), pg_sys::GucAction::GUC_ACTION_SAVE);
-    let r = f();
-    unsafe { pg_sys::AtEOXact_GUC(false, level) };
-    r
+    let value = losing_deadlock_timeout();
+    security::with_guc_nest_level_as(pg_sys::GucContext::PGC_SUSET, &[(c"deadlock_timeout", value.as_c_str())], f)
 }
 
 /// Errors worth another attempt (see the module comment).

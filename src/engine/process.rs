@@ -37,7 +37,6 @@ pub fn reload_config_if_asked() {
     }
 }
 
-
 /// One transaction. An ERROR inside is caught, the transaction aborted, and
 /// the message returned; FATAL (SIGTERM) still ends the process.
 pub fn transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
