@@ -391,3 +391,34 @@ fn abort_during_a_long_validation_stops_the_worker() {
     assert_eq!(constraint_names(&mut c, "s"), vec!["a_ok".to_string(), "s_pkey".to_string()]);
     wait_for("no zdm worker left", Duration::from_secs(30), || validating(&mut c).is_none().then_some(()));
 }
+
+/// add_foreign_key needs what ALTER TABLE … ADD FOREIGN KEY needs of the
+/// table's owner — REFERENCES on the referenced columns, no system catalog —
+/// and refuses at once (42501) otherwise, before a worker locks anything; an
+/// owner with REFERENCES alone (no UPDATE, which LOCK TABLE would want) gets
+/// its key, the worker locking the referenced table as ALTER TABLE does.
+#[test]
+fn a_foreign_key_needs_references_on_the_referenced_table() {
+    let cluster = Cluster::start("fkpriv", &[]);
+    let mut c = cluster.create_db("fp");
+    c.batch_execute(
+        "CREATE ROLE app LOGIN;
+         GRANT CREATE ON SCHEMA public TO app;
+         CREATE TABLE \"Secret\" (id int PRIMARY KEY);
+         INSERT INTO \"Secret\" SELECT g FROM generate_series(1, 100) g;",
+    )
+    .unwrap();
+    let mut app = cluster.connect_as("fp", "app");
+    app.batch_execute("CREATE TABLE mine (id int PRIMARY KEY, ref int); INSERT INTO mine SELECT g, g FROM generate_series(1, 100) g;").unwrap();
+    let msg = expect_err(&mut app, "SELECT zdm.add_foreign_key('mine', ARRAY['ref'], '\"Secret\"', ARRAY['id'])", "42501");
+    assert!(msg.contains("\"Secret\"") && msg.contains("app"), "{msg}");
+    expect_err(&mut app, "SELECT zdm.add_foreign_key('mine', ARRAY['ref'], 'pg_catalog.pg_class', ARRAY['oid'])", "42501");
+    let started: i64 = c.query_one("SELECT count(*) FROM zdm.migrations", &[]).unwrap().get(0);
+    assert_eq!(started, 0, "nothing started");
+    c.batch_execute("GRANT REFERENCES (id) ON \"Secret\" TO app").unwrap();
+    let id: i64 = app.query_one("SELECT zdm.add_foreign_key('mine', ARRAY['ref'], '\"Secret\"', ARRAY['id'])", &[]).unwrap().get(0);
+    let phase: String = app.query_one("SELECT zdm.wait($1, '1 minute')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "contracted");
+    let valid: bool = c.query_one("SELECT convalidated FROM pg_constraint WHERE conrelid = 'mine'::regclass AND contype = 'f'", &[]).unwrap().get(0);
+    assert!(valid);
+}

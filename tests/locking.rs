@@ -2,7 +2,9 @@
 //! attempt waits at most zdm.lock_timeout, then backs off (letting queued
 //! readers through) and retries; after zdm.lock_retries it fails with 55P03
 //! naming the blocking pid. Once the blocker ends, the step succeeds.
-//! In a deadlock with a session, a worker is the one PostgreSQL cancels.
+//! In a deadlock with a session, a worker is the one PostgreSQL cancels;
+//! tables a step needs together are locked in one attempt (contract and a
+//! cascading DELETE).
 
 mod common;
 
@@ -193,4 +195,98 @@ fn a_deadlock_on_zdm_bookkeeping_retries_the_batch() {
     let (mut c, mut holder, id) = held_batch(&cluster, "l5");
     session_goes_through(&cluster, "l5", &mut c, &mut holder, Some("LOCK TABLE zdm.batches IN EXCLUSIVE MODE"), "LOCK TABLE t IN SHARE MODE");
     backfilled_in_sync(&mut c, id);
+}
+
+/// contract locks the tables whose foreign keys reference the column, then
+/// the table, all in one attempt. An application's cascading DELETE locks
+/// them the other way round (the table, then the child): while contract
+/// waits for the table, the DELETE must not wait for contract's lock on the
+/// child until a deadlock ends one of them — contract gives the child back
+/// at the end of its attempt, the DELETE goes through, and contract
+/// succeeds once the application commits.
+#[test]
+fn contract_gives_way_to_a_cascading_delete() {
+    let cluster = Cluster::start("lock6", &[]);
+    let mut c = cluster.create_db("l6");
+    c.batch_execute(
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);
+         INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 1000) g;
+         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int REFERENCES parent (id) ON DELETE CASCADE);
+         INSERT INTO child (parent_id) SELECT g % 1000 + 1 FROM generate_series(1, 3000) g;",
+    )
+    .unwrap();
+    // (the worker also builds the primary key's index on the new column)
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('parent', 'id', 'parent_key')", &[]).unwrap().get(0);
+    let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "backfilled");
+    // The application's transaction has written the table (ROW EXCLUSIVE).
+    let mut app = cluster.connect("l6");
+    app.batch_execute("BEGIN; UPDATE parent SET v = 'app' WHERE id = 1").unwrap();
+    let mut contractor = cluster.connect("l6");
+    contractor.batch_execute("SET zdm.lock_timeout = '200ms'; SET zdm.lock_retries = 20").unwrap();
+    let pid: i32 = contractor.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let h = std::thread::spawn(move || contractor.execute("SELECT zdm.contract($1)", &[&id]).map(|_| ()));
+    wait_for("contract waiting for the table", Duration::from_secs(30), || waiting(&mut c, pid).then_some(()));
+    // Then it deletes a parent: the cascade wants the child.
+    if let Err(e) = app.batch_execute("DELETE FROM parent WHERE id = 2") {
+        panic!("the application's cascading DELETE failed: {e}");
+    }
+    app.batch_execute("COMMIT").unwrap();
+    h.join().unwrap().unwrap();
+    let phase: String = c.query_one("SELECT phase FROM zdm.migrations WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(phase, "contracted");
+    let orphans: i64 = c.query_one("SELECT count(*) FROM child WHERE parent_id = 2", &[]).unwrap().get(0);
+    assert_eq!(orphans, 0, "the cascade deleted the children");
+    let kept: i64 = c.query_one("SELECT count(*) FROM child", &[]).unwrap().get(0);
+    assert_eq!(kept, 2997);
+}
+
+/// expand of a column with a foreign key locks the referenced table with
+/// its own, in one attempt: while an application's transaction holds the
+/// referenced table, expand retries without keeping its table locked
+/// (readers of it go on), and succeeds once the transaction ends.
+#[test]
+fn expand_retries_a_busy_referenced_table_without_holding_its_own() {
+    let cluster = Cluster::start("lock7", &[]);
+    let mut c = cluster.create_db("l7");
+    c.batch_execute(
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);
+         INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 100) g;
+         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int REFERENCES parent (id));
+         INSERT INTO child (parent_id) SELECT g % 100 + 1 FROM generate_series(1, 1000) g;",
+    )
+    .unwrap();
+    // ROW EXCLUSIVE on the referenced table: ADD FOREIGN KEY's SHARE ROW
+    // EXCLUSIVE waits for it.
+    let mut app = cluster.connect("l7");
+    app.batch_execute("BEGIN; UPDATE parent SET v = 'app' WHERE id = 1").unwrap();
+    let reader_conn = cluster.connect("l7");
+    let reader = std::thread::spawn(move || {
+        let mut r = reader_conn;
+        let mut worst = Duration::ZERO;
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            let t = Instant::now();
+            r.query_one("SELECT count(*) FROM child", &[]).unwrap();
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worst
+    });
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        app.batch_execute("COMMIT").unwrap();
+    });
+    c.batch_execute("SET zdm.lock_timeout = '100ms'; SET zdm.lock_retries = 50;").unwrap();
+    let id: i64 = c.query_one("SELECT zdm.expand_rename('child', 'parent_id', 'parent', background => false)", &[]).unwrap().get(0);
+    release.join().unwrap();
+    let attempts: i32 = c.query_one("SELECT lock_attempts FROM zdm.events WHERE migration_id = $1 AND step = 'expand'", &[&id]).unwrap().get(0);
+    assert!(attempts > 1, "expand should have retried, attempts = {attempts}");
+    let worst = reader.join().unwrap();
+    assert!(worst < Duration::from_secs(1), "a reader of the table waited {worst:?} behind zdm");
+    let copied: i64 = c
+        .query_one("SELECT count(*) FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype = 'f' AND NOT convalidated", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 1, "the key was copied NOT VALID onto the new column");
 }

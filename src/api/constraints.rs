@@ -289,6 +289,39 @@ fn require_single_expression(expression: &str) {
 const ON_DELETE: [&str; 5] = ["NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "SET DEFAULT"];
 
 /// Add a FOREIGN KEY without a long lock: NOT VALID, then VALIDATE.
+/// The table's owner, who runs the ALTER, must be allowed to reference the
+/// columns (REFERENCES, and USAGE on their schema), and they must not be a
+/// system catalog's — checked before the worker locks the table (as ALTER
+/// TABLE does, before its own check).
+fn refuse_unreferenceable(tbl: pg_sys::Oid, table_sql: &str, ref_tbl: pg_sys::Oid, ref_sql: &str, ref_cols: &[String]) {
+    let owner = introspect::table_owner(tbl);
+    let owner_sql = spi::one::<String>("SELECT pg_catalog.quote_ident(rolname::text) FROM pg_catalog.pg_roles WHERE oid = $1", &[owner.into()])
+        .unwrap_or_default();
+    let system = spi::one::<bool>(
+        "SELECT relnamespace IN ('pg_catalog'::pg_catalog.regnamespace, 'pg_toast'::pg_catalog.regnamespace) FROM pg_catalog.pg_class WHERE oid = $1",
+        &[ref_tbl.into()],
+    );
+    if system == Some(true) {
+        raise(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("table {ref_sql} is a system catalog"), "A foreign key cannot reference a system catalog.");
+    }
+    let schema = spi::one::<bool>(
+        "SELECT pg_catalog.has_schema_privilege($1, relnamespace, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $2",
+        &[owner.into(), ref_tbl.into()],
+    );
+    for c in ref_cols {
+        let may = schema == Some(true)
+            && spi::one::<bool>("SELECT pg_catalog.has_column_privilege($1, $2, $3, 'REFERENCES')", &[owner.into(), ref_tbl.into(), c.as_str().into()])
+                == Some(true);
+        if !may {
+            raise(
+                Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("role {owner_sql}, the owner of table {table_sql}, may not reference column {} of table {ref_sql}", ident(c)),
+                format!("Grant it: GRANT REFERENCES ({}) ON {ref_sql} TO {owner_sql} (and USAGE on the schema), then call again.", ident(c)),
+            );
+        }
+    }
+}
+
 #[pg_extern(sql = "
 CREATE FUNCTION zdm._add_foreign_key(tbl regclass, columns text[], ref_tbl regclass, ref_columns text[], on_delete text, constraint_name text)
 RETURNS bigint VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
@@ -339,6 +372,7 @@ fn _add_foreign_key(
             }
         }
     }
+    refuse_unreferenceable(tbl, &table.sql(), ref_tbl, &ref_sql, &ref_cols);
     let on_delete = match on_delete {
         None => String::new(),
         Some(a) => {

@@ -12,8 +12,12 @@
 //!   **lock retries** (`zdm.lock_retries`, or the job's copy) times, then
 //!   fails with 55P03 naming the sessions that hold the table. Once a lock is
 //!   held, the DDL that follows in the same transaction does not wait.
-//! * a lock needed while the table's ACCESS EXCLUSIVE is already held (a
-//!   foreign key's referenced table at expand) gets one attempt under the
+//!   Several tables a step needs (a foreign key's two, a partition's
+//!   leaves) are one such attempt (`lock_tables`): never one held while
+//!   waiting for the next.
+//! * a lock needed while the table's ACCESS EXCLUSIVE is already held (the
+//!   referenced table of a foreign key added while expand waited for the
+//!   table; those there before are in expand's `lock_tables`) gets one attempt under the
 //!   lock timeout (`one_attempt`): retrying would keep every reader of the
 //!   table waiting, so it fails instead and the caller tries again later.
 //! * a unit of a job's work — one batch, one concurrent index build — runs
@@ -197,30 +201,84 @@ pub fn interruptible_sleep(d: Duration) {
 /// The sessions holding a lock on `relid` that conflicts with `mode` (the
 /// SQL spelling, "ACCESS EXCLUSIVE").
 fn blocking_pids(relid: pg_sys::Oid, mode: &str) -> Vec<i32> {
+    locks::conflicting(&[relid], mode_of(mode)).into_iter().map(|h| h.pid).collect()
+}
+
+/// A lock mode from its SQL spelling ("ACCESS EXCLUSIVE").
+fn mode_of(mode: &str) -> locks::Mode {
     let camel: String = mode.split_whitespace().map(|w| w.chars().take(1).collect::<String>() + &w.chars().skip(1).collect::<String>().to_lowercase()).collect();
-    let mode = locks::from_name(&format!("{camel}Lock")).unwrap_or(locks::ACCESS_EXCLUSIVE);
-    locks::conflicting(&[relid], mode).into_iter().map(|h| h.pid).collect()
+    locks::from_name(&format!("{camel}Lock")).unwrap_or(locks::ACCESS_EXCLUSIVE)
 }
 
 /// `LOCK TABLE table IN mode MODE` under the current policy.
 pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats {
+    lock_tables(&[(relid, table_sql, mode)], &[])
+}
+
+/// A table to lock: its oid, its SQL name, the mode in its SQL spelling.
+pub type TableLock<'a> = (pg_sys::Oid, &'a str, &'a str);
+
+/// A last deadlock keeps its SQLSTATE after this many lost in a row: one
+/// that closes through a lock the transaction held before the attempt comes
+/// back at every attempt, and the other session waits for each.
+const MAX_LOST_DEADLOCKS: i32 = 3;
+
+/// `LOCK TABLE` each of `tables`, in the order given, then each of
+/// `referenced` (tables foreign keys reference) with its partitions, locked
+/// the way ALTER TABLE locks them: by oid, privileges being the statement's
+/// to check (REFERENCES, where LOCK TABLE would want UPDATE). Under the
+/// current policy, all of them are one attempt of the lock timeout, in a
+/// subtransaction: on a timeout, or a deadlock that zdm loses
+/// (`losing_deadlocks`), every lock the attempt took is given back before
+/// the pause, so zdm never waits for one table while holding another — a
+/// writer that locks them in another order (a cascading DELETE, an insert
+/// into two partitions) goes through, and zdm asks again. A deadlock lost
+/// `MAX_LOST_DEADLOCKS` times keeps its SQLSTATE (40P01), for the caller.
+pub fn lock_tables(tables: &[TableLock], referenced: &[TableLock]) -> LockStats {
     let LockPolicy { timeout_ms, retries, .. } = LockPolicy::current();
     let started = Instant::now();
-    // Every mode from SHARE UPDATE EXCLUSIVE up conflicts with VACUUM.
-    if !matches!(mode, "ACCESS SHARE" | "ROW SHARE" | "ROW EXCLUSIVE") {
-        super::health::wait_out_wraparound(relid);
+    let referenced: Vec<&TableLock> = referenced.iter().filter(|r| !tables.iter().any(|t| t.0 == r.0)).collect();
+    let all = || tables.iter().chain(referenced.iter().copied());
+    for (relid, _, mode) in all() {
+        // Every mode from SHARE UPDATE EXCLUSIVE up conflicts with VACUUM.
+        if !matches!(*mode, "ACCESS SHARE" | "ROW SHARE" | "ROW EXCLUSIVE") {
+            super::health::wait_out_wraparound(*relid);
+        }
     }
-    let statement = format!("LOCK TABLE {table_sql} IN {mode} MODE");
+    let statements: Vec<String> = tables.iter().map(|(_, sql, mode)| format!("LOCK TABLE {sql} IN {mode} MODE")).collect();
+    let by_oid: Vec<(pg_sys::Oid, locks::Mode)> = referenced
+        .iter()
+        .flat_map(|(relid, _, mode)| with_partitions(*relid).into_iter().map(move |r| (r, mode_of(mode))))
+        .collect();
     let mut blockers: Vec<i32> = Vec::new();
+    let mut lost_deadlocks = 0;
     for attempt in 1..=retries + 1 {
-        // The caller's lock_timeout is back once the lock is held.
+        // One lock timeout for all of them together: each wait gets what is
+        // left of it. The caller's lock_timeout is back once they are held.
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(1) as u64);
+        let left = || deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as i32;
         let outcome = subxact::attempt(|| {
-            with_lock_timeout(timeout_ms, || spi::exec(&statement))
+            losing_deadlocks(|| {
+                for statement in &statements {
+                    with_lock_timeout(left(), || spi::exec(statement));
+                }
+                for (relid, mode) in &by_oid {
+                    with_lock_timeout(left(), || unsafe { pg_sys::LockRelationOid(*relid, *mode) });
+                }
+            })
         });
         match outcome {
             Ok(()) => return LockStats { wait_ms: started.elapsed().as_secs_f64() * 1000.0, attempts: attempt },
-            Err(e) if code_of(&e) == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
-                blockers = blocking_pids(relid, mode);
+            Err(e) if matches!(code_of(&e), PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED) => {
+                if code_of(&e) == PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED {
+                    lost_deadlocks += 1;
+                    if lost_deadlocks >= MAX_LOST_DEADLOCKS || attempt > retries {
+                        e.rethrow();
+                    }
+                }
+                blockers = all().flat_map(|(relid, _, mode)| blocking_pids(*relid, mode)).collect();
+                blockers.sort_unstable();
+                blockers.dedup();
                 if attempt <= retries {
                     interruptible_sleep(backoff(attempt));
                 }
@@ -228,7 +286,22 @@ pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats 
             Err(e) => e.rethrow(),
         }
     }
-    give_up(table_sql, mode, timeout_ms, retries, &blockers)
+    let names = all().map(|(_, sql, _)| *sql).collect::<Vec<_>>().join(", ");
+    let mut modes: Vec<&str> = all().map(|(_, _, mode)| *mode).collect();
+    modes.dedup();
+    give_up(&names, &modes.join(" and "), timeout_ms, retries, &blockers)
+}
+
+/// `relid` and, when it is partitioned, every partition below it (parents
+/// first, as ALTER TABLE locks a referenced tree).
+fn with_partitions(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    let mut out = vec![relid];
+    out.extend(spi::read_rows(
+        &format!("SELECT relid FROM {} t WHERE t.level > 0 ORDER BY t.level", crate::tree::partition_tree_sql(1)),
+        &[relid.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or_default()),
+    ));
+    out
 }
 
 /// A relation `lock_relations` takes, in `mode`, with every partition below
@@ -250,15 +323,8 @@ pub fn lock_relations(targets: &[Target]) -> LockStats {
     let mut blockers: Vec<i32> = Vec::new();
     let mut all: Vec<(pg_sys::Oid, locks::Mode)> = Vec::new();
     for t in targets {
-        all.push((t.relid, t.mode));
-        if t.recurse {
-            let below = spi::read_rows(
-                &format!("SELECT relid FROM {} t WHERE t.level > 0 ORDER BY t.level", crate::tree::partition_tree_sql(1)),
-                &[t.relid.into()],
-                |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or_default()),
-            );
-            all.extend(below.into_iter().map(|r| (r, t.mode)));
-        }
+        let relids = if t.recurse { with_partitions(t.relid) } else { vec![t.relid] };
+        all.extend(relids.into_iter().map(|r| (r, t.mode)));
     }
     // Free at once (the common case): taken without a subtransaction.
     let mut taken: Vec<(pg_sys::Oid, locks::Mode)> = Vec::new();

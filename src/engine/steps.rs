@@ -1,7 +1,8 @@
 //! The DDL steps of zero-downtime constraint changes, shared by a rename's
 //! contract and by validate_not_null / add_check / add_foreign_key. Each step
-//! takes its lock through `locking::lock_table` (short lock_timeout, jittered
-//! retries) and never holds ACCESS EXCLUSIVE during a scan:
+//! takes its locks through `locking::lock_tables` (short lock_timeout,
+//! jittered retries, the table and the referenced one together) and never
+//! holds ACCESS EXCLUSIVE during a scan:
 //!
 //! * `add_not_valid`   ADD CONSTRAINT … NOT VALID   brief lock, no scan
 //! * `validate`        VALIDATE CONSTRAINT          scan under SHARE UPDATE EXCLUSIVE: reads and writes go on
@@ -36,14 +37,15 @@ pub fn add_not_valid(relid: pg_sys::Oid, table: &str, name: &str, definition: &s
 
 fn add_constraint(relid: pg_sys::Oid, table: &str, name: &str, definition: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> LockStats {
     let mode = if ref_table.is_some() { "SHARE ROW EXCLUSIVE" } else { "ACCESS EXCLUSIVE" };
-    let stats = locking::lock_table(relid, table, mode);
-    if let Some((ref_relid, ref_sql)) = ref_table {
-        if ref_relid != relid {
-            locking::lock_table(ref_relid, ref_sql, "SHARE ROW EXCLUSIVE");
-        }
-    }
+    let stats = locking::lock_tables(&[(relid, table, mode)], &referenced(ref_table, "SHARE ROW EXCLUSIVE"));
     spi::exec(&format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(name)));
     stats
+}
+
+/// The referenced table's lock in `mode`, taken with the table's
+/// (`locking::lock_tables`).
+fn referenced<'a>(ref_table: Option<(pg_sys::Oid, &'a str)>, mode: &'a str) -> Vec<locking::TableLock<'a>> {
+    ref_table.map(|(ref_relid, ref_sql)| (ref_relid, ref_sql, mode)).into_iter().collect()
 }
 
 /// A foreign key on partitioned table `relid` goes leaf by leaf (before 18).
@@ -67,13 +69,18 @@ pub fn leaves_without(relid: pg_sys::Oid, name: &str) -> Vec<(pg_sys::Oid, Strin
 }
 
 /// `by_leaves`: the key added NOT VALID on every leaf that lacks it.
+/// The leaves' locks are taken together, before the first ADD.
 pub fn add_not_valid_by_leaves(relid: pg_sys::Oid, name: &str, definition: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> Option<LockStats> {
-    let mut first = None;
-    for (leaf, leaf_sql) in leaves_without(relid, name) {
-        let stats = add_not_valid(leaf, &leaf_sql, name, definition, ref_table);
-        first.get_or_insert(stats);
+    let leaves = leaves_without(relid, name);
+    if leaves.is_empty() {
+        return None;
     }
-    first
+    let locks: Vec<locking::TableLock> = leaves.iter().map(|(leaf, leaf_sql)| (*leaf, leaf_sql.as_str(), "SHARE ROW EXCLUSIVE")).collect();
+    let stats = locking::lock_tables(&locks, &referenced(ref_table, "SHARE ROW EXCLUSIVE"));
+    for (_, leaf_sql) in &leaves {
+        spi::exec(&format!("ALTER TABLE {leaf_sql} ADD CONSTRAINT {} {definition} NOT VALID", ident(name)));
+    }
+    Some(stats)
 }
 
 /// `by_leaves`, every leaf's key validated: the key on the partitioned
@@ -89,8 +96,14 @@ pub fn attach_by_leaves(relid: pg_sys::Oid, table: &str, name: &str, definition:
 
 /// `by_leaves`, before the attach: the leaves' keys dropped.
 pub fn drop_by_leaves(relid: pg_sys::Oid, name: &str) {
-    for (leaf, leaf_sql) in leaf_constraints(relid, name, "c.contype = 'f' AND c.conparentid = 0") {
-        drop_constraint(leaf, &leaf_sql, name);
+    let leaves = leaf_constraints(relid, name, "c.contype = 'f' AND c.conparentid = 0");
+    if leaves.is_empty() {
+        return;
+    }
+    let referenced = referenced_by(leaves[0].0, name);
+    locking::lock_tables(&leaves.iter().map(|(leaf, leaf_sql)| (*leaf, leaf_sql.as_str(), "ACCESS EXCLUSIVE")).collect::<Vec<_>>(), &referenced_drop(&referenced));
+    for (_, leaf_sql) in &leaves {
+        spi::exec(&format!("ALTER TABLE {leaf_sql} DROP CONSTRAINT IF EXISTS {}", ident(name)));
     }
 }
 
@@ -113,12 +126,7 @@ fn leaf_constraints(relid: pg_sys::Oid, name: &str, condition: &str) -> Vec<(pg_
 /// VALIDATE CONSTRAINT under SHARE UPDATE EXCLUSIVE (and ROW SHARE on a
 /// referenced table): a full scan that reads and writes do not wait for.
 pub fn validate(relid: pg_sys::Oid, table: &str, name: &str, ref_table: Option<(pg_sys::Oid, &str)>) -> LockStats {
-    let stats = locking::lock_table(relid, table, "SHARE UPDATE EXCLUSIVE");
-    if let Some((ref_relid, ref_sql)) = ref_table {
-        if ref_relid != relid {
-            locking::lock_table(ref_relid, ref_sql, "ROW SHARE");
-        }
-    }
+    let stats = locking::lock_tables(&[(relid, table, "SHARE UPDATE EXCLUSIVE")], &referenced(ref_table, "ROW SHARE"));
     spi::exec(&format!("ALTER TABLE {table} VALIDATE CONSTRAINT {}", ident(name)));
     stats
 }
@@ -174,9 +182,28 @@ pub fn finish_not_null(relid: pg_sys::Oid, table: &str, column: &str, constraint
 
 /// Drop a constraint zdm added, if it is there (cleanup after a failure, abort).
 pub fn drop_constraint(relid: pg_sys::Oid, table: &str, name: &str) -> LockStats {
-    let stats = locking::lock_table(relid, table, "ACCESS EXCLUSIVE");
+    let referenced = referenced_by(relid, name);
+    let stats = locking::lock_tables(&[(relid, table, "ACCESS EXCLUSIVE")], &referenced_drop(&referenced));
     spi::exec(&format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}", ident(name)));
     stats
+}
+
+/// The table foreign key `name` of `relid` references, when another, with
+/// its name.
+fn referenced_by(relid: pg_sys::Oid, name: &str) -> Option<(pg_sys::Oid, String)> {
+    spi::first_row(
+        "SELECT c.confrelid, pg_catalog.format('%I.%I', n.nspname, r.relname) FROM pg_catalog.pg_constraint c \
+           JOIN pg_catalog.pg_class r ON r.oid = c.confrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+          WHERE c.conrelid = $1 AND c.conname = $2 AND c.contype = 'f' AND c.confrelid <> $1",
+        &[relid.into(), name.into()],
+        |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
+    )
+}
+
+/// Dropping a foreign key locks the table it references ACCESS EXCLUSIVE
+/// (its triggers there go too).
+fn referenced_drop(referenced: &Option<(pg_sys::Oid, String)>) -> Vec<locking::TableLock<'_>> {
+    referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "ACCESS EXCLUSIVE")).collect()
 }
 
 /// None if the constraint does not exist, else whether it is validated.

@@ -108,7 +108,8 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
     // 3. Catalog-only steps under ACCESS EXCLUSIVE. Tables whose foreign
     //    keys reference the old column are locked first, in the order their
     //    writers take locks (the child, then the parent for the key check):
-    //    the other order deadlocks with a writer inserting a child row.
+    //    the other order deadlocks with a writer inserting a child row. All
+    //    in one attempt: a cascading DELETE locks the parent first.
     let final_started = Instant::now();
     let children = spi::one::<Vec<pg_sys::Oid>>(
         "SELECT array_agg(DISTINCT conrelid) FROM pg_catalog.pg_constraint \
@@ -116,11 +117,14 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
         &[m.relid.into(), old_attnum.into()],
     )
     .unwrap_or_default();
-    for child in children {
-        let child_sql = catalog::current_table_sql(child).unwrap_or_default();
-        locking::lock_table(child, &child_sql, "ACCESS EXCLUSIVE");
-    }
-    let lock = locking::lock_table(m.relid, t, "ACCESS EXCLUSIVE");
+    let children: Vec<(pg_sys::Oid, String)> =
+        children.into_iter().map(|child| (child, catalog::current_table_sql(child).unwrap_or_default())).collect();
+    let mut tables: Vec<locking::TableLock> = children.iter().map(|(child, sql)| (*child, sql.as_str(), "ACCESS EXCLUSIVE")).collect();
+    tables.push((m.relid, t, "ACCESS EXCLUSIVE"));
+    // (and those the old column's own keys reference: dropping it drops them)
+    let referenced = introspect::referenced_through(m.relid, m.old_col());
+    let referenced: Vec<locking::TableLock> = referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "ACCESS EXCLUSIVE")).collect();
+    let lock = locking::lock_tables(&tables, &referenced);
     let deps = refuse_dependents();
     refuse_later_triggers_of(m, t);
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
@@ -503,7 +507,10 @@ pub(super) fn abort_steps(m: &Migration) {
     let t = m.table_sql();
     jobs::finish_for_migration(id, "cancelled");
     catalog::fold_ranges(id);
-    let lock = locking::lock_table(m.relid, &t, "ACCESS EXCLUSIVE");
+    // With the tables the new column's keys reference: dropping it drops them.
+    let referenced = introspect::referenced_through(m.relid, m.new_col());
+    let referenced: Vec<locking::TableLock> = referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "ACCESS EXCLUSIVE")).collect();
+    let lock = locking::lock_tables(&[(m.relid, &t, "ACCESS EXCLUSIVE")], &referenced);
     guard::allow_zdm_ddl(|| {
         if let Some(trigger) = &m.trigger_name {
             spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));

@@ -44,10 +44,14 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         // Cheap checks without a lock (a typo must not take ACCESS EXCLUSIVE),
         // then again under the lock: a concurrent expand that committed while
         // we waited is seen now.
-        check_expandable(&table, old_column, new_column);
+        let (_, seen) = check_expandable(&table, old_column, new_column);
         // The row estimate may sample ~128 blocks: not under the lock.
         let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, tree::blocks(relid));
-        let lock = locking::lock_table(relid, &t, "ACCESS EXCLUSIVE");
+        // With the tables its foreign keys reference, which copying them
+        // locks: in one attempt, never one held while waiting for another.
+        let referenced = referenced_tables(&seen);
+        let referenced: Vec<locking::TableLock> = referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "SHARE ROW EXCLUSIVE")).collect();
+        let lock = locking::lock_tables(&[(relid, t.as_str(), "ACCESS EXCLUSIVE")], &referenced);
         let (col, deps) = check_expandable(&table, old_column, new_column);
         let id = catalog::next_id();
         let new = ident(new_column);
@@ -134,9 +138,9 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         }
         // Foreign keys from the old column to other tables: copied NOT VALID
         // onto the new column, then validated and renamed at contract like
-        // the carried checks. ADD CONSTRAINT locks the referenced table SHARE
-        // ROW EXCLUSIVE while this table's ACCESS EXCLUSIVE is held: one
-        // bounded wait, no retry (`locking::one_attempt`).
+        // the carried checks. The referenced tables were locked with this
+        // one; a key added while expand waited for the lock gets one bounded
+        // wait for its table, no retry (`locking::one_attempt`).
         locking::one_attempt(|| {
             for dep in &deps {
                 if let DependentKind::ForeignKey { oid, name } = &dep.kind {
@@ -395,6 +399,20 @@ fn copy_statistics(oid: pg_sys::Oid, from: i16, to: i16, t: &str, id: i64) -> (S
         spi::exec(&format!("ALTER STATISTICS {copy} SET STATISTICS {target}"));
     }
     (copy, name)
+}
+
+/// The tables the column's foreign keys reference, each with its name.
+fn referenced_tables(deps: &[introspect::Dependent]) -> Vec<(pg_sys::Oid, String)> {
+    let mut tables: Vec<(pg_sys::Oid, String)> = Vec::new();
+    for dep in deps {
+        if let DependentKind::ForeignKey { oid, .. } = &dep.kind {
+            let referenced = spi::one::<pg_sys::Oid>("SELECT confrelid FROM pg_catalog.pg_constraint WHERE oid = $1", &[(*oid).into()]);
+            if let Some(r) = referenced.filter(|r| !tables.iter().any(|(t, _)| t == r)) {
+                tables.push((r, catalog::current_table_sql(r).unwrap_or_default()));
+            }
+        }
+    }
+    tables
 }
 
 /// `FOREIGN KEY (…) REFERENCES …` of constraint `oid` with attribute `from`

@@ -4,7 +4,7 @@
 //! (drop the old column; a type change's shadow takes its name) and abort
 //! (drop the new column). Expand, contract and abort run in the caller's
 //! transaction, so a migration tool's transaction commits or rolls back all
-//! of it. Locks are taken through `locking::lock_table`.
+//! of it. Locks are taken through `locking::lock_tables`.
 
 pub mod backfill;
 pub mod carry;
