@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use postgres::Client;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const EVERY_DATABASE: &str = "zdm.database = ''";
 
@@ -30,6 +30,27 @@ fn launchers_in(c: &mut Client, db: &str) -> i64 {
     c.query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'zdm launcher' AND datname = $1", &[&db])
         .unwrap()
         .get(0)
+}
+
+/// Wait until `db` has one launcher; on timeout, show zdm's processes and
+/// the server log's end.
+fn one_launcher(cluster: &Cluster, admin: &mut Client, db: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while launchers_in(admin, db) != 1 {
+        if Instant::now() > deadline {
+            let procs: Vec<String> = admin
+                .query(
+                    "SELECT concat_ws(' ', backend_type, datname, pid, state, wait_event) FROM pg_stat_activity WHERE backend_type LIKE 'zdm%'",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            panic!("timed out waiting for {what} in {db}; zdm processes: {procs:?}\n{}", cluster.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Half-done renames in two databases, an immediate restart: both are
@@ -73,7 +94,7 @@ fn a_database_created_at_runtime_is_served() {
     let cluster = Cluster::start("newdb", &[EVERY_DATABASE]);
     let mut admin = cluster.connect("postgres");
     let mut c = cluster.create_db("late");
-    wait_for("a launcher in the new database", Duration::from_secs(30), || (launchers_in(&mut admin, "late") == 1).then_some(()));
+    one_launcher(&cluster, &mut admin, "late", "a launcher in the new database");
     let id = slow_rename(&mut c, 100_000);
     let pid = wait_for("worker", Duration::from_secs(30), || worker_pid(&mut c, id));
     c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
@@ -115,7 +136,7 @@ fn drop_and_rename_database_while_a_job_runs() {
         let mut c = cluster.create_db(db);
         let id = slow_rename(&mut c, 100_000);
         wait_for("a worker", Duration::from_secs(30), || worker_pid(&mut c, id));
-        wait_for("a launcher", Duration::from_secs(30), || (launchers_in(&mut admin, db) == 1).then_some(()));
+        one_launcher(&cluster, &mut admin, db, "a launcher");
     }
     // A database owner who is not a superuser drops their own database
     // while zdm's launcher and a worker run there.
@@ -135,7 +156,7 @@ fn drop_and_rename_database_while_a_job_runs() {
     admin.batch_execute("CREATE DATABASE copy TEMPLATE source").unwrap();
     // The launchers, stopped for the statements, are started again by OID.
     for db in ["renamed_2", "moved", "source", "copy"] {
-        wait_for("the launcher back", Duration::from_secs(30), || (launchers_in(&mut admin, db) == 1).then_some(()));
+        one_launcher(&cluster, &mut admin, db, "the launcher back");
         let mut c = cluster.connect(db);
         let id: i64 = c.query_one("SELECT max(id) FROM zdm.migrations", &[]).unwrap().get(0);
         c.execute("SELECT zdm.set_options($1, pause_ms => 0)", &[&id]).unwrap();

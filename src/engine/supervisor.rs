@@ -74,6 +74,10 @@ struct Served {
     next_start: Instant,
     /// Its last launcher served it (zdm is installed there).
     serving: bool,
+    /// Asked to look again (`wake`) since its last launcher started: a
+    /// launcher probing while CREATE EXTENSION commits may have looked just
+    /// before, and found no zdm.
+    woken: bool,
 }
 
 #[pg_guard]
@@ -119,7 +123,8 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
         if allowed.as_ref().is_some_and(|a| !a.contains(name)) {
             continue;
         }
-        let s = served.entry(oid.to_u32()).or_insert(Served { worker: None, started: now, next_start: now, serving: false });
+        let s = served.entry(oid.to_u32()).or_insert(Served { worker: None, started: now, next_start: now, serving: false, woken: false });
+        s.woken |= woken;
         if let Some(w) = &s.worker {
             match w.handle.pid() {
                 Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => {
@@ -134,7 +139,7 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
                 _ => continue, // starting or running
             }
         }
-        if woken {
+        if s.woken {
             // (CREATE EXTENSION wakes us as it commits.)
             s.next_start = s.next_start.min(now + Duration::from_secs(1));
         }
@@ -146,6 +151,7 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
         }
         s.started = now;
         s.next_start = now + ABSENT_RECHECK;
+        s.woken = false;
         match Launcher::start(*oid, name) {
             Ok(w) => s.worker = Some(w),
             Err(e) => {
