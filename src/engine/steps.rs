@@ -77,7 +77,10 @@ pub fn add_not_valid_by_leaves(relid: pg_sys::Oid, name: &str, definition: &str,
     }
     let locks: Vec<locking::TableLock> = leaves.iter().map(|(leaf, leaf_sql)| (*leaf, leaf_sql.as_str(), "SHARE ROW EXCLUSIVE")).collect();
     let stats = locking::lock_tables(&locks, &referenced(ref_table, "SHARE ROW EXCLUSIVE"));
-    for (_, leaf_sql) in &leaves {
+    // A leaf detached while we waited is left alone; one attached gets its
+    // key at the attach (`attach_by_leaves`).
+    let still: Vec<pg_sys::Oid> = leaves_without(relid, name).into_iter().map(|(leaf, _)| leaf).collect();
+    for (_, leaf_sql) in leaves.iter().filter(|(leaf, _)| still.contains(leaf)) {
         spi::exec(&format!("ALTER TABLE {leaf_sql} ADD CONSTRAINT {} {definition} NOT VALID", ident(name)));
     }
     Some(stats)

@@ -51,7 +51,11 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
     let checks: Vec<String> = validate::pending(m).into_iter().map(|p| p.name).collect();
     let mut validate_lock = None;
     for p in validate::pending(m) {
-        validate_lock.get_or_insert(p.validate(m, t));
+        let lock = p.validate(m, t);
+        // (a leaf's validation locks that leaf, not the table)
+        if p.leaf.is_none() {
+            validate_lock.get_or_insert(lock);
+        }
     }
     // 2. Verify before destroying: every row's new column equals its old one.
     //    Under SHARE UPDATE EXCLUSIVE writers go on; every write goes through
