@@ -12,6 +12,21 @@ use common::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
+/// A reader running `sql` every 5 ms for 1.5 s: the longest it waited.
+fn reading(mut r: Client, sql: &'static str) -> std::thread::JoinHandle<Duration> {
+    std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            let t = Instant::now();
+            r.query_one(sql, &[]).unwrap();
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worst
+    })
+}
+
 #[test]
 fn expand_gives_up_with_55p03_naming_the_blocker() {
     let cluster = Cluster::start("lock1", &[]);
@@ -24,19 +39,7 @@ fn expand_gives_up_with_55p03_naming_the_blocker() {
 
     c.batch_execute("SET zdm.lock_timeout = '100ms'; SET zdm.lock_retries = 3;").unwrap();
     // Meanwhile a reader keeps reading; it must never be stuck behind zdm for long.
-    let reader_cluster_conn = cluster.connect("l1");
-    let reader = std::thread::spawn(move || {
-        let mut r = reader_cluster_conn;
-        let mut worst = Duration::ZERO;
-        let until = Instant::now() + Duration::from_millis(1500);
-        while Instant::now() < until {
-            let t = Instant::now();
-            r.query_one("SELECT count(*) FROM t", &[]).unwrap();
-            worst = worst.max(t.elapsed());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        worst
-    });
+    let reader = reading(cluster.connect("l1"), "SELECT count(*) FROM t");
     let err = c.query_one("SELECT zdm.expand_rename('t', 'a', 'b')", &[]).unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "55P03", "{}", db.message());
@@ -260,19 +263,7 @@ fn expand_retries_a_busy_referenced_table_without_holding_its_own() {
     // EXCLUSIVE waits for it.
     let mut app = cluster.connect("l7");
     app.batch_execute("BEGIN; UPDATE parent SET v = 'app' WHERE id = 1").unwrap();
-    let reader_conn = cluster.connect("l7");
-    let reader = std::thread::spawn(move || {
-        let mut r = reader_conn;
-        let mut worst = Duration::ZERO;
-        let until = Instant::now() + Duration::from_millis(1500);
-        while Instant::now() < until {
-            let t = Instant::now();
-            r.query_one("SELECT count(*) FROM child", &[]).unwrap();
-            worst = worst.max(t.elapsed());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        worst
-    });
+    let reader = reading(cluster.connect("l7"), "SELECT count(*) FROM child");
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1000));
         app.batch_execute("COMMIT").unwrap();
