@@ -249,7 +249,8 @@ pub fn user_column(table: &Table, name: &str) -> Column {
 /// The tables outside `relid`'s tree that foreign keys on its column
 /// `column` (on any partition: matched by name) reference, each with its
 /// name: dropping the column drops those keys, which locks each ACCESS
-/// EXCLUSIVE.
+/// EXCLUSIVE. (A key's rows for a referenced table's partitions are left
+/// out: `locking::lock_tables` locks a referenced table's partitions.)
 pub fn referenced_through(relid: pg_sys::Oid, column: &str) -> Vec<(pg_sys::Oid, String)> {
     let tree = crate::tree::partition_tree_sql(1);
     spi::rows(
@@ -258,7 +259,8 @@ pub fn referenced_through(relid: pg_sys::Oid, column: &str) -> Vec<(pg_sys::Oid,
                JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
                JOIN pg_catalog.pg_class r ON r.oid = c.confrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
               WHERE c.contype = 'f' AND a.attname = $2 \
-                AND c.conrelid IN (SELECT t.relid FROM {tree} t) AND c.confrelid NOT IN (SELECT t.relid FROM {tree} t) ORDER BY 2"
+                AND c.conrelid IN (SELECT t.relid FROM {tree} t) AND c.confrelid NOT IN (SELECT t.relid FROM {tree} t) \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint p WHERE p.oid = c.conparentid AND p.conrelid = c.conrelid) ORDER BY 2"
         ),
         &[relid.into(), column.into()],
         |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),

@@ -202,11 +202,13 @@ fn a_deadlock_on_zdm_bookkeeping_retries_the_batch() {
 
 /// contract locks the tables whose foreign keys reference the column, then
 /// the table, all in one attempt. An application's cascading DELETE locks
-/// them the other way round (the table, then the child): while contract
-/// waits for the table, the DELETE must not wait for contract's lock on the
-/// child until a deadlock ends one of them — contract gives the child back
-/// at the end of its attempt, the DELETE goes through, and contract
-/// succeeds once the application commits.
+/// them the other way round (the table, then the child), here 300 ms after
+/// contract began to wait (after zdm's own deadlock check). With the default
+/// settings, the DELETE must not wait for contract's lock on the child until
+/// its own deadlock check cancels it: contract, holding the child, waits at
+/// most half the deadlock_timeout for the table and gives the child back,
+/// the DELETE goes through, and contract succeeds once the application
+/// commits.
 #[test]
 fn contract_gives_way_to_a_cascading_delete() {
     let cluster = Cluster::start("lock6", &[]);
@@ -226,10 +228,10 @@ fn contract_gives_way_to_a_cascading_delete() {
     let mut app = cluster.connect("l6");
     app.batch_execute("BEGIN; UPDATE parent SET v = 'app' WHERE id = 1").unwrap();
     let mut contractor = cluster.connect("l6");
-    contractor.batch_execute("SET zdm.lock_timeout = '200ms'; SET zdm.lock_retries = 20").unwrap();
     let pid: i32 = contractor.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let h = std::thread::spawn(move || contractor.execute("SELECT zdm.contract($1)", &[&id]).map(|_| ()));
     wait_for("contract waiting for the table", Duration::from_secs(30), || waiting(&mut c, pid).then_some(()));
+    std::thread::sleep(Duration::from_millis(300));
     // Then it deletes a parent: the cascade wants the child.
     if let Err(e) = app.batch_execute("DELETE FROM parent WHERE id = 2") {
         panic!("the application's cascading DELETE failed: {e}");

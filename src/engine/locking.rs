@@ -13,8 +13,8 @@
 //!   fails with 55P03 naming the sessions that hold the table. Once a lock is
 //!   held, the DDL that follows in the same transaction does not wait.
 //!   Several tables a step needs (a foreign key's two, a partition's
-//!   leaves) are one such attempt (`lock_tables`): never one held while
-//!   waiting for the next.
+//!   leaves) are one such attempt (`lock_tables`): none is held between
+//!   attempts, and within one a wait while holding some is cut short.
 //! * a lock needed while the table's ACCESS EXCLUSIVE is already held (the
 //!   referenced table of a foreign key added while expand waited for the
 //!   table; those there before are in expand's `lock_tables`) gets one attempt under the
@@ -120,13 +120,18 @@ pub fn with_lock_timeout<R>(ms: i32, f: impl FnOnce() -> R) -> R {
 /// step again while the session goes on. The server's value is the reset
 /// value, which a reload updates under a session's own.
 fn losing_deadlock_timeout() -> std::ffi::CString {
+    let ms = server_deadlock_timeout_ms();
+    std::ffi::CString::new(format!("{}ms", ms.min((ms / 10).max(100)))).unwrap_or_default()
+}
+
+/// The server's deadlock_timeout (its reset value), in ms.
+fn server_deadlock_timeout_ms() -> i32 {
     let configured = unsafe {
         let s = pg_sys::GetConfigOptionResetString(c"deadlock_timeout".as_ptr());
         // (an integer setting's reset value prints in its unit, ms: "1000")
         (!s.is_null()).then(|| std::ffi::CStr::from_ptr(s).to_string_lossy().trim_end_matches("ms").parse::<i32>().ok()).flatten()
     };
-    let ms = configured.unwrap_or(1000);
-    std::ffi::CString::new(format!("{}ms", ms.min((ms / 10).max(100)))).unwrap_or_default()
+    configured.unwrap_or(1000)
 }
 
 /// For a zdm process's whole session (at start and after a reload).
@@ -218,9 +223,9 @@ pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats 
 /// A table to lock: its oid, its SQL name, the mode in its SQL spelling.
 pub type TableLock<'a> = (pg_sys::Oid, &'a str, &'a str);
 
-/// A last deadlock keeps its SQLSTATE after this many lost in a row: one
-/// that closes through a lock the transaction held before the attempt comes
-/// back at every attempt, and the other session waits for each.
+/// A deadlock keeps its SQLSTATE once zdm has lost this many in one call:
+/// one that closes through a lock the transaction held before the attempt
+/// comes back at every attempt, and the other session waits for each.
 const MAX_LOST_DEADLOCKS: i32 = 3;
 
 /// `LOCK TABLE` each of `tables`, in the order given, then each of
@@ -230,9 +235,11 @@ const MAX_LOST_DEADLOCKS: i32 = 3;
 /// current policy, all of them are one attempt of the lock timeout, in a
 /// subtransaction: on a timeout, or a deadlock that zdm loses
 /// (`losing_deadlocks`), every lock the attempt took is given back before
-/// the pause, so zdm never waits for one table while holding another — a
-/// writer that locks them in another order (a cascading DELETE, an insert
-/// into two partitions) goes through, and zdm asks again. A deadlock lost
+/// the pause. Once the attempt holds one, each further wait is cut to half
+/// the server's deadlock_timeout: a writer that locks them in another order
+/// (a cascading DELETE, an insert into two partitions) and closes a cycle
+/// after zdm's own deadlock check has run finds zdm gone before its own
+/// check — it goes through, and zdm asks again. A deadlock lost
 /// `MAX_LOST_DEADLOCKS` times keeps its SQLSTATE (40P01), for the caller.
 pub fn lock_tables(tables: &[TableLock], referenced: &[TableLock]) -> LockStats {
     let LockPolicy { timeout_ms, retries, .. } = LockPolicy::current();
@@ -246,24 +253,31 @@ pub fn lock_tables(tables: &[TableLock], referenced: &[TableLock]) -> LockStats 
         }
     }
     let statements: Vec<String> = tables.iter().map(|(_, sql, mode)| format!("LOCK TABLE {sql} IN {mode} MODE")).collect();
-    let by_oid: Vec<(pg_sys::Oid, locks::Mode)> = referenced
-        .iter()
-        .flat_map(|(relid, _, mode)| with_partitions(*relid).into_iter().map(move |r| (r, mode_of(mode))))
-        .collect();
+    let holding_cap = (server_deadlock_timeout_ms() / 2).max(1);
     let mut blockers: Vec<i32> = Vec::new();
     let mut lost_deadlocks = 0;
     for attempt in 1..=retries + 1 {
         // One lock timeout for all of them together: each wait gets what is
         // left of it. The caller's lock_timeout is back once they are held.
         let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(1) as u64);
-        let left = || deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as i32;
+        let mut holding = false;
+        let mut wait_ms = || {
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as i32;
+            let ms = if holding { left.min(holding_cap) } else { left };
+            holding = true;
+            ms
+        };
         let outcome = subxact::attempt(|| {
             losing_deadlocks(|| {
                 for statement in &statements {
-                    with_lock_timeout(left(), || spi::exec(statement));
+                    with_lock_timeout(wait_ms(), || spi::exec(statement));
                 }
-                for (relid, mode) in &by_oid {
-                    with_lock_timeout(left(), || unsafe { pg_sys::LockRelationOid(*relid, *mode) });
+                for (relid, _, mode) in &referenced {
+                    // The partitions as they are once the parent is held.
+                    with_lock_timeout(wait_ms(), || unsafe { pg_sys::LockRelationOid(*relid, mode_of(mode)) });
+                    for partition in partitions(*relid) {
+                        with_lock_timeout(wait_ms(), || unsafe { pg_sys::LockRelationOid(partition, mode_of(mode)) });
+                    }
                 }
             })
         });
@@ -286,22 +300,38 @@ pub fn lock_tables(tables: &[TableLock], referenced: &[TableLock]) -> LockStats 
             Err(e) => e.rethrow(),
         }
     }
-    let names = all().map(|(_, sql, _)| *sql).collect::<Vec<_>>().join(", ");
-    let mut modes: Vec<&str> = all().map(|(_, _, mode)| *mode).collect();
-    modes.dedup();
-    give_up(&names, &modes.join(" and "), timeout_ms, retries, &blockers)
+    give_up(&describe(all()), timeout_ms, retries, &blockers)
 }
 
-/// `relid` and, when it is partitioned, every partition below it (parents
-/// first, as ALTER TABLE locks a referenced tree).
-fn with_partitions(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
-    let mut out = vec![relid];
-    out.extend(spi::read_rows(
+/// "table a, b in ACCESS EXCLUSIVE mode and table c in ROW SHARE mode",
+/// with at most five names per mode.
+fn describe<'a>(tables: impl Iterator<Item = &'a TableLock<'a>>) -> String {
+    let mut by_mode: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (_, sql, mode) in tables {
+        match by_mode.iter_mut().find(|(m, _)| m == mode) {
+            Some((_, names)) => names.push(sql),
+            None => by_mode.push((mode, vec![sql])),
+        }
+    }
+    by_mode
+        .iter()
+        .map(|(mode, names)| {
+            let more = names.len().saturating_sub(5);
+            let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            format!("table {shown}{} in {mode} mode", if more > 0 { format!(" and {more} more") } else { String::new() })
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Every partition below `relid` (parents first, as ALTER TABLE locks a
+/// tree); none for a table that is not partitioned, or gone.
+fn partitions(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    spi::read_rows(
         &format!("SELECT relid FROM {} t WHERE t.level > 0 ORDER BY t.level", crate::tree::partition_tree_sql(1)),
         &[relid.into()],
         |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or_default()),
-    ));
-    out
+    )
 }
 
 /// A relation `lock_relations` takes, in `mode`, with every partition below
@@ -323,8 +353,10 @@ pub fn lock_relations(targets: &[Target]) -> LockStats {
     let mut blockers: Vec<i32> = Vec::new();
     let mut all: Vec<(pg_sys::Oid, locks::Mode)> = Vec::new();
     for t in targets {
-        let relids = if t.recurse { with_partitions(t.relid) } else { vec![t.relid] };
-        all.extend(relids.into_iter().map(|r| (r, t.mode)));
+        all.push((t.relid, t.mode));
+        if t.recurse {
+            all.extend(partitions(t.relid).into_iter().map(|r| (r, t.mode)));
+        }
     }
     // Free at once (the common case): taken without a subtransaction.
     let mut taken: Vec<(pg_sys::Oid, locks::Mode)> = Vec::new();
@@ -371,19 +403,20 @@ pub fn lock_relations(targets: &[Target]) -> LockStats {
         .collect::<Vec<_>>()
         .join(", ");
     let mode = targets.iter().map(|t| t.mode).max().unwrap_or(locks::ACCESS_EXCLUSIVE);
-    give_up(&names, &locks::sql_name(mode), timeout_ms, retries, &blockers)
+    give_up(&format!("table {names} in {} mode", locks::sql_name(mode)), timeout_ms, retries, &blockers)
 }
 
-fn give_up(table_sql: &str, mode: &str, timeout_ms: i32, retries: i32, blockers: &[i32]) -> ! {
+/// 55P03 after the last attempt; `what` is "table t in MODE mode".
+fn give_up(what: &str, timeout_ms: i32, retries: i32, blockers: &[i32]) -> ! {
     let pids = blockers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
     raise_with_detail(
         Code::ERRCODE_LOCK_NOT_AVAILABLE,
         format!(
-            "could not lock table {table_sql} in {mode} mode: {} attempts of {timeout_ms} ms each timed out; blocked by pid(s) {}",
+            "could not lock {what}: {} attempts of {timeout_ms} ms each timed out; blocked by pid(s) {}",
             retries + 1,
             if pids.is_empty() { "unknown".into() } else { pids.clone() }
         ),
-        format!("Sessions holding locks on {table_sql}: {}", if pids.is_empty() { "none seen".into() } else { pids.clone() }),
+        format!("Sessions holding conflicting locks: {}", if pids.is_empty() { "none seen".into() } else { pids.clone() }),
         format!(
             "Find them with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid IN ({}); \
              end or wait for them and call again, or raise zdm.lock_timeout / zdm.lock_retries.",

@@ -185,6 +185,11 @@ pub fn finish_not_null(relid: pg_sys::Oid, table: &str, column: &str, constraint
 
 /// Drop a constraint zdm added, if it is there (cleanup after a failure, abort).
 pub fn drop_constraint(relid: pg_sys::Oid, table: &str, name: &str) -> LockStats {
+    // Not there (a foreign key by leaves before its attach): no lock on the
+    // whole tree for nothing. Only zdm adds it, not meanwhile.
+    if constraint_validated(relid, name).is_none() {
+        return LockStats { wait_ms: 0.0, attempts: 0 };
+    }
     let referenced = referenced_by(relid, name);
     let stats = locking::lock_tables(&[(relid, table, "ACCESS EXCLUSIVE")], &referenced_drop(&referenced));
     spi::exec(&format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}", ident(name)));

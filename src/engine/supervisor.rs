@@ -132,6 +132,9 @@ fn supervise(served: &mut HashMap<u32, Served>, dbs: &[(pg_sys::Oid, String)], w
                     // or it found no zdm (probed again when asked).
                     s.serving = now.duration_since(s.started) >= SERVED_AFTER;
                     s.next_start = now + if s.serving { RESTART_DELAY } else { ABSENT_RECHECK };
+                    if s.serving {
+                        s.woken = woken; // (a wake during its life asked nothing of it)
+                    }
                     if let Some(w) = s.worker.take() {
                         w.forget();
                     }

@@ -396,6 +396,9 @@ fn is_interruption(code: PgSqlErrorCode) -> bool {
 fn reject_error(id: i64, f: Failure) -> Failure {
     let removed = step(id, "remove constraint after error", |p| {
         steps::drop_constraint(p.relid, &p.table, &p.constraint);
+        if p.by_leaves() {
+            steps::drop_by_leaves(p.relid, &p.constraint);
+        }
         None::<LockStats>
     });
     let failure = Failure {
