@@ -200,6 +200,20 @@ fn a_deadlock_on_zdm_bookkeeping_retries_the_batch() {
     backfilled_in_sync(&mut c, id);
 }
 
+/// `parent` (1000 rows) and `child` (3000 rows) whose key references it,
+/// ON DELETE CASCADE.
+fn parent_and_child(cluster: &Cluster, db: &str) -> Client {
+    let mut c = cluster.create_db(db);
+    c.batch_execute(
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);
+         INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 1000) g;
+         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int REFERENCES parent (id) ON DELETE CASCADE);
+         INSERT INTO child (parent_id) SELECT g % 1000 + 1 FROM generate_series(1, 3000) g;",
+    )
+    .unwrap();
+    c
+}
+
 /// contract locks the tables whose foreign keys reference the column, then
 /// the table, all in one attempt. An application's cascading DELETE locks
 /// them the other way round (the table, then the child), here 300 ms after
@@ -212,14 +226,7 @@ fn a_deadlock_on_zdm_bookkeeping_retries_the_batch() {
 #[test]
 fn contract_gives_way_to_a_cascading_delete() {
     let cluster = Cluster::start("lock6", &[]);
-    let mut c = cluster.create_db("l6");
-    c.batch_execute(
-        "CREATE TABLE parent (id int PRIMARY KEY, v text);
-         INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 1000) g;
-         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int REFERENCES parent (id) ON DELETE CASCADE);
-         INSERT INTO child (parent_id) SELECT g % 1000 + 1 FROM generate_series(1, 3000) g;",
-    )
-    .unwrap();
+    let mut c = parent_and_child(&cluster, "l6");
     // (the worker also builds the primary key's index on the new column)
     let id: i64 = c.query_one("SELECT zdm.expand_rename('parent', 'id', 'parent_key')", &[]).unwrap().get(0);
     let phase: String = c.query_one("SELECT zdm.wait($1, '2 minutes')", &[&id]).unwrap().get(0);
@@ -253,14 +260,7 @@ fn contract_gives_way_to_a_cascading_delete() {
 #[test]
 fn expand_retries_a_busy_referenced_table_without_holding_its_own() {
     let cluster = Cluster::start("lock7", &[]);
-    let mut c = cluster.create_db("l7");
-    c.batch_execute(
-        "CREATE TABLE parent (id int PRIMARY KEY, v text);
-         INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 100) g;
-         CREATE TABLE child (id bigserial PRIMARY KEY, parent_id int REFERENCES parent (id));
-         INSERT INTO child (parent_id) SELECT g % 100 + 1 FROM generate_series(1, 1000) g;",
-    )
-    .unwrap();
+    let mut c = parent_and_child(&cluster, "l7");
     // ROW EXCLUSIVE on the referenced table: ADD FOREIGN KEY's SHARE ROW
     // EXCLUSIVE waits for it.
     let mut app = cluster.connect("l7");

@@ -223,6 +223,11 @@ pub fn lock_table(relid: pg_sys::Oid, table_sql: &str, mode: &str) -> LockStats 
 /// A table to lock: its oid, its SQL name, the mode in its SQL spelling.
 pub type TableLock<'a> = (pg_sys::Oid, &'a str, &'a str);
 
+/// `tables` (oid and SQL name each), all to be locked in `mode`.
+pub fn in_mode<'a>(tables: &'a [(pg_sys::Oid, String)], mode: &'a str) -> Vec<TableLock<'a>> {
+    tables.iter().map(|(relid, sql)| (*relid, sql.as_str(), mode)).collect()
+}
+
 /// A deadlock keeps its SQLSTATE once zdm has lost this many in one call:
 /// one that closes through a lock the transaction held before the attempt
 /// comes back at every attempt, and the other session waits for each.

@@ -75,8 +75,7 @@ pub fn add_not_valid_by_leaves(relid: pg_sys::Oid, name: &str, definition: &str,
     if leaves.is_empty() {
         return None;
     }
-    let locks: Vec<locking::TableLock> = leaves.iter().map(|(leaf, leaf_sql)| (*leaf, leaf_sql.as_str(), "SHARE ROW EXCLUSIVE")).collect();
-    let stats = locking::lock_tables(&locks, &referenced(ref_table, "SHARE ROW EXCLUSIVE"));
+    let stats = locking::lock_tables(&locking::in_mode(&leaves, "SHARE ROW EXCLUSIVE"), &referenced(ref_table, "SHARE ROW EXCLUSIVE"));
     // A leaf detached while we waited is left alone; one attached gets its
     // key at the attach (`attach_by_leaves`).
     let still: Vec<pg_sys::Oid> = leaves_without(relid, name).into_iter().map(|(leaf, _)| leaf).collect();
@@ -104,7 +103,7 @@ pub fn drop_by_leaves(relid: pg_sys::Oid, name: &str) {
         return;
     }
     let referenced = referenced_by(leaves[0].0, name);
-    locking::lock_tables(&leaves.iter().map(|(leaf, leaf_sql)| (*leaf, leaf_sql.as_str(), "ACCESS EXCLUSIVE")).collect::<Vec<_>>(), &referenced_drop(&referenced));
+    locking::lock_tables(&locking::in_mode(&leaves, "ACCESS EXCLUSIVE"), &locking::in_mode(referenced.as_slice(), "ACCESS EXCLUSIVE"));
     for (_, leaf_sql) in &leaves {
         spi::exec(&format!("ALTER TABLE {leaf_sql} DROP CONSTRAINT IF EXISTS {}", ident(name)));
     }
@@ -190,8 +189,10 @@ pub fn drop_constraint(relid: pg_sys::Oid, table: &str, name: &str) -> LockStats
     if constraint_validated(relid, name).is_none() {
         return LockStats { wait_ms: 0.0, attempts: 0 };
     }
+    // (dropping a foreign key locks the table it references ACCESS
+    // EXCLUSIVE: its triggers there go too)
     let referenced = referenced_by(relid, name);
-    let stats = locking::lock_tables(&[(relid, table, "ACCESS EXCLUSIVE")], &referenced_drop(&referenced));
+    let stats = locking::lock_tables(&[(relid, table, "ACCESS EXCLUSIVE")], &locking::in_mode(referenced.as_slice(), "ACCESS EXCLUSIVE"));
     spi::exec(&format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}", ident(name)));
     stats
 }
@@ -206,12 +207,6 @@ fn referenced_by(relid: pg_sys::Oid, name: &str) -> Option<(pg_sys::Oid, String)
         &[relid.into(), name.into()],
         |r| Ok((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default())),
     )
-}
-
-/// Dropping a foreign key locks the table it references ACCESS EXCLUSIVE
-/// (its triggers there go too).
-fn referenced_drop(referenced: &Option<(pg_sys::Oid, String)>) -> Vec<locking::TableLock<'_>> {
-    referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "ACCESS EXCLUSIVE")).collect()
 }
 
 /// None if the constraint does not exist, else whether it is validated.

@@ -123,12 +123,11 @@ pub(super) fn contract_steps(m: &Migration, t: &str, started: Instant, takes_old
     .unwrap_or_default();
     let children: Vec<(pg_sys::Oid, String)> =
         children.into_iter().map(|child| (child, catalog::current_table_sql(child).unwrap_or_default())).collect();
-    let mut tables: Vec<locking::TableLock> = children.iter().map(|(child, sql)| (*child, sql.as_str(), "ACCESS EXCLUSIVE")).collect();
+    let mut tables = locking::in_mode(&children, "ACCESS EXCLUSIVE");
     tables.push((m.relid, t, "ACCESS EXCLUSIVE"));
     // (and those the old column's own keys reference: dropping it drops them)
     let referenced = introspect::referenced_through(m.relid, m.old_col());
-    let referenced: Vec<locking::TableLock> = referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "ACCESS EXCLUSIVE")).collect();
-    let lock = locking::lock_tables(&tables, &referenced);
+    let lock = locking::lock_tables(&tables, &locking::in_mode(&referenced, "ACCESS EXCLUSIVE"));
     let deps = refuse_dependents();
     refuse_later_triggers_of(m, t);
     let (old, new) = (ident(m.old_col()), ident(m.new_col()));
@@ -513,8 +512,7 @@ pub(super) fn abort_steps(m: &Migration) {
     catalog::fold_ranges(id);
     // With the tables the new column's keys reference: dropping it drops them.
     let referenced = introspect::referenced_through(m.relid, m.new_col());
-    let referenced: Vec<locking::TableLock> = referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "ACCESS EXCLUSIVE")).collect();
-    let lock = locking::lock_tables(&[(m.relid, &t, "ACCESS EXCLUSIVE")], &referenced);
+    let lock = locking::lock_tables(&[(m.relid, &t, "ACCESS EXCLUSIVE")], &locking::in_mode(&referenced, "ACCESS EXCLUSIVE"));
     guard::allow_zdm_ddl(|| {
         if let Some(trigger) = &m.trigger_name {
             spi::exec(&format!("DROP TRIGGER IF EXISTS {} ON {t}", ident(trigger)));

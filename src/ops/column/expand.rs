@@ -44,14 +44,13 @@ pub fn expand(relid: pg_sys::Oid, old_column: &str, spec: &NewColumn) -> i64 {
         // Cheap checks without a lock (a typo must not take ACCESS EXCLUSIVE),
         // then again under the lock: a concurrent expand that committed while
         // we waited is seen now.
-        let (_, seen) = check_expandable(&table, old_column, new_column);
+        check_expandable(&table, old_column, new_column);
         // The row estimate may sample ~128 blocks: not under the lock.
         let (rows_estimate, rows_per_block) = introspect::row_estimates(&table, tree::blocks(relid));
         // With the tables its foreign keys reference, which copying them
         // locks: in one attempt, never one held while waiting for another.
-        let referenced = referenced_tables(&seen);
-        let referenced: Vec<locking::TableLock> = referenced.iter().map(|(r, sql)| (*r, sql.as_str(), "SHARE ROW EXCLUSIVE")).collect();
-        let lock = locking::lock_tables(&[(relid, t.as_str(), "ACCESS EXCLUSIVE")], &referenced);
+        let referenced = introspect::referenced_through(relid, old_column);
+        let lock = locking::lock_tables(&[(relid, t.as_str(), "ACCESS EXCLUSIVE")], &locking::in_mode(&referenced, "SHARE ROW EXCLUSIVE"));
         let (col, deps) = check_expandable(&table, old_column, new_column);
         let id = catalog::next_id();
         let new = ident(new_column);
@@ -399,20 +398,6 @@ fn copy_statistics(oid: pg_sys::Oid, from: i16, to: i16, t: &str, id: i64) -> (S
         spi::exec(&format!("ALTER STATISTICS {copy} SET STATISTICS {target}"));
     }
     (copy, name)
-}
-
-/// The tables the column's foreign keys reference, each with its name.
-fn referenced_tables(deps: &[introspect::Dependent]) -> Vec<(pg_sys::Oid, String)> {
-    let mut tables: Vec<(pg_sys::Oid, String)> = Vec::new();
-    for dep in deps {
-        if let DependentKind::ForeignKey { oid, .. } = &dep.kind {
-            let referenced = spi::one::<pg_sys::Oid>("SELECT confrelid FROM pg_catalog.pg_constraint WHERE oid = $1", &[(*oid).into()]);
-            if let Some(r) = referenced.filter(|r| !tables.iter().any(|(t, _)| t == r)) {
-                tables.push((r, catalog::current_table_sql(r).unwrap_or_default()));
-            }
-        }
-    }
-    tables
 }
 
 /// `FOREIGN KEY (…) REFERENCES …` of constraint `oid` with attribute `from`
